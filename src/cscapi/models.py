@@ -1,0 +1,335 @@
+"""Typed values shared by every layer: signals, machines, and what the decisions stream returns.
+
+Plain dataclasses (no pydantic, no I/O) so that importing them is cheap and the lookup path never touches a
+validation framework. Field names follow the CAPI wire format; the legacy ``cscapi.storage`` names
+(``SignalModel``, ``SourceModel``, ``DecisionModel``, ``ContextModel``, ``MachineModel``) are aliases of these.
+Turning them into JSON for CAPI is the protocol layer's job (``cscapi.protocol``), not theirs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "AllowlistLink",
+    "BlocklistLink",
+    "Context",
+    "DecisionStream",
+    "DeletedDecision",
+    "EnrollOutcome",
+    "EnrollStatus",
+    "LinkDownload",
+    "Machine",
+    "QueueCounts",
+    "SendReport",
+    "Signal",
+    "SignalDecision",
+    "Source",
+    "StreamDecision",
+]
+
+
+def _known_kwargs(cls: type, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in kwargs.items() if k in names}
+
+
+@dataclass
+class Source:
+    """Where an attack came from: ``scope`` (``ip`` or ``range``) and ``value``, plus optional AS and geo fields."""
+
+    scope: str | None = None
+    value: str | None = None
+    ip: str | None = None
+    range: str | None = None
+    as_number: str | None = None
+    as_name: str | None = None
+    cn: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Source:
+        """Build from a mapping, ignoring unknown keys."""
+        return cls(**_known_kwargs(cls, data))
+
+
+@dataclass
+class SignalDecision:
+    """A decision the agent took about the source (e.g. ``ban`` for ``24h``); carried by a *decision* signal."""
+
+    duration: str | None = None
+    uuid: str | None = None
+    scenario: str | None = None
+    origin: str | None = None
+    scope: str | None = None
+    simulated: bool | None = None
+    until: str | None = None
+    id: int | None = None
+    type: str | None = None
+    value: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SignalDecision:
+        """Build from a mapping, ignoring unknown keys."""
+        return cls(**_known_kwargs(cls, data))
+
+
+@dataclass
+class Context:
+    """One piece of alert metadata shared with the console (``key``/``value``)."""
+
+    key: str | None = None
+    value: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Context:
+        """Build from a mapping, ignoring unknown keys."""
+        return cls(**_known_kwargs(cls, data))
+
+
+@dataclass
+class Signal:
+    """One signal for CAPI: an attack seen by a machine, with or without a decision.
+
+    A *decision* signal carries ``decisions`` (the agent remediated); a *whisper* carries none. Timestamps are
+    RFC 3339 strings in UTC with microseconds once validated (see ``cscapi.signals.validate_signal``).
+    ``alert_id`` (the local queue id) and ``sent`` are local fields and never go to CAPI.
+    """
+
+    scenario: str | None = None
+    source: Source | None = None
+    machine_id: str | None = None
+    created_at: str | None = None
+    start_at: str | None = None
+    stop_at: str | None = None
+    uuid: str | None = None
+    message: str | None = ""
+    scenario_hash: str | None = ""
+    scenario_version: str | None = ""
+    scenario_trust: str | None = "manual"
+    decisions: list[SignalDecision] | None = None
+    context: list[Context] | None = None
+    kind: str | None = None
+    sent: bool | None = False
+    alert_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.source, Mapping):
+            self.source = Source.from_dict(self.source)
+        if self.decisions is not None:
+            self.decisions = [
+                SignalDecision.from_dict(d) if isinstance(d, Mapping) else d for d in self.decisions
+            ]
+        if self.context is not None:
+            self.context = [Context.from_dict(c) if isinstance(c, Mapping) else c for c in self.context]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Signal:
+        """Build from a mapping (nested dicts allowed), ignoring unknown keys."""
+        return cls(**_known_kwargs(cls, data))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict of every field, nested values included (local fields too)."""
+        return dataclasses.asdict(self)
+
+    @property
+    def is_whisper(self) -> bool:
+        """True when the signal carries no decision (a behaviour worth sharing, not a remediation)."""
+        return not self.decisions
+
+
+@dataclass
+class Machine:
+    """A machine ("security engine") registered on CAPI, with its credentials and login state.
+
+    ``password`` and ``token`` are secrets: they are excluded from ``repr`` and never logged.
+    Times are aware UTC datetimes; ``scenarios`` is the sorted, comma-joined scenario list of the last login.
+    """
+
+    machine_id: str = ""
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    scenarios: str | None = ""
+    is_failing: bool | None = False
+    token_expires_at: datetime | None = None
+    login_banned_until: datetime | None = None
+    failing_until: datetime | None = None
+    failure_reason: str | None = None
+    registered: bool = False
+    organization_id: str | None = None
+    created_at: datetime | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Machine:
+        """Build from a mapping, ignoring unknown keys."""
+        return cls(**_known_kwargs(cls, data))
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """How many signals the queue holds in each state (for one machine or for all)."""
+
+    queued: int = 0
+    claimed: int = 0
+    sent: int = 0
+    quarantined: int = 0
+
+    @property
+    def pending(self) -> int:
+        """Signals not yet accepted by CAPI and not quarantined."""
+        return self.queued + self.claimed
+
+
+@dataclass
+class SendReport:
+    """What one ``send_signals`` run did. ``int(report)`` is the number accepted, as the legacy SDK returned."""
+
+    sent: int = 0
+    quarantined: int = 0
+    failed_machines: dict[str, str] = field(default_factory=dict)
+    batches: int = 0
+
+    def __int__(self) -> int:
+        return self.sent
+
+    def __index__(self) -> int:
+        return self.sent
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, int):
+            return self.sent == other
+        if isinstance(other, SendReport):
+            return (self.sent, self.quarantined, self.failed_machines, self.batches) == (
+                other.sent,
+                other.quarantined,
+                other.failed_machines,
+                other.batches,
+            )
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class EnrollStatus:
+    """The outcomes of enrolling one machine."""
+
+    ENROLLED = "enrolled"
+    ALREADY_ENROLLED = "already_enrolled"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class EnrollOutcome:
+    """The outcome of enrolling one machine: ``status`` is one of :class:`EnrollStatus`, ``reason`` set on failure."""
+
+    machine_id: str
+    status: str
+    reason: str | None = None
+    url: str | None = None
+    expire_at: datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the machine is (now or already) enrolled."""
+        return self.status != EnrollStatus.FAILED
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDecision:
+    """One community-blocklist decision from the stream's ``new`` part, flattened out of its scenario group.
+
+    ``scope`` is normalised to lowercase (``ip``, ``range``); ``duration`` is in seconds; ``type`` is ``ban``
+    (CAPI's stream has no type) and ``origin`` is ``CAPI``.
+    """
+
+    value: str
+    scope: str
+    scenario: str
+    duration: float
+    type: str = "ban"
+    origin: str = "CAPI"
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedDecision:
+    """One value from the stream's ``deleted`` part: the community-blocklist decisions on it are gone."""
+
+    value: str
+    scope: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlocklistLink:
+    """A subscribed blocklist: its content (plain text, one value per line) is at ``url``, fetched without auth.
+
+    Every value gets decision type ``remediation``, scope ``scope`` and lives ``duration`` seconds.
+    """
+
+    name: str
+    url: str
+    remediation: str
+    scope: str
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class AllowlistLink:
+    """A console allowlist: its content (NDJSON, one ``{value, expiration?}`` per line) is at ``url``."""
+
+    id: str
+    name: str
+    url: str
+    description: str = ""
+    created_at: str | None = None
+    updated_at: str | None = None
+
+
+@dataclass
+class DecisionStream:
+    """The parsed answer of ``GET /v3/decisions/stream``.
+
+    ``skipped`` counts stream items that could not be read (each logged with its reason). ``raw`` keeps the JSON
+    as received, and ``stream["new"]`` reads it, so code written for the legacy SDK's raw dict keeps working.
+    """
+
+    new: list[StreamDecision] = field(default_factory=list)
+    deleted: list[DeletedDecision] = field(default_factory=list)
+    blocklists: list[BlocklistLink] = field(default_factory=list)
+    allowlists: list[AllowlistLink] = field(default_factory=list)
+    skipped: int = 0
+    startup: bool = False
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.raw[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Read a key of the raw JSON, like ``dict.get``."""
+        return self.raw.get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.raw)
+
+    def keys(self) -> Any:
+        """The keys of the raw JSON."""
+        return self.raw.keys()
+
+
+@dataclass(frozen=True)
+class LinkDownload:
+    """The result of downloading a blocklist or allowlist link.
+
+    ``not_modified`` is True on 304; otherwise ``text`` is the body. ``last_modified`` is the server's
+    ``Last-Modified`` header (an HTTP date) to send back as ``If-Modified-Since`` next time.
+    """
+
+    url: str
+    status_code: int
+    text: str = ""
+    not_modified: bool = False
+    last_modified: str | None = None

@@ -1,0 +1,154 @@
+"""Time values as CAPI speaks them: RFC 3339 timestamps (UTC, microseconds) and Go duration strings.
+
+Shared by the client, the emulator and the remediation engine so that every part reads and writes them alike.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime, parsedate_to_datetime
+
+__all__ = [
+    "format_go_duration",
+    "format_http_date",
+    "format_rfc3339",
+    "parse_go_duration",
+    "parse_http_date",
+    "parse_timestamp",
+    "utcnow",
+]
+
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(timezone.utc)
+
+
+def parse_go_duration(text: str) -> float:
+    """Parse a Go duration such as ``4h``, ``3h59m55.756182786s`` or ``-1m30s`` into seconds.
+
+    Raises ``ValueError`` on anything Go's ``time.ParseDuration`` would refuse.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"a duration must be a string, not {type(text).__name__}")
+    s = text.strip()
+    if not s:
+        raise ValueError("empty duration")
+    sign = 1.0
+    if s[0] in "+-":
+        sign = -1.0 if s[0] == "-" else 1.0
+        s = s[1:]
+    if s == "0":
+        return 0.0
+    pos = 0
+    total = 0.0
+    while pos < len(s):
+        match = _GO_DURATION_PART.match(s, pos)
+        if match is None:
+            raise ValueError(f"invalid duration {text!r}")
+        total += float(match.group(1)) * _GO_UNITS[match.group(2)]
+        pos = match.end()
+    if pos == 0:
+        raise ValueError(f"invalid duration {text!r}")
+    return sign * total
+
+
+def format_go_duration(seconds: float) -> str:
+    """Render seconds as a Go duration string (``86400`` -> ``24h0m0s``), as Go's ``Duration.String`` does."""
+    if seconds == 0:
+        return "0s"
+    sign = "-" if seconds < 0 else ""
+    rest = abs(seconds)
+    if rest < 1:
+        return f"{sign}{rest * 1000:g}ms"
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    sec_text = f"{secs:.9f}".rstrip("0").rstrip(".") if secs != int(secs) else str(int(secs))
+    if hours:
+        return f"{sign}{int(hours)}h{int(minutes)}m{sec_text}s"
+    if minutes:
+        return f"{sign}{int(minutes)}m{sec_text}s"
+    return f"{sign}{sec_text}s"
+
+
+def format_rfc3339(value: datetime) -> str:
+    """Format an aware datetime as RFC 3339 in UTC with microseconds: ``2023-11-17T10:20:46.123456Z``.
+
+    A naive datetime is read as UTC (documented behaviour, never local time).
+    """
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    value = value.astimezone(timezone.utc)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_NANOS = re.compile(r"(\.\d{6})\d+")
+_SPACE_OFFSET = re.compile(r"\s+([+-]\d{2}):?(\d{2})$")
+
+
+def parse_timestamp(value: str | datetime | int | float) -> datetime:
+    """Read a timestamp into an aware UTC datetime.
+
+    Accepts datetimes (naive ones are read as UTC), unix seconds, RFC 3339 / ISO 8601 strings (``Z`` or an offset,
+    nanoseconds truncated to microseconds) and the legacy SDK's ``2023-11-17 10:20:46 +0000`` form.
+    Raises ``ValueError`` with the offending text otherwise.
+    """
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    if isinstance(value, bool):
+        raise ValueError(f"not a timestamp: {value!r}")
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(float(value), timezone.utc)
+    if not isinstance(value, str):
+        raise ValueError(f"not a timestamp: {value!r}")
+    text = value.strip()
+    if not text:
+        raise ValueError("empty timestamp")
+    text = _NANOS.sub(r"\1", text)
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    text = _SPACE_OFFSET.sub(r"\1:\2", text)
+    text = text.replace(" UTC", "+00:00")
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not an RFC 3339 timestamp: {value!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def format_http_date(value: datetime) -> str:
+    """Format a datetime as an HTTP date (``Sat, 21 Nov 2026 22:28:02 GMT``) for Last-Modified / If-Modified-Since."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return format_datetime(value.astimezone(timezone.utc), usegmt=True)
+
+
+def parse_http_date(text: str) -> datetime | None:
+    """Parse an HTTP date; ``None`` if it cannot be read (a bad header is ignored, never fatal)."""
+    try:
+        parsed = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed is None:
+        return None
+    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+
+
+def seconds_until(moment: datetime, now: datetime | None = None) -> float:
+    """Seconds from ``now`` (default: the current time) until ``moment``; negative if it is past."""
+    return (moment - (now or utcnow())) / timedelta(seconds=1)
