@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 __all__ = [
+    "AlreadyRunningError",
     "AuthenticationError",
     "CAPIError",
     "ConfigurationError",
@@ -189,3 +190,9 @@ class RefreshTooSoonError(CAPIError):
                 "pass force=True to pull anyway (CAPI may rate-limit you)."
             )
         super().__init__(message, hint=hint)
+
+
+class AlreadyRunningError(CAPIError):
+    """Another agent (``cscapi run``) already holds the single-instance lock for this signal storage."""
+
+    default_hint = "Stop the other agent first, or point this one at another storage; only one may run per storage."

@@ -1,0 +1,76 @@
+"""The state one ``cscapi`` invocation carries: global flags, the effective settings, and the output."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import click
+
+from cscapi.cli._output import Output
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class AppContext:
+    """Root options plus lazily loaded settings. Commands get it with :func:`pass_app`."""
+
+    def __init__(
+        self,
+        *,
+        config_path: str | None = None,
+        root_flags: dict[str, Any] | None = None,
+        json_mode: bool = False,
+        debug: bool = False,
+        color: bool | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.root_flags = {k: v for k, v in (root_flags or {}).items() if v is not None}
+        self.debug = debug
+        self.out = Output(json_mode=json_mode, color=color)
+
+    @property
+    def json_mode(self) -> bool:
+        return self.out.json_mode
+
+    def settings(self, **flags: Any) -> Any:
+        """The effective settings: command flags, then root flags, then env, file and defaults."""
+        from cscapi.config import load_settings
+
+        merged = dict(self.root_flags)
+        merged.update({k: v for k, v in flags.items() if v is not None and v != ()})
+        settings = load_settings(merged, config_path=self.config_path)
+        for warning in settings.warnings:
+            self.out.warn(warning)
+        return settings
+
+
+def json_option(func: F) -> F:
+    """Add ``--json`` to a command (the root ``cscapi --json`` works too)."""
+
+    def callback(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        if value:
+            ctx.ensure_object(AppContext).out.json_mode = True
+        return value
+
+    return click.option(
+        "--json",
+        "json_flag",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=callback,
+        help="Print JSON on stdout for scripts.",
+    )(func)
+
+
+def pass_app(func: F) -> F:
+    """Pass the :class:`AppContext` as the first argument."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        return func(ctx.ensure_object(AppContext), *args, **kwargs)
+
+    return cast(F, wrapper)
