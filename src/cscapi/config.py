@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 import stat
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -45,8 +44,10 @@ DEFAULT_EMULATOR_URL = "http://127.0.0.1:8081/"
 #: CAPI's documented minimum between two decision pulls (1 h 30).
 MIN_REFRESH_INTERVAL = 5400
 ENV_PREFIX = "CSCAPI_"
+#: ``CSCAPI_*`` variables that are not settings: the config file, the data directory, and the storage's encryption key
+#: (read by ``SQLStorage`` itself).
+_OTHER_ENV = ("config", "data_dir", "storage_key")
 
-_SCENARIO = re.compile(r"^[A-Za-z0-9_.-]{1,64}/[A-Za-z0-9_.-]{1,128}$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -72,13 +73,17 @@ def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def validate_scenario(name: str) -> str:
-    """Return ``name`` if it looks like a hub scenario (``author/name``), else raise ``ConfigurationError``."""
-    if not isinstance(name, str) or not _SCENARIO.match(name):
+    """Return ``name`` if it is a valid scenario name (``author/name``), else raise ``ConfigurationError``."""
+    from cscapi.errors import ValidationError
+    from cscapi.signals import validate_scenario as check
+
+    try:
+        return check(name)
+    except ValidationError:
         raise ConfigurationError(
             f"invalid scenario name {name!r}",
-            hint="Scenarios are written author/name, e.g. crowdsecurity/ssh-bf.",
-        )
-    return name
+            hint="Scenarios are written author/name with letters, digits, _ and -, e.g. crowdsecurity/ssh-bf.",
+        ) from None
 
 
 def resolve_target(target: str, emulator_url: str = DEFAULT_EMULATOR_URL) -> str:
@@ -203,6 +208,28 @@ def _check_scenarios(values: list[str]) -> list[str]:
     return seen
 
 
+def _check_prefix(value: str) -> str:
+    from cscapi.errors import ValidationError
+    from cscapi.machines import validate_machine_id_prefix
+
+    try:
+        return validate_machine_id_prefix(value)
+    except ValidationError as exc:
+        raise ConfigurationError(exc.message, hint="It counts inside the 48 characters of a machine id.") from None
+
+
+def _check_machine_id(value: str) -> str:
+    if not value:
+        return value
+    from cscapi.errors import ValidationError
+    from cscapi.machines import validate_machine_id
+
+    try:
+        return validate_machine_id(value)
+    except ValidationError as exc:
+        raise ConfigurationError(exc.message, hint="`cscapi machines list` shows the stored machines.") from None
+
+
 def _check_storage(value: str) -> str:
     if value and "://" not in value:
         raise ConfigurationError(
@@ -268,6 +295,7 @@ SETTINGS: tuple[Setting, ...] = (
         "str",
         "",
         "Which stored machine to use; empty means the first one (registered on first use).",
+        check=_check_machine_id,
     ),
     Setting(
         "machine_id_prefix",
@@ -275,6 +303,7 @@ SETTINGS: tuple[Setting, ...] = (
         "str",
         "",
         "Prefix of newly generated machine ids (counted inside the 48 characters CAPI requires).",
+        check=_check_prefix,
     ),
     Setting(
         "user_agent_prefix",
@@ -483,8 +512,12 @@ class Settings:
         out: dict[str, Any] = {}
         for spec in SETTINGS:
             value = self.values[spec.name]
-            if mask and (spec.secret or spec.uri) and isinstance(value, str):
-                value = self.display(spec.name) if value else value
+            if spec.name == "storage":
+                value = self.storage_uri
+            elif spec.name == "decision_store":
+                value = self.decision_store_uri
+            if mask and (spec.secret or spec.uri) and isinstance(value, str) and value:
+                value = mask_uri(value) if spec.uri else mask_secret(value)
             out[spec.name] = {"value": value, "source": self.sources[spec.name]}
         return out
 
@@ -577,7 +610,7 @@ def load_settings(
     warnings: list[str] = []
     for key in sorted(env):
         name = key[len(ENV_PREFIX) :].lower()
-        if key.startswith(ENV_PREFIX) and name not in _BY_NAME and name not in ("config", "data_dir"):
+        if key.startswith(ENV_PREFIX) and name not in _BY_NAME and name not in _OTHER_ENV:
             if key.startswith(ENV_PREFIX + "TEST_") or key.startswith(ENV_PREFIX + "EMULATOR_"):
                 continue
             close = difflib.get_close_matches(key, [s.env for s in SETTINGS], n=1)
