@@ -1,0 +1,857 @@
+"""The client's flows, written once as generators that yield *effects* and receive their results.
+
+A flow never does I/O itself: it yields :class:`HttpCall` (send a request, receive a ``Response`` or a
+``NetworkFailure``), :class:`StorageCall` (call a blocking storage method, receive its result or have its exception
+thrown back in), :class:`Sleep` and :class:`Now`. :func:`run_sync` executes effects blocking (``CAPIClient``);
+:func:`run_async` awaits them (``AsyncCAPIClient``: ``httpx.AsyncClient``, ``asyncio.to_thread`` for storage,
+``asyncio.sleep``), so sync and async share every line of logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from cscapi._version import __version__
+from cscapi.errors import (
+    AuthenticationError,
+    CAPIError,
+    ConfigurationError,
+    LoginBannedError,
+    RequestRejectedError,
+    StorageError,
+    ValidationError,
+)
+from cscapi.machines import random_machine_id, random_password, scenarios_key, token_is_usable, validate_machine_id
+from cscapi.models import EnrollOutcome, EnrollStatus, LinkDownload, Machine, SendReport, Signal
+from cscapi.protocol import (
+    Endpoints,
+    NetworkFailure,
+    Request,
+    Response,
+    RetryPolicy,
+    error_for,
+    failure_error,
+    metrics_payload,
+    parse_enroll,
+    parse_login,
+    parse_stream,
+    read_claims,
+    server_reason,
+    signals_to_wire,
+    token_expiry,
+)
+from cscapi.signals import validate_scenarios, validate_signals
+from cscapi.storage import Claim, StorageInterface
+from cscapi.timeutil import utcnow
+
+if TYPE_CHECKING:
+    from cscapi.client import CAPIClientConfig
+    from cscapi.models import DecisionStream
+    from cscapi.transport import AsyncTransport, SyncTransport
+
+__all__ = [
+    "LOGIN_BAN_SECONDS",
+    "Core",
+    "Effect",
+    "Flow",
+    "HttpCall",
+    "Now",
+    "Sleep",
+    "StorageCall",
+    "run_async",
+    "run_sync",
+]
+
+T = TypeVar("T")
+
+LOGIN_BAN_SECONDS = 3600.0
+"""CAPI bans logins for an hour after too many (403 on login)."""
+MAX_BATCH_SIZE = 250
+_CLAIM_BATCHES = 4  # claim up to 4 POSTs' worth of signals per storage round trip
+_LOCK_POLL = (0.05, 0.25)  # losers of the login lock re-read the token every 50-250 ms
+_UNKNOWN_EXPIRY = timedelta(minutes=5)  # a token with neither ``exp`` nor ``expire`` is reused this long at most
+
+
+# ---- effects -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HttpCall:
+    """Send ``request``; the flow receives a ``Response`` or a ``NetworkFailure``."""
+
+    request: Request
+
+
+@dataclass(frozen=True)
+class StorageCall:
+    """Call a blocking storage method; the flow receives its result (or has its exception thrown in)."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # arguments may hold a Machine; never print them
+        return f"StorageCall({getattr(self.fn, '__name__', 'call')})"
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Pause for ``seconds`` (blocking in the sync driver, ``asyncio.sleep`` in the async one)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Now:
+    """Ask the driver's clock for the current time (an aware UTC datetime)."""
+
+
+NOW = Now()
+Effect = HttpCall | StorageCall | Sleep | Now
+Flow = Generator[Effect, Any, T]
+
+
+# ---- drivers -----------------------------------------------------------------------------------------------
+
+
+def _storage_error(call: StorageCall, exc: Exception) -> Exception:
+    if isinstance(exc, CAPIError):
+        return exc
+    name = getattr(call.fn, "__name__", "call")
+    error = StorageError(f"The storage call {name} failed: {type(exc).__name__}: {str(exc)[:200]}.")
+    error.__cause__ = exc
+    return error
+
+
+def run_sync(
+    flow: Flow[T],
+    transport: SyncTransport,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], datetime] = utcnow,
+) -> T:
+    """Run a flow to completion, executing each effect blocking."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            effect = flow.send(value) if error is None else flow.throw(error)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        value, error = None, None
+        try:
+            if isinstance(effect, HttpCall):
+                value = transport.send(effect.request)
+            elif isinstance(effect, StorageCall):
+                try:
+                    value = effect.fn(*effect.args, **effect.kwargs)
+                except Exception as exc:
+                    raise _storage_error(effect, exc) from exc
+            elif isinstance(effect, Sleep):
+                if effect.seconds > 0:
+                    sleep(effect.seconds)
+            elif isinstance(effect, Now):
+                value = clock()
+            else:  # pragma: no cover - a programming error
+                raise TypeError(f"unknown effect {effect!r}")
+        except BaseException as exc:
+            error = exc
+
+
+async def run_async(
+    flow: Flow[T],
+    transport: AsyncTransport,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], datetime] = utcnow,
+) -> T:
+    """Run a flow to completion on the event loop: HTTP awaited, storage in a worker thread, pauses awaited."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            effect = flow.send(value) if error is None else flow.throw(error)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        value, error = None, None
+        try:
+            if isinstance(effect, HttpCall):
+                value = await transport.send(effect.request)
+            elif isinstance(effect, StorageCall):
+                try:
+                    value = await asyncio.to_thread(effect.fn, *effect.args, **effect.kwargs)
+                except Exception as exc:
+                    raise _storage_error(effect, exc) from exc
+            elif isinstance(effect, Sleep):
+                await sleep(max(0.0, effect.seconds))
+            elif isinstance(effect, Now):
+                value = clock()
+            else:  # pragma: no cover
+                raise TypeError(f"unknown effect {effect!r}")
+        except BaseException as exc:
+            error = exc
+
+
+# ---- the flows -------------------------------------------------------------------------------------------
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _validate_batch_size(batch_size: object) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ConfigurationError(
+            f"batch_size must be an integer from 1 to {MAX_BATCH_SIZE} (CAPI's limit per request), not {batch_size!r}."
+        )
+    return batch_size
+
+
+class _Batch:
+    """The claimed signals of one ``send_signals`` call still to be settled (sent, quarantined or released)."""
+
+    def __init__(self, claim: Claim) -> None:
+        self.claim = claim
+        self.open: set[int] = {s.alert_id for s in claim.signals if s.alert_id is not None}
+
+    def settle(self, ids: Iterable[int]) -> None:
+        self.open.difference_update(ids)
+
+
+class Core:
+    """The flows of the client, bound to one storage and one configuration. Holds no I/O handle."""
+
+    def __init__(self, storage: StorageInterface, config: CAPIClientConfig) -> None:
+        self.storage = storage
+        self.config = config
+        self.log: logging.Logger = config.logger
+        self.endpoints = Endpoints(config.api_root, config.api_version, config.gzip_threshold)
+        self.retry = RetryPolicy(
+            max_retries=config.max_retries,
+            base_delay=config.retry_delay,
+            max_delay=config.max_backoff,
+            max_retry_after=config.max_retry_after,
+        )
+        self.scenarios = list(config.scenarios)
+
+    # ---- primitive steps --------------------------------------------------------------------------------
+
+    def _store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Flow[T]:
+        result: T = yield StorageCall(fn, args, kwargs)
+        return result
+
+    def _now(self) -> Flow[datetime]:
+        now: datetime = yield NOW
+        return now
+
+    def _request(self, request: Request, *, retry: bool = True) -> Flow[Response]:
+        """Send with retries (backoff + jitter + Retry-After) on 429, 5xx and network failures.
+
+        Returns the final response when it is not retryable (the caller reads its status); raises
+        ``TransportError``, ``RateLimitedError`` or ``ServerError`` when the retries are exhausted.
+        """
+        attempt = 0
+        while True:
+            result: Response | NetworkFailure = yield HttpCall(request)
+            if isinstance(result, Response):
+                self.log.debug("%s %s -> %d", request.method, request.url, result.status_code)
+            if not retry or not self.retry.should_retry(result, attempt):
+                break
+            delay = self.retry.delay(attempt, result)
+            what = result.describe() if isinstance(result, NetworkFailure) else f"status {result.status_code}"
+            self.log.warning(
+                "The %s request got %s; retry %d of %d in %.2f s.",
+                request.operation,
+                what,
+                attempt + 1,
+                self.retry.max_retries,
+                delay,
+            )
+            yield Sleep(delay)
+            attempt += 1
+        if isinstance(result, NetworkFailure):
+            raise failure_error(result, request.operation, attempt + 1)
+        if retry and result.status_code in (429, 500, 502, 503, 504):
+            error = error_for(result, request.operation)
+            if attempt:
+                error.message += f" (after {attempt + 1} tries)"
+            raise error
+        return result
+
+    # ---- machines ----------------------------------------------------------------------------------------
+
+    def _lock(
+        self, machine_id: str, holder: str, done: Callable[[Machine | None, datetime], bool]
+    ) -> Flow[Machine | None]:
+        """Take the machine's login lock (shared by threads and processes through the storage).
+
+        Returns None once the lock is held, or the stored machine when ``done`` says another caller did the work
+        while we waited. Gives up with ``AuthenticationError`` after twice the lock's lifetime.
+        """
+        ttl = self.config.login_lock_ttl
+        start = yield from self._now()
+        while True:
+            acquired = yield from self._store(self.storage.acquire_login_lock, machine_id, holder, ttl)
+            if acquired:
+                return None
+            yield Sleep(random.uniform(*_LOCK_POLL))
+            machine = yield from self._store(self.storage.get_machine_by_id, machine_id)
+            now = yield from self._now()
+            if machine is not None:
+                self._check_ban(machine, now)
+            if done(machine, now):
+                return machine
+            if (now - start).total_seconds() > 2 * ttl:
+                raise AuthenticationError(
+                    f"Timed out waiting for another login of machine {machine_id}.",
+                    hint="Another process holds the machine's login lock; try again shortly.",
+                )
+
+    def _unlock(self, machine_id: str, holder: str) -> Flow[None]:
+        try:
+            yield from self._store(self.storage.release_login_lock, machine_id, holder)
+        except StorageError as exc:  # the lock lapses by itself after its ttl
+            self.log.warning("Could not release the login lock of machine %s: %s", machine_id, exc.message)
+
+    def _check_ban(self, machine: Machine, now: datetime) -> None:
+        until = machine.login_banned_until
+        if until is not None and now < until:
+            raise LoginBannedError(
+                f"CAPI banned logins for machine {machine.machine_id} until {until:%Y-%m-%d %H:%M:%S} UTC.",
+                until=until,
+            )
+
+    def register_machine(self, machine_id: str | None = None, password: str | None = None) -> Flow[Machine]:
+        """Register a machine on CAPI (id and CSPRNG password generated when absent); a registered one is returned.
+
+        The password is stored before it is sent, under the machine's login lock, so that an id/password pair
+        never changes once CAPI has seen it.
+        """
+        if machine_id is None:
+            machine_id = random_machine_id(self.config.machine_id_prefix)
+        validate_machine_id(machine_id)
+        if password is not None and (not isinstance(password, str) or not password):
+            raise ValidationError("password must be a non-empty string.", field="password")
+        stored = yield from self._store(self.storage.get_machine_by_id, machine_id)
+        if stored is not None and stored.registered:
+            self._same_password(stored, password)
+            return stored
+        holder = uuid.uuid4().hex
+        other = yield from self._lock(machine_id, holder, lambda m, _now: m is not None and m.registered)
+        if other is not None:
+            self._same_password(other, password)
+            return other
+        try:
+            machine = yield from self._register_locked(machine_id, password)
+        finally:
+            yield from self._unlock(machine_id, holder)
+        return machine
+
+    @staticmethod
+    def _same_password(machine: Machine, password: str | None) -> None:
+        if password is not None and password != machine.password:
+            raise ValidationError(
+                f"Machine {machine.machine_id} is already registered with another password.",
+                field="password",
+                hint="A machine's id/password pair never changes once registered; use a new machine id instead.",
+            )
+
+    def _register_locked(self, machine_id: str, password: str | None) -> Flow[Machine]:
+        stored = yield from self._store(self.storage.get_machine_by_id, machine_id)
+        if stored is not None and stored.registered:
+            self._same_password(stored, password)
+            return stored
+        now = yield from self._now()
+        machine = stored or Machine(machine_id=machine_id, created_at=now)
+        pw = password or machine.password or random_password()
+        if stored is None or stored.password != pw:
+            machine = replace(machine, password=pw, registered=False)
+            yield from self._store(self.storage.update_or_create_machine, machine)
+        response = yield from self._request(self.endpoints.register(machine_id, pw))
+        if response.ok:
+            machine = replace(machine, registered=True)
+            yield from self._store(self.storage.update_or_create_machine, machine)
+            self.log.info("Registered machine %s on CAPI.", machine_id)
+            return machine
+        if 400 <= response.status_code < 500 and response.status_code not in (401, 403, 404):
+            # Probably "already registered": it is ours only if our password logs in.
+            message, _ = server_reason(response)
+            self.log.info(
+                "CAPI refused to register machine %s (%d: %s); trying to log in with the stored password.",
+                machine_id,
+                response.status_code,
+                message,
+            )
+            try:
+                machine = yield from self._login_locked(machine, self.scenarios)
+            except LoginBannedError:
+                raise
+            except AuthenticationError:
+                raise AuthenticationError(
+                    f"Machine {machine_id} could not be registered ({response.status_code}: {message}) and the "
+                    "stored password does not log in: the id is probably registered with another password.",
+                    status_code=response.status_code,
+                    hint="Use a new machine id (the id/password pair of a registered machine never changes).",
+                ) from None
+            machine = replace(machine, registered=True)
+            yield from self._store(self.storage.update_or_create_machine, machine)
+            return machine
+        raise error_for(response, "register")
+
+    def ensure_registered(self, machine_id: str) -> Flow[Machine]:
+        """The stored machine, registering it first if CAPI has not accepted it yet."""
+        machine = yield from self._store(self.storage.get_machine_by_id, machine_id)
+        if machine is not None and machine.registered and machine.password:
+            return machine
+        return (yield from self.register_machine(machine_id))
+
+    def login(
+        self,
+        machine_id: str,
+        *,
+        scenarios: Sequence[str] | None = None,
+        force: bool = False,
+        stale_token: str | None = None,
+    ) -> Flow[Machine]:
+        """A machine with a usable token: the stored one until ``exp - latency_offset``, else a fresh login.
+
+        ``force`` logs in even if the token looks valid; ``stale_token`` (a token CAPI just refused with 401)
+        logs in unless another caller already replaced that token. Logins are serialised per machine.
+        """
+        validate_machine_id(machine_id)
+        scen = list(scenarios) if scenarios is not None else self.scenarios
+        key = scenarios_key(scen)
+        machine = yield from self.ensure_registered(machine_id)
+        now = yield from self._now()
+        self._check_ban(machine, now)
+        offset = self.config.latency_offset
+
+        def fresh(m: Machine | None, at: datetime) -> bool:
+            if m is None or not token_is_usable(m, key, at, offset):
+                return False
+            if stale_token is not None:
+                return m.token != stale_token
+            return not force
+
+        if fresh(machine, now):
+            return machine
+        holder = uuid.uuid4().hex
+        other = yield from self._lock(machine_id, holder, fresh)
+        if other is not None:
+            return other
+        try:
+            current = yield from self._store(self.storage.get_machine_by_id, machine_id)
+            if current is None or not current.password:
+                raise AuthenticationError(
+                    f"Machine {machine_id} disappeared from the storage while logging in.",
+                    hint="Register it again with register_machine().",
+                )
+            now = yield from self._now()
+            self._check_ban(current, now)
+            if fresh(current, now):
+                return current
+            machine = yield from self._login_locked(current, scen)
+        finally:
+            yield from self._unlock(machine_id, holder)
+        if self.config.send_metrics_after_login:
+            try:
+                yield from self._post_metrics(machine)
+            except CAPIError as exc:
+                self.log.warning("Sending metrics after the login of machine %s failed: %s", machine_id, exc.message)
+        return machine
+
+    def _login_locked(self, machine: Machine, scenarios: Sequence[str]) -> Flow[Machine]:
+        assert machine.password is not None
+        response = yield from self._request(self.endpoints.login(machine.machine_id, machine.password, scenarios))
+        now = yield from self._now()
+        if response.status_code == 403:
+            until = now + timedelta(seconds=LOGIN_BAN_SECONDS)
+            banned = replace(machine, login_banned_until=until, token=None, token_expires_at=None)
+            yield from self._store(self.storage.update_or_create_machine, banned)
+            message, _ = server_reason(response)
+            self.log.error(
+                "CAPI refused the login of machine %s with 403 (%s): login banned.", machine.machine_id, message
+            )
+            raise LoginBannedError(
+                f"CAPI refused the login of machine {machine.machine_id} with 403 ({message}): logins are banned "
+                f"until {until:%Y-%m-%d %H:%M:%S} UTC.",
+                until=until,
+            )
+        if response.status_code in (400, 401, 404):
+            error = error_for(response, "login")
+            raise AuthenticationError(
+                f"CAPI refused the login of machine {machine.machine_id} ({response.status_code}): {error.message}",
+                status_code=response.status_code,
+            )
+        if not response.ok:
+            raise error_for(response, "login")
+        token, expire = parse_login(response)
+        expires = token_expiry(token, expire)
+        if expires is None:
+            self.log.warning(
+                "The login token of machine %s has no expiry; reusing it 5 minutes at most.", machine.machine_id
+            )
+            expires = now + _UNKNOWN_EXPIRY
+        org = read_claims(token).get("organization_id")
+        machine = replace(
+            machine,
+            token=token,
+            token_expires_at=expires,
+            scenarios=scenarios_key(scenarios),
+            login_banned_until=None,
+            is_failing=False,
+            failing_until=None,
+            failure_reason=None,
+            organization_id=str(org) if org else machine.organization_id,
+        )
+        yield from self._store(self.storage.update_or_create_machine, machine)
+        self.log.info(
+            "Machine %s logged in; token valid until %s.", machine.machine_id, f"{expires:%Y-%m-%d %H:%M:%S} UTC"
+        )
+        return machine
+
+    def _send_with_token(self, token: str, request: Request, *, retry: bool = True) -> Flow[Response]:
+        return (yield from self._request(request.with_header("Authorization", f"Bearer {token}"), retry=retry))
+
+    def authed(self, machine_id: str, request: Request, scenarios: Sequence[str] | None = None) -> Flow[Response]:
+        """Send an authenticated request; a 401 forces one fresh login and one retry, a second 401 raises."""
+        machine = yield from self.login(machine_id, scenarios=scenarios)
+        assert machine.token is not None
+        response = yield from self._send_with_token(machine.token, request)
+        if response.status_code != 401:
+            return response
+        self.log.info("CAPI refused the token of machine %s (401); logging in again.", machine_id)
+        machine = yield from self.login(machine_id, scenarios=scenarios, stale_token=machine.token)
+        assert machine.token is not None
+        response = yield from self._send_with_token(machine.token, request)
+        if response.status_code == 401:
+            message, _ = server_reason(response)
+            raise AuthenticationError(
+                f"CAPI refused a fresh token of machine {machine_id} for the {request.operation} request (401: "
+                f"{message}).",
+                status_code=401,
+            )
+        return response
+
+    def _post_metrics(self, machine: Machine) -> Flow[None]:
+        assert machine.token is not None
+        now = yield from self._now()
+        payload = metrics_payload(self.config.user_agent, __version__, None, now)
+        # One try only: metrics are a courtesy and must not slow a login down with backoff.
+        response = yield from self._send_with_token(machine.token, self.endpoints.metrics(payload), retry=False)
+        if not response.ok:
+            raise error_for(response, "metrics")
+
+    def send_metrics(self, machine_id: str) -> Flow[None]:
+        """``POST /v3/metrics`` describing this SDK, for one machine."""
+        now = yield from self._now()
+        payload = metrics_payload(self.config.user_agent, __version__, None, now)
+        response = yield from self.authed(machine_id, self.endpoints.metrics(payload))
+        if not response.ok:
+            raise error_for(response, "metrics")
+
+    def default_machine_id(self) -> Flow[str]:
+        """The first stored machine's id, or a newly generated and registered machine's."""
+        machines = yield from self._store(self.storage.list_machines)
+        if machines:
+            return str(machines[0].machine_id)
+        machine = yield from self.register_machine()
+        return machine.machine_id
+
+    # ---- signals -----------------------------------------------------------------------------------------
+
+    def add_signals(self, signals: Iterable[Signal]) -> Flow[int]:
+        """Validate every signal, then queue them all in one storage call; returns how many were new."""
+        originals = [signals] if isinstance(signals, Signal) else list(signals)
+        validated = validate_signals(originals)
+        if not validated:
+            return 0
+        count: int = yield from self._store(self.storage.add_signals, validated)
+        for original, stored in zip(originals, validated):
+            if isinstance(original, Signal) and stored.alert_id is not None:
+                original.alert_id = stored.alert_id
+        return count
+
+    def _mark_failing(self, machine_id: str, reason: str) -> Flow[None]:
+        now = yield from self._now()
+        machine = yield from self._store(self.storage.get_machine_by_id, machine_id)
+        if machine is None:
+            return
+        until = now + timedelta(seconds=self.config.failing_cooldown)
+        machine = replace(machine, is_failing=True, failing_until=until, failure_reason=reason[:500])
+        yield from self._store(self.storage.update_or_create_machine, machine)
+        self.log.warning(
+            "Machine %s is failing (%s); its signals wait until %s.", machine_id, reason, f"{until:%H:%M:%S} UTC"
+        )
+
+    def _clear_failing(self, machine_id: str) -> Flow[None]:
+        machine = yield from self._store(self.storage.get_machine_by_id, machine_id)
+        if machine is not None and (machine.is_failing or machine.failing_until is not None):
+            machine = replace(machine, is_failing=False, failing_until=None, failure_reason=None)
+            yield from self._store(self.storage.update_or_create_machine, machine)
+
+    def send_signals(self, prune_after_send: bool = True, batch_size: int | None = None) -> Flow[SendReport]:
+        """Claim queued signals, POST them per machine in batches, mark sent after each 2xx.
+
+        Each claimed signal is handled at most once per call (the loop always ends). A 400 on a batch bisects it
+        to quarantine only the refused signals; a machine that cannot log in or whose server keeps failing is
+        marked failing for ``failing_cooldown`` and its signals go back to the queue.
+        """
+        size = _validate_batch_size(self.config.batch_size if batch_size is None else batch_size)
+        report = SendReport()
+        failed: dict[str, str] = {}
+        batches: list[_Batch] = []
+        seen: set[int] = set()
+        try:
+            while True:
+                claim: Claim = yield from self._store(
+                    self.storage.claim_signals, size * _CLAIM_BATCHES, self.config.claim_lease
+                )
+                if not claim.signals:
+                    break
+                batch = _Batch(claim)
+                batches.append(batch)
+                fresh = [s for s in claim.signals if s.alert_id not in seen]
+                if not fresh:  # only signals we already handled came back: stop here
+                    break
+                seen.update(s.alert_id for s in fresh if s.alert_id is not None)
+                groups: dict[str, list[Signal]] = {}
+                for signal in fresh:
+                    groups.setdefault(signal.machine_id or "", []).append(signal)
+                for machine_id, signals in groups.items():
+                    if machine_id in failed:
+                        continue
+                    error = yield from self._send_machine(machine_id, batch, signals, size, report)
+                    if error is not None:
+                        failed[machine_id] = error.message
+                        if not isinstance(error, LoginBannedError):
+                            yield from self._mark_failing(machine_id, error.message)
+        finally:
+            for batch in batches:
+                if batch.open:
+                    ids = sorted(batch.open)
+                    try:
+                        yield from self._store(self.storage.release_claim, batch.claim, ids)
+                    except StorageError as exc:
+                        self.log.warning(
+                            "Could not release %d claimed signals (the lease frees them): %s", len(ids), exc
+                        )
+                    batch.settle(ids)
+        report.failed_machines.update(failed)
+        if prune_after_send and report.sent:
+            yield from self._store(self.storage.prune)
+        self.log.info(
+            "send_signals: %d sent, %d quarantined, %d POSTs, %d failing machines.",
+            report.sent,
+            report.quarantined,
+            report.batches,
+            len(failed),
+        )
+        return report
+
+    def _send_machine(
+        self, machine_id: str, batch: _Batch, signals: list[Signal], size: int, report: SendReport
+    ) -> Flow[CAPIError | None]:
+        try:
+            machine = yield from self.login(machine_id)
+        except StorageError:
+            raise
+        except CAPIError as exc:
+            return exc
+        cleared = not (machine.is_failing or machine.failing_until is not None)
+        pending: list[Sequence[Signal]] = list(_chunks(signals, size))
+        while pending:
+            part = pending.pop(0)
+            request = self.endpoints.signals(signals_to_wire(list(part)))
+            try:
+                response = yield from self.authed(machine_id, request)
+            except StorageError:
+                raise
+            except CAPIError as exc:
+                return exc
+            report.batches += 1
+            ids = [s.alert_id for s in part if s.alert_id is not None]
+            if response.ok:
+                yield from self._store(self.storage.mark_sent, batch.claim, ids)
+                batch.settle(ids)
+                report.sent += len(part)
+                if not cleared:
+                    yield from self._clear_failing(machine_id)
+                    cleared = True
+            elif response.status_code in (400, 413, 422):
+                if len(part) == 1:
+                    error = error_for(response, "signals")
+                    reason = (
+                        error.server_message or error.message
+                        if isinstance(error, RequestRejectedError)
+                        else error.message
+                    )
+                    if isinstance(error, RequestRejectedError) and error.server_errors:
+                        reason = f"{reason}: {error.server_errors}"
+                    reason = f"{response.status_code} {reason}"
+                    yield from self._store(self.storage.quarantine, batch.claim, ids, reason)
+                    batch.settle(ids)
+                    report.quarantined += 1
+                    self.log.warning("Quarantined signal %s of machine %s: %s", part[0].uuid, machine_id, reason)
+                else:
+                    half = len(part) // 2
+                    pending[0:0] = [part[:half], part[half:]]
+            else:
+                return error_for(response, "signals")
+        return None
+
+    def prune_failing_machines_signals(self) -> Flow[int]:
+        """Delete the queued signals of machines that are failing right now; returns how many."""
+        now = yield from self._now()
+        machines = yield from self._store(self.storage.list_machines)
+        failing = {
+            m.machine_id
+            for m in machines
+            if (m.failing_until is not None and m.failing_until > now) or (m.is_failing and m.failing_until is None)
+        }
+        if not failing:
+            return 0
+        deleted = 0
+        offset = 0
+        page = 1000
+        while True:
+            signals = yield from self._store(self.storage.get_signals, page, offset, False, None)
+            if not signals:
+                break
+            doomed = [s.alert_id for s in signals if s.machine_id in failing and s.alert_id is not None]
+            if doomed:
+                yield from self._store(self.storage.delete_signals, doomed)
+                deleted += len(doomed)
+            offset += len(signals) - len(doomed)
+            if len(signals) < page:
+                break
+        self.log.info("Deleted %d queued signals of %d failing machines.", deleted, len(failing))
+        return deleted
+
+    # ---- decisions, links, enrollment, metrics -----------------------------------------------------------
+
+    def get_decisions(
+        self,
+        main_machine_id: str,
+        scenarios: Sequence[str] | None = None,
+        *,
+        startup: bool = False,
+        community_pull: bool = True,
+        additional_pull: bool = True,
+    ) -> Flow[DecisionStream]:
+        """Pull ``GET /v3/decisions/stream`` as ``main_machine_id`` (logged in with ``scenarios`` if given)."""
+        scen = validate_scenarios(scenarios) if scenarios is not None else None
+        request = self.endpoints.decisions_stream(
+            startup=startup, community_pull=community_pull, additional_pull=additional_pull
+        )
+        response = yield from self.authed(main_machine_id, request, scenarios=scen)
+        if not response.ok:
+            raise error_for(response, "decisions stream")
+
+        def skipped(reason: str) -> None:
+            self.log.warning("Skipped a decisions stream item: %s", reason)
+
+        stream = parse_stream(response, startup=startup, on_skip=skipped)
+        self.log.info(
+            "Decisions stream: %d new, %d deleted, %d blocklists, %d allowlists, %d skipped.",
+            len(stream.new),
+            len(stream.deleted),
+            len(stream.blocklists),
+            len(stream.allowlists),
+            stream.skipped,
+        )
+        return stream
+
+    def download_link(self, url: str, if_modified_since: datetime | str | None = None) -> Flow[LinkDownload]:
+        """GET a blocklist/allowlist link without Authorization; 304 means not modified, other non-2xx raise."""
+        request = Endpoints.link(url, if_modified_since)
+        response = yield from self._request(request)
+        if response.status_code == 304:
+            return LinkDownload(
+                url=url, status_code=304, not_modified=True, last_modified=response.header("last-modified")
+            )
+        if not response.ok:
+            raise error_for(response, "link download")
+        return LinkDownload(
+            url=url,
+            status_code=response.status_code,
+            text=response.text,
+            last_modified=response.header("last-modified"),
+        )
+
+    def enroll_machines(
+        self,
+        machine_ids: Sequence[str],
+        name: str | None,
+        attachment_key: str,
+        tags: Sequence[str] | None,
+        overwrite: bool = False,
+    ) -> Flow[list[EnrollOutcome]]:
+        """Enroll each machine into the console; one outcome per machine, never an exception for one machine."""
+        if isinstance(machine_ids, str):
+            machine_ids = [machine_ids]
+        if not isinstance(attachment_key, str) or not attachment_key.isascii() or not attachment_key.isalnum():
+            raise ValidationError(
+                "The attachment key must be the letters and digits shown in the CrowdSec console.",
+                field="attachment_key",
+            )
+        if name is not None and not isinstance(name, str):
+            raise ValidationError("name must be a string.", field="name")
+        tag_list = list(tags or [])
+        if not all(isinstance(t, str) for t in tag_list):
+            raise ValidationError("tags must be a list of strings.", field="tags")
+        request = self.endpoints.enroll(attachment_key, name, tag_list, bool(overwrite))
+        outcomes: list[EnrollOutcome] = []
+        for machine_id in machine_ids:
+            outcome = yield from self._enroll_one(machine_id, request, bool(overwrite))
+            outcomes.append(outcome)
+        return outcomes
+
+    def _enroll_one(self, machine_id: str, request: Request, overwrite: bool) -> Flow[EnrollOutcome]:
+        try:
+            validate_machine_id(machine_id)
+            response = yield from self.authed(machine_id, request)
+        except StorageError:
+            raise
+        except CAPIError as exc:
+            self.log.warning("Enrolling machine %s failed: %s", machine_id, exc.message)
+            return EnrollOutcome(str(machine_id), EnrollStatus.FAILED, reason=exc.message)
+        if response.ok:
+            status, url, expire_at = parse_enroll(response, overwrite)
+            self.log.info("Machine %s: %s.", machine_id, status.replace("_", " "))
+            return EnrollOutcome(machine_id, status, url=url, expire_at=expire_at)
+        message, _ = server_reason(response)
+        if response.status_code == 403:
+            reason = f"CAPI refused the attachment key (403: {message})"
+        else:
+            reason = error_for(response, "enroll").message
+        self.log.warning("Enrolling machine %s failed: %s", machine_id, reason)
+        return EnrollOutcome(machine_id, EnrollStatus.FAILED, reason=reason)
+
+    def push_usage_metrics(self, machine_id: str, payload: dict[str, Any]) -> Flow[None]:
+        """``POST /v3/usage-metrics`` with an ``AllMetrics`` dict; a refusal raises ``RequestRejectedError``."""
+        if not isinstance(payload, dict):
+            raise ValidationError("The usage metrics payload must be an AllMetrics dict.", field="payload")
+        response = yield from self.authed(machine_id, self.endpoints.usage_metrics(payload))
+        if not response.ok:
+            raise error_for(response, "usage metrics")
+
+    def delete_decisions(self, machine_id: str, uuids: Sequence[str]) -> Flow[None]:
+        """``POST /v3/decisions/delete`` with the UUIDs of decisions deleted locally."""
+        if isinstance(uuids, str) or not all(isinstance(u, str) and u for u in uuids):
+            raise ValidationError("uuids must be a list of decision UUID strings.", field="uuids")
+        items = list(uuids)
+        if not items:
+            return
+        response = yield from self.authed(machine_id, self.endpoints.decisions_delete(items))
+        if not response.ok:
+            raise error_for(response, "decisions delete")

@@ -1,0 +1,285 @@
+"""The blocking CAPI client (``CAPIClient``) and its configuration (``CAPIClientConfig``).
+
+``CAPIClient`` only drives the flows of :mod:`cscapi._core` with blocking I/O; ``cscapi.aio.AsyncCAPIClient`` drives
+the very same flows on an event loop. The names and the positional order of the legacy cscapi 0.7.0 are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from cscapi._core import MAX_BATCH_SIZE, Core, Flow, T, run_sync
+from cscapi.errors import ConfigurationError, ValidationError
+from cscapi.machines import validate_machine_id_prefix
+from cscapi.models import DecisionStream, EnrollOutcome, LinkDownload, Machine, SendReport, Signal
+from cscapi.protocol import DEV_URL, PROD_URL, normalise_base_url, user_agent
+from cscapi.signals import validate_scenarios
+from cscapi.storage import StorageInterface
+from cscapi.timeutil import utcnow
+from cscapi.transport import SyncTransport, TransportSettings
+
+__all__ = ["BASE_URL_ENV", "CAPIClient", "CAPIClientConfig"]
+
+BASE_URL_ENV = "CSCAPI_BASE_URL"
+"""When ``base_url`` is not set, this environment variable (if set) gives the CAPI root: point unchanged code at the
+emulator with ``CSCAPI_BASE_URL=http://127.0.0.1:8081/``."""
+
+_UA_PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def _number(name: str, value: object, *, minimum: float = 0.0, integer: bool = False) -> None:
+    kinds: tuple[type, ...] = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or float(value) < minimum:  # type: ignore[arg-type]
+        what = "an integer" if integer else "a number"
+        raise ConfigurationError(f"{name} must be {what} >= {minimum:g}, not {value!r}.")
+
+
+def _redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+@dataclass(repr=False)
+class CAPIClientConfig:
+    """How to reach CAPI and how to behave. Every value is checked when the config is built.
+
+    The first seven fields keep the legacy cscapi 0.7.0 order. ``base_url`` (or the ``CSCAPI_BASE_URL`` environment
+    variable) overrides ``prod``; ``prod=False`` means CrowdSec's *dev* CAPI, as the legacy SDK documented.
+    """
+
+    scenarios: list[str]
+    prod: bool = False
+    user_agent_prefix: str = ""
+    max_retries: int = 3
+    latency_offset: float = 10
+    retry_delay: float = 5
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("cscapi"))
+    base_url: str | None = None
+    api_version: str = "v3"
+    timeout: Any = 30.0
+    proxy: str | None = None
+    verify: bool | str | ssl.SSLContext = True
+    transport: Any = None
+    async_transport: Any = None
+    batch_size: int = MAX_BATCH_SIZE
+    machine_id_prefix: str = ""
+    failing_cooldown: float = 300.0
+    claim_lease: float = 300.0
+    send_metrics_after_login: bool = True
+    gzip_threshold: int = 5120
+    max_backoff: float = 60.0
+    max_retry_after: float = 120.0
+    login_lock_ttl: float = 60.0
+
+    def __post_init__(self) -> None:
+        try:
+            self.scenarios = validate_scenarios(self.scenarios)
+            validate_machine_id_prefix(self.machine_id_prefix, "machine_id_prefix")
+        except ValidationError as exc:
+            raise ConfigurationError(exc.message, hint=exc.hint) from None
+        if (
+            not isinstance(self.user_agent_prefix, str)
+            or len(self.user_agent_prefix) > 64
+            or not set(self.user_agent_prefix) <= _UA_PREFIX_CHARS
+        ):
+            raise ConfigurationError(
+                f"user_agent_prefix {self.user_agent_prefix!r} is invalid: use at most 64 letters, digits, '.', '_' "
+                "or '-'."
+            )
+        _number("max_retries", self.max_retries, integer=True)
+        if self.max_retries > 20:
+            raise ConfigurationError(f"max_retries must be at most 20, not {self.max_retries}.")
+        for name in (
+            "latency_offset",
+            "retry_delay",
+            "failing_cooldown",
+            "max_backoff",
+            "max_retry_after",
+        ):
+            _number(name, getattr(self, name))
+        _number("claim_lease", self.claim_lease, minimum=0.001)
+        _number("login_lock_ttl", self.login_lock_ttl, minimum=0.001)
+        _number("gzip_threshold", self.gzip_threshold, integer=True)
+        if (
+            isinstance(self.batch_size, bool)
+            or not isinstance(self.batch_size, int)
+            or not (1 <= self.batch_size <= MAX_BATCH_SIZE)
+        ):
+            raise ConfigurationError(
+                f"batch_size must be an integer from 1 to {MAX_BATCH_SIZE}, not {self.batch_size!r}."
+            )
+        if not isinstance(self.verify, (bool, str, ssl.SSLContext)):
+            raise ConfigurationError("verify must be True, False, a CA bundle path or an ssl.SSLContext.")
+        if isinstance(self.verify, str) and not os.path.exists(self.verify):
+            raise ConfigurationError(f"verify names a CA bundle that does not exist: {self.verify!r}.")
+        if self.api_version not in ("v3",):
+            raise ConfigurationError(f"api_version {self.api_version!r} is not supported; use 'v3'.")
+        if not isinstance(self.logger, logging.Logger):
+            raise ConfigurationError("logger must be a logging.Logger.")
+        self.api_root  # noqa: B018 - validates base_url / CSCAPI_BASE_URL now, not at the first request
+
+    @property
+    def api_root(self) -> str:
+        """The CAPI root URL in use: ``base_url``, else ``$CSCAPI_BASE_URL``, else prod or dev CAPI."""
+        url = self.base_url or os.environ.get(BASE_URL_ENV) or (PROD_URL if self.prod else DEV_URL)
+        return normalise_base_url(url, self.api_version)
+
+    @property
+    def user_agent(self) -> str:
+        """``{prefix}-capi-py-sdk/{version}`` or ``capi-py-sdk/{version}``."""
+        return user_agent(self.user_agent_prefix)
+
+    def transport_settings(self) -> TransportSettings:
+        """What the httpx clients are built from."""
+        return TransportSettings(
+            user_agent=self.user_agent,
+            timeout=self.timeout,
+            proxy=self.proxy,
+            verify=self.verify,
+            transport=self.transport,
+            async_transport=self.async_transport,
+        )
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "logger":
+                value = value.name
+            elif f.name in ("transport", "async_transport"):
+                value = type(value).__name__ if value is not None else None
+            elif f.name == "proxy" and value:
+                value = _redact_url(value)
+            elif f.name == "verify" and isinstance(value, ssl.SSLContext):
+                value = "SSLContext"
+            shown.append(f"{f.name}={value!r}")
+        return f"CAPIClientConfig({', '.join(shown)})"
+
+
+class CAPIClient:
+    """Share signals with CAPI and pull its decisions, blocking. Safe to share between threads.
+
+    ``storage`` keeps the signal queue and the machines' credentials (``cscapi.sql_storage.SQLStorage``); the
+    client never closes it. ``close()`` (or ``with``) closes the HTTP connection pool.
+    """
+
+    def __init__(self, storage: StorageInterface, config: CAPIClientConfig) -> None:
+        if not isinstance(config, CAPIClientConfig):
+            raise ConfigurationError("config must be a CAPIClientConfig.")
+        if not isinstance(storage, StorageInterface):
+            raise ConfigurationError("storage must implement cscapi.storage.StorageInterface (e.g. SQLStorage).")
+        self.storage = storage
+        self.config = config
+        self.logger = config.logger
+        self._core = Core(storage, config)
+        self._transport = SyncTransport(config.transport_settings())
+        self._sleep: Callable[[float], None] = time.sleep
+        self._clock: Callable[[], datetime] = utcnow
+
+    def _run(self, flow: Flow[T]) -> T:
+        return run_sync(flow, self._transport, sleep=self._sleep, clock=self._clock)
+
+    # ---- signals -----------------------------------------------------------------------------------------
+
+    def add_signals(self, signals: Iterable[Signal]) -> int:
+        """Validate and queue signals (one storage transaction); returns how many were new (same uuid: once)."""
+        return self._run(self._core.add_signals(signals))
+
+    def send_signals(self, prune_after_send: bool = True, batch_size: int | None = None) -> SendReport:
+        """Send every queued signal (≤ ``batch_size`` per POST, 250 at most); ``int(report)`` is the number accepted."""
+        return self._run(self._core.send_signals(prune_after_send, batch_size))
+
+    def prune_failing_machines_signals(self) -> int:
+        """Delete the queued signals of machines that are failing right now; returns how many."""
+        return self._run(self._core.prune_failing_machines_signals())
+
+    # ---- decisions -----------------------------------------------------------------------------------------
+
+    def get_decisions(
+        self,
+        main_machine_id: str,
+        scenarios: Sequence[str] | None = None,
+        *,
+        startup: bool = False,
+        community_pull: bool = True,
+        additional_pull: bool = True,
+    ) -> DecisionStream:
+        """Pull the decisions stream as ``main_machine_id`` (registered and logged in as needed)."""
+        return self._run(
+            self._core.get_decisions(
+                main_machine_id,
+                scenarios,
+                startup=startup,
+                community_pull=community_pull,
+                additional_pull=additional_pull,
+            )
+        )
+
+    def download_link(self, url: str, *, if_modified_since: datetime | str | None = None) -> LinkDownload:
+        """Download a blocklist or allowlist link (no Authorization header); 304 gives ``not_modified=True``."""
+        return self._run(self._core.download_link(url, if_modified_since))
+
+    def delete_decisions(self, machine_id: str, uuids: Sequence[str]) -> None:
+        """Tell CAPI these decisions were deleted locally."""
+        self._run(self._core.delete_decisions(machine_id, uuids))
+
+    # ---- machines --------------------------------------------------------------------------------------------
+
+    def enroll_machines(
+        self,
+        machine_ids: Sequence[str],
+        name: str | None,
+        attachment_key: str,
+        tags: Sequence[str] | None,
+        overwrite: bool = False,
+    ) -> list[EnrollOutcome]:
+        """Enroll machines into the CrowdSec console; one :class:`EnrollOutcome` per machine."""
+        return self._run(self._core.enroll_machines(machine_ids, name, attachment_key, tags, overwrite))
+
+    def register_machine(self, machine_id: str | None = None, password: str | None = None) -> Machine:
+        """Register a machine (id and password generated when absent); an already registered one is returned."""
+        return self._run(self._core.register_machine(machine_id, password))
+
+    def login(self, machine_id: str, *, force: bool = False) -> Machine:
+        """A machine with a valid token: the stored one until ``exp - latency_offset``, else a new login."""
+        return self._run(self._core.login(machine_id, force=force))
+
+    def default_machine_id(self) -> str:
+        """The first stored machine's id, or a newly generated and registered machine's."""
+        return self._run(self._core.default_machine_id())
+
+    def push_usage_metrics(self, machine_id: str, payload: dict[str, Any]) -> None:
+        """``POST /v3/usage-metrics`` with an ``AllMetrics`` dict."""
+        self._run(self._core.push_usage_metrics(machine_id, payload))
+
+    def send_metrics(self, machine_id: str) -> None:
+        """``POST /v3/metrics`` describing this SDK."""
+        self._run(self._core.send_metrics(machine_id))
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the HTTP connection pool (the storage stays open: it is yours)."""
+        self._transport.close()
+
+    def __enter__(self) -> CAPIClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"CAPIClient(base_url={self.config.api_root!r}, storage={type(self.storage).__name__})"

@@ -1,0 +1,89 @@
+"""Machine credential policy: id and password formats, and when a stored token may still be used.
+
+Pure functions shared by ``cscapi.utils`` (generators), ``cscapi._core`` (login flow) and the CLI.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from cscapi.errors import ValidationError
+from cscapi.models import Machine
+
+__all__ = [
+    "MACHINE_ID_LENGTH",
+    "MAX_PREFIX_LENGTH",
+    "PASSWORD_LENGTH",
+    "random_machine_id",
+    "random_password",
+    "scenarios_key",
+    "token_is_usable",
+    "validate_machine_id",
+    "validate_machine_id_prefix",
+]
+
+MACHINE_ID_LENGTH = 48
+"""CAPI's login takes exactly 48 alphanumeric characters."""
+MAX_PREFIX_LENGTH = 16
+PASSWORD_LENGTH = 64
+
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+_PASSWORD_ALPHABET = string.ascii_letters + string.digits
+_MACHINE_ID = re.compile(r"[a-zA-Z0-9]{48}")
+_PREFIX = re.compile(r"[a-z0-9]{0,16}")
+
+
+def validate_machine_id_prefix(prefix: str, field: str = "prefix") -> str:
+    """Check a machine id prefix: lowercase letters and digits, at most 16 characters (it counts in the 48)."""
+    if not isinstance(prefix, str) or _PREFIX.fullmatch(prefix) is None:
+        raise ValidationError(
+            f"Invalid machine id prefix {prefix!r}: use at most {MAX_PREFIX_LENGTH} lowercase letters and digits.",
+            field=field,
+        )
+    return prefix
+
+
+def validate_machine_id(machine_id: object, field: str = "machine_id") -> str:
+    """Check a machine id: exactly 48 letters or digits, as CAPI's login requires."""
+    if not isinstance(machine_id, str) or _MACHINE_ID.fullmatch(machine_id) is None:
+        shown = machine_id if isinstance(machine_id, str) and len(machine_id) <= 80 else type(machine_id).__name__
+        raise ValidationError(
+            f"Invalid machine id {shown!r}: it must be exactly {MACHINE_ID_LENGTH} letters or digits.",
+            field=field,
+            hint="Use cscapi.utils.generate_machine_id() or generate_machine_id_from_key(); nothing was sent.",
+        )
+    return machine_id
+
+
+def random_machine_id(prefix: str = "") -> str:
+    """``prefix`` followed by random lowercase letters and digits (CSPRNG), 48 characters in all."""
+    validate_machine_id_prefix(prefix)
+    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(MACHINE_ID_LENGTH - len(prefix)))
+
+
+def random_password(length: int = PASSWORD_LENGTH) -> str:
+    """A password of ``length`` random letters and digits from the operating system's CSPRNG."""
+    if length < 16:
+        raise ValidationError("A machine password needs at least 16 characters.", field="length")
+    return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(length))
+
+
+def scenarios_key(scenarios: Iterable[str]) -> str:
+    """The sorted, comma-joined scenario list stored with a token: a different key means a new login."""
+    return ",".join(sorted(set(scenarios)))
+
+
+def token_is_usable(machine: Machine, scenarios: str, now: datetime, latency_offset: float) -> bool:
+    """True when the stored token can be sent: present, same scenarios, not within ``latency_offset`` s of expiry.
+
+    A token without a known expiry is never reused (we cannot tell whether it is still valid).
+    """
+    if not machine.token or machine.token_expires_at is None:
+        return False
+    if (machine.scenarios or "") != scenarios:
+        return False
+    return now < machine.token_expires_at - timedelta(seconds=latency_offset)

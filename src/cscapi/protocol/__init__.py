@@ -1,0 +1,57 @@
+"""CAPI's protocol without I/O: build requests, read responses, decide retries, read tokens.
+
+Everything here is pure (no sockets, no storage, no sleeping), so the sync and the async client share it unchanged.
+"""
+
+from __future__ import annotations
+
+from cscapi.protocol.endpoints import DEV_URL, PROD_URL, Endpoints, metrics_payload, normalise_base_url
+from cscapi.protocol.http import (
+    DEFAULT_GZIP_THRESHOLD,
+    NetworkFailure,
+    Request,
+    Response,
+    encode_json_body,
+    user_agent,
+)
+from cscapi.protocol.jwt import read_claims, token_expiry
+from cscapi.protocol.responses import (
+    error_for,
+    failure_error,
+    parse_enroll,
+    parse_json_object,
+    parse_login,
+    parse_stream,
+    server_reason,
+)
+from cscapi.protocol.retry import RETRYABLE_STATUSES, RetryPolicy, is_retryable, parse_retry_after
+from cscapi.protocol.wire import signal_to_wire, signals_to_wire
+
+__all__ = [
+    "DEFAULT_GZIP_THRESHOLD",
+    "DEV_URL",
+    "PROD_URL",
+    "RETRYABLE_STATUSES",
+    "Endpoints",
+    "NetworkFailure",
+    "Request",
+    "Response",
+    "RetryPolicy",
+    "encode_json_body",
+    "error_for",
+    "failure_error",
+    "is_retryable",
+    "metrics_payload",
+    "normalise_base_url",
+    "parse_enroll",
+    "parse_json_object",
+    "parse_login",
+    "parse_retry_after",
+    "parse_stream",
+    "read_claims",
+    "server_reason",
+    "signal_to_wire",
+    "signals_to_wire",
+    "token_expiry",
+    "user_agent",
+]

@@ -1,0 +1,127 @@
+"""The HTTP values the protocol layer speaks: a request to send, a response received, a network failure.
+
+Plain data, no I/O: ``cscapi.transport`` turns a :class:`Request` into a :class:`Response` (or a
+:class:`NetworkFailure`) with httpx; everything else only builds and reads these values.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from cscapi._version import __version__
+
+__all__ = [
+    "DEFAULT_GZIP_THRESHOLD",
+    "NetworkFailure",
+    "Request",
+    "Response",
+    "encode_json_body",
+    "user_agent",
+]
+
+DEFAULT_GZIP_THRESHOLD = 5120
+"""Bodies larger than this many bytes are gzipped, as the official Go client does (5 KiB)."""
+
+_GZIP_LEVEL = 5
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request, fully built: absolute ``url``, headers, and the already encoded body.
+
+    ``operation`` names what the request does (``login``, ``signals`` ...) for messages and logs; ``authenticated``
+    says the caller must add ``Authorization: Bearer <token>`` (the protocol layer never holds tokens).
+    """
+
+    method: str
+    url: str
+    operation: str
+    headers: dict[str, str] = field(default_factory=dict)
+    content: bytes | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    authenticated: bool = False
+    follow_redirects: bool = False
+
+    def with_header(self, name: str, value: str) -> Request:
+        """A copy with one more header (used to add the bearer token just before sending)."""
+        headers = dict(self.headers)
+        headers[name] = value
+        return Request(
+            method=self.method,
+            url=self.url,
+            operation=self.operation,
+            headers=headers,
+            content=self.content,
+            params=self.params,
+            authenticated=self.authenticated,
+            follow_redirects=self.follow_redirects,
+        )
+
+    def __repr__(self) -> str:  # never show headers (Authorization) nor the body (passwords)
+        return f"Request({self.method} {self.url}, operation={self.operation!r})"
+
+
+@dataclass(frozen=True)
+class Response:
+    """One HTTP response: status, headers (lowercase names) and the raw body."""
+
+    status_code: int
+    headers: dict[str, str] = field(default_factory=dict)
+    content: bytes = b""
+    url: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True for a 2xx status."""
+        return 200 <= self.status_code < 300
+
+    @property
+    def text(self) -> str:
+        """The body decoded as UTF-8 (invalid bytes replaced)."""
+        return self.content.decode("utf-8", errors="replace")
+
+    def header(self, name: str) -> str | None:
+        """A header value, looked up case-insensitively."""
+        return self.headers.get(name.lower())
+
+    def json(self) -> Any:
+        """The body parsed as JSON; raises ``ValueError`` when it is not JSON."""
+        return json.loads(self.content)
+
+    def __repr__(self) -> str:  # a login response body holds a token
+        return f"Response({self.status_code}, url={self.url!r}, {len(self.content)} bytes)"
+
+
+@dataclass(frozen=True)
+class NetworkFailure:
+    """No HTTP answer: ``kind`` is ``timeout``, ``connect`` (refused, reset, DNS, TLS) or ``protocol``."""
+
+    kind: str
+    detail: str
+    url: str = ""
+
+    def describe(self) -> str:
+        """A one-line description without secrets (URLs we build carry none)."""
+        return f"{self.kind} error ({self.detail})"
+
+
+def encode_json_body(payload: Any, gzip_threshold: int = DEFAULT_GZIP_THRESHOLD) -> tuple[bytes, dict[str, str]]:
+    """Encode ``payload`` as compact JSON; gzip it when larger than ``gzip_threshold`` bytes.
+
+    Returns the body and the headers that describe it (``Content-Type`` and, if compressed, ``Content-Encoding``).
+    """
+    raw = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    headers = {"Content-Type": "application/json"}
+    if gzip_threshold >= 0 and len(raw) > gzip_threshold:
+        headers["Content-Encoding"] = "gzip"
+        return gzip.compress(raw, compresslevel=_GZIP_LEVEL, mtime=0), headers
+    return raw, headers
+
+
+def user_agent(prefix: str = "") -> str:
+    """``{prefix}-capi-py-sdk/{version}``, or ``capi-py-sdk/{version}`` without a prefix (never a leading dash)."""
+    product = f"{prefix}-capi-py-sdk" if prefix else "capi-py-sdk"
+    return f"{product}/{__version__}"

@@ -1,0 +1,74 @@
+"""When to retry a request and how long to wait: capped exponential backoff with full jitter, honouring Retry-After.
+
+Pure functions: the caller (``cscapi._core``) performs the pause.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cscapi.protocol.http import NetworkFailure, Response
+from cscapi.timeutil import parse_http_date, utcnow
+
+__all__ = ["RETRYABLE_STATUSES", "RetryPolicy", "is_retryable", "parse_retry_after"]
+
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+"""Statuses worth another try: rate limited, or the server (or a gateway before it) failing."""
+
+
+def is_retryable(result: Response | NetworkFailure) -> bool:
+    """True for a network failure (timeout, connection refused or reset) or a retryable status."""
+    if isinstance(result, NetworkFailure):
+        return True
+    return result.status_code in RETRYABLE_STATUSES
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date); None if absent or unreadable."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        when = parse_http_date(text)
+        if when is None:
+            return None
+        seconds = (when - (now or utcnow())).total_seconds()
+    if seconds != seconds or seconds < 0:  # NaN or in the past
+        return 0.0
+    return seconds
+
+
+@dataclass
+class RetryPolicy:
+    """How many times to retry and how long to wait before each retry.
+
+    The n-th retry (0-based) waits a random time in ``[0, min(max_delay, base_delay * 2**n)]`` (full jitter), or the
+    server's ``Retry-After`` when it asks for longer, capped at ``max_retry_after``.
+    """
+
+    max_retries: int = 3
+    base_delay: float = 5.0
+    max_delay: float = 60.0
+    max_retry_after: float = 120.0
+    rand: Callable[[], float] = field(default=random.random, repr=False)
+
+    def should_retry(self, result: Response | NetworkFailure, attempt: int) -> bool:
+        """Whether to retry after ``attempt`` retries already made (0 for the first try)."""
+        return attempt < self.max_retries and is_retryable(result)
+
+    def delay(self, attempt: int, result: Response | NetworkFailure | None = None) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based)."""
+        ceiling = min(self.max_delay, self.base_delay * (2 ** min(attempt, 30)))
+        wait = ceiling * self.rand()
+        if isinstance(result, Response):
+            hinted = parse_retry_after(result.header("retry-after"))
+            if hinted is not None:
+                wait = max(wait, min(hinted, self.max_retry_after))
+        return float(max(0.0, wait))

@@ -1,0 +1,401 @@
+"""Build and validate signals before they are queued: one place that decides what a correct signal looks like.
+
+``validate_signal`` returns a normalised copy (canonical IPs, RFC 3339 UTC timestamps with microseconds, uuids,
+defaults filled in) or raises :class:`~cscapi.errors.ValidationError` naming the bad field. Naive datetimes are read
+as UTC, never as local time. ``create_signal`` builds a *whisper* (no decision) or a *decision* signal and never
+overwrites a value the caller gave.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import uuid as uuidlib
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from cscapi.errors import InvalidIPError, ValidationError
+from cscapi.machines import validate_machine_id
+from cscapi.models import Context, Signal, SignalDecision, Source
+from cscapi.timeutil import format_go_duration, format_rfc3339, parse_go_duration, parse_timestamp, utcnow
+
+__all__ = [
+    "SCENARIO_PATTERN",
+    "canonical_ip",
+    "canonical_network",
+    "create_signal",
+    "validate_scenario",
+    "validate_scenarios",
+    "validate_signal",
+    "validate_signals",
+]
+
+SCENARIO_PATTERN = re.compile(r"[A-Za-z0-9_-]+/[A-Za-z0-9_-]+")
+"""``owner/name``, e.g. ``crowdsecurity/ssh-bf``."""
+
+_MAX_TEXT = 4096
+
+
+def validate_scenario(name: object, field: str = "scenario") -> str:
+    """Check a scenario name (``owner/name`` of letters, digits, ``_`` and ``-``)."""
+    if not isinstance(name, str) or len(name) > 255 or SCENARIO_PATTERN.fullmatch(name) is None:
+        raise ValidationError(
+            f"Invalid scenario name {name!r}: expected 'owner/name' such as 'crowdsecurity/ssh-bf' "
+            "(letters, digits, '_' and '-').",
+            field=field,
+        )
+    return name
+
+
+def validate_scenarios(names: object, field: str = "scenarios") -> list[str]:
+    """Check a non-empty list of scenario names; returns it as a list (duplicates removed, order kept)."""
+    if isinstance(names, str) or not isinstance(names, Iterable):
+        raise ValidationError(
+            "scenarios must be a list of scenario names such as ['crowdsecurity/ssh-bf'].", field=field
+        )
+    result: list[str] = []
+    for name in names:
+        validate_scenario(name, field)
+        if name not in result:
+            result.append(name)
+    if not result:
+        raise ValidationError(
+            "scenarios must not be empty: CAPI tailors the community blocklist to the scenarios you declare.",
+            field=field,
+        )
+    return result
+
+
+def canonical_ip(value: object, field: str = "source.value") -> str:
+    """The canonical text of an IP address (lowercase, compressed IPv6; an IPv4-mapped IPv6 becomes IPv4)."""
+    if not isinstance(value, str):
+        raise InvalidIPError(f"Invalid IP address {value!r}: expected a string.", field=field)
+    try:
+        ip = ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise InvalidIPError(f"Invalid IP address {value[:100]!r}.", field=field) from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def canonical_network(value: object, field: str = "source.value") -> str:
+    """The canonical text of a CIDR range (host bits cleared: ``10.0.0.7/8`` becomes ``10.0.0.0/8``)."""
+    if not isinstance(value, str) or "/" not in value:
+        raise InvalidIPError(
+            f"Invalid IP range {value!r}: expected CIDR notation such as 192.0.2.0/24 or 2001:db8::/32.",
+            field=field,
+            hint="Pass a range in CIDR notation, or use scope 'ip' for a single address.",
+        )
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise InvalidIPError(
+            f"Invalid IP range {value[:100]!r}.",
+            field=field,
+            hint="Pass a range in CIDR notation such as 192.0.2.0/24 or 2001:db8::/32.",
+        ) from None
+
+
+def _timestamp(value: object, field: str) -> str:
+    try:
+        return format_rfc3339(parse_timestamp(value))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ValidationError(f"Invalid timestamp in {field}: {exc}.", field=field) from None
+
+
+def _uuid(value: object, field: str) -> str:
+    if value is None or value == "":
+        return str(uuidlib.uuid4())
+    try:
+        return str(uuidlib.UUID(str(value)))
+    except ValueError:
+        raise ValidationError(f"Invalid UUID in {field}: {str(value)[:64]!r}.", field=field) from None
+
+
+def _text(value: object, field: str, default: str = "") -> str:
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a string, not {type(value).__name__}.", field=field)
+    if len(value) > _MAX_TEXT:
+        raise ValidationError(f"{field} is too long ({len(value)} characters, at most {_MAX_TEXT}).", field=field)
+    return value
+
+
+def _duration(value: object, field: str) -> str:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value) or value < 0:
+            raise ValidationError(f"{field} must be a positive duration, not {value!r}.", field=field)
+        return format_go_duration(float(value))
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a Go duration such as '4h' or '24h', not {value!r}.", field=field)
+    try:
+        seconds = parse_go_duration(value)
+    except ValueError:
+        raise ValidationError(
+            f"{field} {value[:64]!r} is not a Go duration (expected e.g. '4h', '1h30m', '3600s').", field=field
+        ) from None
+    if seconds < 0:
+        raise ValidationError(f"{field} must not be negative ({value!r}).", field=field)
+    return value.strip()
+
+
+def _source(source: object) -> Source:
+    if source is None:
+        raise ValidationError("The signal has no source: give the attacker's IP or range.", field="source")
+    if isinstance(source, Mapping):
+        source = Source.from_dict(source)
+    if not isinstance(source, Source):
+        raise ValidationError(f"source must be a Source or a dict, not {type(source).__name__}.", field="source")
+    value = source.value if source.value not in (None, "") else (source.ip or source.range)
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError("The signal's source has no value (the attacker's IP or range).", field="source.value")
+    scope = (source.scope or ("range" if "/" in value else "ip")).strip().lower()
+    ip = source.ip
+    rng = source.range
+    if scope == "ip":
+        value = canonical_ip(value)
+        ip = canonical_ip(ip, "source.ip") if ip else value
+    elif scope == "range":
+        value = canonical_network(value)
+        rng = canonical_network(rng, "source.range") if rng else value
+    elif not scope:
+        raise ValidationError("The signal's source has an empty scope.", field="source.scope")
+    else:
+        value = _text(value.strip(), "source.value")
+    as_number = source.as_number
+    if as_number is not None and not isinstance(as_number, str):
+        if isinstance(as_number, int) and not isinstance(as_number, bool):
+            as_number = str(as_number)
+        else:
+            raise ValidationError(
+                f"source.as_number must be a string or int, not {as_number!r}.", field="source.as_number"
+            )
+    lat = _coordinate(source.latitude, "source.latitude", 90.0)
+    lon = _coordinate(source.longitude, "source.longitude", 180.0)
+    return Source(
+        scope=scope,
+        value=value,
+        ip=ip or None,
+        range=rng or None,
+        as_number=as_number or None,
+        as_name=_text(source.as_name, "source.as_name") or None,
+        cn=_text(source.cn, "source.cn") or None,
+        latitude=lat,
+        longitude=lon,
+    )
+
+
+def _coordinate(value: object, field: str, bound: float) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValidationError(f"{field} must be a number, not {value!r}.", field=field) from None
+    if not math.isfinite(number) or abs(number) > bound:
+        raise ValidationError(f"{field} must be between -{bound:g} and {bound:g}, not {value!r}.", field=field)
+    return number
+
+
+def _decision(item: object, index: int, signal: Signal, source: Source, start_at: str) -> SignalDecision:
+    prefix = f"decisions[{index}]"
+    if isinstance(item, Mapping):
+        item = SignalDecision.from_dict(item)
+    if not isinstance(item, SignalDecision):
+        raise ValidationError(f"{prefix} must be a SignalDecision or a dict.", field=prefix)
+    if item.duration is None:
+        raise ValidationError(
+            f"{prefix}.duration is missing (a Go duration such as '24h').", field=f"{prefix}.duration"
+        )
+    duration = _duration(item.duration, f"{prefix}.duration")
+    scope = (item.scope or source.scope or "ip").strip().lower()
+    value = item.value if item.value not in (None, "") else source.value
+    if scope == "ip":
+        value = canonical_ip(value, f"{prefix}.value")
+    elif scope == "range":
+        value = canonical_network(value, f"{prefix}.value")
+    elif not isinstance(value, str) or not value:
+        raise ValidationError(f"{prefix}.value is missing.", field=f"{prefix}.value")
+    dtype = _text(item.type, f"{prefix}.type", "ban") or "ban"
+    until = item.until
+    if until not in (None, ""):
+        until = _timestamp(until, f"{prefix}.until")
+    else:
+        until = format_rfc3339(parse_timestamp(start_at) + timedelta(seconds=parse_go_duration(duration)))
+    if item.id is not None and (not isinstance(item.id, int) or isinstance(item.id, bool)):
+        raise ValidationError(f"{prefix}.id must be an integer.", field=f"{prefix}.id")
+    if item.simulated is not None and not isinstance(item.simulated, bool):
+        raise ValidationError(f"{prefix}.simulated must be true or false.", field=f"{prefix}.simulated")
+    scenario = item.scenario if item.scenario not in (None, "") else signal.scenario
+    return SignalDecision(
+        duration=duration,
+        uuid=_uuid(item.uuid, f"{prefix}.uuid"),
+        scenario=_text(scenario, f"{prefix}.scenario"),
+        origin=_text(item.origin, f"{prefix}.origin", "crowdsec") or "crowdsec",
+        scope=scope,
+        simulated=bool(item.simulated),
+        until=until,
+        id=item.id if item.id is not None else 0,
+        type=dtype,
+        value=value,
+    )
+
+
+def _context(context: object) -> list[Context] | None:
+    if context is None:
+        return None
+    items: Iterable[Any]
+    if isinstance(context, Mapping):
+        items = [Context(key=str(k), value=v) for k, v in context.items()]
+    elif isinstance(context, (list, tuple)):
+        items = context
+    else:
+        raise ValidationError("context must be a dict or a list of {key, value} items.", field="context")
+    result: list[Context] = []
+    for index, item in enumerate(items):
+        ctx = Context.from_dict(item) if isinstance(item, Mapping) else item
+        if not isinstance(ctx, Context) or not isinstance(ctx.key, str) or not ctx.key:
+            raise ValidationError(f"context[{index}] needs a non-empty string key.", field=f"context[{index}].key")
+        value = ctx.value
+        if value is None:
+            value = ""
+        elif not isinstance(value, str):
+            value = str(value)
+        result.append(Context(key=ctx.key, value=_text(value, f"context[{index}].value")))
+    return result or None
+
+
+def _default_message(scenario: str, source: Source, start_at: str) -> str:
+    return f"{source.scope.capitalize() if source.scope else 'Ip'} {source.value} performed '{scenario}' at {start_at}"
+
+
+def validate_signal(signal: Signal | Mapping[str, Any], *, now: datetime | None = None) -> Signal:
+    """A normalised copy of ``signal``, or :class:`ValidationError` naming the first bad field.
+
+    Fills what CAPI requires and the caller left out: ``created_at`` (now), ``start_at``/``stop_at`` (``created_at``),
+    ``uuid`` (v4), ``message``, and each decision's ``uuid``, ``origin``, ``scope``/``value`` (source) and ``until``.
+    """
+    if isinstance(signal, Mapping):
+        signal = Signal.from_dict(signal)
+    if not isinstance(signal, Signal):
+        raise ValidationError(f"Expected a Signal, got {type(signal).__name__}.", field="signal")
+    scenario = validate_scenario(signal.scenario)
+    machine_id = validate_machine_id(signal.machine_id)
+    source = _source(signal.source)
+    created_at = _timestamp(signal.created_at, "created_at") if signal.created_at else format_rfc3339(now or utcnow())
+    start_at = _timestamp(signal.start_at, "start_at") if signal.start_at else created_at
+    stop_at = _timestamp(signal.stop_at, "stop_at") if signal.stop_at else created_at
+    if stop_at < start_at:
+        raise ValidationError(f"stop_at ({stop_at}) is before start_at ({start_at}).", field="stop_at")
+    decisions = None
+    if signal.decisions:
+        if not isinstance(signal.decisions, (list, tuple)):
+            raise ValidationError("decisions must be a list.", field="decisions")
+        decisions = [_decision(d, i, signal, source, start_at) for i, d in enumerate(signal.decisions)]
+    message = _text(signal.message, "message") or _default_message(scenario, source, start_at)
+    kind = _text(signal.kind, "kind") or None
+    return Signal(
+        scenario=scenario,
+        source=source,
+        machine_id=machine_id,
+        created_at=created_at,
+        start_at=start_at,
+        stop_at=stop_at,
+        uuid=_uuid(signal.uuid, "uuid"),
+        message=message,
+        scenario_hash=_text(signal.scenario_hash, "scenario_hash"),
+        scenario_version=_text(signal.scenario_version, "scenario_version"),
+        scenario_trust=_text(signal.scenario_trust, "scenario_trust", "manual") or "manual",
+        decisions=decisions,
+        context=_context(signal.context),
+        kind=kind,
+        sent=False,
+        alert_id=signal.alert_id,
+    )
+
+
+def validate_signals(signals: Iterable[Signal | Mapping[str, Any]]) -> list[Signal]:
+    """Validate every signal first; a :class:`ValidationError` names the signal's index and the bad field."""
+    if isinstance(signals, (Signal, Mapping)):
+        signals = [signals]
+    now = utcnow()
+    result = []
+    for index, signal in enumerate(signals):
+        try:
+            result.append(validate_signal(signal, now=now))
+        except ValidationError as exc:
+            field = f"signals[{index}].{exc.field}" if exc.field else f"signals[{index}]"
+            raise type(exc)(f"Signal #{index}: {exc.message}", field=field, hint=exc.hint) from None
+    return result
+
+
+_SOURCE_KEYS = ("as_number", "as_name", "cn", "latitude", "longitude")
+
+
+def create_signal(
+    attacker_ip: str,
+    scenario: str,
+    created_at: str | datetime | None = None,
+    machine_id: str | None = None,
+    context: Mapping[str, Any] | list[Any] | None = None,
+    decisions: list[SignalDecision | Mapping[str, Any]] | None = None,
+    *,
+    decision_type: str | None = None,
+    duration: str | float | timedelta | None = None,
+    **kwargs: Any,
+) -> Signal:
+    """Build a validated signal about ``attacker_ip`` (an IP or a CIDR range) for ``scenario``.
+
+    A *whisper* by default (no decision). Pass ``decision_type="ban", duration="24h"`` for a *decision* signal (one
+    decision, uuid v4, origin ``crowdsec``, scope and value from the source), or ``decisions=[...]`` yourself.
+    Other keywords are signal fields (``scenario_version``, ``scenario_hash``, ``scenario_trust``, ``message``,
+    ``uuid``, ``start_at``, ``stop_at``, ``kind``), a ``source=`` dict or :class:`Source`, or source fields
+    (``as_number``, ``as_name``, ``cn``, ``latitude``, ``longitude``, ``scope``). Nothing you give is overwritten.
+    """
+    source_arg = kwargs.pop("source", None)
+    source_fields = {k: kwargs.pop(k) for k in _SOURCE_KEYS if k in kwargs}
+    scope = kwargs.pop("scope", None)
+    if isinstance(source_arg, Mapping):
+        source = Source.from_dict(source_arg)
+    elif isinstance(source_arg, Source):
+        source = Source(**{f: getattr(source_arg, f) for f in Source.__dataclass_fields__})
+    elif source_arg is None:
+        source = Source()
+    else:
+        raise ValidationError("source must be a dict or a Source.", field="source")
+    if source.value in (None, ""):
+        source.value = attacker_ip
+    if source.scope in (None, "") and scope:
+        source.scope = scope
+    for key, value in source_fields.items():
+        if getattr(source, key) is None:
+            setattr(source, key, value)
+    unknown = set(kwargs) - set(Signal.__dataclass_fields__) - {"sent", "alert_id"}
+    if unknown:
+        raise ValidationError(
+            f"create_signal got unknown argument(s): {', '.join(sorted(unknown))}.", field=sorted(unknown)[0]
+        )
+    if decision_type is not None or duration is not None:
+        if decisions:
+            raise ValidationError(
+                "Pass either decisions=[...] or decision_type/duration, not both.", field="decision_type"
+            )
+        wanted = duration if duration is not None else "24h"
+        decisions = [SignalDecision(type=decision_type or "ban", duration=_duration(wanted, "duration"))]
+    created = created_at if created_at is None or isinstance(created_at, str) else _timestamp(created_at, "created_at")
+    signal = Signal(
+        scenario=scenario,
+        source=source,
+        machine_id=machine_id,
+        created_at=created,
+        context=_context(context) if isinstance(context, Mapping) else context,
+        decisions=cast("list[SignalDecision]", list(decisions)) if decisions else None,
+        **kwargs,
+    )
+    return validate_signal(signal)
