@@ -1,0 +1,263 @@
+"""Schema versions: an ordered list of migration steps, applied in one locked transaction when a database is opened.
+
+Version 1 is the initial schema; it also imports a database written by the legacy ``cscapi`` 0.7.0 SDK (tables
+``signal_models``, ``machine_models``, ...): its unsent signals and its machines, the legacy tables being left as
+they were. A database newer than this code is refused, never downgraded or half-read.
+
+To change the schema later: append ``Migration(2, "what", _v2)`` whose step alters the tables of version 1, and
+freeze ``_v1``'s table list (it creates the tables as ``schema.metadata`` defines them today).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid as uuid_module
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, MetaData, Table, func, inspect, select, text
+
+from cscapi.errors import StorageError
+from cscapi.models import Signal
+from cscapi.timeutil import format_rfc3339, parse_timestamp, utcnow
+
+from . import schema
+from .codec import signal_row
+from .dialects import insert_ignore
+
+__all__ = ["CURRENT_VERSION", "MIGRATIONS", "Migration", "MigrationContext", "ensure_schema", "read_version"]
+
+logger = logging.getLogger("cscapi.storage")
+
+SecretEncoder = Callable[[Connection, str | None], str | None]
+
+
+@dataclass
+class MigrationContext:
+    """What a step may need beyond the connection: the engine (for dialect-specific SQL) and the secret encoder."""
+
+    engine: Engine
+    encrypt_secret: SecretEncoder
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step from ``version - 1`` to ``version``."""
+
+    version: int
+    description: str
+    apply: Callable[[Connection, MigrationContext], None]
+
+
+# ---- version 1: the initial schema (+ the legacy 0.7.0 import) ------------------------------------------------
+
+_V1_TABLES = ("signals", "machines", "login_locks", "schema_version", "storage_meta")
+LEGACY_TABLES = ("signal_models", "machine_models", "source_models", "decision_models", "context_models")
+
+
+def _v1(conn: Connection, ctx: MigrationContext) -> None:
+    schema.metadata.create_all(conn, tables=[schema.metadata.tables[name] for name in _V1_TABLES], checkfirst=True)
+    if inspect(conn).has_table("signal_models") or inspect(conn).has_table("machine_models"):
+        import_legacy(conn, ctx)
+
+
+MIGRATIONS: list[Migration] = [Migration(1, "initial schema (imports a cscapi 0.7.0 database)", _v1)]
+CURRENT_VERSION = MIGRATIONS[-1].version
+
+
+# ---- legacy import --------------------------------------------------------------------------------------------
+
+
+def _reflect(conn: Connection, name: str) -> Table | None:
+    if not inspect(conn).has_table(name):
+        return None
+    return Table(name, MetaData(), autoload_with=conn)
+
+
+def _normalise_time(value: Any) -> Any:
+    """Legacy timestamps (``2023-11-17 10:20:46 +0000``) in RFC 3339 with microseconds; unreadable ones unchanged."""
+    if value is None or value == "":
+        return value
+    try:
+        return format_rfc3339(parse_timestamp(value))
+    except ValueError:
+        return value
+
+
+def _children(conn: Connection, table: Table | None, signal_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    found: dict[int, list[dict[str, Any]]] = {}
+    if table is None or not signal_ids or "signal_id" not in table.c:
+        return found
+    order = [table.c.id] if "id" in table.c else []
+    for row in conn.execute(select(table).where(table.c.signal_id.in_(signal_ids)).order_by(*order)).mappings():
+        item = {k: v for k, v in row.items() if k not in {"signal_id"}}
+        found.setdefault(int(row["signal_id"]), []).append(item)
+    return found
+
+
+def _legacy_signals(conn: Connection) -> Iterator[Signal]:
+    signals = _reflect(conn, "signal_models")
+    if signals is None:
+        return
+    sources = _reflect(conn, "source_models")
+    decisions = _reflect(conn, "decision_models")
+    contexts = _reflect(conn, "context_models")
+    unsent = signals.c.sent.is_(None) | (signals.c.sent == False)  # noqa: E712 - SQL comparison
+    last_id = -1
+    while True:
+        rows = list(
+            conn.execute(
+                select(signals).where(unsent, signals.c.alert_id > last_id).order_by(signals.c.alert_id).limit(500)
+            ).mappings()
+        )
+        if not rows:
+            return
+        last_id = int(rows[-1]["alert_id"])
+        ids = [int(r["alert_id"]) for r in rows]
+        source_rows = _children(conn, sources, ids)
+        decision_rows = _children(conn, decisions, ids)
+        context_rows = _children(conn, contexts, ids)
+        for row in rows:
+            data = {k: v for k, v in row.items() if k not in {"alert_id", "sent"}}
+            for name in ("created_at", "start_at", "stop_at"):
+                data[name] = _normalise_time(data.get(name))
+            source = source_rows.get(int(row["alert_id"]))
+            if source:
+                data["source"] = {k: v for k, v in source[0].items() if k != "id"}
+            data["decisions"] = decision_rows.get(int(row["alert_id"])) or None
+            data["context"] = [
+                {k: v for k, v in c.items() if k != "id"} for c in context_rows.get(int(row["alert_id"]), [])
+            ] or None
+            if data["decisions"]:
+                for decision in data["decisions"]:
+                    if isinstance(decision.get("simulated"), int):
+                        decision["simulated"] = bool(decision["simulated"])
+            if not data.get("uuid"):
+                data["uuid"] = str(uuid_module.uuid4())
+            yield Signal.from_dict(data)
+
+
+def import_legacy(conn: Connection, ctx: MigrationContext) -> tuple[int, int]:
+    """Copy the unsent signals and the machines of a cscapi 0.7.0 database. Returns (signals, machines) imported."""
+    now = utcnow()
+    insert_signal = insert_ignore(ctx.engine, schema.signals)
+    imported_signals = 0
+    batch: list[dict[str, Any]] = []
+    for signal in _legacy_signals(conn):
+        batch.append(signal_row(signal, now))
+        if len(batch) >= 500:
+            imported_signals += conn.execute(insert_signal, batch).rowcount or 0
+            batch = []
+    if batch:
+        imported_signals += conn.execute(insert_signal, batch).rowcount or 0
+
+    imported_machines = 0
+    legacy_machines = _reflect(conn, "machine_models")
+    if legacy_machines is not None:
+        insert_machine = insert_ignore(ctx.engine, schema.machines)
+        for row in conn.execute(select(legacy_machines)).mappings():
+            if not row.get("machine_id"):
+                continue
+            password = row.get("password")
+            values = {
+                "machine_id": row["machine_id"],
+                "password": ctx.encrypt_secret(conn, password),
+                "token": ctx.encrypt_secret(conn, row.get("token")),
+                "scenarios": row.get("scenarios") or "",
+                # The legacy "failing" flag was permanent; here a failing machine is retried after a cool-down.
+                "is_failing": False,
+                "registered": bool(password),
+                "created_at": now,
+            }
+            imported_machines += conn.execute(insert_machine, values).rowcount or 0
+    conn.execute(
+        insert_ignore(ctx.engine, schema.storage_meta),
+        {
+            "key": "legacy_import",
+            "value": json.dumps({"signals": imported_signals, "machines": imported_machines, "at": now.isoformat()}),
+        },
+    )
+    logger.info(
+        "imported %d unsent signals and %d machines from the cscapi 0.7.0 tables (left in place)",
+        imported_signals,
+        imported_machines,
+    )
+    return imported_signals, imported_machines
+
+
+# ---- running the steps ----------------------------------------------------------------------------------------
+
+
+def read_version(conn: Connection) -> int:
+    """The database's schema version: 0 when it has no ``schema_version`` table yet."""
+    if not inspect(conn).has_table("schema_version"):
+        return 0
+    value = conn.execute(select(func.max(schema.schema_version.c.version))).scalar()
+    return int(value or 0)
+
+
+def _refuse_newer(version: int, where: str) -> None:
+    if version > CURRENT_VERSION:
+        raise StorageError(
+            f"The database {where} has schema version {version}, newer than this cscapi understands "
+            f"({CURRENT_VERSION}).",
+            hint="Upgrade cscapi (pip install -U cscapi) to use this database; it was left untouched.",
+        )
+
+
+@contextmanager
+def _schema_lock(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction that holds the database's migration lock (one migrator at a time)."""
+    backend = engine.dialect.name
+    if backend == "sqlite":
+        with engine.connect().execution_options(cscapi_write=True) as conn, conn.begin():
+            yield conn
+    elif backend == "postgresql":
+        with engine.connect() as conn, conn.begin():
+            key = zlib.crc32(b"cscapi schema migration")
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+            yield conn
+    else:  # MariaDB/MySQL: DDL commits implicitly, so a named lock serialises migrators instead.
+        with engine.connect() as conn:
+            name = f"cscapi_schema_{conn.exec_driver_sql('SELECT DATABASE()').scalar()}"[:64]
+            got = conn.execute(text("SELECT GET_LOCK(:name, 120)"), {"name": name}).scalar()
+            conn.commit()
+            if got != 1:
+                raise StorageError("Timed out waiting for another process to finish migrating the database.")
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+                conn.commit()
+
+
+def ensure_schema(engine: Engine, *, encrypt_secret: SecretEncoder, where: str) -> int:
+    """Bring the database up to ``CURRENT_VERSION`` (creating it if empty). Returns the version found at open."""
+    with engine.connect() as conn:
+        found = read_version(conn)
+        conn.rollback()
+    _refuse_newer(found, where)
+    if found == CURRENT_VERSION:
+        return found
+    ctx = MigrationContext(engine=engine, encrypt_secret=encrypt_secret)
+    with _schema_lock(engine) as conn:
+        conn.execution_options(preserve_rowcount=True)
+        current = read_version(conn)  # another process may have migrated meanwhile
+        _refuse_newer(current, where)
+        for step in MIGRATIONS:
+            if step.version <= current:
+                continue
+            logger.info(
+                "migrating the signal storage %s to schema version %d: %s", where, step.version, step.description
+            )
+            step.apply(conn, ctx)
+            conn.execute(
+                schema.schema_version.insert(),
+                {"version": step.version, "description": step.description, "applied_at": utcnow()},
+            )
+    return found

@@ -1,0 +1,577 @@
+"""The durable signal queue and machine store on SQL: SQLite (default), PostgreSQL and MariaDB/MySQL.
+
+``SQLStorage`` implements :class:`cscapi.storage.StorageInterface` on SQLAlchemy 2 Core. Every call checks a
+connection out of the engine's pool and runs in its own transaction, so one instance is safe to share between
+threads (and ``asyncio.to_thread``); processes each open their own instance on the same database. Concurrent
+senders never claim the same signal: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and MariaDB >= 10.6, ``BEGIN
+IMMEDIATE`` on SQLite. See ``docs/storage.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import secrets as _secrets
+import threading
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, and_, delete, exists, func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from cscapi._sql import schema
+from cscapi._sql.codec import check_length, signal_from_row, signal_row
+from cscapi._sql.dialects import (
+    build_engine,
+    insert_ignore,
+    is_memory_sqlite,
+    mask_url,
+    normalize_url,
+    supports_skip_locked,
+)
+from cscapi._sql.migrations import CURRENT_VERSION, ensure_schema
+from cscapi.errors import CAPIError, StorageError, ValidationError
+from cscapi.models import Machine, QueueCounts, Signal
+from cscapi.secrets import KEY_ENV_VAR, SecretBox, is_encrypted, key_from_env, new_salt
+from cscapi.storage import Claim, StorageInterface
+from cscapi.timeutil import utcnow
+
+__all__ = ["SQLStorage"]
+
+logger = logging.getLogger("cscapi.storage")
+
+_S = schema.signals
+_M = schema.machines
+_L = schema.login_locks
+_META = schema.storage_meta
+_CHUNK = 500  # ids per IN (...) list: well under every database's bound-parameter limit
+_KEY_CHECK = "cscapi-storage-key-check"
+_T = TypeVar("_T")
+
+
+def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _describe(exc: SQLAlchemyError) -> str:
+    """A one-line account of a database error: the driver's message, never the SQL parameters."""
+    orig = getattr(exc, "orig", None)
+    source = orig if orig is not None else exc
+    lines = [line.strip() for line in str(source).splitlines() if line.strip()]
+    message = " ".join(lines[:2])[:300] if lines else type(source).__name__
+    if orig is not None:
+        message = f"{type(orig).__name__}: {message}"
+    return message
+
+
+def _ids(values: Sequence[int] | None, what: str) -> list[int] | None:
+    if values is None:
+        return None
+    try:
+        return [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValidationError(f"{what} must be a list of integer alert ids", field=what) from None
+
+
+class SQLStorage(StorageInterface):
+    """Signals and machines in a SQL database, chosen by URL.
+
+    ``connection_string``: ``sqlite:///cscapi.db`` (a new file is created mode 0600), ``sqlite://`` (in memory),
+    ``postgresql+psycopg://user:pw@host/db`` (or ``postgresql://``), ``mysql+pymysql://user:pw@host/db`` (or
+    ``mysql://``). ``encryption_key`` (default: the ``CSCAPI_STORAGE_KEY`` environment variable) encrypts the
+    machines' passwords and tokens; ``engine_options`` are passed to ``sqlalchemy.create_engine``.
+    """
+
+    def __init__(
+        self,
+        connection_string: str = "sqlite:///cscapi.db",
+        *,
+        encryption_key: str | bytes | None = None,
+        engine_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._url = normalize_url(connection_string)
+        self._where = mask_url(self._url)
+        self._key = encryption_key if encryption_key else key_from_env()
+        self._box: SecretBox | None = None
+        self.engine: Engine = build_engine(self._url, engine_options)
+        self._backend = self.engine.dialect.name
+        # preserve_rowcount: SQLAlchemy 2.1 only keeps rowcount for UPDATE/DELETE unless asked (INSERT IGNORE counts).
+        self._read_engine = self.engine.execution_options(preserve_rowcount=True)
+        self._write_engine = self.engine.execution_options(preserve_rowcount=True, cscapi_write=True)
+        # One in-memory SQLite connection is shared by every thread: serialise the transactions on it.
+        self._serial: contextlib.AbstractContextManager[Any] = (
+            threading.RLock() if is_memory_sqlite(self._url) else contextlib.nullcontext()
+        )
+        try:
+            with self._errors("opening the storage"):
+                self.schema_version_found = ensure_schema(
+                    self.engine, encrypt_secret=self._encrypt_in, where=self._where
+                )
+                if self._key and self._box is None:
+                    with self._tx("setting up encryption") as conn:
+                        self._box_for(conn)
+                self._skip_locked = supports_skip_locked(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
+        _after_fork.add(self)
+
+    # ---- plumbing ---------------------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"SQLStorage({self._where!r}, encrypted={bool(self._key)})"
+
+    @property
+    def url(self) -> str:
+        """The database URL with its password masked."""
+        return self._where
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version this code writes (the database is at this version once opened)."""
+        return CURRENT_VERSION
+
+    @property
+    def encrypted(self) -> bool:
+        """True when passwords and tokens are encrypted at rest."""
+        return bool(self._key)
+
+    def close(self) -> None:
+        """Close every pooled connection (the instance can still be used: the pool reconnects)."""
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _errors(self, operation: str) -> Iterator[None]:
+        try:
+            yield
+        except CAPIError:
+            raise
+        except SQLAlchemyError as exc:
+            raise StorageError(f"{operation} failed on {self._where}: {_describe(exc)}") from exc
+
+    @contextlib.contextmanager
+    def _tx(self, operation: str, *, write: bool = True) -> Iterator[Connection]:
+        """A connection in a transaction (``BEGIN IMMEDIATE`` on SQLite when ``write``), errors wrapped."""
+        engine = self._write_engine if write else self._read_engine
+        with self._errors(operation), self._serial, engine.connect() as conn, conn.begin():
+            yield conn
+
+    # ---- secrets ----------------------------------------------------------------------------------------
+
+    def _meta(self, conn: Connection, key: str) -> str | None:
+        value = conn.execute(select(_META.c.value).where(_META.c.key == key)).scalar()
+        return None if value is None else str(value)
+
+    def _meta_setdefault(self, conn: Connection, key: str, value: str) -> str:
+        conn.execute(insert_ignore(self.engine, _META), {"key": key, "value": value})
+        stored = self._meta(conn, key)
+        assert stored is not None
+        return stored
+
+    def _box_for(self, conn: Connection) -> SecretBox | None:
+        """The secret box, built on first use: per-database salt, and a check that the key is the right one."""
+        if not self._key:
+            return None
+        if self._box is None:
+            salt_text = self._meta_setdefault(conn, "kdf_salt", base64.b64encode(new_salt()).decode("ascii"))
+            box = SecretBox(self._key, base64.b64decode(salt_text))
+            check = self._meta(conn, "key_check")
+            if check is None:
+                check = self._meta_setdefault(conn, "key_check", box.encrypt(_KEY_CHECK))
+            if box.decrypt(check, what=f"the key check of {self._where}") != _KEY_CHECK:
+                raise StorageError(f"Cannot decrypt the key check of {self._where}: wrong {KEY_ENV_VAR}?")
+            self._box = box
+        return self._box
+
+    def _encrypt_in(self, conn: Connection, value: str | None) -> str | None:
+        if value is None or is_encrypted(value):
+            return value
+        box = self._box_for(conn)
+        return box.encrypt(value) if box is not None else value
+
+    def _decrypt(self, value: str | None, what: str) -> str | None:
+        if value is None or not is_encrypted(value):
+            return value
+        if self._box is None:
+            raise StorageError(
+                f"The {what} is encrypted but no encryption key was given.",
+                hint=f"Pass encryption_key= or set {KEY_ENV_VAR} to the key the database was written with.",
+            )
+        return self._box.decrypt(value, what=f"the {what}")
+
+    # ---- the queue --------------------------------------------------------------------------------------
+
+    def add_signals(self, signals: Iterable[Signal]) -> int:
+        """Queue signals in one transaction; a uuid already stored is skipped. Returns how many were new."""
+        if isinstance(signals, Signal):
+            signals = [signals]
+        items = list(signals)
+        if not items:
+            return 0
+        now = utcnow()
+        rows: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for signal in items:
+            row = signal_row(signal, now)
+            if row["uuid"] not in seen:
+                seen.add(row["uuid"])
+                rows.append(row)
+        with self._tx("adding signals") as conn:
+            if len(rows) == 1:
+                return self._add_one(conn, items, rows[0])
+            result = conn.execute(insert_ignore(self.engine, _S), rows)
+            added = result.rowcount
+            ids: dict[str, int] = {}
+            for chunk in _chunks(list(seen)):
+                for uuid, alert_id in conn.execute(select(_S.c.uuid, _S.c.alert_id).where(_S.c.uuid.in_(chunk))):
+                    ids[uuid] = int(alert_id)
+        for signal in items:
+            assert signal.uuid is not None
+            signal.alert_id = ids.get(signal.uuid)
+        return int(added)
+
+    def _add_one(self, conn: Connection, items: list[Signal], row: dict[str, Any]) -> int:
+        """The fast path for one signal (a web request's): one INSERT, no extra query when it is new."""
+        stmt = insert_ignore(self.engine, _S)
+        alert_id: int | None = None
+        if self._backend == "postgresql":
+            alert_id = conn.execute(stmt.returning(_S.c.alert_id), row).scalar()
+            added = 0 if alert_id is None else 1
+        else:
+            result = conn.execute(stmt, row)
+            added = result.rowcount
+            if added == 1:
+                alert_id = result.lastrowid
+        if not added:
+            alert_id = conn.execute(select(_S.c.alert_id).where(_S.c.uuid == row["uuid"])).scalar()
+        for signal in items:
+            signal.alert_id = None if alert_id is None else int(alert_id)
+        return int(added)
+
+    def claim_signals(self, limit: int, lease_seconds: float, machine_ids: Sequence[str] | None = None) -> Claim:
+        """Claim up to ``limit`` queued (or lease-expired) signals, oldest first, of machines not cooling down."""
+        if not isinstance(limit, int) or limit < 1:
+            raise ValidationError(f"limit must be a positive integer, not {limit!r}", field="limit")
+        if not lease_seconds or lease_seconds <= 0:
+            raise ValidationError(f"lease_seconds must be positive, not {lease_seconds!r}", field="lease_seconds")
+        now = utcnow()
+        expires_at = now + timedelta(seconds=float(lease_seconds))
+        token = _secrets.token_hex(16)
+        if machine_ids is not None and not machine_ids:
+            return Claim(token=token, signals=[], expires_at=expires_at)
+        cooling = exists().where(
+            _M.c.machine_id == _S.c.machine_id,
+            or_(_M.c.failing_until > now, _M.c.login_banned_until > now),
+        )
+        stmt = (
+            select(_S.c.alert_id, _S.c.payload)
+            .where(
+                or_(_S.c.status == schema.QUEUED, and_(_S.c.status == schema.CLAIMED, _S.c.claimed_until < now)),
+                ~cooling,
+            )
+            .order_by(_S.c.alert_id)
+            .limit(limit)
+        )
+        if machine_ids is not None:
+            stmt = stmt.where(_S.c.machine_id.in_(list(machine_ids)))
+        if self._skip_locked:
+            stmt = stmt.with_for_update(skip_locked=True)
+        elif self._backend != "sqlite":
+            stmt = stmt.with_for_update()  # old MariaDB/MySQL: correct, but claimers wait for each other
+        with self._tx("claiming signals") as conn:
+            rows = conn.execute(stmt).all()
+            for chunk in _chunks([row[0] for row in rows]):
+                conn.execute(
+                    update(_S)
+                    .where(_S.c.alert_id.in_(chunk))
+                    .values(
+                        status=schema.CLAIMED,
+                        claim_token=token,
+                        claimed_until=expires_at,
+                        attempts=_S.c.attempts + 1,
+                    )
+                )
+        claimed = [signal_from_row(alert_id, payload, schema.CLAIMED) for alert_id, payload in rows]
+        return Claim(token=token, signals=claimed, expires_at=expires_at)
+
+    def _update_claimed(
+        self, operation: str, claim: Claim, signal_ids: Sequence[int] | None, values: dict[str, Any]
+    ) -> int:
+        """Apply ``values`` to the rows this claim still holds (a re-claimed row has another token: untouched)."""
+        held = and_(_S.c.claim_token == claim.token, _S.c.status == schema.CLAIMED)
+        ids = _ids(signal_ids, "signal_ids")
+        count = 0
+        with self._tx(operation) as conn:
+            if ids is None:
+                count = conn.execute(update(_S).where(held).values(**values)).rowcount
+            else:
+                for chunk in _chunks(ids):
+                    count += conn.execute(update(_S).where(held, _S.c.alert_id.in_(chunk)).values(**values)).rowcount
+        return int(count)
+
+    def mark_sent(self, claim: Claim, signal_ids: Sequence[int] | None = None) -> int:
+        """Mark the claim's signals sent (all, or these ids). Returns how many were still held and marked."""
+        values = {"status": schema.SENT, "sent_at": utcnow(), "claim_token": None, "claimed_until": None}
+        return self._update_claimed("marking signals sent", claim, signal_ids, values)
+
+    def release_claim(self, claim: Claim, signal_ids: Sequence[int] | None = None) -> int:
+        """Put the claim's signals back in the queue (all, or these ids). Returns how many."""
+        values = {"status": schema.QUEUED, "claim_token": None, "claimed_until": None}
+        return self._update_claimed("releasing claimed signals", claim, signal_ids, values)
+
+    def quarantine(self, claim: Claim, signal_ids: Sequence[int], reason: str) -> int:
+        """Set the claim's ``signal_ids`` aside with ``reason``: never sent again unless requeued."""
+        values = {
+            "status": schema.QUARANTINED,
+            "quarantine_reason": str(reason),
+            "claim_token": None,
+            "claimed_until": None,
+        }
+        return self._update_claimed("quarantining signals", claim, list(signal_ids), values)
+
+    def requeue_quarantined(self, signal_ids: Sequence[int] | None = None) -> int:
+        """Put quarantined signals (all, or these ids) back in the queue. Returns how many."""
+        ids = _ids(signal_ids, "signal_ids")
+        base = update(_S).where(_S.c.status == schema.QUARANTINED)
+        values = {"status": schema.QUEUED, "quarantine_reason": None, "attempts": 0}
+        count = 0
+        with self._tx("requeuing quarantined signals") as conn:
+            if ids is None:
+                count = conn.execute(base.values(**values)).rowcount
+            else:
+                for chunk in _chunks(ids):
+                    count += conn.execute(base.where(_S.c.alert_id.in_(chunk)).values(**values)).rowcount
+        return int(count)
+
+    def list_quarantined(self, limit: int = 100) -> list[tuple[Signal, str]]:
+        """Quarantined signals with the server's reason, oldest first."""
+        stmt = (
+            select(_S.c.alert_id, _S.c.payload, _S.c.quarantine_reason)
+            .where(_S.c.status == schema.QUARANTINED)
+            .order_by(_S.c.alert_id)
+            .limit(int(limit))
+        )
+        with self._tx("listing quarantined signals", write=False) as conn:
+            rows = conn.execute(stmt).all()
+        return [(signal_from_row(a, p, schema.QUARANTINED), str(r or "")) for a, p, r in rows]
+
+    def count_signals(self, machine_id: str | None = None) -> QueueCounts:
+        """Signals per state; a claim whose lease ran out counts as queued (anyone may claim it again)."""
+        now = utcnow()
+        by_status = select(_S.c.status, func.count()).group_by(_S.c.status)
+        expired = select(func.count()).where(_S.c.status == schema.CLAIMED, _S.c.claimed_until < now)
+        if machine_id is not None:
+            by_status = by_status.where(_S.c.machine_id == machine_id)
+            expired = expired.where(_S.c.machine_id == machine_id)
+        with self._tx("counting signals", write=False) as conn:
+            counts = {str(status): int(n) for status, n in conn.execute(by_status)}
+            lapsed = int(conn.execute(expired).scalar() or 0)
+        return QueueCounts(
+            queued=counts.get(schema.QUEUED, 0) + lapsed,
+            claimed=counts.get(schema.CLAIMED, 0) - lapsed,
+            sent=counts.get(schema.SENT, 0),
+            quarantined=counts.get(schema.QUARANTINED, 0),
+        )
+
+    def prune(self, *, sent_before: datetime | None = None, quarantined: bool = False) -> int:
+        """Delete sent signals (all, or those sent before ``sent_before``) and, if asked, every quarantined one."""
+        sent = _S.c.status == schema.SENT
+        if sent_before is not None:
+            sent = and_(sent, _S.c.sent_at < sent_before)
+        condition = or_(sent, _S.c.status == schema.QUARANTINED) if quarantined else sent
+        with self._tx("pruning signals") as conn:
+            return int(conn.execute(delete(_S).where(condition)).rowcount)
+
+    # ---- legacy 0.7.0 surface ---------------------------------------------------------------------------
+
+    def get_signals(
+        self,
+        limit: int,
+        offset: int = 0,
+        sent: bool | None = None,
+        is_failing: bool | None = None,
+    ) -> list[Signal]:
+        """Signals by ``alert_id``; ``sent=False`` means queued or claimed, ``is_failing`` the machine's cool-down."""
+        stmt = select(_S.c.alert_id, _S.c.payload, _S.c.status).order_by(_S.c.alert_id)
+        if sent is True:
+            stmt = stmt.where(_S.c.status == schema.SENT)
+        elif sent is False:
+            stmt = stmt.where(_S.c.status.in_([schema.QUEUED, schema.CLAIMED]))
+        if is_failing is not None:
+            failing = exists().where(_M.c.machine_id == _S.c.machine_id, _M.c.failing_until > utcnow())
+            stmt = stmt.where(failing if is_failing else ~failing)
+        stmt = stmt.limit(int(limit)).offset(int(offset))
+        with self._tx("reading signals", write=False) as conn:
+            rows = conn.execute(stmt).all()
+        return [signal_from_row(a, p, s) for a, p, s in rows]
+
+    def update_or_create_signal(self, signal: Signal) -> bool:
+        """Store one signal, matched by ``alert_id`` then by ``uuid`` (never duplicated); True when created."""
+        now = utcnow()
+        row = signal_row(signal, now)
+        with self._tx("storing a signal") as conn:
+            found = None
+            if signal.alert_id is not None:
+                found = conn.execute(select(_S.c.alert_id, _S.c.status).where(_S.c.alert_id == signal.alert_id)).first()
+            if found is None:
+                found = conn.execute(select(_S.c.alert_id, _S.c.status).where(_S.c.uuid == row["uuid"])).first()
+            if found is None:
+                created = self._add_one(conn, [signal], row)
+                if created:
+                    return True
+                found = conn.execute(select(_S.c.alert_id, _S.c.status).where(_S.c.uuid == row["uuid"])).one()
+            alert_id, status = found
+            values = {k: row[k] for k in ("uuid", "machine_id", "scenario", "created_at", "payload")}
+            if signal.sent and status != schema.SENT:
+                values.update(status=schema.SENT, sent_at=now, claim_token=None, claimed_until=None)
+            elif not signal.sent and status == schema.SENT:
+                values.update(status=schema.QUEUED, sent_at=None)
+            conn.execute(update(_S).where(_S.c.alert_id == alert_id).values(**values))
+        signal.alert_id = int(alert_id)
+        return False
+
+    def mass_update_signals(self, signal_ids: Sequence[int], changes: Mapping[str, Any]) -> None:
+        """Apply ``changes`` to these signals; only ``sent`` (True: sent, False: queued again) is supported."""
+        unknown = sorted(set(changes) - {"sent"})
+        if unknown:
+            raise ValidationError(
+                f"mass_update_signals cannot change {', '.join(unknown)}; only 'sent' is supported",
+                field="changes",
+            )
+        ids = _ids(signal_ids, "signal_ids") or []
+        if "sent" not in changes or not ids:
+            return
+        if changes["sent"]:
+            values: dict[str, Any] = {"status": schema.SENT, "sent_at": utcnow()}
+        else:
+            values = {"status": schema.QUEUED, "sent_at": None}
+        values.update(claim_token=None, claimed_until=None)
+        with self._tx("updating signals") as conn:
+            for chunk in _chunks(ids):
+                conn.execute(update(_S).where(_S.c.alert_id.in_(chunk)).values(**values))
+
+    def delete_signals(self, signal_ids: Sequence[int]) -> None:
+        """Delete the signals with these ``alert_id``s."""
+        ids = _ids(signal_ids, "signal_ids") or []
+        with self._tx("deleting signals") as conn:
+            for chunk in _chunks(ids):
+                conn.execute(delete(_S).where(_S.c.alert_id.in_(chunk)))
+
+    def delete_machines(self, machine_ids: Sequence[str]) -> None:
+        """Delete these machines (their signals stay queued and their login locks are dropped)."""
+        ids = [str(m) for m in machine_ids]
+        with self._tx("deleting machines") as conn:
+            for chunk in _chunks(ids):
+                conn.execute(delete(_M).where(_M.c.machine_id.in_(chunk)))
+                conn.execute(delete(_L).where(_L.c.machine_id.in_(chunk)))
+
+    # ---- machines ---------------------------------------------------------------------------------------
+
+    def _machine_from_row(self, row: Any) -> Machine:
+        machine_id = row.machine_id
+        return Machine(
+            machine_id=machine_id,
+            password=self._decrypt(row.password, f"password of machine {machine_id}"),
+            token=self._decrypt(row.token, f"token of machine {machine_id}"),
+            scenarios=row.scenarios,
+            is_failing=bool(row.is_failing),
+            token_expires_at=row.token_expires_at,
+            login_banned_until=row.login_banned_until,
+            failing_until=row.failing_until,
+            failure_reason=row.failure_reason,
+            registered=bool(row.registered),
+            organization_id=row.organization_id,
+            created_at=row.created_at,
+        )
+
+    def get_machine_by_id(self, machine_id: str) -> Machine | None:
+        """The stored machine (secrets decrypted), or None."""
+        with self._tx("reading a machine", write=False) as conn:
+            row = conn.execute(select(_M).where(_M.c.machine_id == machine_id)).first()
+        return None if row is None else self._machine_from_row(row)
+
+    def list_machines(self) -> list[Machine]:
+        """Every stored machine, oldest first."""
+        with self._tx("listing machines", write=False) as conn:
+            rows = conn.execute(select(_M).order_by(_M.c.created_at, _M.c.machine_id)).all()
+        return [self._machine_from_row(row) for row in rows]
+
+    def update_or_create_machine(self, machine: Machine) -> bool:
+        """Store every field of the machine (secrets encrypted when a key is set); True when it was created."""
+        if not isinstance(machine, Machine) or not machine.machine_id:
+            raise ValidationError("a Machine with a machine_id is required", field="machine_id")
+        check_length("machine_id", machine.machine_id, 128)
+        check_length("organization_id", machine.organization_id, 255)
+        with self._tx("storing a machine") as conn:
+            values: dict[str, Any] = {
+                "password": self._encrypt_in(conn, machine.password),
+                "token": self._encrypt_in(conn, machine.token),
+                "scenarios": machine.scenarios,
+                "is_failing": bool(machine.is_failing),
+                "token_expires_at": machine.token_expires_at,
+                "login_banned_until": machine.login_banned_until,
+                "failing_until": machine.failing_until,
+                "failure_reason": machine.failure_reason,
+                "registered": bool(machine.registered),
+                "organization_id": machine.organization_id,
+            }
+            if machine.created_at is not None:
+                values["created_at"] = machine.created_at
+            where = _M.c.machine_id == machine.machine_id
+            if conn.execute(update(_M).where(where).values(**values)).rowcount:
+                return False
+            created_at = machine.created_at or utcnow()
+            inserted = conn.execute(
+                insert_ignore(self.engine, _M),
+                {**values, "machine_id": machine.machine_id, "created_at": created_at},
+            ).rowcount
+            if not inserted:  # created concurrently in between: update it
+                conn.execute(update(_M).where(where).values(**values))
+                return False
+        machine.created_at = created_at
+        return True
+
+    def acquire_login_lock(self, machine_id: str, holder: str, ttl_seconds: float) -> bool:
+        """Become the one caller logging in for ``machine_id`` (or take over an expired lock); never waits."""
+        if not ttl_seconds or ttl_seconds <= 0:
+            raise ValidationError(f"ttl_seconds must be positive, not {ttl_seconds!r}", field="ttl_seconds")
+        check_length("machine_id", machine_id, 128)
+        check_length("holder", holder, 255)
+        now = utcnow()
+        values = {"holder": holder, "expires_at": now + timedelta(seconds=float(ttl_seconds))}
+        with self._tx("taking a login lock") as conn:
+            if conn.execute(insert_ignore(self.engine, _L), {**values, "machine_id": machine_id}).rowcount:
+                return True
+            taken = conn.execute(
+                update(_L).where(_L.c.machine_id == machine_id, _L.c.expires_at < now).values(**values)
+            ).rowcount
+        return bool(taken)
+
+    def release_login_lock(self, machine_id: str, holder: str) -> None:
+        """Release the lock if ``holder`` still holds it (someone who took over an expired lock keeps it)."""
+        with self._tx("releasing a login lock") as conn:
+            conn.execute(delete(_L).where(_L.c.machine_id == machine_id, _L.c.holder == holder))
+
+
+class _ForkGuard:
+    """After ``fork()``, the child must not reuse the parent's pooled connections: drop them (without closing)."""
+
+    def __init__(self) -> None:
+        self._storages: weakref.WeakSet[SQLStorage] = weakref.WeakSet()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)
+
+    def add(self, storage: SQLStorage) -> None:
+        self._storages.add(storage)
+
+    def _reset(self) -> None:
+        for storage in list(self._storages):
+            storage.engine.dispose(close=False)
+
+
+_after_fork = _ForkGuard()
