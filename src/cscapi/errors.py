@@ -19,6 +19,7 @@ __all__ = [
     "LoginBannedError",
     "NotFoundError",
     "RateLimitedError",
+    "RefreshInProgressError",
     "RefreshTooSoonError",
     "RequestRejectedError",
     "ServerError",
@@ -196,3 +197,9 @@ class AlreadyRunningError(CAPIError):
     """Another agent (``cscapi run``) already holds the single-instance lock for this signal storage."""
 
     default_hint = "Stop the other agent first, or point this one at another storage; only one may run per storage."
+
+
+class RefreshInProgressError(CAPIError):
+    """Another worker holds the decision store's refresh lock: only one pulls at a time, the others keep serving."""
+
+    default_hint = "Nothing to do: the other worker's refresh reaches this one within a second."

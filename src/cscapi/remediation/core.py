@@ -1,0 +1,337 @@
+"""The refresh, prune and sync logic, written once as sans-I/O generators.
+
+Each flow yields :class:`Op` effects (a store call, a client call, or a CPU-heavy computation) and receives their
+results (or has their exception thrown in). ``RemediationEngine`` runs the effects blocking;
+``AsyncRemediationEngine`` awaits the client's coroutines and runs store calls and computations in a worker thread.
+No refresh logic is written twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from cscapi.errors import RefreshInProgressError, RefreshTooSoonError
+from cscapi.models import AllowlistLink, BlocklistLink, DecisionStream, LinkDownload
+from cscapi.remediation.index import Index, Policy, build_index
+from cscapi.remediation.models import ListOutcome, ListStatus, RefreshReport
+from cscapi.remediation.parsing import ParseTally, canonical_value, parse_allowlist, parse_blocklist
+from cscapi.remediation.state import AllowlistState, BlocklistState, CapiKey, State
+
+__all__ = ["FlowContext", "Op", "apply_stream", "new_version", "prune_flow", "prune_state", "refresh_flow"]
+
+_SCOPES = frozenset({"ip", "range"})
+
+
+@dataclass(frozen=True)
+class Op:
+    """One effect: ``target`` is ``store``, ``client`` or ``compute`` (then ``args[0]`` is the callable)."""
+
+    target: str
+    name: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] | None = None
+
+
+def store(name: str, *args: Any) -> Op:
+    return Op("store", name, args)
+
+
+def client(name: str, *args: Any, **kwargs: Any) -> Op:
+    return Op("client", name, args, kwargs)
+
+
+def compute(fn: Callable[..., Any], *args: Any) -> Op:
+    return Op("compute", getattr(fn, "__name__", "compute"), (fn, *args))
+
+
+@dataclass
+class FlowContext:
+    """What the flows need from the engine: its options, policy, clock and logger."""
+
+    policy: Policy
+    logger: logging.Logger
+    clock: Callable[[], float]
+    machine_id: str | None
+    community_pull: bool
+    additional_pull: bool
+    min_refresh_interval: float
+    lock_ttl: float
+
+
+def new_version() -> str:
+    """A version stamp no other commit will ever reuse (so a worker never mistakes a new state for its old one)."""
+    return f"{time.time_ns():x}-{uuid.uuid4().hex[:12]}"
+
+
+def _redact(text: str, url: str) -> str:
+    """Remove the signed query string of a link URL from a message (the signature is a credential)."""
+    base = url.split("?", 1)[0]
+    return text.replace(url, base + ("?…" if "?" in url else ""))
+
+
+@dataclass
+class StreamResult:
+    state: State
+    new: int
+    deleted: int
+    tally: ParseTally
+
+
+def apply_stream(
+    state: State, stream: DecisionStream, now: float, startup: bool, logger: logging.Logger
+) -> StreamResult:
+    """Apply the stream's ``deleted`` then ``new`` parts to the CAPI decisions (a startup pull replaces them all)."""
+    tally = ParseTally()
+    if stream.skipped:
+        tally.reasons["unreadable stream item"] = stream.skipped
+    capi: dict[CapiKey, float] = {} if startup else dict(state.capi)
+    deleted = 0
+    doomed: set[str] = set()
+    for item in stream.deleted:
+        try:
+            doomed.add(canonical_value(item.value))
+        except ValueError as exc:
+            tally.skip(str(exc), item.value, logger, "the stream's deleted part")
+    if doomed and capi:
+        for key in [k for k in capi if k[0] in doomed]:
+            del capi[key]
+            deleted += 1
+    new = 0
+    for d in stream.new:
+        scope = d.scope.lower() if isinstance(d.scope, str) else d.scope
+        if scope not in _SCOPES:
+            tally.skip(f"unsupported scope {d.scope!r}", d.value, logger, "the stream's new part")
+            continue
+        try:
+            value = canonical_value(d.value)
+        except ValueError as exc:
+            tally.skip(str(exc), d.value, logger, "the stream's new part")
+            continue
+        duration = d.duration
+        if not isinstance(duration, (int, float)) or math.isnan(duration) or duration <= 0:
+            tally.skip("no duration left", d.value, logger, "the stream's new part")
+            continue
+        capi[(value, d.scenario, d.type or "ban", scope)] = now + float(duration)
+        new += 1
+    return StreamResult(state.evolve(capi=capi), new, deleted, tally)
+
+
+def _blocklist_result(
+    previous: BlocklistState | None, link: BlocklistLink, dl: LinkDownload, now: float, logger: logging.Logger
+) -> tuple[BlocklistState, ListOutcome]:
+    origin = f"lists:{link.name}"
+    duration = float(link.duration)
+    if dl.not_modified and previous is not None:
+        kept = BlocklistState(
+            name=link.name,
+            url=link.url,
+            remediation=link.remediation,
+            scope=link.scope,
+            duration=duration,
+            values=previous.values,
+            pulled_at=now,
+            expires_at=now + duration,
+            last_modified=dl.last_modified or previous.last_modified,
+        )
+        return kept, ListOutcome(link.name, origin, "blocklist", ListStatus.NOT_MODIFIED, len(kept.values))
+    tally = ParseTally()
+    values = parse_blocklist(dl.text, tally, logger, link.name)
+    fresh = BlocklistState(
+        name=link.name,
+        url=link.url,
+        remediation=link.remediation,
+        scope=link.scope,
+        duration=duration,
+        values=values,
+        pulled_at=now,
+        expires_at=now + duration,
+        last_modified=dl.last_modified,
+    )
+    return fresh, ListOutcome(link.name, origin, "blocklist", ListStatus.DOWNLOADED, len(values), tally.total)
+
+
+def _allowlist_result(
+    previous: AllowlistState | None, link: AllowlistLink, dl: LinkDownload, now: float, logger: logging.Logger
+) -> tuple[AllowlistState, ListOutcome, ParseTally]:
+    origin = f"allowlist:{link.name}"
+    tally = ParseTally()
+    if dl.not_modified and previous is not None:
+        last_modified = dl.last_modified or previous.last_modified
+        kept = AllowlistState(link.name, link.id, link.url, previous.entries, now, last_modified)
+        return kept, ListOutcome(link.name, origin, "allowlist", ListStatus.NOT_MODIFIED, len(kept.entries)), tally
+    entries = parse_allowlist(dl.text, now, tally, logger, link.name)
+    fresh = AllowlistState(link.name, link.id, link.url, entries, now, dl.last_modified)
+    outcome = ListOutcome(link.name, origin, "allowlist", ListStatus.DOWNLOADED, len(entries), tally.total)
+    return fresh, outcome, tally
+
+
+def _failure(exc: BaseException, url: str) -> str:
+    status = getattr(exc, "status_code", None)
+    text = _redact(str(exc), url) or type(exc).__name__
+    return f"{type(exc).__name__}{f' (HTTP {status})' if status else ''}: {text}"
+
+
+def refresh_flow(ctx: FlowContext, force: bool) -> Generator[Op, Any, tuple[RefreshReport, Index]]:
+    """Pull the stream and every list, build the new index and commit it, under the store's refresh lock."""
+    started = time.perf_counter()
+    token = uuid.uuid4().hex
+    if not (yield store("acquire_lock", token, ctx.lock_ttl)):
+        raise RefreshInProgressError("another worker is refreshing the decisions right now")
+    try:
+        _version, loaded = yield store("load")
+        dirty = yield store("is_dirty")
+        now = ctx.clock()
+        if not force and loaded is not None and loaded.last_pull is not None:
+            next_at = loaded.last_pull + ctx.min_refresh_interval
+            if now < next_at:
+                raise RefreshTooSoonError(
+                    f"decisions were pulled {now - loaded.last_pull:.0f} s ago; CAPI's minimum interval is "
+                    f"{ctx.min_refresh_interval:.0f} s",
+                    next_allowed_at=datetime.fromtimestamp(next_at, timezone.utc),
+                )
+        startup = loaded is None or bool(dirty)
+        state = loaded if loaded is not None else State()
+        machine_id = ctx.machine_id
+        if not machine_id:
+            machine_id = yield client("default_machine_id")
+        # Until the new state is committed, the store says "do not trust a delta": a crash or a failure anywhere
+        # from here on makes the next pull a startup pull.
+        yield store("mark_dirty")
+        stream: DecisionStream = yield client(
+            "get_decisions",
+            machine_id,
+            startup=startup,
+            community_pull=ctx.community_pull,
+            additional_pull=ctx.additional_pull,
+        )
+        result: StreamResult = yield compute(apply_stream, state, stream, now, startup, ctx.logger)
+        tally = result.tally
+        outcomes: dict[str, ListOutcome] = {}
+        links_given = "links" in stream.raw or bool(stream.blocklists) or bool(stream.allowlists)
+        blocklists = {} if links_given else dict(state.blocklists)
+        allowlists = {} if links_given else dict(state.allowlists)
+
+        for link in stream.blocklists:
+            previous = state.blocklists.get(link.name)
+            usable = previous is not None and previous.values and previous.expires_at > now
+            ims = previous.last_modified if usable and previous is not None else None
+            try:
+                dl = yield client("download_link", link.url, if_modified_since=ims)
+                if not dl.not_modified and dl.status_code != 200:
+                    raise ValueError(f"unexpected HTTP {dl.status_code}")
+                if dl.not_modified and previous is None:
+                    raise ValueError("304 Not Modified for a list never downloaded")
+                fresh, outcome = yield compute(_blocklist_result, previous, link, dl, ctx.clock(), ctx.logger)
+                blocklists[link.name] = fresh
+            except Exception as exc:
+                reason = _failure(exc, link.url)
+                ctx.logger.warning("blocklist %r: download failed, keeping its previous content: %s", link.name, reason)
+                if previous is not None:
+                    blocklists[link.name] = previous
+                outcome = ListOutcome(
+                    link.name, f"lists:{link.name}", "blocklist", ListStatus.FAILED,
+                    len(previous.values) if previous else 0, reason=reason,
+                )  # fmt: skip
+            outcomes[outcome.origin] = outcome
+            if outcome.skipped:
+                tally.reasons[f"bad line in blocklist {link.name}"] = outcome.skipped
+
+        for alink in stream.allowlists:
+            aprevious = state.allowlists.get(alink.name)
+            try:
+                ims = aprevious.last_modified if aprevious else None
+                dl = yield client("download_link", alink.url, if_modified_since=ims)
+                if not dl.not_modified and dl.status_code != 200:
+                    raise ValueError(f"unexpected HTTP {dl.status_code}")
+                if dl.not_modified and aprevious is None:
+                    raise ValueError("304 Not Modified for a list never downloaded")
+                afresh, outcome, atally = yield compute(
+                    _allowlist_result, aprevious, alink, dl, ctx.clock(), ctx.logger
+                )
+                allowlists[alink.name] = afresh
+                tally.merge(atally)
+            except Exception as exc:
+                reason = _failure(exc, alink.url)
+                ctx.logger.warning("allowlist %r: download failed, kept its previous content: %s", alink.name, reason)
+                if aprevious is not None:
+                    allowlists[alink.name] = aprevious
+                outcome = ListOutcome(
+                    alink.name, f"allowlist:{alink.name}", "allowlist", ListStatus.FAILED,
+                    len(aprevious.entries) if aprevious else 0, reason=reason,
+                )  # fmt: skip
+            outcomes[outcome.origin] = outcome
+
+        removed = tuple(
+            [f"lists:{n}" for n in state.blocklists if n not in blocklists]
+            + [f"allowlist:{n}" for n in state.allowlists if n not in allowlists]
+        )
+        if removed:
+            ctx.logger.info("lists no longer offered by CAPI, dropped: %s", ", ".join(removed))
+        new_state = result.state.evolve(blocklists=blocklists, allowlists=allowlists, last_pull=now)
+        version = new_version()
+        index: Index = yield compute(build_index, new_state, ctx.policy, version, ctx.clock())
+        yield store("commit", new_state, version, token, True)
+        report = RefreshReport(
+            new=result.new,
+            deleted=result.deleted,
+            startup=startup,
+            lists=outcomes,
+            skipped=tally.total,
+            skipped_reasons=dict(tally.reasons),
+            removed_lists=removed,
+            decisions=index.decisions,
+            version=version,
+            seconds=time.perf_counter() - started,
+        )
+        ctx.logger.info(
+            "decisions refreshed (%s): %d new, %d deleted, %d lists, %d skipped, %d live in the index",
+            "startup" if startup else "delta", report.new, report.deleted, len(outcomes), report.skipped,
+            index.decisions,
+        )  # fmt: skip
+        return report, index
+    finally:
+        yield store("release_lock", token)
+
+
+def prune_state(state: State, now: float) -> tuple[State, int]:
+    """Drop what has expired at ``now``; returns the new state and how many decisions went."""
+    removed = 0
+    capi = {k: e for k, e in state.capi.items() if e > now}
+    removed += len(state.capi) - len(capi)
+    blocklists: dict[str, BlocklistState] = {}
+    for name, bl in state.blocklists.items():
+        if bl.expires_at > now:
+            blocklists[name] = bl
+        else:
+            removed += len(bl.values)
+    allowlists: dict[str, AllowlistState] = {}
+    for name, al in state.allowlists.items():
+        entries = {v: e for v, e in al.entries.items() if e is None or e > now}
+        removed += len(al.entries) - len(entries)
+        allowlists[name] = AllowlistState(al.name, al.id, al.url, entries, al.pulled_at, al.last_modified)
+    return state.evolve(capi=capi, blocklists=blocklists, allowlists=allowlists), removed
+
+
+def prune_flow(ctx: FlowContext) -> Generator[Op, Any, tuple[int, Index | None]]:
+    """Remove expired decisions from the shared state (under the refresh lock) and rebuild the index."""
+    token = uuid.uuid4().hex
+    if not (yield store("acquire_lock", token, ctx.lock_ttl)):
+        raise RefreshInProgressError("another worker is refreshing the decisions right now")
+    try:
+        _version, loaded = yield store("load")
+        if loaded is None:
+            return 0, None
+        pruned, removed = prune_state(loaded, ctx.clock())
+        version = new_version()
+        index: Index = yield compute(build_index, pruned, ctx.policy, version, ctx.clock())
+        yield store("commit", pruned, version, token, False)
+        return removed, index
+    finally:
+        yield store("release_lock", token)

@@ -1,0 +1,389 @@
+"""The remediation engine: CAPI decisions in a shared store, answered from an in-process index in about a microsecond.
+
+``RemediationEngine`` (blocking) and ``AsyncRemediationEngine`` (awaiting) share everything but the driver of the
+sans-I/O flows in ``core.py``. ``get_ip_remediation`` is the same synchronous, I/O-free method in both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, Generic, TypeVar
+
+from cscapi.errors import ConfigurationError, InvalidIPError
+from cscapi.remediation.core import FlowContext, Op, prune_flow, refresh_flow
+from cscapi.remediation.index import Entries, Index, Policy, build_index, empty_index
+from cscapi.remediation.metrics import build_usage_metrics, nested_counts
+from cscapi.remediation.models import CLEAN, RefreshReport, Remediation
+from cscapi.remediation.stores import DecisionStore, open_store
+
+__all__ = ["AsyncRemediationEngine", "RemediationEngine"]
+
+C = TypeVar("C")
+R = TypeVar("R")
+
+DEFAULT_LOGGER = logging.getLogger("cscapi.remediation")
+_LAST_PUSH = "last_metrics_push"
+_engines: weakref.WeakSet[_EngineBase[Any]] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """Threads do not survive fork: restart the sync thread of every engine the child inherited."""
+    for engine in list(_engines):
+        engine._sync_thread = None
+        engine._start_sync_thread()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _sync_loop(ref: weakref.ref[_EngineBase[Any]], stop: threading.Event, interval: float) -> None:
+    failures = 0
+    while not stop.wait(interval):
+        engine = ref()
+        if engine is None:
+            return
+        try:
+            engine.sync()
+            failures = 0
+        except Exception as exc:
+            failures += 1
+            if failures in (1, 10) or failures % 1000 == 0:
+                engine._logger.warning("decision store sync failed (%d in a row), still serving: %s", failures, exc)
+        del engine
+
+
+class _EngineBase(Generic[C]):
+    """Options, the index, the lookup, the store sync and the metrics: everything but how flows are driven."""
+
+    def __init__(
+        self,
+        client: C,
+        store: str | DecisionStore = "memory://",
+        *,
+        machine_id: str | None = None,
+        ordered_remediations: Sequence[str] = ("ban", "captcha", "bypass"),
+        fallback_remediation: str = "bypass",
+        bouncing_level: str = "normal_bouncing",
+        community_pull: bool = True,
+        additional_pull: bool = True,
+        min_refresh_interval: float = 5400.0,
+        sync_interval_ms: float = 250.0,
+        key_prefix: str = "cscapi:",
+        lock_ttl: float = 300.0,
+        bouncer_name: str = "cscapi",
+        bouncer_type: str = "cscapi-remediation-engine",
+        bouncer_version: str | None = None,
+        logger: logging.Logger | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if min_refresh_interval < 0 or sync_interval_ms < 0 or lock_ttl <= 0:
+            raise ConfigurationError("min_refresh_interval and sync_interval_ms must be >= 0, lock_ttl > 0")
+        self.client = client
+        self.policy = Policy(ordered_remediations, fallback_remediation, bouncing_level)
+        self._logger = logger or DEFAULT_LOGGER
+        self._clock: Callable[[], float] = clock or time.time
+        self.store = open_store(store, key_prefix=key_prefix)
+        self.machine_id = machine_id
+        self.bouncer_name = bouncer_name
+        self.bouncer_type = bouncer_type
+        self.bouncer_version = bouncer_version
+        self._ctx = FlowContext(
+            policy=self.policy,
+            logger=self._logger,
+            clock=self._clock,
+            machine_id=machine_id,
+            community_pull=community_pull,
+            additional_pull=additional_pull,
+            min_refresh_interval=float(min_refresh_interval),
+            lock_ttl=float(lock_ttl),
+        )
+        self._startup_ts = int(time.time())
+        self._index: Index = empty_index()
+        self._committing: str | None = None
+        self._sync_lock = threading.Lock()
+        self._sync_interval = sync_interval_ms / 1000.0
+        self._sync_stop = threading.Event()
+        self._sync_thread: threading.Thread | None = None
+        self._closed = False
+        if self.store.shared:
+            try:
+                self.sync()
+            except Exception as exc:
+                self._logger.warning("could not load the decisions from %r yet, serving none: %s", self.store, exc)
+            _engines.add(self)
+            self._start_sync_thread()
+
+    # ---- the lookup ------------------------------------------------------------------------------------------
+
+    def get_ip_remediation(self, ip: str) -> Remediation:
+        """The remediation for ``ip`` (IPv4 or IPv6, any form) and its origin; ``bypass``/``clean`` if none applies.
+
+        No I/O, no allocation on a hit. Raises :class:`cscapi.errors.InvalidIPError` if ``ip`` is not an address.
+        """
+        idx = self._index
+        try:
+            entries: Entries | None = idx.exact.get(ip)
+        except TypeError:
+            raise InvalidIPError(f"not an IP address: a {type(ip).__name__} was given", field="ip") from None
+        if entries is None:
+            entries = idx.lookup_slow(ip)
+            if entries is None:
+                return CLEAN
+        now = self._clock()
+        for expiry, remediation in entries:
+            if expiry > now:
+                return remediation
+        return CLEAN
+
+    # ---- state and sync --------------------------------------------------------------------------------------
+
+    @property
+    def index(self) -> Index:
+        """The index answering lookups right now (swapped whole by refreshes and syncs)."""
+        return self._index
+
+    @property
+    def version(self) -> str | None:
+        """The store version the index was built from (None before any refresh)."""
+        return self._index.version
+
+    def sync(self) -> bool:
+        """Rebuild the index if the store holds another version (another worker refreshed); True if it changed.
+
+        Called by the background sync thread every ``sync_interval_ms`` for shared stores; safe to call yourself.
+        """
+        with self._sync_lock:
+            current = self.store.version()
+            if current == self._index.version or (current is not None and current == self._committing):
+                return False
+            if current is None:
+                self._index = empty_index()
+                return True
+            version, state = self.store.load()
+            if version == self._index.version:
+                return False
+            if state is None:
+                self._index = empty_index(version)
+            else:
+                self._index = build_index(state, self.policy, version, self._clock())
+            self._logger.debug("index synchronised to version %s (%d decisions)", version, self._index.decisions)
+            return True
+
+    def _start_sync_thread(self) -> None:
+        if self._closed or not self.store.shared or self._sync_interval <= 0 or self._sync_thread is not None:
+            return
+        thread = threading.Thread(
+            target=_sync_loop,
+            args=(weakref.ref(self), self._sync_stop, self._sync_interval),
+            name="cscapi-remediation-sync",
+            daemon=True,
+        )
+        self._sync_thread = thread
+        thread.start()
+
+    def _install(self, index: Index | None) -> None:
+        if index is not None:
+            with self._sync_lock:
+                self._index = index
+        self._committing = None
+
+    def _run_store(self, op: Op) -> Any:
+        if op.name == "commit":
+            self._committing = op.args[1]
+        return getattr(self.store, op.name)(*op.args)
+
+    # ---- counters ------------------------------------------------------------------------------------------
+
+    def update_metrics_origins_count(self, origin: str, remediation: str, delta: int = 1) -> None:
+        """Count ``delta`` requests answered with ``remediation`` from ``origin`` (an atomic increment in the store)."""
+        if not isinstance(delta, int) or isinstance(delta, bool):
+            raise ConfigurationError("delta must be an int")
+        self.store.incr_counter(str(origin), str(remediation), delta)
+
+    def get_origins_count(self) -> dict[str, dict[str, int]]:
+        """Requests counted since the last successful push: ``{origin: {remediation: count}}``."""
+        return nested_counts(self.store.counters())
+
+    def _metrics_payload(self) -> tuple[dict[str, Any], dict[tuple[str, str], int], int]:
+        counts = self.store.counters()
+        now = int(self._clock())
+        last = self.store.get_meta(_LAST_PUSH)
+        window_start = int(float(last)) if last else self._startup_ts
+        last_pull = self._index.last_pull
+        payload = build_usage_metrics(
+            counts,
+            name=self.bouncer_name,
+            type_=self.bouncer_type,
+            version=self.bouncer_version,
+            startup_ts=self._startup_ts,
+            window_start=window_start,
+            now=now,
+            last_pull=int(last_pull) if last_pull is not None else None,
+        )
+        return payload, counts, now
+
+    def _after_push(self, counts: dict[tuple[str, str], int], now: int) -> None:
+        self.store.decr_counters(counts)
+        self.store.set_meta(_LAST_PUSH, str(now))
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+
+    def _clear_local(self) -> None:
+        with self._sync_lock:
+            self.store.clear()
+            self._index = empty_index()
+
+    def close(self) -> None:
+        """Stop the sync thread and close the store (the client is the caller's to close)."""
+        self._closed = True
+        self._sync_stop.set()
+        thread, self._sync_thread = self._sync_thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        self.store.close()
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"<{name} store={self.store!r} version={self.version!r} decisions={self._index.decisions}>"
+
+
+class RemediationEngine(_EngineBase[Any]):
+    """Blocking engine over a :class:`cscapi.remediation.protocol.DecisionSource` (e.g. ``CAPIClient``).
+
+    ``store`` is ``memory://`` (one process), ``sqlite:///path.db`` (the processes of one host) or
+    ``redis://host:port/db`` (many hosts; keys under ``key_prefix``). See ``docs/remediation.md`` for every option.
+    """
+
+    def _drive(self, flow: Generator[Op, Any, R]) -> R:
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = flow.throw(error) if error is not None else flow.send(value)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            error = None
+            try:
+                if op.target == "store":
+                    value = self._run_store(op)
+                elif op.target == "client":
+                    value = getattr(self.client, op.name)(*op.args, **(op.kwargs or {}))
+                else:
+                    value = op.args[0](*op.args[1:])
+            except Exception as exc:
+                value, error = None, exc
+
+    def refresh_decisions(self, force: bool = False) -> RefreshReport:
+        """Pull the decisions stream and every list, and swap in the new index (see ``RefreshReport``).
+
+        Raises ``RefreshTooSoonError`` within ``min_refresh_interval`` of the last pull unless ``force``;
+        ``RefreshInProgressError`` if another worker holds the lock; the client's or store's error if the pull or
+        the commit fails, the previous decisions staying in force.
+        """
+        try:
+            report, index = self._drive(refresh_flow(self._ctx, force))
+        finally:
+            self._committing = None
+        self._install(index)
+        return report
+
+    def prune_cache(self) -> int:
+        """Drop expired decisions from the store and the index; returns how many went."""
+        try:
+            removed, index = self._drive(prune_flow(self._ctx))
+        finally:
+            self._committing = None
+        self._install(index)
+        return removed
+
+    def clear_cache(self) -> None:
+        """Forget every decision (this engine's keys only); the next refresh is a startup pull."""
+        self._clear_local()
+
+    def push_usage_metrics(self) -> dict[str, Any]:
+        """Push the counters as ``AllMetrics``; after a 2xx, subtract exactly what was pushed. Returns the payload."""
+        payload, counts, now = self._metrics_payload()
+        machine_id = self.machine_id or self.client.default_machine_id()
+        self.client.push_usage_metrics(machine_id, payload)
+        self._after_push(counts, now)
+        return payload
+
+    def __enter__(self) -> RemediationEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncRemediationEngine(_EngineBase[Any]):
+    """Awaiting engine over an :class:`cscapi.remediation.protocol.AsyncDecisionSource` (e.g. ``AsyncCAPIClient``).
+
+    Same options and semantics as :class:`RemediationEngine`; store calls and index builds run in a worker thread,
+    never on the event loop. ``get_ip_remediation`` stays a plain (synchronous, I/O-free) method.
+    """
+
+    async def _drive(self, flow: Generator[Op, Any, R]) -> R:
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = flow.throw(error) if error is not None else flow.send(value)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            error = None
+            try:
+                if op.target == "store":
+                    value = await asyncio.to_thread(self._run_store, op)
+                elif op.target == "client":
+                    value = await getattr(self.client, op.name)(*op.args, **(op.kwargs or {}))
+                else:
+                    value = await asyncio.to_thread(op.args[0], *op.args[1:])
+            except Exception as exc:
+                value, error = None, exc
+
+    async def refresh_decisions(self, force: bool = False) -> RefreshReport:
+        """See :meth:`RemediationEngine.refresh_decisions`."""
+        try:
+            report, index = await self._drive(refresh_flow(self._ctx, force))
+        finally:
+            self._committing = None
+        self._install(index)
+        return report
+
+    async def prune_cache(self) -> int:
+        """See :meth:`RemediationEngine.prune_cache`."""
+        try:
+            removed, index = await self._drive(prune_flow(self._ctx))
+        finally:
+            self._committing = None
+        self._install(index)
+        return removed
+
+    async def clear_cache(self) -> None:
+        """See :meth:`RemediationEngine.clear_cache`."""
+        await asyncio.to_thread(self._clear_local)
+
+    async def push_usage_metrics(self) -> dict[str, Any]:
+        """See :meth:`RemediationEngine.push_usage_metrics`."""
+        payload, counts, now = await asyncio.to_thread(self._metrics_payload)
+        machine_id = self.machine_id or await self.client.default_machine_id()
+        await self.client.push_usage_metrics(machine_id, payload)
+        await asyncio.to_thread(self._after_push, counts, now)
+        return payload
+
+    async def aclose(self) -> None:
+        """Close without blocking the event loop."""
+        await asyncio.to_thread(self.close)
+
+    async def __aenter__(self) -> AsyncRemediationEngine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

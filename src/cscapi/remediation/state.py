@@ -1,0 +1,167 @@
+"""The decision state every worker shares, and its compact serialised form.
+
+The state is the source of truth (what the stores hold); the lookup index (``index.py``) is built from it. It is
+never mutated once committed: a refresh copies what it changes. The codec writes one zlib-compressed JSON blob per
+version, grouped so that 170k decisions load in a few tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+__all__ = ["FORMAT", "AllowlistState", "BlocklistState", "State", "StateFormatError", "decode_state", "encode_state"]
+
+FORMAT = 1
+
+# (value, scenario, type, scope) -> expiry (unix seconds). Origin is CAPI for all of them.
+CapiKey = tuple[str, str, str, str]
+
+
+class StateFormatError(ValueError):
+    """A stored blob that this version cannot read (another format, or corrupt): the engine starts afresh."""
+
+
+@dataclass(frozen=True)
+class BlocklistState:
+    """One subscribed blocklist as of its last successful download: every value lives until ``expires_at``."""
+
+    name: str
+    url: str
+    remediation: str
+    scope: str
+    duration: float
+    values: tuple[str, ...] = ()
+    pulled_at: float = 0.0
+    expires_at: float = 0.0
+    last_modified: str | None = None
+
+    @property
+    def origin(self) -> str:
+        return f"lists:{self.name}"
+
+
+@dataclass(frozen=True)
+class AllowlistState:
+    """One console allowlist: canonical value -> expiry (unix seconds; None = never)."""
+
+    name: str
+    id: str
+    url: str
+    entries: dict[str, float | None] = field(default_factory=dict)
+    pulled_at: float = 0.0
+    last_modified: str | None = None
+
+    @property
+    def origin(self) -> str:
+        return f"allowlist:{self.name}"
+
+
+@dataclass(frozen=True)
+class State:
+    """Everything the engine knows: CAPI decisions, blocklists, allowlists, and when the stream was last pulled."""
+
+    capi: dict[CapiKey, float] = field(default_factory=dict)
+    blocklists: dict[str, BlocklistState] = field(default_factory=dict)
+    allowlists: dict[str, AllowlistState] = field(default_factory=dict)
+    last_pull: float | None = None
+
+    def evolve(self, **changes: Any) -> State:
+        return replace(self, **changes)
+
+    def count(self) -> int:
+        """Decisions held (CAPI + every list's values + allowlist entries)."""
+        return (
+            len(self.capi)
+            + sum(len(b.values) for b in self.blocklists.values())
+            + sum(len(a.entries) for a in self.allowlists.values())
+        )
+
+
+def encode_state(state: State) -> bytes:
+    """Serialise a state to bytes (JSON grouped by scenario/type/scope, zlib level 1)."""
+    groups: dict[tuple[str, str, str], tuple[list[str], list[float]]] = {}
+    for (value, scenario, type_, scope), expiry in state.capi.items():
+        group = groups.get((scenario, type_, scope))
+        if group is None:
+            group = groups[(scenario, type_, scope)] = ([], [])
+        group[0].append(value)
+        group[1].append(round(expiry, 3))
+    doc = {
+        "format": FORMAT,
+        "last_pull": state.last_pull,
+        "capi": [[s, t, sc, vals, exps] for (s, t, sc), (vals, exps) in groups.items()],
+        "blocklists": [
+            {
+                "name": b.name,
+                "url": b.url,
+                "remediation": b.remediation,
+                "scope": b.scope,
+                "duration": b.duration,
+                "values": list(b.values),
+                "pulled_at": b.pulled_at,
+                "expires_at": b.expires_at,
+                "last_modified": b.last_modified,
+            }
+            for b in state.blocklists.values()
+        ],
+        "allowlists": [
+            {
+                "name": a.name,
+                "id": a.id,
+                "url": a.url,
+                "values": list(a.entries),
+                "expiries": list(a.entries.values()),
+                "pulled_at": a.pulled_at,
+                "last_modified": a.last_modified,
+            }
+            for a in state.allowlists.values()
+        ],
+    }
+    return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 1)
+
+
+def decode_state(blob: bytes) -> State:
+    """Read a blob written by :func:`encode_state`; raises :class:`StateFormatError` if it cannot."""
+    try:
+        doc = json.loads(zlib.decompress(blob))
+    except (zlib.error, ValueError, TypeError) as exc:
+        raise StateFormatError(f"unreadable decision state ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise StateFormatError("decision state written in another format")
+    try:
+        capi: dict[CapiKey, float] = {}
+        for scenario, type_, scope, values, expiries in doc["capi"]:
+            for value, expiry in zip(values, expiries):
+                capi[(value, scenario, type_, scope)] = expiry
+        blocklists = {
+            b["name"]: BlocklistState(
+                name=b["name"],
+                url=b["url"],
+                remediation=b["remediation"],
+                scope=b["scope"],
+                duration=float(b["duration"]),
+                values=tuple(b["values"]),
+                pulled_at=float(b["pulled_at"]),
+                expires_at=float(b["expires_at"]),
+                last_modified=b["last_modified"],
+            )
+            for b in doc["blocklists"]
+        }
+        allowlists = {
+            a["name"]: AllowlistState(
+                name=a["name"],
+                id=a["id"],
+                url=a["url"],
+                entries=dict(zip(a["values"], a["expiries"])),
+                pulled_at=float(a["pulled_at"]),
+                last_modified=a["last_modified"],
+            )
+            for a in doc["allowlists"]
+        }
+        last_pull = doc["last_pull"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StateFormatError(f"corrupt decision state ({exc!r})") from None
+    return State(capi=capi, blocklists=blocklists, allowlists=allowlists, last_pull=last_pull)

@@ -1,0 +1,88 @@
+"""The decision store contract: one shared decision state per version, a refresh lock, and usage counters.
+
+Every method is blocking (the async engine calls them in a worker thread) and raises
+:class:`cscapi.errors.DecisionStoreError` when the back end fails. The lookup path never calls a store: workers call
+``version()`` from a background thread and rebuild their in-process index when it changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+
+from cscapi.remediation.state import State
+
+__all__ = ["Counters", "DecisionStore"]
+
+Counters = dict[tuple[str, str], int]
+"""(origin, remediation) -> count."""
+
+log = logging.getLogger("cscapi.remediation")
+
+
+class DecisionStore(ABC):
+    """Where the decision state lives. ``shared`` is True when other processes may change it (SQLite, Redis)."""
+
+    shared: bool = False
+    uri: str = ""
+
+    @abstractmethod
+    def version(self) -> str | None:
+        """The current version stamp, or None when the store holds no state. Cheap: called every ~250 ms."""
+
+    @abstractmethod
+    def load(self) -> tuple[str | None, State | None]:
+        """The current (version, state), read atomically. A state this version cannot read is logged and is None."""
+
+    @abstractmethod
+    def commit(self, state: State, version: str, token: str, clean: bool) -> None:
+        """Replace the state atomically, if ``token`` still holds the refresh lock (else ``DecisionStoreError``).
+
+        ``clean`` clears the "cannot trust a delta" mark set by :meth:`mark_dirty`.
+        """
+
+    @abstractmethod
+    def is_dirty(self) -> bool:
+        """True when a refresh started and did not commit (the next pull must be a startup pull)."""
+
+    @abstractmethod
+    def mark_dirty(self) -> None:
+        """Record that a pull is under way; cleared by a clean commit."""
+
+    @abstractmethod
+    def acquire_lock(self, token: str, ttl: float) -> bool:
+        """Take the refresh lock for ``ttl`` seconds if nobody holds it; never blocks."""
+
+    @abstractmethod
+    def release_lock(self, token: str) -> None:
+        """Release the lock if ``token`` still holds it."""
+
+    @abstractmethod
+    def incr_counter(self, origin: str, remediation: str, delta: int = 1) -> None:
+        """Atomically add ``delta`` to one usage counter."""
+
+    @abstractmethod
+    def counters(self) -> Counters:
+        """Every non-zero usage counter."""
+
+    @abstractmethod
+    def decr_counters(self, pushed: Counters) -> None:
+        """Atomically subtract exactly what was pushed (increments made meanwhile are kept)."""
+
+    @abstractmethod
+    def get_meta(self, key: str) -> str | None:
+        """A small named value (e.g. the time of the last metrics push)."""
+
+    @abstractmethod
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a small named value."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Forget the decision state (and the lock and marks); usage counters are kept."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.uri}>"

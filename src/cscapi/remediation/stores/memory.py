@@ -1,0 +1,93 @@
+"""``memory://``: the decision state in this process only (the fastest store; one worker, or tests)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from cscapi.errors import DecisionStoreError
+from cscapi.remediation.state import State
+from cscapi.remediation.stores.base import Counters, DecisionStore
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(DecisionStore):
+    """Holds the committed :class:`State` object itself (never mutated once committed, so no copy is needed)."""
+
+    shared = False
+
+    def __init__(self, uri: str = "memory://") -> None:
+        self.uri = uri
+        self._lock = threading.Lock()
+        self._state: State | None = None
+        self._version: str | None = None
+        self._dirty = False
+        self._holder: tuple[str, float] | None = None
+        self._counters: Counters = {}
+        self._meta: dict[str, str] = {}
+
+    def version(self) -> str | None:
+        return self._version
+
+    def load(self) -> tuple[str | None, State | None]:
+        with self._lock:
+            return self._version, self._state
+
+    def commit(self, state: State, version: str, token: str, clean: bool) -> None:
+        with self._lock:
+            if self._holder is None or self._holder[0] != token:
+                raise DecisionStoreError("the refresh lock was lost before the commit (cleared or expired)")
+            self._state, self._version = state, version
+            if clean:
+                self._dirty = False
+
+    def is_dirty(self) -> bool:
+        return self._dirty
+
+    def mark_dirty(self) -> None:
+        self._dirty = True
+
+    def acquire_lock(self, token: str, ttl: float) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if self._holder is not None and self._holder[1] > now:
+                return False
+            self._holder = (token, now + ttl)
+            return True
+
+    def release_lock(self, token: str) -> None:
+        with self._lock:
+            if self._holder is not None and self._holder[0] == token:
+                self._holder = None
+
+    def incr_counter(self, origin: str, remediation: str, delta: int = 1) -> None:
+        key = (origin, remediation)
+        with self._lock:
+            self._counters[key] = self._counters.get(key, 0) + delta
+
+    def counters(self) -> Counters:
+        with self._lock:
+            return {k: v for k, v in self._counters.items() if v}
+
+    def decr_counters(self, pushed: Counters) -> None:
+        with self._lock:
+            for key, count in pushed.items():
+                left = self._counters.get(key, 0) - count
+                if left:
+                    self._counters[key] = left
+                else:
+                    self._counters.pop(key, None)
+
+    def get_meta(self, key: str) -> str | None:
+        return self._meta.get(key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._meta[key] = value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._state = None
+            self._version = None
+            self._dirty = False
+            self._holder = None

@@ -1,0 +1,219 @@
+"""``redis://host:port/db``: the decision state shared by every worker of every host.
+
+Every key lives under ``key_prefix`` (default ``cscapi:``): ``<p>state`` (a hash holding ``version`` and the
+serialised ``blob``, written together by one Lua script that first checks the refresh lock's token), ``<p>dirty``,
+``<p>lock`` (``SET NX PX``, released by a token-checked Lua script), ``<p>counters`` (a hash updated with
+``HINCRBY``) and ``<p>meta:*``. ``clear`` deletes only those keys (``SCAN`` + ``UNLINK``), never the database.
+The ``redis`` package is imported only when this store is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from cscapi.errors import ConfigurationError, DecisionStoreError
+from cscapi.remediation.state import State, StateFormatError, decode_state, encode_state
+from cscapi.remediation.stores.base import Counters, DecisionStore, log
+
+__all__ = ["RedisStore", "redact_uri"]
+
+_COMMIT = """
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'blob', ARGV[2])
+if ARGV[4] == '1' then redis.call('DEL', KEYS[3]) end
+redis.call('PUBLISH', KEYS[4], ARGV[1])
+return 1
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_DECR = """
+for i = 1, #ARGV, 2 do
+  local left = redis.call('HINCRBY', KEYS[1], ARGV[i], -tonumber(ARGV[i + 1]))
+  if left == 0 then redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+return 1
+"""
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without its password (for reprs and messages)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+class RedisStore(DecisionStore):
+    """Decision store on Redis; ``key_prefix`` namespaces every key (several applications can share one database)."""
+
+    shared = True
+
+    def __init__(self, uri: str, *, key_prefix: str = "cscapi:", socket_timeout: float = 5.0) -> None:
+        try:
+            import redis
+        except ImportError:  # pragma: no cover - the extra is installed in the test environment
+            raise ConfigurationError(
+                "the Redis decision store needs the redis package", hint="pip install 'cscapi[redis]'"
+            ) from None
+        if not key_prefix:
+            raise ConfigurationError("key_prefix must not be empty: every key of the Redis store lives under it")
+        self.uri = redact_uri(uri)
+        self.prefix = key_prefix
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError,)
+        try:
+            self._redis: Any = redis.Redis.from_url(
+                uri, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"bad Redis URI {self.uri!r}: {exc}") from None
+        self.k_state = key_prefix + "state"
+        self.k_lock = key_prefix + "lock"
+        self.k_dirty = key_prefix + "dirty"
+        self.k_counters = key_prefix + "counters"
+        self.k_events = key_prefix + "events"
+        self._commit = self._redis.register_script(_COMMIT)
+        self._release = self._redis.register_script(_RELEASE)
+        self._decr = self._redis.register_script(_DECR)
+
+    def _fail(self, exc: BaseException) -> DecisionStoreError:
+        return DecisionStoreError(f"Redis decision store {self.uri} failed: {type(exc).__name__}: {exc}")
+
+    def version(self) -> str | None:
+        try:
+            raw = self._redis.hget(self.k_state, "version")
+        except self._errors as exc:
+            raise self._fail(exc) from exc
+        return None if raw is None else raw.decode()
+
+    def load(self) -> tuple[str | None, State | None]:
+        try:
+            version, blob = self._redis.hmget(self.k_state, ["version", "blob"])
+        except self._errors as exc:
+            raise self._fail(exc) from exc
+        if version is None or blob is None:
+            return None, None
+        try:
+            return version.decode(), decode_state(blob)
+        except StateFormatError as exc:
+            log.warning("decision store %s: %s; starting from an empty state", self.uri, exc)
+            return version.decode(), None
+
+    def commit(self, state: State, version: str, token: str, clean: bool) -> None:
+        blob = encode_state(state)
+        try:
+            ok = self._commit(
+                keys=[self.k_state, self.k_lock, self.k_dirty, self.k_events],
+                args=[version, blob, token, "1" if clean else "0"],
+            )
+        except self._errors as exc:
+            raise self._fail(exc) from exc
+        if not ok:
+            raise DecisionStoreError("the refresh lock was lost before the commit (cleared or expired)")
+
+    def is_dirty(self) -> bool:
+        try:
+            return bool(self._redis.exists(self.k_dirty))
+        except self._errors as exc:
+            raise self._fail(exc) from exc
+
+    def mark_dirty(self) -> None:
+        try:
+            self._redis.set(self.k_dirty, "1")
+        except self._errors as exc:
+            raise self._fail(exc) from exc
+
+    def acquire_lock(self, token: str, ttl: float) -> bool:
+        try:
+            return bool(self._redis.set(self.k_lock, token, nx=True, px=max(1, int(ttl * 1000))))
+        except self._errors as exc:
+            raise self._fail(exc) from exc
+
+    def release_lock(self, token: str) -> None:
+        try:
+            self._release(keys=[self.k_lock], args=[token])
+        except self._errors as exc:
+            raise self._fail(exc) from exc
+
+    @staticmethod
+    def _field(origin: str, remediation: str) -> str:
+        return json.dumps([origin, remediation], separators=(",", ":"))
+
+    def incr_counter(self, origin: str, remediation: str, delta: int = 1) -> None:
+        try:
+            self._redis.hincrby(self.k_counters, self._field(origin, remediation), delta)
+        except self._errors as exc:
+            raise self._fail(exc) from exc
+
+    def counters(self) -> Counters:
+        try:
+            raw = self._redis.hgetall(self.k_counters)
+        except self._errors as exc:
+            raise self._fail(exc) from exc
+        out: Counters = {}
+        for field, count in raw.items():
+            try:
+                origin, remediation = json.loads(field)
+                n = int(count)
+            except (ValueError, TypeError):
+                log.warning("ignoring an unreadable usage counter %r in %s", field, self.uri)
+                continue
+            if n:
+                out[(str(origin), str(remediation))] = n
+        return out
+
+    def decr_counters(self, pushed: Counters) -> None:
+        args: list[Any] = []
+        for (origin, remediation), n in pushed.items():
+            args += [self._field(origin, remediation), n]
+        if not args:
+            return
+        try:
+            self._decr(keys=[self.k_counters], args=args)
+        except self._errors as exc:
+            raise self._fail(exc) from exc
+
+    def get_meta(self, key: str) -> str | None:
+        try:
+            raw = self._redis.get(self.prefix + "meta:" + key)
+        except self._errors as exc:
+            raise self._fail(exc) from exc
+        return None if raw is None else raw.decode()
+
+    def set_meta(self, key: str, value: str) -> None:
+        try:
+            self._redis.set(self.prefix + "meta:" + key, value)
+        except self._errors as exc:
+            raise self._fail(exc) from exc
+
+    def clear(self) -> None:
+        """UNLINK every key under the prefix except the usage counters and meta (SCAN, never FLUSHDB)."""
+        keep = {self.k_counters.encode()}
+        meta = (self.prefix + "meta:").encode()
+        try:
+            batch: list[bytes] = []
+            for key in self._redis.scan_iter(match=_glob_escape(self.prefix) + "*", count=500):
+                if key in keep or key.startswith(meta):
+                    continue
+                batch.append(key)
+                if len(batch) >= 500:
+                    self._redis.unlink(*batch)
+                    batch = []
+            if batch:
+                self._redis.unlink(*batch)
+        except self._errors as exc:
+            raise self._fail(exc) from exc
+
+    def close(self) -> None:
+        with contextlib.suppress(*self._errors):
+            self._redis.close()
