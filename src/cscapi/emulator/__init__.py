@@ -1,0 +1,50 @@
+"""A local CrowdSec Central API: CAPI v3 (and legacy v2) served by Starlette, for demos, development and tests.
+
+``EmulatorConfig`` is cheap to import; ``create_app``, ``EmbeddedEmulator`` and ``EmulatorAdminClient`` load
+Starlette, uvicorn and httpx on first use. The library itself never imports this package.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from cscapi.emulator.config import EmulatorConfig, FaultSpec, LoginRateLimit
+
+if TYPE_CHECKING:
+    from cscapi.emulator.admin import EmulatorAdminClient, EmulatorAdminError
+    from cscapi.emulator.app import create_app
+    from cscapi.emulator.embedded import EmbeddedEmulator
+    from cscapi.emulator.state import EmulatorState
+
+__all__ = [
+    "EmbeddedEmulator",
+    "EmulatorAdminClient",
+    "EmulatorAdminError",
+    "EmulatorConfig",
+    "EmulatorState",
+    "FaultSpec",
+    "LoginRateLimit",
+    "create_app",
+]
+
+_LAZY = {
+    "EmbeddedEmulator": "cscapi.emulator.embedded",
+    "EmulatorAdminClient": "cscapi.emulator.admin",
+    "EmulatorAdminError": "cscapi.emulator.admin",
+    "EmulatorState": "cscapi.emulator.state",
+    "create_app": "cscapi.emulator.app",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cscapi.emulator' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,154 @@
+"""Run the emulator on a loopback port inside the current process (tests, demos): uvicorn in a background thread.
+
+The thread owns its event loop, so this works from plain synchronous code and from inside a running asyncio loop.
+``start()`` returns once the server accepts connections; ``stop()`` shuts it down within about a second.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+from cscapi.emulator.config import EmulatorConfig
+from cscapi.emulator.state import EmulatorState
+from cscapi.errors import ConfigurationError
+
+__all__ = ["EmbeddedEmulator"]
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: a free one); ``ConfigurationError`` if it cannot bind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(
+            f"cannot listen on {host}:{port}: {exc.strerror}", hint="Pick another --port, or 0 for a free one."
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def base_url_for(host: str, port: int) -> str:
+    """``http://HOST:PORT/`` (IPv6 hosts bracketed), the URL to give a CAPI client."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+class EmbeddedEmulator:
+    """A running emulator: ``with EmbeddedEmulator(EmulatorConfig(seed=1)) as emu: emu.base_url, emu.admin``."""
+
+    def __init__(
+        self,
+        config: EmulatorConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        startup_timeout: float = 10.0,
+        access_log: bool = False,
+    ) -> None:
+        from cscapi.emulator.app import create_app
+
+        self.config = config or EmulatorConfig()
+        self.host = host
+        self.port = port
+        self.startup_timeout = startup_timeout
+        self.access_log = access_log
+        self.app = create_app(self.config)
+        self.state: EmulatorState = self.app.state.emulator
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._admin: Any = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT/`` once started."""
+        if self._server is None:
+            raise RuntimeError("the emulator is not running; call start() or use it as a context manager")
+        return base_url_for(self.host, self.port)
+
+    @property
+    def admin_token(self) -> str:
+        """The admin API token."""
+        return self.config.admin_token
+
+    @property
+    def admin(self) -> Any:
+        """An :class:`~cscapi.emulator.admin.EmulatorAdminClient` bound to this emulator."""
+        if self._admin is None:
+            from cscapi.emulator.admin import EmulatorAdminClient
+
+            self._admin = EmulatorAdminClient(self.base_url, self.config.admin_token)
+        return self._admin
+
+    def start(self) -> EmbeddedEmulator:
+        """Bind, start uvicorn in a thread and wait until it serves; raises if it cannot start."""
+        if self._server is not None:
+            return self
+        import uvicorn
+
+        sock = bind_socket(self.host, self.port)
+        self.port = int(sock.getsockname()[1])
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=self.access_log,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+            timeout_keep_alive=5,
+        )
+        server = uvicorn.Server(config)
+        self._server = server
+
+        def run() -> None:
+            try:
+                server.run(sockets=[sock])
+            except BaseException as exc:  # reported to start() / stop()
+                self._error = exc
+            finally:
+                sock.close()
+
+        self._thread = threading.Thread(target=run, name=f"cscapi-emulator-{self.port}", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + self.startup_timeout
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self._server = None
+                self.stop()
+                raise RuntimeError(f"the emulator did not start on {self.host}:{self.port}: {self._error!r}")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        """Shut the server down and wait for its thread (at most a few seconds)."""
+        server, thread = self._server, self._thread
+        if server is not None:
+            server.should_exit = True
+        if thread is not None:
+            thread.join(timeout=10)
+        self._server = None
+        self._thread = None
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+        self.state.close()
+
+    def __enter__(self) -> EmbeddedEmulator:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        running = self._server is not None
+        return f"EmbeddedEmulator(host={self.host!r}, port={self.port!r}, running={running})"

@@ -1,0 +1,148 @@
+"""Optional SQLite persistence of the emulator's state (``--state FILE``), with the standard ``sqlite3`` module.
+
+Rows hold JSON blobs; the in-memory state stays the source of truth while running and is rebuilt from the file at
+start. Every call happens under the state's lock, on one connection shared across threads.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["SQLiteStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS machines (machine_id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS signals (seq INTEGER PRIMARY KEY AUTOINCREMENT, machine_id TEXT NOT NULL,
+                                    body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS decisions (scope TEXT NOT NULL, value TEXT NOT NULL, body TEXT NOT NULL,
+                                      PRIMARY KEY (scope, value));
+CREATE TABLE IF NOT EXISTS tombstones (scope TEXT NOT NULL, value TEXT NOT NULL, body TEXT NOT NULL,
+                                       PRIMARY KEY (scope, value));
+CREATE TABLE IF NOT EXISTS lists (kind TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (kind, id));
+CREATE TABLE IF NOT EXISTS records (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, body TEXT NOT NULL);
+"""
+
+_TABLES = ("meta", "machines", "signals", "decisions", "tombstones", "lists", "records")
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class SQLiteStore:
+    """The tables behind a persistent emulator; each method is one transaction."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the connection (the file stays)."""
+        self.conn.close()
+
+    def _tx(self, statements: Iterable[tuple[str, Iterable[Any]]]) -> None:
+        cur = self.conn.cursor()
+        cur.execute("BEGIN")
+        try:
+            for sql, params in statements:
+                cur.executemany(sql, params) if isinstance(params, list) else cur.execute(sql, tuple(params))
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    # ---- writes ----------------------------------------------------------------------------------------------
+
+    def set_meta(self, **values: Any) -> None:
+        """Store small named values (secret, version, rate-limit counters...)."""
+        rows = [(k, _dump(v)) for k, v in values.items()]
+        self._tx([("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", rows)])
+
+    def save_machine(self, machine_id: str, body: dict[str, Any]) -> None:
+        """Insert or replace one machine."""
+        self._tx([("INSERT OR REPLACE INTO machines (machine_id, body) VALUES (?, ?)", (machine_id, _dump(body)))])
+
+    def add_signals(self, rows: list[dict[str, Any]]) -> None:
+        """Append received signal records."""
+        self._tx(
+            [("INSERT INTO signals (machine_id, body) VALUES (?, ?)", [(r["machine_id"], _dump(r)) for r in rows])]
+        )
+
+    def save_decisions(
+        self,
+        upserts: list[dict[str, Any]],
+        tombstones: list[dict[str, Any]],
+        removed_tombstones: list[tuple[str, str]],
+        version: int,
+    ) -> None:
+        """Apply one change of the community list: decisions added or changed, values turned into tombstones."""
+        ops: list[tuple[str, Iterable[Any]]] = []
+        if upserts:
+            ops.append(
+                (
+                    "INSERT OR REPLACE INTO decisions (scope, value, body) VALUES (?, ?, ?)",
+                    [(d["scope"], d["value"], _dump(d)) for d in upserts],
+                )
+            )
+            ops.append(
+                ("DELETE FROM tombstones WHERE scope = ? AND value = ?", [(d["scope"], d["value"]) for d in upserts])
+            )
+        if tombstones:
+            keys = [(t["scope"], t["value"]) for t in tombstones]
+            ops.append(("DELETE FROM decisions WHERE scope = ? AND value = ?", keys))
+            ops.append(
+                (
+                    "INSERT OR REPLACE INTO tombstones (scope, value, body) VALUES (?, ?, ?)",
+                    [(t["scope"], t["value"], _dump(t)) for t in tombstones],
+                )
+            )
+        if removed_tombstones:
+            ops.append(("DELETE FROM tombstones WHERE scope = ? AND value = ?", list(removed_tombstones)))
+        ops.append(("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", ("version", _dump(version))))
+        self._tx(ops)
+
+    def save_list(self, kind: str, list_id: str, body: dict[str, Any] | None) -> None:
+        """Store (or, with ``body=None``, delete) a published blocklist or allowlist."""
+        if body is None:
+            self._tx([("DELETE FROM lists WHERE kind = ? AND id = ?", (kind, list_id))])
+        else:
+            self._tx([("INSERT OR REPLACE INTO lists (kind, id, body) VALUES (?, ?, ?)", (kind, list_id, _dump(body)))])
+
+    def add_record(self, kind: str, body: dict[str, Any]) -> None:
+        """Append one received payload (metrics, usage metrics, enrollment, deleted or synced decisions)."""
+        self._tx([("INSERT INTO records (kind, body) VALUES (?, ?)", (kind, _dump(body)))])
+
+    def wipe(self) -> None:
+        """Delete everything (admin reset)."""
+        self._tx([(f"DELETE FROM {table}", ()) for table in _TABLES])
+
+    # ---- reads -----------------------------------------------------------------------------------------------
+
+    def meta(self) -> dict[str, Any]:
+        """Every meta value."""
+        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        """Every body of ``machines``, ``signals``, ``decisions`` or ``tombstones``, in insertion order."""
+        if table not in {"machines", "signals", "decisions", "tombstones"}:
+            raise ValueError(table)
+        order = "seq" if table == "signals" else "rowid"
+        return [json.loads(body) for (body,) in self.conn.execute(f"SELECT body FROM {table} ORDER BY {order}")]
+
+    def lists(self, kind: str) -> list[dict[str, Any]]:
+        """Every published list of a kind."""
+        sql = "SELECT body FROM lists WHERE kind = ? ORDER BY rowid"
+        return [json.loads(body) for (body,) in self.conn.execute(sql, (kind,))]
+
+    def records(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every received payload with its kind."""
+        return [
+            (kind, json.loads(body)) for kind, body in self.conn.execute("SELECT kind, body FROM records ORDER BY seq")
+        ]
