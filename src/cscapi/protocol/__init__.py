@@ -15,6 +15,7 @@ from cscapi.protocol.http import (
     user_agent,
 )
 from cscapi.protocol.jwt import read_claims, token_expiry
+from cscapi.protocol.metrics import MetricItem, usage_metrics_payload
 from cscapi.protocol.responses import (
     error_for,
     failure_error,
@@ -33,6 +34,7 @@ __all__ = [
     "PROD_URL",
     "RETRYABLE_STATUSES",
     "Endpoints",
+    "MetricItem",
     "NetworkFailure",
     "Request",
     "Response",
@@ -53,5 +55,6 @@ __all__ = [
     "signal_to_wire",
     "signals_to_wire",
     "token_expiry",
+    "usage_metrics_payload",
     "user_agent",
 ]

@@ -1,0 +1,217 @@
+"""Signal building and validation (cscapi.signals, cscapi.utils): what a correct signal is, and clear refusals."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from cscapi.errors import InvalidIPError, ValidationError
+from cscapi.models import Signal, SignalDecision, Source
+from cscapi.signals import validate_scenarios, validate_signal, validate_signals
+from cscapi.utils import create_signal, generate_machine_id, generate_machine_id_from_key, generate_password
+
+MID = generate_machine_id_from_key("host-1", prefix="test")
+
+
+# ---- machine ids and passwords ----------------------------------------------------------------------------
+
+
+def test_machine_id_from_key_is_deterministic_48_chars_prefix_counted() -> None:
+    a = generate_machine_id_from_key(key="<key>", prefix="mycompany")
+    assert a == generate_machine_id_from_key(key="<key>", prefix="mycompany")
+    assert len(a) == 48 and a.startswith("mycompany") and re.fullmatch(r"[a-z0-9]{48}", a)
+    assert a != generate_machine_id_from_key(key="<other>", prefix="mycompany")
+    b = generate_machine_id_from_key("<key>")
+    assert len(b) == 48 and b != a
+    assert len(generate_machine_id_from_key("k", prefix="p" * 16)) == 48
+
+
+@pytest.mark.parametrize("prefix", ["MyCompany", "my-company", "x" * 17, "é"])
+def test_bad_prefixes_are_refused(prefix: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        generate_machine_id_from_key("k", prefix=prefix)
+    assert info.value.field == "prefix"
+    with pytest.raises(ValidationError):
+        generate_machine_id(prefix)
+
+
+def test_random_ids_and_passwords() -> None:
+    ids = {generate_machine_id("acme") for _ in range(50)}
+    assert len(ids) == 50
+    assert all(len(i) == 48 and i.startswith("acme") and re.fullmatch(r"[a-z0-9]+", i) for i in ids)
+    passwords = {generate_password() for _ in range(50)}
+    assert len(passwords) == 50 and all(re.fullmatch(r"[A-Za-z0-9]{64}", p) for p in passwords)
+    with pytest.raises(ValidationError):
+        generate_password(8)
+
+
+# ---- create_signal ----------------------------------------------------------------------------------------
+
+
+def test_legacy_call_shape() -> None:
+    signal = create_signal(
+        attacker_ip="192.0.2.10",
+        scenario="crowdsecurity/ssh-bf",
+        created_at="2023-11-17 10:20:46 +0000",
+        machine_id=generate_machine_id_from_key(key="<key>", prefix="mycompany"),
+    )
+    assert signal.created_at == signal.start_at == signal.stop_at == "2023-11-17T10:20:46.000000Z"
+    assert signal.source == Source(scope="ip", value="192.0.2.10", ip="192.0.2.10")
+    assert signal.is_whisper and signal.decisions is None
+    assert uuid.UUID(signal.uuid or "")
+    assert signal.scenario_trust == "manual"
+    assert "192.0.2.10" in (signal.message or "") and "crowdsecurity/ssh-bf" in (signal.message or "")
+
+
+def test_decision_signal_convenience() -> None:
+    signal = create_signal(
+        "2001:db8::7", "crowdsecurity/ssh-bf", "2024-05-01T00:00:00Z", MID, decision_type="ban", duration="24h"
+    )
+    (decision,) = signal.decisions or []
+    assert decision.type == "ban" and decision.duration == "24h" and decision.origin == "crowdsec"
+    assert decision.scope == "ip" and decision.value == "2001:db8::7" and decision.scenario == "crowdsecurity/ssh-bf"
+    assert decision.until == "2024-05-02T00:00:00.000000Z"
+    assert uuid.UUID(decision.uuid or "") and decision.simulated is False
+    seconds = create_signal("192.0.2.1", "a/b", machine_id=MID, decision_type="captcha", duration=timedelta(hours=2))
+    assert (seconds.decisions or [])[0].duration == "2h0m0s"
+    with pytest.raises(ValidationError) as info:
+        create_signal("192.0.2.1", "a/b", machine_id=MID, decision_type="ban", duration="soon")
+    assert info.value.field == "duration"
+    with pytest.raises(ValidationError):
+        create_signal("192.0.2.1", "a/b", machine_id=MID, decisions=[{"duration": "1h"}], decision_type="ban")
+
+
+def test_caller_values_are_never_overwritten() -> None:
+    fixed_uuid = str(uuid.uuid4())
+    source = {"scope": "ip", "value": "192.0.2.50", "as_number": "64500", "cn": "DE", "as_name": "mine"}
+    signal = create_signal(
+        "192.0.2.99",  # the explicit source wins over attacker_ip
+        "acme/http-bf",
+        "2024-01-01T00:00:00Z",
+        MID,
+        source=source,
+        cn="FR",  # the source dict already gave cn: kept
+        latitude=1.5,
+        message="custom message",
+        uuid=fixed_uuid,
+        scenario_version="2.0",
+        scenario_hash="deadbeef",
+        scenario_trust="certified",
+        start_at="2023-12-31T23:00:00Z",
+        decisions=[
+            {"type": "ban", "duration": "1h", "origin": "cscli", "uuid": fixed_uuid, "until": "2030-01-01T00:00:00Z"}
+        ],
+    )
+    assert signal.source is not None
+    assert (signal.source.value, signal.source.cn, signal.source.as_number, signal.source.latitude) == (
+        "192.0.2.50",
+        "DE",
+        "64500",
+        1.5,
+    )
+    assert signal.message == "custom message" and signal.uuid == fixed_uuid
+    assert (signal.scenario_version, signal.scenario_hash, signal.scenario_trust) == ("2.0", "deadbeef", "certified")
+    assert signal.start_at == "2023-12-31T23:00:00.000000Z" and signal.stop_at == "2024-01-01T00:00:00.000000Z"
+    (d,) = signal.decisions or []
+    assert (d.origin, d.uuid, d.until) == ("cscli", fixed_uuid, "2030-01-01T00:00:00.000000Z")
+    assert source == {"scope": "ip", "value": "192.0.2.50", "as_number": "64500", "cn": "DE", "as_name": "mine"}
+
+
+def test_ranges_ipv6_and_canonical_forms() -> None:
+    assert create_signal("10.1.2.3/8", "a/b", machine_id=MID).source == Source(
+        scope="range", value="10.0.0.0/8", range="10.0.0.0/8"
+    )
+    assert (create_signal("2001:DB8:0:0::1", "a/b", machine_id=MID).source or Source()).value == "2001:db8::1"
+    assert (create_signal("::ffff:192.0.2.1", "a/b", machine_id=MID).source or Source()).value == "192.0.2.1"
+    v6range = create_signal("2001:db8::/32", "a/b", machine_id=MID, decision_type="ban", duration="1h")
+    assert (v6range.decisions or [])[0].scope == "range"
+    assert (v6range.decisions or [])[0].value == "2001:db8::/32"
+
+
+def test_context_forms() -> None:
+    as_dict = create_signal("192.0.2.1", "a/b", machine_id=MID, context={"uri": "/x", "status": 404})
+    assert [(c.key, c.value) for c in as_dict.context or []] == [("uri", "/x"), ("status", "404")]
+    as_list = create_signal("192.0.2.1", "a/b", machine_id=MID, context=[{"key": "k", "value": "v"}])
+    assert [(c.key, c.value) for c in as_list.context or []] == [("k", "v")]
+    assert create_signal("192.0.2.1", "a/b", machine_id=MID, context=[]).context is None
+
+
+def test_naive_datetimes_are_utc_and_offsets_are_converted() -> None:
+    naive = create_signal("192.0.2.1", "a/b", datetime(2024, 3, 1, 12, 0, 0, 5), MID)
+    assert naive.created_at == "2024-03-01T12:00:00.000005Z"
+    offset = create_signal("192.0.2.1", "a/b", "2024-03-01T14:00:00.123456789+02:00", MID)
+    assert offset.created_at == "2024-03-01T12:00:00.123456Z"
+    aware = create_signal("192.0.2.1", "a/b", datetime(2024, 3, 1, 12, tzinfo=timezone(timedelta(hours=-1))), MID)
+    assert aware.created_at == "2024-03-01T13:00:00.000000Z"
+    now = create_signal("192.0.2.1", "a/b", machine_id=MID)
+    assert now.created_at and now.created_at.startswith(str(datetime.now(timezone.utc).year))
+
+
+# ---- validation errors name the field --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "error"),
+    [
+        ({"attacker_ip": "999.1.1.1"}, "source.value", InvalidIPError),
+        ({"attacker_ip": "10.0.0.0/33"}, "source.value", InvalidIPError),
+        ({"attacker_ip": "192.0.2.1", "scope": "range"}, "source.value", InvalidIPError),
+        ({"scenario": "ssh-bf"}, "scenario", ValidationError),
+        ({"scenario": "crowdsecurity/ssh bf"}, "scenario", ValidationError),
+        ({"machine_id": "short"}, "machine_id", ValidationError),
+        ({"machine_id": None}, "machine_id", ValidationError),
+        ({"created_at": "yesterday"}, "created_at", ValidationError),
+        ({"uuid": "not-a-uuid"}, "uuid", ValidationError),
+        ({"decisions": [{"type": "ban"}]}, "decisions[0].duration", ValidationError),
+        ({"decisions": [{"type": "ban", "duration": "1 hour"}]}, "decisions[0].duration", ValidationError),
+        ({"decisions": [{"duration": "1h", "uuid": "x"}]}, "decisions[0].uuid", ValidationError),
+        ({"latitude": 123.0}, "source.latitude", ValidationError),
+        ({"start_at": "2024-01-02T00:00:00Z", "stop_at": "2024-01-01T00:00:00Z"}, "stop_at", ValidationError),
+        ({"colour": "red"}, "colour", ValidationError),
+    ],
+)
+def test_invalid_input_names_the_field(kwargs: dict[str, object], field: str, error: type[ValidationError]) -> None:
+    args: dict[str, object] = {"attacker_ip": "192.0.2.1", "scenario": "crowdsecurity/ssh-bf", "machine_id": MID}
+    args.update(kwargs)
+    with pytest.raises(error) as info:
+        create_signal(**args)  # type: ignore[arg-type]
+    assert info.value.field == field
+    assert info.value.hint
+
+
+def test_validate_signals_names_the_index_and_is_all_or_nothing() -> None:
+    good = create_signal("192.0.2.1", "a/b", machine_id=MID)
+    bad = Signal(scenario="a/b", source=Source(value="nope"), machine_id=MID)
+    with pytest.raises(ValidationError) as info:
+        validate_signals([good, good, bad])
+    assert info.value.field == "signals[2].source.value"
+    assert "#2" in info.value.message
+
+
+def test_validate_signal_does_not_mutate_the_input() -> None:
+    original = Signal(
+        scenario="a/b",
+        source=Source(value="2001:DB8::1"),
+        machine_id=MID,
+        decisions=[SignalDecision(duration="1h", type="ban")],
+    )
+    normalised = validate_signal(original)
+    assert original.source is not None and original.source.value == "2001:DB8::1"
+    assert original.decisions is not None and original.decisions[0].uuid is None
+    assert normalised.source is not None and normalised.source.value == "2001:db8::1"
+    assert validate_signal(normalised) == normalised  # idempotent
+
+
+def test_other_scopes_pass_through() -> None:
+    signal = validate_signal(Signal(scenario="a/b", source=Source(scope="Username", value="root"), machine_id=MID))
+    assert signal.source is not None and (signal.source.scope, signal.source.value) == ("username", "root")
+
+
+def test_scenario_lists() -> None:
+    assert validate_scenarios(["a/b", "c/d", "a/b"]) == ["a/b", "c/d"]
+    for bad in ([], "a/b", ["a/b", "nope"], [1]):
+        with pytest.raises(ValidationError):
+            validate_scenarios(bad)
