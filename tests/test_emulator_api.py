@@ -274,7 +274,7 @@ async def test_missing_or_invalid_token_is_401(capi: Capi, header: str | None) -
 
 async def test_token_with_forged_signature_is_401(capi: Capi) -> None:
     token = await capi.register_login()
-    head, payload, sig = token.split(".")
+    head, _payload, sig = token.split(".")
     claims = jwt_claims(token)
     claims["exp"] += 10_000
     forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
@@ -318,7 +318,7 @@ async def test_signals_are_recorded_per_machine_and_deduplicated_by_uuid(capi: C
     t2 = await capi.register_login(MID2)
     batch = [make_signal(i) for i in range(5)]
     assert (await capi.post("/v3/signals", batch, token=t1)).status_code == 200
-    r = await capi.post("/v3/signals", batch[:3] + [make_signal(9)], token=t1)
+    r = await capi.post("/v3/signals", [*batch[:3], make_signal(9)], token=t1)
     assert r.status_code == 200
     assert "3 duplicate" in r.json()["message"]
     assert (await capi.post("/v3/signals", batch[:2], token=t2)).status_code == 200
