@@ -13,10 +13,12 @@ import base64
 import contextlib
 import logging
 import os
+import random
 import secrets as _secrets
 import threading
+import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -33,7 +35,7 @@ from cscapi._sql.dialects import (
     normalize_url,
     supports_skip_locked,
 )
-from cscapi._sql.migrations import CURRENT_VERSION, ensure_schema
+from cscapi._sql.migrations import current_version, ensure_schema
 from cscapi.errors import CAPIError, StorageError, ValidationError
 from cscapi.models import Machine, QueueCounts, Signal
 from cscapi.secrets import KEY_ENV_VAR, SecretBox, is_encrypted, key_from_env, new_salt
@@ -48,6 +50,7 @@ _S = schema.signals
 _M = schema.machines
 _L = schema.login_locks
 _META = schema.storage_meta
+_RETRIES = 5
 _CHUNK = 500  # ids per IN (...) list: well under every database's bound-parameter limit
 _KEY_CHECK = "cscapi-storage-key-check"
 _T = TypeVar("_T")
@@ -67,6 +70,17 @@ def _describe(exc: SQLAlchemyError) -> str:
     if orig is not None:
         message = f"{type(orig).__name__}: {message}"
     return message
+
+
+def _is_transient(exc: BaseException | None) -> bool:
+    """True for errors that a retry of the whole transaction cures: deadlocks and lock-wait timeouts."""
+    orig = getattr(exc, "orig", None)
+    if orig is None:
+        return False
+    if getattr(orig, "sqlstate", None) in {"40P01", "40001", "55P03"}:  # PostgreSQL
+        return True
+    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
+    return len(args) > 0 and args[0] in {1213, 1205}  # MariaDB/MySQL: deadlock, lock wait timeout
 
 
 def _ids(values: Sequence[int] | None, what: str) -> list[int] | None:
@@ -134,7 +148,7 @@ class SQLStorage(StorageInterface):
     @property
     def schema_version(self) -> int:
         """The schema version this code writes (the database is at this version once opened)."""
-        return CURRENT_VERSION
+        return current_version()
 
     @property
     def encrypted(self) -> bool:
@@ -160,6 +174,19 @@ class SQLStorage(StorageInterface):
         engine = self._write_engine if write else self._read_engine
         with self._errors(operation), self._serial, engine.connect() as conn, conn.begin():
             yield conn
+
+    def _run(self, operation: str, body: Callable[[Connection], _T]) -> _T:
+        """Run ``body`` in a write transaction, retried a few times when the database reports a deadlock."""
+        for attempt in range(_RETRIES):
+            try:
+                with self._tx(operation) as conn:
+                    return body(conn)
+            except StorageError as exc:
+                if attempt + 1 < _RETRIES and _is_transient(exc.__cause__):
+                    time.sleep(random.uniform(0, 0.005 * 2**attempt))
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # ---- secrets ----------------------------------------------------------------------------------------
 
@@ -221,37 +248,42 @@ class SQLStorage(StorageInterface):
             if row["uuid"] not in seen:
                 seen.add(row["uuid"])
                 rows.append(row)
-        with self._tx("adding signals") as conn:
-            if len(rows) == 1:
-                return self._add_one(conn, items, rows[0])
-            result = conn.execute(insert_ignore(self.engine, _S), rows)
-            added = result.rowcount
-            ids: dict[str, int] = {}
-            for chunk in _chunks(list(seen)):
-                for uuid, alert_id in conn.execute(select(_S.c.uuid, _S.c.alert_id).where(_S.c.uuid.in_(chunk))):
-                    ids[uuid] = int(alert_id)
+        added, ids = self._run("adding signals", lambda conn: self._insert_signals(conn, rows))
         for signal in items:
             assert signal.uuid is not None
             signal.alert_id = ids.get(signal.uuid)
-        return int(added)
+        return added
 
-    def _add_one(self, conn: Connection, items: list[Signal], row: dict[str, Any]) -> int:
-        """The fast path for one signal (a web request's): one INSERT, no extra query when it is new."""
+    def _insert_signals(self, conn: Connection, rows: list[dict[str, Any]]) -> tuple[int, dict[str, int]]:
+        """Insert the rows, skipping stored uuids. Returns (how many were new, the alert id of every uuid)."""
         stmt = insert_ignore(self.engine, _S)
-        alert_id: int | None = None
-        if self._backend == "postgresql":
-            alert_id = conn.execute(stmt.returning(_S.c.alert_id), row).scalar()
-            added = 0 if alert_id is None else 1
+        ids: dict[str, int] = {}
+        if len(rows) == 1:  # the fast path of a web request: one INSERT, no extra query when it is new
+            row = rows[0]
+            alert_id: Any = None
+            if self._backend == "postgresql":
+                alert_id = conn.execute(stmt.returning(_S.c.alert_id), row).scalar()
+                added = 0 if alert_id is None else 1
+            else:
+                result = conn.execute(stmt, row)
+                added = result.rowcount
+                alert_id = result.lastrowid if added == 1 else None
+            if alert_id is not None:
+                return added, {row["uuid"]: int(alert_id)}
+            missing = [row["uuid"]]
+        elif self._backend == "postgresql":
+            # insertmanyvalues: multi-row INSERT ... RETURNING, the new rows' ids come back with them
+            for uuid, alert_id in conn.execute(stmt.returning(_S.c.uuid, _S.c.alert_id), rows):
+                ids[uuid] = int(alert_id)
+            added = len(ids)
+            missing = [row["uuid"] for row in rows if row["uuid"] not in ids]
         else:
-            result = conn.execute(stmt, row)
-            added = result.rowcount
-            if added == 1:
-                alert_id = result.lastrowid
-        if not added:
-            alert_id = conn.execute(select(_S.c.alert_id).where(_S.c.uuid == row["uuid"])).scalar()
-        for signal in items:
-            signal.alert_id = None if alert_id is None else int(alert_id)
-        return int(added)
+            added = conn.execute(stmt, rows).rowcount
+            missing = [row["uuid"] for row in rows]
+        for chunk in _chunks(missing):
+            for uuid, alert_id in conn.execute(select(_S.c.uuid, _S.c.alert_id).where(_S.c.uuid.in_(chunk))):
+                ids[uuid] = int(alert_id)
+        return int(added), ids
 
     def claim_signals(self, limit: int, lease_seconds: float, machine_ids: Sequence[str] | None = None) -> Claim:
         """Claim up to ``limit`` queued (or lease-expired) signals, oldest first, of machines not cooling down."""
@@ -283,8 +315,9 @@ class SQLStorage(StorageInterface):
             stmt = stmt.with_for_update(skip_locked=True)
         elif self._backend != "sqlite":
             stmt = stmt.with_for_update()  # old MariaDB/MySQL: correct, but claimers wait for each other
-        with self._tx("claiming signals") as conn:
-            rows = conn.execute(stmt).all()
+
+        def claim(conn: Connection) -> list[Any]:
+            rows = list(conn.execute(stmt).all())
             for chunk in _chunks([row[0] for row in rows]):
                 conn.execute(
                     update(_S)
@@ -296,6 +329,9 @@ class SQLStorage(StorageInterface):
                         attempts=_S.c.attempts + 1,
                     )
                 )
+            return rows
+
+        rows = self._run("claiming signals", claim)
         claimed = [signal_from_row(alert_id, payload, schema.CLAIMED) for alert_id, payload in rows]
         return Claim(token=token, signals=claimed, expires_at=expires_at)
 
@@ -305,14 +341,16 @@ class SQLStorage(StorageInterface):
         """Apply ``values`` to the rows this claim still holds (a re-claimed row has another token: untouched)."""
         held = and_(_S.c.claim_token == claim.token, _S.c.status == schema.CLAIMED)
         ids = _ids(signal_ids, "signal_ids")
-        count = 0
-        with self._tx(operation) as conn:
-            if ids is None:
-                count = conn.execute(update(_S).where(held).values(**values)).rowcount
-            else:
-                for chunk in _chunks(ids):
-                    count += conn.execute(update(_S).where(held, _S.c.alert_id.in_(chunk)).values(**values)).rowcount
-        return int(count)
+        # By primary key, not by token alone: no index-range locks (MariaDB deadlocked on those).
+        ids = [int(s.alert_id) for s in claim.signals if s.alert_id is not None] if ids is None else sorted(set(ids))
+
+        def apply(conn: Connection) -> int:
+            count = 0
+            for chunk in _chunks(ids):
+                count += conn.execute(update(_S).where(held, _S.c.alert_id.in_(chunk)).values(**values)).rowcount
+            return count
+
+        return int(self._run(operation, apply)) if ids else 0
 
     def mark_sent(self, claim: Claim, signal_ids: Sequence[int] | None = None) -> int:
         """Mark the claim's signals sent (all, or these ids). Returns how many were still held and marked."""
@@ -414,17 +452,19 @@ class SQLStorage(StorageInterface):
         """Store one signal, matched by ``alert_id`` then by ``uuid`` (never duplicated); True when created."""
         now = utcnow()
         row = signal_row(signal, now)
-        with self._tx("storing a signal") as conn:
+        by_id = select(_S.c.alert_id, _S.c.status)
+
+        def store(conn: Connection) -> tuple[bool, int]:
             found = None
             if signal.alert_id is not None:
-                found = conn.execute(select(_S.c.alert_id, _S.c.status).where(_S.c.alert_id == signal.alert_id)).first()
+                found = conn.execute(by_id.where(_S.c.alert_id == signal.alert_id)).first()
             if found is None:
-                found = conn.execute(select(_S.c.alert_id, _S.c.status).where(_S.c.uuid == row["uuid"])).first()
+                found = conn.execute(by_id.where(_S.c.uuid == row["uuid"])).first()
             if found is None:
-                created = self._add_one(conn, [signal], row)
-                if created:
-                    return True
-                found = conn.execute(select(_S.c.alert_id, _S.c.status).where(_S.c.uuid == row["uuid"])).one()
+                added, ids = self._insert_signals(conn, [row])
+                if added:
+                    return True, ids[row["uuid"]]
+                found = conn.execute(by_id.where(_S.c.uuid == row["uuid"])).one()
             alert_id, status = found
             values = {k: row[k] for k in ("uuid", "machine_id", "scenario", "created_at", "payload")}
             if signal.sent and status != schema.SENT:
@@ -432,8 +472,10 @@ class SQLStorage(StorageInterface):
             elif not signal.sent and status == schema.SENT:
                 values.update(status=schema.QUEUED, sent_at=None)
             conn.execute(update(_S).where(_S.c.alert_id == alert_id).values(**values))
-        signal.alert_id = int(alert_id)
-        return False
+            return False, int(alert_id)
+
+        created, signal.alert_id = self._run("storing a signal", store)
+        return created
 
     def mass_update_signals(self, signal_ids: Sequence[int], changes: Mapping[str, Any]) -> None:
         """Apply ``changes`` to these signals; only ``sent`` (True: sent, False: queued again) is supported."""
@@ -507,7 +549,9 @@ class SQLStorage(StorageInterface):
             raise ValidationError("a Machine with a machine_id is required", field="machine_id")
         check_length("machine_id", machine.machine_id, 128)
         check_length("organization_id", machine.organization_id, 255)
-        with self._tx("storing a machine") as conn:
+        created_at = machine.created_at or utcnow()
+
+        def store(conn: Connection) -> bool:
             values: dict[str, Any] = {
                 "password": self._encrypt_in(conn, machine.password),
                 "token": self._encrypt_in(conn, machine.token),
@@ -525,16 +569,18 @@ class SQLStorage(StorageInterface):
             where = _M.c.machine_id == machine.machine_id
             if conn.execute(update(_M).where(where).values(**values)).rowcount:
                 return False
-            created_at = machine.created_at or utcnow()
             inserted = conn.execute(
                 insert_ignore(self.engine, _M),
                 {**values, "machine_id": machine.machine_id, "created_at": created_at},
             ).rowcount
             if not inserted:  # created concurrently in between: update it
                 conn.execute(update(_M).where(where).values(**values))
-                return False
-        machine.created_at = created_at
-        return True
+            return bool(inserted)
+
+        created = self._run("storing a machine", store)
+        if created:
+            machine.created_at = created_at
+        return created
 
     def acquire_login_lock(self, machine_id: str, holder: str, ttl_seconds: float) -> bool:
         """Become the one caller logging in for ``machine_id`` (or take over an expired lock); never waits."""
@@ -544,13 +590,16 @@ class SQLStorage(StorageInterface):
         check_length("holder", holder, 255)
         now = utcnow()
         values = {"holder": holder, "expires_at": now + timedelta(seconds=float(ttl_seconds))}
-        with self._tx("taking a login lock") as conn:
+
+        def take(conn: Connection) -> bool:
             if conn.execute(insert_ignore(self.engine, _L), {**values, "machine_id": machine_id}).rowcount:
                 return True
             taken = conn.execute(
                 update(_L).where(_L.c.machine_id == machine_id, _L.c.expires_at < now).values(**values)
             ).rowcount
-        return bool(taken)
+            return bool(taken)
+
+        return self._run("taking a login lock", take)
 
     def release_login_lock(self, machine_id: str, holder: str) -> None:
         """Release the lock if ``holder`` still holds it (someone who took over an expired lock keeps it)."""

@@ -13,7 +13,7 @@ import uuid as uuid_module
 from datetime import datetime
 from typing import Any
 
-from cscapi.errors import ValidationError
+from cscapi.errors import StorageError, ValidationError
 from cscapi.models import Signal
 
 from .schema import QUEUED, SENT
@@ -80,7 +80,13 @@ def signal_row(signal: Signal, now: datetime) -> dict[str, Any]:
 
 def signal_from_row(alert_id: int, payload: str, status: str) -> Signal:
     """Rebuild the stored signal, with its local fields."""
-    signal = Signal.from_dict(json.loads(payload))
+    try:
+        signal = Signal.from_dict(json.loads(payload))
+    except (TypeError, ValueError) as exc:
+        raise StorageError(
+            f"The stored signal with alert_id {alert_id} cannot be read ({type(exc).__name__}).",
+            hint="The row was changed outside cscapi; delete it with delete_signals([alert_id]).",
+        ) from None
     signal.alert_id = int(alert_id)
     signal.sent = status == SENT
     return signal

@@ -29,7 +29,15 @@ from . import schema
 from .codec import signal_row
 from .dialects import insert_ignore
 
-__all__ = ["CURRENT_VERSION", "MIGRATIONS", "Migration", "MigrationContext", "ensure_schema", "read_version"]
+__all__ = [
+    "CURRENT_VERSION",
+    "MIGRATIONS",
+    "Migration",
+    "MigrationContext",
+    "current_version",
+    "ensure_schema",
+    "read_version",
+]
 
 logger = logging.getLogger("cscapi.storage")
 
@@ -67,6 +75,11 @@ def _v1(conn: Connection, ctx: MigrationContext) -> None:
 
 MIGRATIONS: list[Migration] = [Migration(1, "initial schema (imports a cscapi 0.7.0 database)", _v1)]
 CURRENT_VERSION = MIGRATIONS[-1].version
+
+
+def current_version() -> int:
+    """The version this code migrates to: the last step's."""
+    return MIGRATIONS[-1].version
 
 
 # ---- legacy import --------------------------------------------------------------------------------------------
@@ -201,10 +214,10 @@ def read_version(conn: Connection) -> int:
 
 
 def _refuse_newer(version: int, where: str) -> None:
-    if version > CURRENT_VERSION:
+    if version > current_version():
         raise StorageError(
             f"The database {where} has schema version {version}, newer than this cscapi understands "
-            f"({CURRENT_VERSION}).",
+            f"({current_version()}).",
             hint="Upgrade cscapi (pip install -U cscapi) to use this database; it was left untouched.",
         )
 
@@ -242,7 +255,7 @@ def ensure_schema(engine: Engine, *, encrypt_secret: SecretEncoder, where: str) 
         found = read_version(conn)
         conn.rollback()
     _refuse_newer(found, where)
-    if found == CURRENT_VERSION:
+    if found == current_version():
         return found
     ctx = MigrationContext(engine=engine, encrypt_secret=encrypt_secret)
     with _schema_lock(engine) as conn:
