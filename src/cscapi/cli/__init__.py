@@ -89,6 +89,8 @@ def report_error(app: AppContext, exc: BaseException) -> int:
 @click.option("--decision-store", metavar="URI", help="Decision store URI [env CSCAPI_DECISION_STORE].")
 @click.option("--json", "json_mode", is_flag=True, help="Print JSON on stdout for scripts.")
 @click.option("--color/--no-color", default=None, help="Force colours on or off (default: only on a terminal).")
+@click.option("-v", "--verbose", is_flag=True, help="Show the library's informational log lines.")
+@click.option("-q", "--quiet", is_flag=True, help="Show errors only (no warnings such as retries).")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.version_option(__version__, "-V", "--version", prog_name="cscapi")
 @click.pass_context
@@ -100,12 +102,19 @@ def cli(
     decision_store: str | None,
     json_mode: bool,
     color: bool | None,
+    verbose: bool,
+    quiet: bool,
     debug: bool,
 ) -> None:
     """cscapi: share attacks with CrowdSec's Central API (CAPI) and protect with the community blocklist.
 
     Start with `cscapi demo` (no account, no network), then `cscapi init`.
     """
+    import logging
+
+    from cscapi.cli._context import setup_logging
+
+    setup_logging(logging.DEBUG if debug else logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING)
     ctx.obj = AppContext(
         config_path=config_path,
         root_flags={"target": target, "storage": storage, "decision_store": decision_store},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -74,3 +75,27 @@ def pass_app(func: F) -> F:
         return func(ctx.ensure_object(AppContext), *args, **kwargs)
 
     return cast(F, wrapper)
+
+
+class _EchoHandler(logging.Handler):
+    """Log records as ``warning: message`` lines on the *current* stderr (test runners swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            click.echo(f"{record.levelname.lower()}: {text}", err=True)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+_HANDLER = _EchoHandler()
+
+
+def setup_logging(level: int) -> None:
+    """Show the library's log records at ``level`` and above on stderr (installed once, level updated each run)."""
+    logger = logging.getLogger("cscapi")
+    if _HANDLER not in logger.handlers:
+        logger.addHandler(_HANDLER)
+    logger.setLevel(level)
+    _HANDLER.setLevel(level)
+    logger.propagate = False

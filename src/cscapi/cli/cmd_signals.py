@@ -1,0 +1,357 @@
+"""``cscapi signals``: queue signals (from flags or a file), push them to CAPI, list and prune the queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from cscapi.cli._context import AppContext, json_option, pass_app
+
+
+@click.group()
+def signals() -> None:
+    """The signal queue: add (validated, all or nothing), push, list, prune."""
+
+
+def _signal_row(signal: Any, state: str) -> dict[str, Any]:
+    decision = signal.decisions[0] if signal.decisions else None
+    return {
+        "id": signal.alert_id,
+        "uuid": signal.uuid,
+        "created_at": signal.created_at,
+        "machine_id": signal.machine_id,
+        "scenario": signal.scenario,
+        "source": signal.source.value if signal.source else None,
+        "scope": signal.source.scope if signal.source else None,
+        "decision": f"{decision.type} {decision.duration}" if decision else None,
+        "state": state,
+    }
+
+
+@signals.command()
+@click.option("--ip", metavar="IP", help="The attacker's IP (or a CIDR range) for one signal.")
+@click.option("--scenario", metavar="AUTHOR/NAME", help="The scenario it triggered (one signal).")
+@click.option("--decision", "decision_type", metavar="TYPE", help="Also a decision, e.g. ban (default: a whisper).")
+@click.option("--duration", metavar="DURATION", help="The decision's duration, a Go duration such as 4h.")
+@click.option("--message", metavar="TEXT", help="The signal's message.")
+@click.option("--created-at", metavar="TIME", help="When it happened (RFC 3339; default now).")
+@click.option("--context", "contexts", multiple=True, metavar="KEY=VALUE", help="Context metadata (repeat).")
+@click.option(
+    "-f",
+    "--file",
+    "path",
+    metavar="PATH",
+    help="Many signals from a JSON-lines or CSV file ('-' for stdin).",
+)
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), help="The file's format (default: extension).")
+@click.option("--skip-invalid", is_flag=True, help="Queue the valid lines even if some are rejected.")
+@json_option
+@pass_app
+def add(
+    app: AppContext,
+    ip: str | None,
+    scenario: str | None,
+    decision_type: str | None,
+    duration: str | None,
+    message: str | None,
+    created_at: str | None,
+    contexts: tuple[str, ...],
+    path: str | None,
+    fmt: str | None,
+    skip_invalid: bool,
+) -> None:
+    """Queue signals; they are validated first and stored in one transaction (all or nothing).
+
+    \b
+    Examples:
+      cscapi signals add --ip 203.0.113.7 --scenario crowdsecurity/ssh-bf --decision ban --duration 4h
+      cscapi signals add --file attacks.jsonl
+      cscapi signals add --file attacks.csv --skip-invalid --json
+
+    \b
+    File lines (JSON lines shown; CSV uses the same names as header columns, context.KEY for context):
+      {"ip": "203.0.113.7", "scenario": "crowdsecurity/ssh-bf", "decision": "ban", "duration": "4h"}
+    """
+    from cscapi.cli._runtime import require_machine_id, session
+    from cscapi.errors import ValidationError
+
+    if path and (ip or scenario or decision_type or duration or message or created_at or contexts):
+        raise click.UsageError("give either --file or --ip/--scenario/..., not both")
+    if not path and not (ip and scenario):
+        raise click.UsageError("give --ip and --scenario for one signal, or --file for many")
+    settings = app.settings()
+    with session(settings) as (storage, client):
+        machine_id = require_machine_id(settings, storage)
+        if path:
+            from cscapi.cli import _signal_input as reader
+
+            kind = reader.detect_format(path, fmt)
+            total = reader.count_lines(path)
+            stream = reader.open_input(path)
+            try:
+                with app.out.progress(f"validating {path}", total=total) as bar:
+                    parsed = reader.parse_stream(stream, kind, machine_id, on_line=bar.advance)
+            finally:
+                if path != "-":
+                    stream.close()
+            valid, rejected, lines = parsed.signals, parsed.rejected, parsed.lines
+        else:
+            from cscapi.signals import create_signal
+
+            context = {}
+            for item in contexts:
+                key, sep, value = item.partition("=")
+                if not sep or not key:
+                    raise click.UsageError(f"--context {item!r} must be KEY=VALUE")
+                context[key] = value
+            kwargs: dict[str, Any] = {"message": message} if message else {}
+            if "/" in ip:  # type: ignore[operator]
+                kwargs["scope"] = "range"
+            valid = [
+                create_signal(
+                    ip,  # type: ignore[arg-type]
+                    scenario,  # type: ignore[arg-type]
+                    created_at,
+                    machine_id,
+                    context=context or None,
+                    decision_type=decision_type,
+                    duration=duration,
+                    **kwargs,
+                )
+            ]
+            rejected, lines = [], 1
+        stored = 0
+        if valid and (not rejected or skip_invalid):
+            stored = client.add_signals(valid)
+        counts = storage.count_signals()
+    report = {
+        "lines": lines,
+        "valid": len(valid),
+        "rejected": [{"line": r.line, "reason": r.reason} for r in rejected],
+        "queued": stored,
+        "duplicates": len(valid) - stored if stored or not rejected or skip_invalid else 0,
+        "queue": {"queued": counts.queued, "sent": counts.sent, "quarantined": counts.quarantined},
+    }
+    if app.json_mode:
+        app.out.emit_json(report)
+    else:
+        if rejected:
+            app.out.table(
+                ["line", "reason"], [(r.line, r.reason) for r in rejected[:200]], title=f"{len(rejected)} rejected"
+            )
+            if len(rejected) > 200:
+                app.out.print(f"... and {len(rejected) - 200} more (use --json for all)")
+        if stored or not rejected or skip_invalid:
+            dup = f" ({report['duplicates']} already queued)" if report["duplicates"] else ""
+            app.out.ok(f"queued {stored} signal(s){dup}; {counts.queued} waiting to be pushed (`cscapi signals push`)")
+    if rejected and not skip_invalid:
+        raise ValidationError(
+            f"{len(rejected)} of {lines} line(s) rejected (first: line {rejected[0].line}: {rejected[0].reason})",
+            hint="Nothing was queued. Fix those lines, or pass --skip-invalid to queue the valid ones.",
+        )
+
+
+@signals.command()
+@click.option("--keep-sent/--prune-sent", default=True, help="Keep sent signals for `signals list` (default).")
+@json_option
+@pass_app
+def push(app: AppContext, keep_sent: bool) -> None:
+    """Send every queued signal to CAPI now (the agent does this every push_interval).
+
+    \b
+    Example:
+      cscapi signals push --json
+    """
+    from cscapi.cli._runtime import session, stored_machine_id
+    from cscapi.errors import CAPIError
+    from cscapi.timeutil import utcnow
+
+    settings = app.settings()
+    with session(settings) as (storage, client):
+        before = storage.count_signals()
+        machine_id = stored_machine_id(settings, storage)
+        if before.pending and machine_id is not None and storage.count_signals(machine_id).pending:
+            # Log in first (a valid token is reused): an unreachable CAPI or a ban is reported as such.
+            client.login(machine_id)
+        with app.out.progress("pushing signals", total=None):
+            report = client.send_signals(prune_after_send=not keep_sent)
+        after = storage.count_signals()
+        now = utcnow()
+        cooling = {
+            m.machine_id: m.failing_until
+            for m in storage.list_machines()
+            if m.failing_until is not None and m.failing_until > now and storage.count_signals(m.machine_id).queued
+        }
+    result = {
+        "sent": report.sent,
+        "quarantined": report.quarantined,
+        "batches": report.batches,
+        "failed_machines": report.failed_machines,
+        "cooling_down": cooling,
+        "queue": {"queued": after.queued, "sent": after.sent, "quarantined": after.quarantined},
+    }
+    if app.json_mode:
+        app.out.emit_json(result)
+    else:
+        if not before.pending:
+            app.out.print("nothing queued")
+        else:
+            app.out.ok(f"sent {report.sent} signal(s) in {report.batches} request(s)")
+        if report.quarantined:
+            app.out.warn(
+                f"{report.quarantined} signal(s) refused by CAPI and quarantined "
+                "(`cscapi signals list --state quarantined`)"
+            )
+        for machine, reason in report.failed_machines.items():
+            app.out.warn(f"machine {machine}: {reason}")
+        for machine, until in cooling.items():
+            if machine not in report.failed_machines:
+                app.out.warn(
+                    f"machine {machine} failed recently: its signals wait until {until:%H:%M:%S} UTC, then are retried"
+                )
+    if report.failed_machines:
+        raise CAPIError(
+            f"signals of {len(report.failed_machines)} machine(s) were not sent and stay queued",
+            hint="See the reasons above; they are retried on the next push.",
+        )
+
+
+@signals.command("list")
+@click.option(
+    "--state",
+    type=click.Choice(["queued", "sent", "quarantined", "all"]),
+    default="all",
+    show_default=True,
+    help="Which signals.",
+)
+@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@json_option
+@pass_app
+def list_(app: AppContext, state: str, limit: int) -> None:
+    """List signals in the queue, oldest first, with their state.
+
+    \b
+    Example:
+      cscapi signals list --state quarantined
+    """
+    from cscapi.cli._runtime import open_storage
+
+    settings = app.settings()
+    storage = open_storage(settings)
+    try:
+        quarantined = storage.list_quarantined(limit=100000 if state == "all" else limit)
+        reasons = {s.alert_id: reason for s, reason in quarantined}
+        rows: list[dict[str, Any]] = []
+        if state == "quarantined":
+            for signal, reason in quarantined[:limit]:
+                rows.append({**_signal_row(signal, "quarantined"), "reason": reason})
+        else:
+            sent = {"queued": False, "sent": True, "all": None}[state]
+            for signal in storage.get_signals(limit, 0, sent=sent):
+                if signal.alert_id in reasons:
+                    if state == "queued":
+                        continue
+                    rows.append({**_signal_row(signal, "quarantined"), "reason": reasons[signal.alert_id]})
+                else:
+                    rows.append(_signal_row(signal, "sent" if signal.sent else "queued"))
+        counts = storage.count_signals()
+    finally:
+        storage.close()
+    if app.json_mode:
+        app.out.emit_json(rows)
+        return
+    app.out.table(
+        ["id", "created", "scenario", "source", "decision", "state", "machine"],
+        [
+            (
+                r["id"],
+                (r["created_at"] or "")[:19].replace("T", " "),
+                r["scenario"],
+                r["source"],
+                r["decision"] or "whisper",
+                r["state"] + (f": {r['reason']}" if r.get("reason") else ""),
+                (r["machine_id"] or "")[:12] + "…",
+            )
+            for r in rows
+        ],
+        empty="no signals",
+    )
+    app.out.print(
+        f"{counts.queued} queued, {counts.claimed} being sent, {counts.sent} sent, {counts.quarantined} quarantined"
+    )
+
+
+@signals.command()
+@click.option("--sent-before", metavar="AGE|TIME", help="Only sent signals older than this (24h, 7d or RFC 3339).")
+@click.option("--quarantined", is_flag=True, help="Also delete quarantined signals.")
+@click.option("--failing-machines", is_flag=True, help="Also delete queued signals of machines failing right now.")
+@click.option(
+    "--requeue-quarantined", is_flag=True, help="Instead of deleting, put quarantined signals back in the queue."
+)
+@json_option
+@pass_app
+def prune(
+    app: AppContext, sent_before: str | None, quarantined: bool, failing_machines: bool, requeue_quarantined: bool
+) -> None:
+    """Delete sent signals (and, if asked, quarantined ones); queued signals are kept.
+
+    \b
+    Examples:
+      cscapi signals prune --sent-before 7d
+      cscapi signals prune --requeue-quarantined
+    """
+    from cscapi.cli._runtime import open_client, open_storage
+
+    if requeue_quarantined and (sent_before or quarantined or failing_machines):
+        raise click.UsageError("--requeue-quarantined cannot be combined with the delete options")
+    cutoff = _parse_age(sent_before) if sent_before else None
+    settings = app.settings()
+    storage = open_storage(settings)
+    try:
+        result: dict[str, int] = {}
+        if requeue_quarantined:
+            result["requeued"] = storage.requeue_quarantined()
+        else:
+            result["deleted"] = storage.prune(sent_before=cutoff, quarantined=quarantined)
+            if failing_machines:
+                client = open_client(settings, storage)
+                try:
+                    result["deleted_failing"] = client.prune_failing_machines_signals()
+                finally:
+                    client.close()
+        counts = storage.count_signals()
+    finally:
+        storage.close()
+    result.update({"queued": counts.queued, "sent": counts.sent, "quarantined": counts.quarantined})
+    if app.json_mode:
+        app.out.emit_json(result)
+        return
+    if requeue_quarantined:
+        app.out.ok(f"put {result['requeued']} quarantined signal(s) back in the queue")
+    else:
+        extra = f" and {result['deleted_failing']} of failing machines" if failing_machines else ""
+        app.out.ok(f"deleted {result['deleted']} signal(s){extra}")
+    app.out.print(f"{counts.queued} queued, {counts.sent} sent, {counts.quarantined} quarantined")
+
+
+def _parse_age(text: str) -> Any:
+    """``7d``, ``24h``, ``90m`` (ago) or an RFC 3339 time, as an aware datetime."""
+    from datetime import timedelta
+
+    from cscapi.errors import ConfigurationError
+    from cscapi.timeutil import parse_go_duration, parse_timestamp, utcnow
+
+    value = text.strip()
+    try:
+        if value.endswith("d") and value[:-1].replace(".", "", 1).isdigit():
+            return utcnow() - timedelta(days=float(value[:-1]))
+        return utcnow() - timedelta(seconds=parse_go_duration(value))
+    except ValueError:
+        pass
+    try:
+        return parse_timestamp(value)
+    except ValueError:
+        raise ConfigurationError(
+            f"--sent-before {text!r} is neither an age nor a time", hint="Use 7d, 24h, 90m or 2026-11-01T00:00:00Z."
+        ) from None
