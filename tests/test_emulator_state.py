@@ -1,0 +1,299 @@
+"""The emulator's state without HTTP: community generation and file loading, config parsing, faults, tokens,
+and SQLite persistence across restarts."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cscapi.emulator import EmulatorConfig, FaultSpec, LoginRateLimit
+from cscapi.emulator.community import generate_community, load_community_file, normalise_value
+from cscapi.emulator.config import load_config_file, parse_fault_option
+from cscapi.emulator.state import ApiError, EmulatorState
+from cscapi.emulator.tokens import InvalidToken, decode_jwt, encode_jwt
+from cscapi.errors import ConfigurationError
+
+DOC_V4 = [
+    ipaddress.ip_network(n)
+    for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/15", "240.0.0.0/4")
+]
+DOC_V6 = ipaddress.ip_network("2001:db8::/32")
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_generated_community_is_reproducible_and_realistic() -> None:
+    a = generate_community(2000, seed=3)
+    b = generate_community(2000, seed=3)
+    c = generate_community(2000, seed=4)
+    assert a == b
+    assert a != c
+    assert len({(d.scope, d.value) for d in a}) == 2000
+    kinds = {"v4": 0, "v6": 0, "r4": 0, "r6": 0}
+    for d in a:
+        net = ipaddress.ip_network(d.value)
+        if d.scope == "ip":
+            assert net.num_addresses == 1
+        kinds[("v4" if net.version == 4 else "v6") if d.scope == "ip" else ("r4" if net.version == 4 else "r6")] += 1
+        pools = DOC_V4 if net.version == 4 else [DOC_V6]
+        assert any(net.subnet_of(p) for p in pools), d.value  # type: ignore[arg-type]
+        assert 0 < d.remaining <= 168 * 3600
+    assert kinds == {"v4": 1600, "v6": 160, "r4": 140, "r6": 100}
+    scenarios = {d.scenario for d in a}
+    assert "crowdsecurity/ssh-bf" in scenarios and "crowdsecurity/http-probing" in scenarios
+
+
+def test_large_community_overflows_into_reserved_space() -> None:
+    decisions = generate_community(150_000, seed=1)
+    assert len({d.value for d in decisions}) == 150_000
+
+
+def test_normalise_value() -> None:
+    assert normalise_value("192.0.2.1") == ("192.0.2.1", "ip")
+    assert normalise_value("192.0.2.1/32") == ("192.0.2.1", "ip")
+    assert normalise_value("192.0.2.7/24") == ("192.0.2.0/24", "range")
+    assert normalise_value("2001:DB8::1") == ("2001:db8::1", "ip")
+    assert normalise_value("FR", "country") == ("FR", "country")
+    for bad in ("", "nope", "300.1.1.1"):
+        with pytest.raises(ValueError):
+            normalise_value(bad)
+
+
+def test_community_file_text_and_json(tmp_path: Path) -> None:
+    text = tmp_path / "list.txt"
+    text.write_text("# comment\n192.0.2.1\n\n198.51.100.0/24 crowdsecurity/http-probing 2h\n2001:db8::5 a/b\n")
+    loaded = load_community_file(text)
+    assert [(d.value, d.scope, d.scenario, d.remaining) for d in loaded] == [
+        ("192.0.2.1", "ip", "crowdsecurity/community-blocklist", 86400.0),
+        ("198.51.100.0/24", "range", "crowdsecurity/http-probing", 7200.0),
+        ("2001:db8::5", "ip", "a/b", 86400.0),
+    ]
+    as_list = tmp_path / "list.json"
+    as_list.write_text(json.dumps(["192.0.2.9", {"value": "192.0.2.10", "scenario": "x/y", "duration": "90m"}]))
+    assert [(d.value, d.remaining) for d in load_community_file(as_list)] == [
+        ("192.0.2.9", 86400.0),
+        ("192.0.2.10", 5400.0),
+    ]
+    stream = tmp_path / "stream.json"
+    stream.write_text(
+        json.dumps(
+            {
+                "new": [
+                    {"scenario": "s/a", "scope": "ip", "decisions": [{"value": "192.0.2.3", "duration": "3h59m55.75s"}]}
+                ]
+            }
+        )
+    )
+    (only,) = load_community_file(stream)
+    assert (only.value, only.scenario, only.remaining) == ("192.0.2.3", "s/a", 14395.75)
+
+
+@pytest.mark.parametrize(
+    ("content", "where"),
+    [
+        ("192.0.2.1\nnot-an-ip\n", ":2"),
+        ("192.0.2.1 a/b 5 parts here\n", ":1"),
+        ("192.0.2.1 a/b 1x\n", ":1"),
+        ('[{"value": 5}]', "[0]"),
+        ('{"new": [{"decisions": "x"}]}', "new[0]"),
+        ("[1, 2", "not valid JSON"),
+    ],
+)
+def test_bad_community_files_name_the_line(tmp_path: Path, content: str, where: str) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_text(content)
+    with pytest.raises(ConfigurationError, match=r".*") as info:
+        load_community_file(path)
+    assert where in str(info.value)
+
+
+def test_state_loads_community_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.txt"
+    path.write_text("192.0.2.1\n192.0.2.2\n")
+    state = EmulatorState(EmulatorConfig(community_file=str(path)))
+    assert sorted(v for _, v in state.decisions) == ["192.0.2.1", "192.0.2.2"]
+
+
+def test_fault_option_and_spec_validation() -> None:
+    endpoint, spec = parse_fault_option("signals:error_rate=0.5,error_status=503,remaining=2")
+    assert endpoint == "signals"
+    assert (spec.error_rate, spec.error_status, spec.remaining) == (0.5, 503, 2)
+    for bad in (
+        "signals",
+        "nowhere:error_rate=1",
+        "signals:error_rate",
+        "signals:bogus=1",
+        "signals:error_rate=2",
+        "signals:error_status=404",
+        "signals:error_rate=abc",
+    ):
+        with pytest.raises(ConfigurationError):
+            parse_fault_option(bad)
+
+
+def test_config_validation_and_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError):
+        EmulatorConfig(attachment_keys=["bad key"])
+    with pytest.raises(ConfigurationError):
+        EmulatorConfig(faults={"nowhere": FaultSpec()})
+    with pytest.raises(ConfigurationError):
+        EmulatorConfig.from_dict({"sede": 1})
+    with pytest.raises(ConfigurationError):
+        LoginRateLimit(per="planet")
+    toml = tmp_path / "emu.toml"
+    toml.write_text(
+        'seed = 5\ncommunity_size = 10\nattachment_keys = ["k1"]\n'
+        "[login_rate_limit]\nenabled = false\n"
+        "[faults.signals]\nerror_rate = 1.0\nerror_status = 502\n"
+        '[[blocklists]]\nname = "tor"\ncontent = ["192.0.2.1"]\nduration = "12h"\n'
+        '[[allowlists]]\nname = "office"\nitems = ["203.0.113.1"]\n'
+    )
+    cfg = EmulatorConfig.from_dict(load_config_file(toml))
+    assert cfg.seed == 5 and not cfg.login_rate_limit.enabled and cfg.faults["signals"].error_status == 502
+    state = EmulatorState(cfg)
+    assert len(state.decisions) == 10 and len(state.blocklists) == 1 and len(state.allowlists) == 1
+    js = tmp_path / "emu.json"
+    js.write_text(json.dumps({"token_lifetime": 60, "faults": {"login": {"latency": 0.1}}}))
+    assert EmulatorConfig.from_dict(load_config_file(js)).faults["login"].latency == 0.1
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ConfigurationError):
+        load_config_file(tmp_path / "bad.json")
+    with pytest.raises(ConfigurationError):
+        load_config_file(tmp_path / "missing.json")
+
+
+def test_admin_token_is_random_and_never_in_repr() -> None:
+    a, b = EmulatorConfig(), EmulatorConfig()
+    assert a.admin_token != b.admin_token and len(a.admin_token) >= 24
+    assert a.admin_token not in repr(a)
+
+
+def test_jwt_roundtrip_and_tampering() -> None:
+    token = encode_jwt({"sub": "m", "exp": 5}, b"k" * 32)
+    assert decode_jwt(token, b"k" * 32) == {"sub": "m", "exp": 5}
+    with pytest.raises(InvalidToken):
+        decode_jwt(token, b"x" * 32)
+    with pytest.raises(InvalidToken):
+        decode_jwt(token + "x", b"k" * 32)
+    for bad in ("", "a.b", "a.b.c", "é.é.é", "..."):
+        with pytest.raises(InvalidToken):
+            decode_jwt(bad, b"k" * 32)
+
+
+def test_fault_remaining_counts_down_and_rates_are_seeded() -> None:
+    state = EmulatorState(EmulatorConfig(community_size=0))
+    state.set_fault("signals", FaultSpec(error_rate=1.0, remaining=2))
+    kinds = [state.take_fault("signals").kind for _ in range(3)]
+    assert kinds == ["5xx", "5xx", None]
+    state.set_fault("*", FaultSpec(rate_limit_rate=1.0, retry_after=7))
+    action = state.take_fault("login")
+    assert (action.kind, action.retry_after) == ("429", 7)
+    state.clear_faults()
+
+    def draws(seed: int) -> list[str | None]:
+        s = EmulatorState(EmulatorConfig(community_size=0, seed=seed))
+        s.set_fault("signals", FaultSpec(error_rate=0.5))
+        return [s.take_fault("signals").kind for _ in range(200)]
+
+    first = draws(1)
+    assert first == draws(1)
+    assert 60 < first.count("5xx") < 140
+
+
+def test_early_token_expiry_fault() -> None:
+    clock = Clock()
+    state = EmulatorState(EmulatorConfig(community_size=0, clock=clock, login_rate_limit={"enabled": False}))
+    state.register("a" * 48, "pw")
+    state.set_fault("login", FaultSpec(token_lifetime=30))
+    token, expires = state.login("a" * 48, "pw", [], "127.0.0.1")
+    assert expires == clock.now + 3600  # the token claims the normal lifetime...
+    clock.now += 29
+    state.authenticate(f"Bearer {token}")
+    clock.now += 2
+    with pytest.raises(ApiError) as info:  # ...but stops working after 30 s
+        state.authenticate(f"Bearer {token}")
+    assert info.value.status == 401
+
+
+def test_sqlite_state_survives_a_restart(tmp_path: Path) -> None:
+    path = str(tmp_path / "emu.db")
+    clock = Clock()
+    cfg: dict[str, Any] = {
+        "community_size": 50,
+        "seed": 2,
+        "state_path": path,
+        "clock": clock,
+        "login_rate_limit": LoginRateLimit(
+            threshold=2, threshold_sharing=2, threshold_enrolled=2, threshold_enrolled_sharing=2
+        ),
+        "attachment_keys": ["k"],
+    }
+    s1 = EmulatorState(EmulatorConfig(**cfg))
+    m = s1.register("b" * 48, "pw")
+    token, _ = s1.login("b" * 48, "pw", ["crowdsecurity/ssh-bf"], "127.0.0.1")
+    s1.enroll(m, {"attachment_key": "k", "name": "n"})
+    s1.add_signals(m, [{"uuid": "u1", "scenario": "s"}, {"uuid": "u2", "scenario": "s"}], "v3")
+    s1.record_payload("metrics", m, {"bouncers": [], "machines": []}, "v3")
+    s1.stream_v3(m, startup=True, community_pull=True, additional_pull=True, base_url="http://x/")
+    gone = next(iter(s1.decisions))[1]
+    s1.remove_decisions([gone])
+    s1.add_decisions([{"value": "192.0.2.250", "duration": "1h"}])
+    s1.publish_blocklist("bl", ["192.0.2.1"])
+    s1.publish_allowlist("al", ["192.0.2.2"])
+    snapshot = sorted(s1.decisions)
+    s1.close()
+
+    s2 = EmulatorState(EmulatorConfig(**{**cfg, "seed": 99}))  # the file wins over a different seed
+    assert sorted(s2.decisions) == snapshot
+    m2 = s2.machines["b" * 48]
+    assert m2.organization_id is not None and m2.scenarios == ["crowdsecurity/ssh-bf"] and m2.login_count == 1
+    assert s2.authenticate(f"Bearer {token}").machine_id == m2.machine_id  # tokens survive a restart
+    assert [r["signal"]["uuid"] for r in s2.query_signals()] == ["u1", "u2"]
+    assert s2.add_signals(m2, [{"uuid": "u1", "scenario": "s"}], "v3") == (0, 1)
+    assert len(s2.records["metrics"]) == 1 and len(s2.records["enrollments"]) == 1
+    assert set(s2.blocklists) == {s2.list_id("bl")} and set(s2.allowlists) == {s2.list_id("al")}
+    # the delta continues where it stopped
+    text = s2.stream_v3(m2, startup=False, community_pull=True, additional_pull=True, base_url="http://x/")
+    delta = json.loads(text)
+    assert [d["value"] for g in delta["new"] for d in g["decisions"]] == ["192.0.2.250"]
+    assert [v for g in delta["deleted"] for v in g["decisions"]] == [gone]
+    # login attempts are remembered: one more login is allowed (threshold 2), then a ban
+    s2.login("b" * 48, "pw", [], "127.0.0.1")
+    s2.close()
+    s3 = EmulatorState(EmulatorConfig(**cfg))
+    with pytest.raises(ApiError) as info:
+        s3.login("b" * 48, "pw", [], "127.0.0.1")
+    assert info.value.status == 403
+    s3.reset()
+    assert s3.machines == {} and len(s3.decisions) == 50
+    s3.close()
+    s4 = EmulatorState(EmulatorConfig(**cfg))
+    assert s4.machines == {} and len(s4.decisions) == 50
+    s4.close()
+
+
+def test_expired_decisions_leave_through_the_heap() -> None:
+    clock = Clock()
+    state = EmulatorState(EmulatorConfig(community_size=0, clock=clock))
+    state.add_decisions([{"value": f"192.0.2.{i}", "duration": float(i)} for i in range(1, 11)])
+    clock.now += 5
+    assert state.expire_due() == 5
+    assert len(state.decisions) == 5 and len(state.tombstones) == 5
+    state.add_decisions([{"value": "192.0.2.10", "duration": "1h"}])  # replaced: the old expiry no longer applies
+    clock.now += 5
+    assert state.expire_due() == 4
+    assert [v for _, v in state.decisions] == ["192.0.2.10"]
+    with pytest.raises(ApiError):
+        state.add_decisions([{"value": "192.0.2.1", "duration": "-1h"}])
+    with pytest.raises(ApiError):
+        state.add_decisions([{"value": "nope"}])
