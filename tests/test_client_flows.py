@@ -1,0 +1,589 @@
+"""Client flows against a scripted CAPI (httpx.MockTransport) and a real SQLite SQLStorage, sync AND async.
+
+Every test body runs twice (``mode``: the blocking ``CAPIClient`` and the ``AsyncCAPIClient``), so both drivers of
+the one core are held to the same behaviour. Pauses are recorded, not slept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cscapi.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    LoginBannedError,
+    NotFoundError,
+    RequestRejectedError,
+    ServerError,
+    TransportError,
+    ValidationError,
+)
+from cscapi.models import EnrollStatus, SendReport
+from cscapi.sql_storage import SQLStorage
+from cscapi.timeutil import utcnow
+from cscapi.utils import create_signal, generate_machine_id, generate_machine_id_from_key
+from test_client_support import SCENARIOS, Api, FakeCAPI, make_config
+
+M1 = generate_machine_id_from_key("host-1", prefix="test")
+M2 = generate_machine_id_from_key("host-2", prefix="test")
+
+
+@pytest.fixture(params=["sync", "async"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Iterator[SQLStorage]:
+    store = SQLStorage(f"sqlite:///{tmp_path / 'cscapi.db'}")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def fake(capi_spec: dict[str, Any], lapi_spec: dict[str, Any]) -> FakeCAPI:
+    return FakeCAPI(capi_spec=capi_spec, lapi_spec=lapi_spec)
+
+
+@pytest.fixture
+def api(mode: str, storage: SQLStorage, fake: FakeCAPI) -> Iterator[Api]:
+    client = Api(mode, storage, make_config(fake))
+    yield client
+    client.close()
+
+
+def signals(n: int, machine_id: str = M1, scenario: str = "crowdsecurity/ssh-bf", start: int = 0) -> list[Any]:
+    return [
+        create_signal(f"192.0.2.{(start + i) % 250}", scenario, machine_id=machine_id, decision_type="ban")
+        for i in range(n)
+    ]
+
+
+# ---- the happy path ----------------------------------------------------------------------------------------
+
+
+def test_add_and_send_registers_logs_in_and_sends(api: Api, fake: FakeCAPI, storage: SQLStorage) -> None:
+    assert api.add_signals(signals(3, M1) + signals(2, M2)) == 5
+    report = api.send_signals()
+    assert isinstance(report, SendReport) and report == 5 and int(report) == 5 and report.batches == 2
+    assert fake.count("/v3/watchers") == 2 and fake.count("/v3/watchers/login") == 2
+    assert fake.count("/v3/metrics") == 2  # after each login, as the official clients do
+    assert len(fake.signals) == 5
+    assert {s["machine_id"] for s in fake.signals} == {M1, M2}
+    for seen in fake.calls("/v3/signals"):
+        assert seen.headers["authorization"].startswith("Bearer ")
+        assert seen.headers["user-agent"].startswith("capi-py-sdk/")
+        assert fake.tokens[seen.headers["authorization"][7:]] == seen.body[0]["machine_id"]
+    login = fake.calls("/v3/watchers/login")[0].body
+    assert login["scenarios"] == SCENARIOS
+    counts = storage.count_signals()
+    assert (counts.queued, counts.claimed, counts.sent) == (0, 0, 0)  # prune_after_send deleted them
+    m1 = storage.get_machine_by_id(M1)
+    assert m1 is not None and m1.registered and m1.token and m1.password and len(m1.password) == 64
+    # nothing left: a second call sends nothing and makes no request
+    before = len(fake.requests)
+    assert api.send_signals() == 0
+    assert len(fake.requests) == before
+
+
+def test_same_uuid_is_queued_once_and_keep_sent_when_asked(api: Api, fake: FakeCAPI, storage: SQLStorage) -> None:
+    batch = signals(4)
+    assert api.add_signals(batch) == 4
+    assert api.add_signals(batch) == 0
+    assert all(s.alert_id is not None for s in batch)
+    assert api.send_signals(prune_after_send=False) == 4
+    assert storage.count_signals().sent == 4
+    assert len(fake.signals) == 4
+
+
+def test_add_signals_validates_everything_first(api: Api, storage: SQLStorage) -> None:
+    good = signals(2)
+    bad = create_signal("192.0.2.1", "a/b", machine_id=M1)
+    bad.source.value = "not an ip"  # type: ignore[union-attr]
+    with pytest.raises(ValidationError) as info:
+        api.add_signals([*good, bad])
+    assert info.value.field == "signals[2].source.value"
+    assert storage.count_signals().queued == 0  # nothing stored
+
+
+def test_batches_are_capped_at_250_and_configurable(api: Api, fake: FakeCAPI) -> None:
+    api.add_signals(signals(600))
+    assert api.send_signals() == 600
+    sizes = [len(r.body) for r in fake.calls("/v3/signals")]
+    assert sizes == [250, 250, 100]
+    assert all(r.gzipped for r in fake.calls("/v3/signals"))  # > 5 KiB bodies go gzipped
+    api.add_signals(signals(10, start=600))
+    assert api.send_signals(batch_size=4) == 10
+    assert [len(r.body) for r in fake.calls("/v3/signals")][3:] == [4, 4, 2]
+    with pytest.raises(ConfigurationError):
+        api.send_signals(batch_size=251)
+    with pytest.raises(ConfigurationError):
+        make_config(fake, batch_size=0)
+
+
+# ---- 400: bisect and quarantine -----------------------------------------------------------------------------
+
+
+def test_a_bad_signal_is_isolated_and_quarantined(api: Api, fake: FakeCAPI, storage: SQLStorage) -> None:
+    good = signals(15)
+    bad = signals(1, scenario="bad/signal", start=100)
+    api.add_signals(good[:7] + bad + good[7:])
+    report = api.send_signals()
+    assert report.sent == 15 and report.quarantined == 1 and report.failed_machines == {}
+    assert len(fake.signals) == 15 and all(s["scenario"] != "bad/signal" for s in fake.signals)
+    posts = fake.count("/v3/signals")
+    assert posts <= 2 * 5 + 1  # bisection: about 2 * log2(16) requests, not one per signal
+    (quarantined, reason), *rest = storage.list_quarantined()
+    assert not rest and quarantined.uuid == bad[0].uuid
+    assert "invalid signal" in reason and "400" in reason
+    # the queue is not blocked: the next run sends new signals and does not retry the quarantined one
+    api.add_signals(signals(2, start=200))
+    assert api.send_signals() == 2
+
+
+# ---- retries and failing machines -------------------------------------------------------------------------
+
+
+def test_persistent_500_is_bounded_and_marks_the_machine_failing(api: Api, fake: FakeCAPI, storage: SQLStorage) -> None:
+    api.add_signals(signals(3, M1) + signals(2, M2))
+    fake.script("/v3/signals", *([503] * 4))  # M1's batch: 1 try + 3 retries, all 503
+    report = api.send_signals()
+    assert report.sent == 2 and list(report.failed_machines) == [M1]
+    assert "503" in report.failed_machines[M1]
+    assert fake.count("/v3/signals") == 5  # 4 for M1, 1 for M2: no infinite loop
+    assert len(api.sleeps) == 3
+    m1 = storage.get_machine_by_id(M1)
+    assert m1 is not None and m1.is_failing and m1.failing_until is not None and m1.failing_until > utcnow()
+    counts = storage.count_signals(M1)
+    assert counts.queued == 3 and counts.claimed == 0  # released, not lost
+    # while it cools down, M1's signals are not retried
+    before = fake.count("/v3/signals")
+    assert api.send_signals() == 0 and fake.count("/v3/signals") == before
+    # the legacy prune deletes the queued signals of failing machines only
+    api.add_signals(signals(1, M2, start=50))
+    assert api.prune_failing_machines_signals() == 3
+    assert storage.count_signals(M1).queued == 0 and storage.count_signals(M2).queued == 1
+
+
+def test_failing_machine_recovers_after_cooldown(mode: str, storage: SQLStorage, fake: FakeCAPI) -> None:
+    api = Api(mode, storage, make_config(fake, failing_cooldown=0.0))
+    try:
+        api.add_signals(signals(2))
+        fake.script("/v3/signals", *([500] * 4))
+        assert api.send_signals() == 0
+        assert storage.get_machine_by_id(M1).is_failing  # type: ignore[union-attr]
+        assert api.send_signals() == 2  # cooldown over: retried, and the failing flag is cleared
+        assert not storage.get_machine_by_id(M1).is_failing  # type: ignore[union-attr]
+    finally:
+        api.close()
+
+
+def test_429_honours_retry_after_then_succeeds(api: Api, fake: FakeCAPI) -> None:
+    api.add_signals(signals(2))
+    fake.script("/v3/signals", (429, {"message": "slow down"}, {"Retry-After": "7"}))
+    assert api.send_signals() == 2
+    assert api.sleeps == [7.0]
+
+
+def test_timeouts_and_resets_are_retried(api: Api, fake: FakeCAPI) -> None:
+    api.add_signals(signals(2))
+    fake.script("/v3/signals", httpx.ReadTimeout, httpx.ConnectError, httpx.RemoteProtocolError)
+    assert api.send_signals() == 2
+    assert len(api.sleeps) == 3 and all(0 <= s <= 0.08 for s in api.sleeps)
+    assert fake.count("/v3/signals") == 4
+
+
+def test_network_failure_after_retries_is_a_transport_error(api: Api, fake: FakeCAPI) -> None:
+    api.login(M1)
+    fake.script("/v3/decisions/stream", *([httpx.ConnectError] * 4))
+    with pytest.raises(TransportError) as info:
+        api.get_decisions(M1)
+    assert "4 tries" in info.value.message and info.value.hint
+    assert fake.count("/v3/decisions/stream") == 4
+
+
+@pytest.mark.parametrize(("status", "error"), [(500, ServerError), (502, ServerError), (503, ServerError)])
+def test_5xx_after_retries_raises_server_error(api: Api, fake: FakeCAPI, status: int, error: type[Exception]) -> None:
+    api.login(M1)
+    fake.script("/v3/decisions/stream", *([status] * 4))
+    with pytest.raises(error):
+        api.get_decisions(M1)
+    assert fake.count("/v3/decisions/stream") == 4
+
+
+def test_404_on_signals_marks_failing_without_retry(api: Api, fake: FakeCAPI) -> None:
+    api.add_signals(signals(2))
+    fake.script("/v3/signals", 404)
+    report = api.send_signals()
+    assert report == 0 and M1 in report.failed_machines and fake.count("/v3/signals") == 1
+
+
+# ---- tokens -------------------------------------------------------------------------------------------
+
+
+def test_401_forces_exactly_one_login_and_one_retry(api: Api, fake: FakeCAPI) -> None:
+    api.add_signals(signals(2))
+    api.login(M1)
+    assert fake.count("/v3/watchers/login") == 1
+    fake.script("/v3/signals", 401)
+    assert api.send_signals() == 2
+    assert fake.count("/v3/watchers/login") == 2 and fake.count("/v3/signals") == 2
+
+
+def test_second_401_is_an_authentication_error(api: Api, fake: FakeCAPI) -> None:
+    api.login(M1)
+    fake.script("/v3/decisions/stream", 401, 401)
+    with pytest.raises(AuthenticationError):
+        api.get_decisions(M1)
+    assert fake.count("/v3/watchers/login") == 2 and fake.count("/v3/decisions/stream") == 2
+
+
+def test_token_is_reused_across_restarts_until_expiry(mode: str, storage: SQLStorage, fake: FakeCAPI) -> None:
+    first = Api(mode, storage, make_config(fake))
+    first.get_decisions(M1)
+    first.close()
+    assert fake.count("/v3/watchers/login") == 1
+    second = Api(mode, storage, make_config(fake))  # a restart: new client, same storage
+    second.get_decisions(M1)
+    assert fake.count("/v3/watchers/login") == 1
+    # within latency_offset of exp: log in again
+    second.set_clock(lambda: utcnow() + timedelta(seconds=3600 - 5))
+    second.get_decisions(M1)
+    assert fake.count("/v3/watchers/login") == 2
+    second.close()
+    # a different scenario set: log in again, with the new scenarios
+    third = Api(mode, storage, make_config(fake, scenarios=["crowdsecurity/ssh-bf"]))
+    third.get_decisions(M1)
+    assert fake.count("/v3/watchers/login") == 3
+    assert fake.calls("/v3/watchers/login")[-1].body["scenarios"] == ["crowdsecurity/ssh-bf"]
+    third.close()
+
+
+def test_get_decisions_scenarios_override_the_login(api: Api, fake: FakeCAPI) -> None:
+    api.get_decisions(M1, ["crowdsecurity/http-probing"])
+    assert fake.calls("/v3/watchers/login")[-1].body["scenarios"] == ["crowdsecurity/http-probing"]
+    with pytest.raises(ValidationError):
+        api.get_decisions(M1, ["not a scenario"])
+
+
+def test_login_403_is_a_persisted_ban(mode: str, storage: SQLStorage, fake: FakeCAPI) -> None:
+    api = Api(mode, storage, make_config(fake))
+    api.register_machine(M1)
+    fake.script("/v3/watchers/login", (403, {"message": "too many logins"}))
+    with pytest.raises(LoginBannedError) as info:
+        api.login(M1)
+    until = info.value.until
+    assert timedelta(minutes=59) < until - utcnow() <= timedelta(hours=1)
+    assert "too many logins" in info.value.message and info.value.status_code == 403
+    api.close()
+    restarted = Api(mode, storage, make_config(fake))
+    with pytest.raises(LoginBannedError):
+        restarted.get_decisions(M1)
+    assert fake.count("/v3/watchers/login") == 1  # no login attempted while banned, even after a restart
+    # a banned machine stops only itself
+    restarted.add_signals(signals(2, M1) + signals(3, M2))
+    report = restarted.send_signals()
+    assert report.sent == 3  # the storage does not even hand out a banned machine's signals
+    assert storage.count_signals(M1).queued == 2
+    assert fake.count("/v3/watchers/login") == 2  # M2 logged in; still no login for M1
+    # after the ban, logins resume
+    restarted.set_clock(lambda: utcnow() + timedelta(hours=1, minutes=1))
+    assert restarted.login(M1).token
+    restarted.close()
+
+
+def test_wrong_password_is_an_authentication_error(api: Api, fake: FakeCAPI, storage: SQLStorage) -> None:
+    api.register_machine(M1)
+    fake.machines[M1] = "something-else"
+    with pytest.raises(AuthenticationError) as info:
+        api.login(M1)
+    assert not isinstance(info.value, LoginBannedError) and info.value.status_code == 401
+
+
+def test_metrics_failure_after_login_is_only_logged(api: Api, fake: FakeCAPI, caplog: pytest.LogCaptureFixture) -> None:
+    fake.script("/v3/metrics", 500)
+    with caplog.at_level(logging.WARNING, logger="cscapi"):
+        machine = api.login(M1)
+    assert machine.token
+    assert fake.count("/v3/metrics") == 1  # one try only: no backoff on a courtesy call
+    assert any("metrics" in r.getMessage() for r in caplog.records)
+
+
+def test_metrics_after_login_can_be_disabled(mode: str, storage: SQLStorage, fake: FakeCAPI) -> None:
+    api = Api(mode, storage, make_config(fake, send_metrics_after_login=False))
+    api.login(M1)
+    assert fake.count("/v3/metrics") == 0
+    api.send_metrics(M1)
+    assert fake.count("/v3/metrics") == 1
+    api.close()
+
+
+# ---- registration ------------------------------------------------------------------------------------
+
+
+def test_register_generates_id_and_password_with_prefix(mode: str, storage: SQLStorage, fake: FakeCAPI) -> None:
+    api = Api(mode, storage, make_config(fake, machine_id_prefix="acme"))
+    machine = api.register_machine()
+    assert len(machine.machine_id) == 48 and machine.machine_id.startswith("acme")
+    assert fake.machines[machine.machine_id] == machine.password
+    assert api.default_machine_id() == machine.machine_id
+    # registering again changes nothing and sends nothing
+    assert api.register_machine(machine.machine_id).password == machine.password
+    assert fake.count("/v3/watchers") == 1
+    with pytest.raises(ValidationError):
+        api.register_machine(machine.machine_id, "another-password")
+    api.close()
+
+
+def test_default_machine_id_registers_one_when_none(api: Api, fake: FakeCAPI) -> None:
+    mid = api.default_machine_id()
+    assert len(mid) == 48 and mid in fake.machines
+    assert api.default_machine_id() == mid and fake.count("/v3/watchers") == 1
+
+
+def test_duplicate_register_counts_only_if_login_works(api: Api, fake: FakeCAPI, storage: SQLStorage) -> None:
+    # CAPI already knows M1 with the password we hold (e.g. a crash after register, before we stored "registered")
+    from cscapi.models import Machine
+
+    storage.update_or_create_machine(Machine(machine_id=M1, password="P" * 64, registered=False))
+    fake.machines[M1] = "P" * 64
+    machine = api.register_machine(M1)
+    assert machine.registered and machine.password == "P" * 64 and machine.token
+    # another id held by someone else with another password: refused, our stored password is not changed
+    storage.update_or_create_machine(Machine(machine_id=M2, password="Q" * 64, registered=False))
+    fake.machines[M2] = "theirs"
+    with pytest.raises(AuthenticationError, match="another password"):
+        api.register_machine(M2)
+    stored = storage.get_machine_by_id(M2)
+    assert stored is not None and stored.password == "Q" * 64 and not stored.registered
+
+
+def test_register_5xx_keeps_the_password_for_next_time(api: Api, fake: FakeCAPI, storage: SQLStorage) -> None:
+    fake.script("/v3/watchers", *([500] * 4))
+    with pytest.raises(ServerError):
+        api.register_machine(M1)
+    stored = storage.get_machine_by_id(M1)
+    assert stored is not None and stored.password and not stored.registered
+    machine = api.register_machine(M1)
+    assert machine.password == stored.password and fake.machines[M1] == stored.password
+
+
+# ---- decisions stream and links -------------------------------------------------------------------------
+
+
+def test_get_decisions_parses_and_sends_the_right_query(api: Api, fake: FakeCAPI) -> None:
+    fake.stream = {
+        "new": [
+            {
+                "scenario": "crowdsecurity/ssh-bf",
+                "scope": "Ip",
+                "decisions": [{"value": "192.0.2.1", "duration": "1h"}, {"value": "x", "duration": "1h"}],
+            }
+        ],
+        "deleted": [{"scope": "ip", "decisions": ["192.0.2.2"]}],
+        "links": {
+            "blocklists": [
+                {"name": "l", "url": "http://capi.test/lists/l", "remediation": "ban", "scope": "ip", "duration": "24h"}
+            ]
+        },
+    }
+    stream = api.get_decisions(main_machine_id=M1)
+    assert [(d.value, d.scope, d.duration) for d in stream.new] == [("192.0.2.1", "ip", 3600.0)]
+    assert stream.skipped == 1 and [d.value for d in stream.deleted] == ["192.0.2.2"]
+    assert stream.blocklists[0].url == "http://capi.test/lists/l"
+    assert fake.calls("/v3/decisions/stream")[-1].query == {}
+    api.get_decisions(M1, startup=True, community_pull=False, additional_pull=False)
+    assert fake.calls("/v3/decisions/stream")[-1].query == {
+        "startup": "true",
+        "community_pull": "false",
+        "additional_pull": "false",
+    }
+
+
+def test_get_decisions_non_json_is_a_clear_error(api: Api, fake: FakeCAPI) -> None:
+    fake.script("/v3/decisions/stream", (200, b"<html>maintenance</html>"))
+    with pytest.raises(ServerError, match="not JSON"):
+        api.get_decisions(M1)
+
+
+def test_get_decisions_400_and_404(api: Api, fake: FakeCAPI) -> None:
+    fake.script("/v3/decisions/stream", (400, {"message": "bad query"}), 404)
+    with pytest.raises(RequestRejectedError) as info:
+        api.get_decisions(M1)
+    assert info.value.server_message == "bad query"
+    with pytest.raises(NotFoundError):
+        api.get_decisions(M1)
+
+
+def test_download_link_without_auth_and_conditional(api: Api, fake: FakeCAPI) -> None:
+    modified = "Sat, 21 Nov 2026 22:28:02 GMT"
+    fake.links["/lists/tor"] = ("192.0.2.1\n192.0.2.2\n", modified)
+    api.login(M1)  # a logged-in client must still not send its token to link URLs
+    got = api.download_link("http://capi.test/lists/tor")
+    assert got.status_code == 200 and got.text.splitlines() == ["192.0.2.1", "192.0.2.2"] and not got.not_modified
+    assert got.last_modified == modified
+    again = api.download_link("http://capi.test/lists/tor", if_modified_since=got.last_modified)
+    assert again.not_modified and again.status_code == 304 and again.text == ""
+    dated = api.download_link(
+        "http://capi.test/lists/tor", if_modified_since=datetime(2026, 11, 21, 22, 28, 2, tzinfo=timezone.utc)
+    )
+    assert dated.not_modified
+    assert all("authorization" not in r.headers for r in fake.calls("/lists/tor"))
+    with pytest.raises(NotFoundError):
+        api.download_link("http://capi.test/lists/missing")
+    fake.script("/lists/tor", 503, 503)
+    assert api.download_link("http://capi.test/lists/tor").status_code == 200
+
+
+# ---- enrollment -------------------------------------------------------------------------------------
+
+
+def test_enroll_outcomes(api: Api, fake: FakeCAPI) -> None:
+    fake.script(
+        "/v3/watchers/enroll",
+        200,
+        (202, {"url": "http://console/x", "expire_at": 1_900_000_000_000}),
+        (403, {"message": "attachment key not found"}),
+    )
+    outcomes = api.enroll_machines(
+        machine_ids=[M1, M2, generate_machine_id()], attachment_key="abc123", name="mymachine", tags=["ssh-honeypot"]
+    )
+    assert [o.status for o in outcomes] == [EnrollStatus.ALREADY_ENROLLED, EnrollStatus.ENROLLED, EnrollStatus.FAILED]
+    assert outcomes[1].url == "http://console/x" and outcomes[1].expire_at is not None
+    assert outcomes[2].reason is not None and "attachment key" in outcomes[2].reason and not outcomes[2].ok
+    body = fake.calls("/v3/watchers/enroll")[0].body
+    assert body == {"attachment_key": "abc123", "name": "mymachine", "tags": ["ssh-honeypot"]}
+    # legacy positional order: machine_ids, name, attachment_key, tags, overwrite
+    (forced,) = api.enroll_machines([M1], "basicName", "key", ["tag"], True)
+    assert forced.status == EnrollStatus.ENROLLED
+    assert fake.calls("/v3/watchers/enroll")[-1].body == {
+        "attachment_key": "key",
+        "name": "basicName",
+        "tags": ["tag"],
+        "overwrite": True,
+    }
+
+
+def test_enroll_never_raises_for_one_machine(api: Api, fake: FakeCAPI) -> None:
+    fake.script("/v3/watchers", *([500] * 4))  # the first machine cannot even register
+    outcomes = api.enroll_machines([M1, M2, "bad-id"], "n", "key", [])
+    assert [o.status for o in outcomes] == [EnrollStatus.FAILED, EnrollStatus.ALREADY_ENROLLED, EnrollStatus.FAILED]
+    assert "500" in (outcomes[0].reason or "") and "machine id" in (outcomes[2].reason or "").lower()
+    with pytest.raises(ValidationError):
+        api.enroll_machines([M1], "n", "not a key!", [])
+
+
+# ---- metrics, usage metrics, decisions delete --------------------------------------------------------------
+
+
+def test_usage_metrics_and_decisions_delete(api: Api, fake: FakeCAPI) -> None:
+    from cscapi.protocol import usage_metrics_payload
+
+    now = utcnow()
+    payload = usage_metrics_payload(
+        name="myapp",
+        component_type="capi-py-sdk",
+        startup=now,
+        now=now,
+        window_seconds=60,
+        items=[("dropped", 3, "request", {})],
+    )
+    api.push_usage_metrics(M1, payload)
+    assert fake.calls("/v3/usage-metrics")[0].body == payload
+    fake.script("/v3/usage-metrics", (422, {"message": "bad metrics"}))
+    with pytest.raises(RequestRejectedError):
+        api.push_usage_metrics(M1, payload)
+    api.delete_decisions(M1, ["u1", "u2"])
+    assert fake.calls("/v3/decisions/delete")[0].body == ["u1", "u2"]
+    with pytest.raises(ValidationError):
+        api.delete_decisions(M1, "u1")
+
+
+# ---- crash safety ------------------------------------------------------------------------------------
+
+
+class CrashingStorage(SQLStorage):
+    """Fails ``mark_sent`` once: the process "crashed" between the POST and the mark."""
+
+    crashes = 1
+
+    def mark_sent(self, claim: Any, signal_ids: Any = None) -> int:
+        if self.crashes:
+            self.crashes -= 1
+            raise RuntimeError("simulated crash")
+        return super().mark_sent(claim, signal_ids)
+
+
+def test_crash_between_post_and_mark_resends_never_loses(mode: str, tmp_path: Path, fake: FakeCAPI) -> None:
+    from cscapi.errors import StorageError
+
+    store = CrashingStorage(f"sqlite:///{tmp_path / 'crash.db'}")
+    api = Api(mode, store, make_config(fake))
+    try:
+        batch = signals(3)
+        api.add_signals(batch)
+        with pytest.raises(StorageError, match="mark_sent"):
+            api.send_signals()
+        assert len(fake.signals) == 3  # CAPI got them
+        assert store.count_signals().queued == 3  # but they are still ours to send
+        assert api.send_signals() == 3
+        assert [s["uuid"] for s in fake.signals] == [s.uuid for s in batch] * 2  # resent (same uuids), never lost
+        assert store.count_signals().pending == 0
+    finally:
+        api.close()
+        store.close()
+
+
+# ---- secrets never leak -------------------------------------------------------------------------------
+
+
+def test_no_password_or_token_in_logs_errors_or_reprs(
+    api: Api, fake: FakeCAPI, storage: SQLStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    errors: list[str] = []
+    with caplog.at_level(logging.DEBUG):
+        api.add_signals(signals(3) + signals(1, scenario="bad/signal", start=9))
+        api.send_signals()
+        fake.script("/v3/decisions/stream", 401, 401)
+        try:
+            api.get_decisions(M1)
+        except AuthenticationError as exc:
+            errors.append(str(exc) + repr(exc))
+        fake.script("/v3/watchers/login", (403, {"message": "banned"}))
+        api.set_clock(lambda: utcnow() + timedelta(hours=2))
+        try:
+            api.get_decisions(M1)
+        except LoginBannedError as exc:
+            errors.append(str(exc) + repr(exc))
+    machine = storage.get_machine_by_id(M1)
+    assert machine is not None and machine.password
+    secrets = [machine.password, *fake.tokens]
+    text = "\n".join(r.getMessage() + repr(r.args) for r in caplog.records) + "\n".join(errors)
+    text += repr(machine) + repr(api.client) + repr(api.client.config)
+    assert len(caplog.records) > 5 and len(errors) == 2
+    for secret in secrets:
+        assert secret not in text
+
+
+def test_config_repr_hides_proxy_credentials() -> None:
+    config = make_config(None, proxy="http://user:hunter2@127.0.0.1:3128")
+    assert "hunter2" not in repr(config) and "127.0.0.1:3128" in repr(config)
+
+
+def test_ban_during_send_stops_that_machine_only(api: Api, fake: FakeCAPI, storage: SQLStorage) -> None:
+    api.add_signals(signals(2, M1) + signals(3, M2))
+    api.register_machine(M1)
+    fake.script("/v3/watchers/login", (403, {"message": "too many logins"}))  # M1's login is refused
+    report = api.send_signals()
+    assert report.sent == 3 and list(report.failed_machines) == [M1]
+    assert "banned" in report.failed_machines[M1]
+    m1 = storage.get_machine_by_id(M1)
+    assert m1 is not None and m1.login_banned_until is not None and not m1.is_failing
+    assert storage.count_signals(M1).queued == 2 and storage.count_signals(M1).claimed == 0
