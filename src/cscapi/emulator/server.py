@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from typing import Any, TextIO
 
 from cscapi.emulator.config import (
@@ -89,6 +91,15 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     return config
 
 
+def _quiet_signal_handlers() -> dict[int, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, lambda *_: None)
+    return previous
+
+
 def serve(
     config: EmulatorConfig,
     host: str = "127.0.0.1",
@@ -122,11 +133,16 @@ def serve(
         app, log_level=log_level, access_log=access_log, lifespan="off", timeout_graceful_shutdown=3
     )
     server = uvicorn.Server(uv_config)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that was in place
+    # before it started: make that a no-op so the process exits with status 0 instead of dying from the signal.
+    previous = _quiet_signal_handlers()
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
         state.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     print("cscapi emulator stopped", file=out, flush=True)
     return 0
 
