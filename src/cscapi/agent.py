@@ -38,6 +38,7 @@ from cscapi.errors import (
     ConfigurationError,
     LoginBannedError,
     RateLimitedError,
+    RefreshInProgressError,
     RefreshTooSoonError,
 )
 from cscapi.timeutil import format_go_duration, format_rfc3339, utcnow
@@ -62,6 +63,8 @@ class AgentConfig:
     health_port: int = 0
     refresh_decisions: bool = True
     push_metrics: bool = True
+    keep_sent: float = 86400.0
+    prune_interval: float = 3600.0
 
     def __post_init__(self) -> None:
         if not 10 <= self.push_interval <= 600:
@@ -71,8 +74,10 @@ class AgentConfig:
                 f"refresh_interval - refresh_jitter must be at least {MIN_REFRESH_SECONDS:g} s (CAPI's minimum)",
                 hint="Use the defaults: refresh_interval 7200, refresh_jitter 300.",
             )
-        if self.refresh_jitter < 0 or self.metrics_interval <= 0 or self.health_interval <= 0:
-            raise ConfigurationError("refresh_jitter must be >= 0; metrics and health intervals must be > 0")
+        if self.refresh_jitter < 0 or min(self.metrics_interval, self.health_interval, self.prune_interval) <= 0:
+            raise ConfigurationError("refresh_jitter must be >= 0; metrics, health and prune intervals must be > 0")
+        if self.keep_sent < 0:
+            raise ConfigurationError("keep_sent must be >= 0 seconds")
         if not 1 <= self.batch_size <= 250:
             raise ConfigurationError(f"batch_size must be between 1 and 250, not {self.batch_size}")
         if not 0 <= self.health_port <= 65535:
@@ -262,6 +267,7 @@ class Agent:
             self.jobs["refresh"] = _Job("refresh", now)
         if self.config.push_metrics:
             self.jobs["metrics"] = _Job("metrics", now)
+        self.jobs["prune"] = _Job("prune", now + self.config.prune_interval)
         self.jobs["health"] = _Job("health", now + self.config.health_interval)
 
     # ---- control ----------------------------------------------------------------------------------------------
@@ -343,6 +349,9 @@ class Agent:
             elif job.name == "metrics":
                 job.last_result = self.metrics_once()
                 job.due = now + self.config.metrics_interval
+            elif job.name == "prune":
+                job.last_result = self.prune_once()
+                job.due = now + self.config.prune_interval
             else:
                 self.log.info("health: %s", self.health_line())
                 job.due = now + self.config.health_interval
@@ -364,6 +373,10 @@ class Agent:
             job.due = now + wait
             job.last_error = None
             self.log.info("refresh: the last pull is recent; next pull in %s", format_go_duration(round(wait)))
+        except RefreshInProgressError:
+            job.due = now + self.next_refresh_delay()
+            job.last_error = None
+            self.log.info("refresh: another worker is pulling right now; its decisions reach this store too")
         except RateLimitedError as exc:
             job.failures += 1
             job.last_error = exc.message
@@ -392,7 +405,7 @@ class Agent:
 
     def push_once(self) -> dict[str, Any]:
         """Send what is queued (one ``send_signals``); logs one line when something was sent or set aside."""
-        report = self._call("push", self.client.send_signals, batch_size=self.config.batch_size)
+        report = self._call("push", self.client.send_signals, prune_after_send=False, batch_size=self.config.batch_size)
         result = {
             "sent": int(report.sent),
             "quarantined": int(report.quarantined),
@@ -450,6 +463,33 @@ class Agent:
             usage = True
         self.log.info("pushed metrics%s", " and usage metrics" if usage else "")
         return {"usage_metrics": usage}
+
+    def prune_once(self) -> dict[str, Any]:
+        """Delete signals sent more than ``keep_sent`` seconds ago (kept that long for ``cscapi signals list``)."""
+        cutoff = utcnow() - timedelta(seconds=self.config.keep_sent)
+        removed = int(self._call("prune", self.client.storage.prune, sent_before=cutoff))
+        if removed:
+            self.log.info("pruned %d signals sent before %s", removed, format_rfc3339(cutoff))
+        return {"pruned": removed}
+
+    def run_once(self) -> dict[str, Any]:
+        """Do each job once, now (push, refresh, metrics, prune), with the same error handling; for cron and tests."""
+        if self.lock is not None:
+            self.lock.acquire()
+        self._running = True
+        self.started_at = self.started_at or utcnow()
+        try:
+            if self.machine_id is None:
+                self.machine_id = self._call("machine", self.client.default_machine_id)
+            for name in ("push", "refresh", "metrics", "prune"):
+                job = self.jobs.get(name)
+                if job is not None:
+                    self._run_job(job)
+            return self.health()
+        finally:
+            self._running = False
+            if self.lock is not None:
+                self.lock.release()
 
     # ---- health -----------------------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ _CODES: tuple[tuple[type[BaseException], int], ...] = (
     (errors.AlreadyRunningError, ALREADY_RUNNING),
     (errors.RateLimitedError, TRY_LATER),
     (errors.RefreshTooSoonError, TRY_LATER),
+    (errors.RefreshInProgressError, TRY_LATER),
 )
 
 #: One line per code, for docs and ``--help``.
@@ -39,7 +40,7 @@ MEANINGS: dict[int, str] = {
     AUTHENTICATION: "CAPI refused the machine's credentials",
     STORAGE: "the signal storage or the decision store failed (database unreachable or unreadable)",
     ALREADY_RUNNING: "another `cscapi run` already holds the lock for this storage",
-    TRY_LATER: "rate-limited by CAPI, or a decisions refresh asked for too soon",
+    TRY_LATER: "rate-limited by CAPI, or a decisions refresh asked for too soon or already running elsewhere",
     INTERRUPTED: "interrupted (Ctrl-C)",
 }
 

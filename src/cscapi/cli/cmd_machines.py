@@ -157,6 +157,8 @@ def status(app: AppContext, machine_id: str | None, do_login: bool) -> None:
     from cscapi.cli._runtime import require_machine_id, session
 
     settings = app.settings(machine_id=machine_id)
+    if do_login:
+        settings.require_scenarios()
     with session(settings) as (storage, client):
         mid = require_machine_id(settings, storage)
         login_error = None

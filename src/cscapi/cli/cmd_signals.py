@@ -168,6 +168,7 @@ def push(app: AppContext, keep_sent: bool) -> None:
     from cscapi.timeutil import utcnow
 
     settings = app.settings()
+    settings.require_scenarios()
     with session(settings) as (storage, client):
         before = storage.count_signals()
         machine_id = stored_machine_id(settings, storage)

@@ -1,0 +1,274 @@
+"""``cscapi decisions``: pull CAPI's decisions into the decision store, check IPs against them, show what it holds."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from cscapi.cli._context import AppContext, json_option, pass_app
+
+
+@click.group()
+def decisions() -> None:
+    """The decisions cache (community blocklist, subscribed blocklists, allowlists)."""
+
+
+@contextlib.contextmanager
+def _engine(app: AppContext, *, need_machine: bool) -> Iterator[tuple[Any, Any, Any]]:
+    """(settings, client, engine) on the configured decision store, all closed afterwards."""
+    from cscapi.cli._runtime import open_engine, require_machine_id, session, stored_machine_id
+    from cscapi.errors import ConfigurationError
+
+    settings = app.settings()
+    if settings.decision_store_uri.startswith("memory:"):
+        raise ConfigurationError(
+            "the decision store memory:// lives inside one process, so the CLI cannot keep or read decisions in it",
+            hint="Use sqlite:///path/decisions.db or redis://host:6379/0 (decision_store, CSCAPI_DECISION_STORE).",
+        )
+    if need_machine:
+        settings.require_scenarios()
+    with session(settings) as (storage, client):
+        machine_id = require_machine_id(settings, storage) if need_machine else stored_machine_id(settings, storage)
+        engine = open_engine(settings, client, machine_id)
+        try:
+            yield settings, client, engine
+        finally:
+            engine.close()
+
+
+def _ago(seconds: float | None) -> str:
+    from cscapi.timeutil import format_go_duration
+
+    if seconds is None:
+        return "never"
+    return f"{format_go_duration(max(0, round(seconds)))} ago"
+
+
+def _span(seconds: float | None) -> str:
+    from cscapi.timeutil import format_go_duration
+
+    if seconds is None:
+        return "-"
+    return format_go_duration(round(seconds)) if seconds > 0 else "expired"
+
+
+@decisions.command()
+@click.option("--force", is_flag=True, help="Pull even within CAPI's 1 h 30 minimum interval (CAPI may rate-limit).")
+@json_option
+@pass_app
+def refresh(app: AppContext, force: bool) -> None:
+    """Pull the decisions stream and every blocklist/allowlist into the decision store.
+
+    \b
+    Example:
+      cscapi decisions refresh
+      cscapi decisions refresh --force --json
+    """
+    from cscapi.errors import RefreshTooSoonError
+
+    with _engine(app, need_machine=True) as (settings, _client, engine):
+        try:
+            with app.out.progress(f"pulling decisions from {settings.base_url}", total=None):
+                report = engine.refresh_decisions(force=force)
+        except RefreshTooSoonError as exc:
+            raise RefreshTooSoonError(
+                "the last pull was less than 1 h 30 ago (CAPI's minimum interval)",
+                next_allowed_at=exc.next_allowed_at,
+                hint=f"The next pull is allowed at {exc.next_allowed_at:%Y-%m-%d %H:%M:%S} UTC; --force pulls anyway.",
+            ) from None
+    lists = [
+        {
+            "origin": origin,
+            "name": o.name,
+            "kind": o.kind,
+            "status": o.status,
+            "entries": o.entries,
+            "skipped": o.skipped,
+            "reason": o.reason,
+        }
+        for origin, o in report.lists.items()
+    ]
+    result = {
+        "new": report.new,
+        "deleted": report.deleted,
+        "startup": report.startup,
+        "decisions": report.decisions,
+        "skipped": report.skipped,
+        "skipped_reasons": report.skipped_reasons,
+        "removed_lists": list(report.removed_lists),
+        "lists": lists,
+        "seconds": round(report.seconds, 3),
+    }
+    if app.json_mode:
+        app.out.emit_json(result)
+    else:
+        pull = "full (startup) pull" if report.startup else "delta pull"
+        app.out.ok(f"community blocklist: {report.new} new, {report.deleted} deleted ({pull}, {report.seconds:.2f} s)")
+        for item in lists:
+            mark = "[red]✗[/red]" if item["status"] == "failed" else "[green]✓[/green]"
+            detail = {"downloaded": "downloaded", "not_modified": "unchanged (304)", "failed": "FAILED"}.get(
+                item["status"], item["status"]
+            )
+            extra = f": {item['reason']} (previous content kept)" if item["reason"] else ""
+            skipped = f", {item['skipped']} unreadable line(s) skipped" if item["skipped"] else ""
+            app.out.print(f"{mark} {item['kind']} {item['name']}: {detail}, {item['entries']} entries{skipped}{extra}")
+        for name in report.removed_lists:
+            app.out.print(f"  list {name} is no longer offered by CAPI: dropped")
+        if report.skipped:
+            reasons = ", ".join(f"{k}: {v}" for k, v in report.skipped_reasons.items())
+            app.out.warn(f"{report.skipped} stream item(s) could not be used ({reasons})")
+        app.out.print(f"{report.decisions} decisions cached in {settings.display('decision_store')}")
+    failed = [item for item in lists if item["status"] == "failed"]
+    if failed:
+        from cscapi.errors import CAPIError
+
+        raise CAPIError(
+            f"{len(failed)} list(s) could not be downloaded: {', '.join(i['name'] for i in failed)}",
+            hint="Their previous content is still enforced; the next refresh retries them.",
+        )
+
+
+@decisions.command()
+@click.argument("ips", nargs=-1, required=True)
+@json_option
+@pass_app
+def check(app: AppContext, ips: tuple[str, ...]) -> None:
+    """Say what to do with each IP (ban, captcha, bypass ...) and why (its origin), from the decision store.
+
+    \b
+    Example:
+      cscapi decisions check 203.0.113.7 2001:db8::1
+    """
+    from cscapi.signals import canonical_ip
+
+    for ip in ips:
+        canonical_ip(ip, "ip")  # every IP is checked before any answer is printed
+    with _engine(app, need_machine=False) as (_settings, _client, engine):
+        rows = []
+        for ip in ips:
+            answer = engine.get_ip_remediation(ip)
+            rows.append({"ip": ip, "remediation": answer.remediation, "origin": answer.origin})
+        empty = engine.version is None
+    if empty:
+        app.out.warn("the decisions cache is empty: run `cscapi decisions refresh` first")
+    if app.json_mode:
+        app.out.emit_json(rows)
+        return
+    styles = {"ban": "red", "captcha": "yellow", "bypass": "green"}
+    app.out.table(
+        ["ip", "remediation", "origin"],
+        [
+            (
+                r["ip"],
+                f"[{styles.get(r['remediation'], 'magenta')}]{r['remediation']}[/]",
+                r["origin"],
+            )
+            for r in rows
+        ],
+    )
+
+
+def decision_stats(state: Any, now: float) -> dict[str, Any]:
+    """Live decisions in a remediation-engine state, counted by origin, scope and type, with each list's freshness."""
+    by_origin: Counter[str] = Counter()
+    by_scope: Counter[str] = Counter()
+    by_type: Counter[str] = Counter()
+    expired = 0
+    for (_value, _scenario, type_, scope), expiry in state.capi.items():
+        if expiry <= now:
+            expired += 1
+            continue
+        by_origin["CAPI"] += 1
+        by_scope[scope] += 1
+        by_type[type_] += 1
+    lists = []
+    for blocklist in state.blocklists.values():
+        live = len(blocklist.values) if blocklist.expires_at > now else 0
+        by_origin[blocklist.origin] += live
+        by_scope[blocklist.scope] += live
+        by_type[blocklist.remediation] += live
+        lists.append(
+            {
+                "origin": blocklist.origin,
+                "kind": "blocklist",
+                "entries": live,
+                "pulled_seconds_ago": now - blocklist.pulled_at if blocklist.pulled_at else None,
+                "expires_in_seconds": blocklist.expires_at - now,
+            }
+        )
+    for allowlist in state.allowlists.values():
+        live_values = [v for v, exp in allowlist.entries.items() if exp is None or exp > now]
+        by_origin[allowlist.origin] += len(live_values)
+        for value in live_values:
+            by_scope["range" if "/" in value else "ip"] += 1
+        by_type["allow"] += len(live_values)
+        lists.append(
+            {
+                "origin": allowlist.origin,
+                "kind": "allowlist",
+                "entries": len(live_values),
+                "pulled_seconds_ago": now - allowlist.pulled_at if allowlist.pulled_at else None,
+                "expires_in_seconds": None,
+            }
+        )
+    return {
+        "total": sum(by_origin.values()),
+        "expired_not_pruned": expired,
+        "by_origin": dict(by_origin.most_common()),
+        "by_scope": dict(by_scope.most_common()),
+        "by_type": dict(by_type.most_common()),
+        "last_pull_seconds_ago": now - state.last_pull if state.last_pull else None,
+        "lists": lists,
+    }
+
+
+@decisions.command()
+@json_option
+@pass_app
+def stats(app: AppContext) -> None:
+    """Count the cached decisions by origin, scope and type, and say how fresh each list is.
+
+    \b
+    Example:
+      cscapi decisions stats --json
+    """
+    import time
+
+    with _engine(app, need_machine=False) as (settings, _client, engine):
+        version, state = engine.store.load()
+        store = settings.display("decision_store")
+    if state is None:
+        result: dict[str, Any] = {"store": store, "version": None, "total": 0, "lists": []}
+        if app.json_mode:
+            app.out.emit_json(result)
+        else:
+            app.out.print(f"{store} is empty: run `cscapi decisions refresh`")
+        return
+    result = {"store": store, "version": version, **decision_stats(state, time.time())}
+    if app.json_mode:
+        app.out.emit_json(result)
+        return
+    app.out.print(
+        f"{result['total']} live decisions in {store}; community stream pulled {_ago(result['last_pull_seconds_ago'])}"
+    )
+    for title, key in (("origin", "by_origin"), ("scope", "by_scope"), ("type", "by_type")):
+        app.out.table([title, "decisions"], list(result[key].items()), title=f"by {title}")
+    app.out.table(
+        ["list", "kind", "entries", "pulled", "expires in"],
+        [
+            (
+                item["origin"],
+                item["kind"],
+                item["entries"],
+                _ago(item["pulled_seconds_ago"]),
+                _span(item["expires_in_seconds"]),
+            )
+            for item in result["lists"]
+        ],
+        title="lists",
+        empty="no blocklist or allowlist",
+    )
