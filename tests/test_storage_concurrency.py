@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from test_storage_support import MACHINE_A, make_signals
 
 from cscapi.models import QueueCounts
 from cscapi.sql_storage import SQLStorage
+from test_storage_support import MACHINE_A, make_signals
 
 N_SIGNALS = 400
 BATCH = 7
