@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from cscapi.errors import ConfigurationError, InvalidIPError
 from cscapi.remediation.core import FlowContext, Op, prune_flow, refresh_flow
-from cscapi.remediation.index import Entries, Index, Policy, build_index, empty_index
+from cscapi.remediation.index import Entries, Index, Policy, build_index, empty_index, first_live
 from cscapi.remediation.metrics import build_usage_metrics, nested_counts
 from cscapi.remediation.models import CLEAN, RefreshReport, Remediation
 from cscapi.remediation.stores import DecisionStore, open_store
@@ -137,10 +137,11 @@ class _EngineBase(Generic[C]):
             if entries is None:
                 return CLEAN
         now = self._clock()
-        for expiry, remediation in entries:
-            if expiry > now:
-                return remediation
-        return CLEAN
+        if entries[0] > now:
+            return entries[1]  # type: ignore[no-any-return]
+        if len(entries) == 2:
+            return CLEAN
+        return first_live(entries, now) or CLEAN
 
     # ---- state and sync --------------------------------------------------------------------------------------
 

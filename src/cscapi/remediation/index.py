@@ -2,20 +2,24 @@
 
 Layout (built once per state version, then only read; a refresh builds a new one and swaps one reference):
 
+* entries: a flat tuple ``(expires_at, Remediation, expires_at, Remediation, ...)`` sorted best first (allowlists,
+  then ``ordered_remediations``, then the longest-lived); the lookup returns the first one alive at lookup time.
+  Most addresses have one decision, so most entries are a single pair, often shared (a blocklist's values all
+  point at one tuple).
 * ``exact``: canonical address string -> entries. An address's entries already include every range covering it, so
-  a hit answers in one dictionary lookup on the raw string the caller passed.
-* ``v4_starts`` / ``v6_starts``: sorted starts (packed big-endian bytes, which compare like the integers) of the
-  elementary intervals that the ranges cut the address space into; ``v4_values`` / ``v6_values`` hold each
-  interval's entries (or None). A miss costs one ``inet_pton`` and one ``bisect``, whatever the prefix lengths.
-* entries: a tuple of ``(expires_at, Remediation)`` sorted best first (allowlists, then ``ordered_remediations``,
-  then the longest-lived); the lookup returns the first one still alive at lookup time.
+  a hit is one dictionary lookup on the raw string the caller passed.
+* ranges: the address space is cut into elementary intervals at every range boundary (each interval carries the
+  entries of all the ranges covering it). To keep a miss cache-friendly, intervals are grouped in buckets keyed by
+  the first 16 bits (IPv4) or 32 bits (IPv6) of the packed address: a miss costs one ``inet_pton``, one small dict
+  lookup and, inside a bucket, a ``bisect`` over a few packed starts (bytes compare like the integers). Ranges wider
+  than a bucket live in a separate, short "wide" interval array. No prefix-length loop, whatever the prefixes.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv6Address
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Any
@@ -25,15 +29,17 @@ from cscapi.remediation.models import Remediation
 from cscapi.remediation.parsing import MAPPED_PREFIX, parse_range
 from cscapi.remediation.state import State
 
-__all__ = ["BOUNCING_LEVELS", "Entries", "Index", "Policy", "build_index"]
+__all__ = ["BOUNCING_LEVELS", "Entries", "Index", "Policy", "build_index", "empty_index", "first_live"]
 
-Entries = tuple[tuple[float, Remediation], ...]
-_Item = tuple[int, float, Remediation]  # (rank, expires_at, remediation) before finalisation
+Entries = tuple[Any, ...]
+"""A flat ``(expires_at, Remediation, ...)`` tuple, best first."""
+_Bucket = tuple[list[bytes], list[Entries | None]]
 
 BOUNCING_LEVELS = ("normal_bouncing", "flex_bouncing", "bouncing_disabled")
-_ALLOW_RANK = -1
+ALLOW_RANK = -1
 _MAPPED_INT = 0xFFFF << 32
-_V4_MAX = (1 << 32) - 1
+_V4_BUCKET_BYTES = 2
+_V6_BUCKET_BYTES = 4
 
 
 class Policy:
@@ -84,25 +90,29 @@ class Index:
     """One immutable snapshot of the decisions, for lookups. ``version`` is the store version it was built from."""
 
     __slots__ = (
-        "decisions", "exact", "last_pull", "ranges", "v4_starts", "v4_values", "v6_starts", "v6_values", "version",
+        "decisions", "exact", "last_pull", "ranges", "v4_buckets", "v4_wide", "v6_buckets", "v6_exact", "v6_wide",
+        "version",
     )  # fmt: skip
 
     def __init__(
         self,
         exact: dict[str, Entries],
-        v4: tuple[list[bytes], list[Entries | None]],
-        v6: tuple[list[bytes], list[Entries | None]],
+        v4: tuple[dict[bytes, _Bucket], _Bucket],
+        v6: tuple[dict[bytes, _Bucket], _Bucket],
         version: str | None,
         decisions: int,
         ranges: int,
+        last_pull: float | None = None,
+        v6_exact: dict[bytes, Entries] | None = None,
     ) -> None:
         self.exact = exact
-        self.v4_starts, self.v4_values = v4
-        self.v6_starts, self.v6_values = v6
+        self.v6_exact = v6_exact if v6_exact is not None else {}
+        self.v4_buckets, self.v4_wide = v4
+        self.v6_buckets, self.v6_wide = v6
         self.version = version
         self.decisions = decisions
         self.ranges = ranges
-        self.last_pull: float | None = None
+        self.last_pull = last_pull
 
     def lookup_slow(self, ip: Any) -> Entries | None:
         """The entries for an IP whose raw string is not an exact key: canonicalise it, then search the ranges.
@@ -110,47 +120,48 @@ class Index:
         Raises :class:`InvalidIPError` if ``ip`` is not an IPv4/IPv6 address (string or ``ipaddress`` object).
         """
         if type(ip) is not str:
-            if isinstance(ip, (IPv4Address, IPv6Address, str)):
-                ip = str(ip)
-            else:
+            if not isinstance(ip, (IPv4Address, IPv6Address, str)):
                 raise InvalidIPError(f"not an IP address: a {type(ip).__name__} was given", field="ip")
+            ip = str(ip)
             entries = self.exact.get(ip)
             if entries is not None:
                 return entries
-        if ":" in ip:
+        if ":" not in ip:
             try:
-                packed = inet_pton(AF_INET6, ip)
+                packed = inet_pton(AF_INET, ip)
             except (OSError, ValueError):
                 raise _invalid(ip) from None
-            if packed[:12] == MAPPED_PREFIX:
-                packed = packed[12:]
-                entries = self.exact.get(inet_ntop(AF_INET, packed))
-                if entries is not None:
-                    return entries
-                starts = self.v4_starts
-                if not starts:
+            bucket = self.v4_buckets.get(packed[:2])
+            if bucket is None:
+                bucket = self.v4_wide
+                if not bucket[0]:
                     return None
-                i = bisect_right(starts, packed) - 1
-                return self.v4_values[i] if i >= 0 else None
-            canonical = inet_ntop(AF_INET6, packed)
-            if canonical != ip:
-                entries = self.exact.get(canonical)
-                if entries is not None:
-                    return entries
-            starts = self.v6_starts
-            if not starts:
-                return None
-            i = bisect_right(starts, packed) - 1
-            return self.v6_values[i] if i >= 0 else None
+                i = bisect_right(bucket[0], packed) - 1
+                return bucket[1][i] if i >= 0 else None
+            return bucket[1][bisect_right(bucket[0], packed) - 1]
         try:
-            packed = inet_pton(AF_INET, ip)
+            packed = inet_pton(AF_INET6, ip)
         except (OSError, ValueError):
             raise _invalid(ip) from None
-        starts = self.v4_starts
-        if not starts:
-            return None
-        i = bisect_right(starts, packed) - 1
-        return self.v4_values[i] if i >= 0 else None
+        if packed[:12] == MAPPED_PREFIX:
+            packed = packed[12:]
+            entries = self.exact.get(inet_ntop(AF_INET, packed))
+            if entries is not None:
+                return entries
+            return _in_ranges(self.v4_buckets, self.v4_wide, packed, 2)
+        entries = self.v6_exact.get(packed)  # any spelling of an IPv6 address: its packed form is the key
+        if entries is not None:
+            return entries
+        return _in_ranges(self.v6_buckets, self.v6_wide, packed, 4)
+
+    def lookup(self, ip: Any, now: float) -> Remediation | None:
+        """The live remediation for ``ip`` at ``now`` (None if nothing applies); the engine inlines this."""
+        entries = self.exact.get(ip) if type(ip) is str else None
+        if entries is None:
+            entries = self.lookup_slow(ip)
+            if entries is None:
+                return None
+        return first_live(entries, now)
 
     def __len__(self) -> int:
         return self.decisions
@@ -159,160 +170,208 @@ class Index:
         return f"<Index version={self.version!r} decisions={self.decisions} ranges={self.ranges}>"
 
 
+def first_live(entries: Entries, now: float) -> Remediation | None:
+    """The first remediation of ``entries`` still alive at ``now``."""
+    for i in range(0, len(entries), 2):
+        if entries[i] > now:
+            return entries[i + 1]  # type: ignore[no-any-return]
+    return None
+
+
+def _in_ranges(buckets: dict[bytes, _Bucket], wide: _Bucket, packed: bytes, width: int) -> Entries | None:
+    bucket = buckets.get(packed[:width])
+    if bucket is None:
+        bucket = wide
+        if not bucket[0]:
+            return None
+        i = bisect_right(bucket[0], packed) - 1
+        return bucket[1][i] if i >= 0 else None
+    return bucket[1][bisect_right(bucket[0], packed) - 1]
+
+
 def _invalid(ip: str) -> InvalidIPError:
     shown = ip if len(ip) <= 60 else ip[:60] + "..."
     return InvalidIPError(f"not an IP address: {shown!r}", field="ip")
 
 
 def empty_index(version: str | None = None) -> Index:
-    return Index({}, ([], []), ([], []), version, 0, 0)
+    return Index({}, ({}, ([], [])), ({}, ([], [])), version, 0, 0)
 
 
-class _Builder:
-    def __init__(self, policy: Policy, now: float) -> None:
+class _Ranker:
+    """Sorts and merges flat entries: best rank first, then the longest-lived; identical pairs once."""
+
+    def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self.now = now
-        self.items: dict[str, list[_Item]] = {}
-        self.remediations: dict[tuple[str, str], Remediation] = {}
+        self.ranks: dict[Remediation, int] = {}
         self.interned: dict[Entries, Entries] = {}
-        self.count = 0
 
-    def remediation(self, remediation: str, origin: str) -> Remediation:
-        key = (remediation, origin)
-        found = self.remediations.get(key)
-        if found is None:
-            found = self.remediations[key] = Remediation(remediation, origin)
-        return found
+    def rank(self, rem: Remediation) -> int:
+        r = self.ranks.get(rem)
+        if r is None:
+            r = ALLOW_RANK if rem.origin.startswith("allowlist:") else self.policy.rank[rem.remediation]
+            self.ranks[rem] = r
+        return r
 
-    def add_many(self, values: Iterable[str], rank: int, expiry: float, rem: Remediation) -> None:
-        if expiry <= self.now:
-            return
-        item = (rank, expiry, rem)
-        items = self.items
-        n = 0
-        for value in values:
-            n += 1
-            bucket = items.get(value)
-            if bucket is None:
-                items[value] = [item]
-            else:
-                bucket.append(item)
-        self.count += n
-
-    def finalize(self, items: list[_Item]) -> Entries:
-        if len(items) == 1:
-            _, expiry, rem = items[0]
-            entries: Entries = ((expiry, rem),)
-        else:
-            items.sort(key=lambda it: (it[0], -it[1]))
-            seen: dict[tuple[float, Remediation], None] = {}
-            for _, expiry, rem in items:
-                seen[(expiry, rem)] = None
-            entries = tuple(seen)
-        return self.interned.setdefault(entries, entries)
+    def merge(self, flat: Entries) -> Entries:
+        pairs = {(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)}
+        ordered = sorted(pairs, key=lambda p: (self.rank(p[1]), -p[0]))
+        out: Entries = tuple(x for pair in ordered for x in pair)
+        return self.interned.setdefault(out, out)
 
 
 def _segments(
-    ranges: list[tuple[int, int, list[_Item]]], width: int, builder: _Builder
-) -> tuple[list[bytes], list[Entries | None], list[list[_Item] | None]]:
-    """Cut the address space at every range boundary; each elementary interval gets the items of all covering ranges."""
+    ranges: list[tuple[int, int, Entries]], bits: int, ranker: _Ranker
+) -> tuple[list[int], list[Entries | None]]:
+    """Cut the address space at every range boundary; each elementary interval gets the entries of its ranges."""
     by_start: dict[int, list[int]] = {}
     by_stop: dict[int, list[int]] = {}
-    top = (1 << (width * 8)) - 1
+    top = (1 << bits) - 1
     for rid, (start, end, _) in enumerate(ranges):
         by_start.setdefault(start, []).append(rid)
         if end < top:
             by_stop.setdefault(end + 1, []).append(rid)
-    points = sorted(set(by_start) | set(by_stop))
     active: dict[int, None] = {}
-    starts: list[bytes] = []
+    starts: list[int] = []
     values: list[Entries | None] = []
-    raw: list[list[_Item] | None] = []
-    cache: dict[frozenset[int], tuple[Entries, list[_Item]]] = {}
-    previous: Entries | None = None
-    for point in points:
+    cache: dict[frozenset[int], Entries] = {}
+    for point in sorted(by_start.keys() | by_stop.keys()):
         for rid in by_stop.get(point, ()):
             active.pop(rid, None)
         for rid in by_start.get(point, ()):
             active[rid] = None
-        entries: Entries | None
-        items: list[_Item] | None
+        entries: Entries | None = None
         if active:
             key = frozenset(active)
-            hit = cache.get(key)
-            if hit is None:
-                merged = [item for rid in active for item in ranges[rid][2]]
-                hit = cache[key] = (builder.finalize(list(merged)), merged)
-            entries, items = hit
-        else:
-            entries = items = None
-        if starts and entries is previous:
+            entries = cache.get(key)
+            if entries is None:
+                flat: Entries = ()
+                for rid in active:
+                    flat += ranges[rid][2]
+                entries = cache[key] = ranker.merge(flat) if len(active) > 1 else ranges[rid][2]
+        if values and entries is values[-1]:
             continue
-        starts.append(point.to_bytes(width, "big"))
+        starts.append(point)
         values.append(entries)
-        raw.append(items)
-        previous = entries
-    return starts, values, raw
+    return starts, values
+
+
+def _bucketise(
+    ranges: list[tuple[int, int, Entries]], bits: int, width: int, ranker: _Ranker
+) -> tuple[dict[bytes, _Bucket], _Bucket, list[int], list[Entries | None]]:
+    """Buckets (for ranges no wider than a bucket) + the wide interval array; also the global intervals."""
+    starts, values = _segments(ranges, bits, ranker)
+    shift = bits - width * 8
+    nbytes = bits // 8
+    narrow_keys = sorted({start >> shift for start, end, _ in ranges if (end - start) >> shift == 0})
+    wide_ranges = [r for r in ranges if (r[1] - r[0]) >> shift != 0]
+    buckets: dict[bytes, _Bucket] = {}
+    for key in narrow_keys:
+        lo = key << shift
+        hi = ((key + 1) << shift) - 1
+        i = bisect_right(starts, lo) - 1
+        b_starts = [lo.to_bytes(nbytes, "big")]
+        b_values: list[Entries | None] = [values[i] if i >= 0 else None]
+        j = i + 1
+        while j < len(starts) and starts[j] <= hi:
+            b_starts.append(starts[j].to_bytes(nbytes, "big"))
+            b_values.append(values[j])
+            j += 1
+        buckets[key.to_bytes(width, "big")] = (b_starts, b_values)
+    w_starts, w_values = _segments(wide_ranges, bits, ranker) if wide_ranges else ([], [])
+    wide: _Bucket = ([s.to_bytes(nbytes, "big") for s in w_starts], w_values)
+    return buckets, wide, starts, values
 
 
 def build_index(state: State, policy: Policy, version: str | None, now: float) -> Index:
     """Build the lookup index of ``state`` (decisions already expired at ``now`` are left out)."""
-    b = _Builder(policy, now)
-    resolve = policy.resolve
-    by_kind: dict[tuple[str, str], list[str]] = {}
-    expiries: dict[tuple[str, str], list[float]] = {}
-    for (value, _scenario, type_, _scope), expiry in state.capi.items():
-        key = (type_, "CAPI")
-        bucket = by_kind.get(key)
-        if bucket is None:
-            bucket = by_kind[key] = []
-            expiries[key] = []
-        bucket.append(value)
-        expiries[key].append(expiry)
-    for (type_, origin), values in by_kind.items():
-        rank, name = resolve(type_)
-        rem = b.remediation(name, origin)
-        for value, expiry in zip(values, expiries[(type_, origin)]):
-            b.add_many((value,), rank, expiry, rem)
-    for bl in state.blocklists.values():
-        rank, name = resolve(bl.remediation)
-        b.add_many(bl.values, rank, bl.expires_at, b.remediation(name, bl.origin))
-    for al in state.allowlists.values():
-        rem = b.remediation("bypass", al.origin)
-        for value, until in al.entries.items():
-            b.add_many((value,), _ALLOW_RANK, math.inf if until is None else until, rem)
+    ranker = _Ranker(policy)
+    remediations: dict[tuple[str, str], Remediation] = {}
 
-    exact_items: dict[str, list[_Item]] = {}
-    ranges4: list[tuple[int, int, list[_Item]]] = []
-    ranges6: list[tuple[int, int, list[_Item]]] = []
-    for value, items in b.items.items():
-        if "/" not in value:
-            exact_items[value] = items
-            continue
-        bits, network, prefix = parse_range(value)
-        host = bits - prefix
-        end = network | ((1 << host) - 1)
-        if bits == 32:
-            ranges4.append((network, end, items))
-        else:
-            ranges6.append((network, end, items))
-            if prefix <= 96 and _MAPPED_INT >> (128 - prefix) == network >> (128 - prefix):
-                ranges4.append((0, _V4_MAX, items))  # an IPv6 range covering all of ::ffff:0:0/96
-    v4 = _segments(ranges4, 4, b)
-    v6 = _segments(ranges6, 16, b)
+    def remediation(name: str, origin: str) -> Remediation:
+        found = remediations.get((name, origin))
+        if found is None:
+            found = remediations[(name, origin)] = Remediation(name, origin)
+        return found
 
     exact: dict[str, Entries] = {}
-    finalize = b.finalize
-    for value, items in exact_items.items():
-        six = ":" in value
-        starts, raw = (v6[0], v6[2]) if six else (v4[0], v4[2])
-        if starts:
-            packed = inet_pton(AF_INET6 if six else AF_INET, value)
-            i = bisect_right(starts, packed) - 1
-            covering = raw[i] if i >= 0 else None
-            if covering:
-                items = items + covering
-        exact[value] = finalize(items)
-    index = Index(exact, (v4[0], v4[1]), (v6[0], v6[1]), version, b.count, len(ranges4) + len(ranges6))
-    index.last_pull = state.last_pull
-    return index
+    multi: set[str] = set()
+    setdefault = exact.setdefault
+    count = 0
+    capi_rems: dict[str, Remediation] = {}
+    for (value, _scenario, type_, _scope), expiry in state.capi.items():
+        if expiry <= now:
+            continue
+        rem = capi_rems.get(type_)
+        if rem is None:
+            rem = capi_rems[type_] = remediation(policy.resolve(type_)[1], "CAPI")
+        pair = (expiry, rem)
+        found = setdefault(value, pair)
+        if found is not pair:
+            exact[value] = found + pair
+            multi.add(value)
+        count += 1
+    for bl in state.blocklists.values():
+        if bl.expires_at <= now:
+            continue
+        pair = (bl.expires_at, remediation(policy.resolve(bl.remediation)[1], bl.origin))
+        for value in bl.values:
+            found = setdefault(value, pair)
+            if found is not pair:
+                exact[value] = found + pair
+                multi.add(value)
+        count += len(bl.values)
+    for al in state.allowlists.values():
+        rem = remediation("bypass", al.origin)
+        forever = (math.inf, rem)
+        for value, until in al.entries.items():
+            if until is not None and until <= now:
+                continue
+            pair = forever if until is None else (until, rem)
+            found = setdefault(value, pair)
+            if found is not pair:
+                exact[value] = found + pair
+                multi.add(value)
+            count += 1
+    for value in multi:
+        exact[value] = ranker.merge(exact[value])
+
+    ranges4: list[tuple[int, int, Entries]] = []
+    ranges6: list[tuple[int, int, Entries]] = []
+    for value in [v for v in exact if "/" in v]:
+        entries = exact.pop(value)
+        bits, network, prefix = parse_range(value)
+        end = network | ((1 << (bits - prefix)) - 1)
+        if bits == 32:
+            ranges4.append((network, end, entries))
+        else:
+            ranges6.append((network, end, entries))
+            if prefix <= 96 and _MAPPED_INT >> (128 - prefix) == network >> (128 - prefix):
+                ranges4.append((0, (1 << 32) - 1, entries))  # an IPv6 range covering all of ::ffff:0:0/96
+    v4_buckets, v4_wide, _, _ = _bucketise(ranges4, 32, _V4_BUCKET_BYTES, ranker)
+    v6_buckets, v6_wide, _, _ = _bucketise(ranges6, 128, _V6_BUCKET_BYTES, ranker)
+
+    # An address's entries include the ranges covering it, so that a hit needs no range search.
+    v6_exact: dict[bytes, Entries] = {}
+    for value, entries in exact.items():
+        if ":" in value:
+            packed = inet_pton(AF_INET6, value)
+            if ranges6:
+                covering = _in_ranges(v6_buckets, v6_wide, packed, _V6_BUCKET_BYTES)
+                if covering is not None:
+                    entries = exact[value] = ranker.merge(entries + covering)
+            v6_exact[packed] = entries
+        elif ranges4:
+            covering = _in_ranges(v4_buckets, v4_wide, inet_pton(AF_INET, value), _V4_BUCKET_BYTES)
+            if covering is not None:
+                exact[value] = ranker.merge(entries + covering)
+    return Index(
+        exact,
+        (v4_buckets, v4_wide),
+        (v6_buckets, v6_wide),
+        version,
+        count,
+        len(ranges4) + len(ranges6),
+        state.last_pull,
+        v6_exact,
+    )

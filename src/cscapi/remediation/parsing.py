@@ -94,6 +94,12 @@ def canonical_value(text: object) -> str:
     """The canonical form of an IP address or CIDR range; raises ``ValueError`` if it is neither."""
     if not isinstance(text, str):
         raise ValueError("not a string")
+    if "/" not in text and ":" not in text:
+        try:
+            inet_pton(AF_INET, text)
+            return text  # inet_pton accepts only the canonical dotted quad (no leading zeros, four parts)
+        except (OSError, ValueError):
+            pass
     text = text.strip()
     if not text or len(text) > _MAX_VALUE_LEN:
         raise ValueError("empty or too long")
