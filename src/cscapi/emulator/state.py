@@ -596,7 +596,7 @@ class EmulatorState:
         groups: dict[tuple[str, str], list[str]] = {}
         memo: dict[int, str] = {}
         for d in decisions:
-            remaining = int(d.expires_at - now)
+            remaining = round(d.expires_at - now)
             if remaining < 1:
                 remaining = 1
             dur = memo.get(remaining)
@@ -733,7 +733,7 @@ class EmulatorState:
                             "scope": d.scope.capitalize(),
                             "value": d.value,
                             "scenario": d.scenario,
-                            "duration": format_go_duration(max(1, int(d.expires_at - now))),
+                            "duration": format_go_duration(max(1, round(d.expires_at - now))),
                             "simulated": False,
                         }
                     )
