@@ -1,0 +1,149 @@
+"""``cscapi run``: the long-running agent (``cscapi.agent.Agent``) with signal handling and one log line per action."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from cscapi.cli._context import AppContext, json_option, pass_app
+
+if TYPE_CHECKING:
+    from cscapi.agent import Agent
+
+
+@click.command()
+@click.option("--push-interval", type=float, metavar="SECONDS", help="Push queued signals every N s (10 to 600).")
+@click.option("--refresh-interval", type=float, metavar="SECONDS", help="Pull decisions every N s (>= 5400).")
+@click.option("--refresh-jitter", type=float, metavar="SECONDS", help="Move each pull by up to ± N s.")
+@click.option("--metrics-interval", type=float, metavar="SECONDS", help="Push metrics every N s (>= 900).")
+@click.option("--health-port", type=int, metavar="PORT", help="Serve JSON health on 127.0.0.1:PORT (0: off).")
+@click.option("--no-refresh", is_flag=True, help="Only push signals and metrics; do not pull decisions.")
+@click.option("--no-metrics", is_flag=True, help="Do not push metrics.")
+@click.option("--once", is_flag=True, help="Do every job once and exit (for cron or a first check).")
+@json_option
+@pass_app
+def run(
+    app: AppContext,
+    push_interval: float | None,
+    refresh_interval: float | None,
+    refresh_jitter: float | None,
+    metrics_interval: float | None,
+    health_port: int | None,
+    no_refresh: bool,
+    no_metrics: bool,
+    once: bool,
+) -> None:
+    """Run the agent until SIGTERM/SIGINT: push signals, refresh decisions with jitter, push metrics, log health.
+
+    One agent per signal storage (a lock file next to a SQLite database, a lease row in a shared one). On the
+    first SIGTERM/SIGINT the batch in flight finishes and the agent exits 0; a second one abandons it (its
+    signals are sent again later: the queue's lease makes that safe).
+
+    \b
+    Examples:
+      cscapi run
+      cscapi run --push-interval 30 --health-port 9109
+      cscapi run --once --json
+    """
+    import logging
+
+    from cscapi.agent import Agent, AgentConfig, AgentLock
+    from cscapi.cli._context import _HANDLER
+    from cscapi.cli._runtime import open_engine, open_storage, require_machine_id
+    from cscapi.errors import ConfigurationError
+
+    settings = app.settings(
+        push_interval=push_interval,
+        refresh_interval=refresh_interval,
+        refresh_jitter=refresh_jitter,
+        metrics_interval=metrics_interval,
+        health_port=health_port,
+    )
+    settings.require_scenarios()
+    refresh = not no_refresh
+    if refresh and settings.decision_store_uri.startswith("memory:"):
+        raise ConfigurationError(
+            "the agent cannot refresh decisions into memory://: no other process would see them",
+            hint="Set decision_store to sqlite:///... or redis://..., or pass --no-refresh.",
+        )
+
+    # One line per action, with a timestamp; the library's own INFO lines would repeat ours, so they stay at WARNING.
+    level = getattr(logging, settings.log_level)
+    if not app.debug:
+        _HANDLER.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
+        _HANDLER.setLevel(level)
+        logging.getLogger("cscapi").setLevel(max(level, logging.WARNING))
+    agent_log = logging.getLogger("cscapi.agent")
+    agent_log.setLevel(level)
+
+    config = AgentConfig(
+        push_interval=settings.push_interval,
+        refresh_interval=settings.refresh_interval,
+        refresh_jitter=settings.refresh_jitter,
+        metrics_interval=settings.metrics_interval,
+        batch_size=settings.batch_size,
+        health_port=settings.health_port,
+        refresh_decisions=refresh,
+        push_metrics=not no_metrics,
+    )
+    from cscapi.cli._runtime import open_client
+
+    storage = open_storage(settings)
+    try:
+        machine_id = require_machine_id(settings, storage)
+        client = open_client(settings, storage, logger=logging.getLogger("cscapi.client"))
+        engine = None
+        try:
+            if refresh:
+                engine = open_engine(settings, client, machine_id)
+            lock = AgentLock(storage, settings.storage_uri)
+            agent = Agent(client, engine, config=config, machine_id=machine_id, lock=lock, logger=agent_log)
+            if once:
+                health = agent.run_once()
+                if app.json_mode:
+                    app.out.emit_json(health)
+                failing = [name for name, job in health["jobs"].items() if job["last_error"]]
+                if failing:
+                    from cscapi.errors import CAPIError
+
+                    raise CAPIError(f"job(s) failed: {', '.join(failing)}", hint="See the log lines above.")
+                return
+            _run_until_signal(agent)
+        finally:
+            if engine is not None:
+                engine.close()
+            client.close()
+    finally:
+        storage.close()
+        _HANDLER.setFormatter(logging.Formatter("%(message)s"))
+
+
+def _run_until_signal(agent: Agent) -> None:
+    """Run the agent in this thread; the first SIGTERM/SIGINT stops it gracefully, a second one abandons the batch."""
+    import signal as sig
+    import threading as th
+
+    received = {"count": 0}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        received["count"] += 1
+        if received["count"] == 1:
+            what = (
+                f" (finishing the {agent.in_flight} in flight; signal again to abandon it)" if agent.in_flight else ""
+            )
+            agent.log.info("received %s: stopping%s", sig.Signals(signum).name, what)
+            agent.stop()
+        else:
+            agent.log.warning("second signal: abandoning the batch in flight (its signals are resent later)")
+            raise KeyboardInterrupt
+
+    previous: dict[sig.Signals, Any] = {}
+    if th.current_thread() is th.main_thread():
+        for name in (sig.SIGTERM, sig.SIGINT):
+            previous[name] = sig.signal(name, on_signal)
+    try:
+        agent.run()
+    finally:
+        for name, handler in previous.items():
+            sig.signal(name, handler)
