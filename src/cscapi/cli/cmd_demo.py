@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ def demo(app: AppContext, demo_target: str | None, data_dir: str | None, yes: bo
         env={k: v for k, v in os.environ.items() if k in ("HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME")},
     )
     if not embedded and not yes:
-        if not click.get_text_stream("stdin").isatty():
+        if not sys.stdin.isatty():
             from cscapi.errors import ConfigurationError
 
             raise ConfigurationError(
