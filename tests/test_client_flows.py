@@ -101,6 +101,9 @@ def test_same_uuid_is_queued_once_and_keep_sent_when_asked(api: Api, fake: FakeC
     assert api.send_signals(prune_after_send=False) == 4
     assert storage.count_signals().sent == 4
     assert len(fake.signals) == 4
+    api.add_signals(signals(2, start=10))
+    assert api.send_signals() == 2
+    assert storage.count_signals().sent == 4  # pruning deletes what this call sent, not the history kept before
 
 
 def test_add_signals_validates_everything_first(api: Api, storage: SQLStorage) -> None:
@@ -122,8 +125,11 @@ def test_batches_are_capped_at_250_and_configurable(api: Api, fake: FakeCAPI) ->
     api.add_signals(signals(10, start=600))
     assert api.send_signals(batch_size=4) == 10
     assert [len(r.body) for r in fake.calls("/v3/signals")][3:] == [4, 4, 2]
+    api.add_signals(signals(300, start=700))
+    assert api.send_signals(batch_size=5000) == 300  # the legacy fetch size: capped at 250 per POST
+    assert [len(r.body) for r in fake.calls("/v3/signals")][6:] == [250, 50]
     with pytest.raises(ConfigurationError):
-        api.send_signals(batch_size=251)
+        api.send_signals(batch_size=0)
     with pytest.raises(ConfigurationError):
         make_config(fake, batch_size=0)
 

@@ -223,7 +223,7 @@ class Api:
 
     def close(self) -> None:
         if self.mode == "sync":
-            self.client.close()  # type: ignore[unused-coroutine]
+            self.client.close()
         else:
             assert self.loop is not None and isinstance(self.client, AsyncCAPIClient)
             self.loop.run_until_complete(self.client.close())

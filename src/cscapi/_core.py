@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LOGIN_BAN_SECONDS",
+    "Compute",
     "Core",
     "Effect",
     "Flow",
@@ -114,8 +115,20 @@ class Now:
     """Ask the driver's clock for the current time (an aware UTC datetime)."""
 
 
+@dataclass(frozen=True)
+class Compute:
+    """Run CPU-heavy pure work (parsing a large decisions stream): inline when blocking, in a thread when async."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Compute({getattr(self.fn, '__name__', 'call')})"
+
+
 NOW = Now()
-Effect = HttpCall | StorageCall | Sleep | Now
+Effect = HttpCall | StorageCall | Sleep | Now | Compute
 Flow = Generator[Effect, Any, T]
 
 
@@ -160,6 +173,8 @@ def run_sync(
                     sleep(effect.seconds)
             elif isinstance(effect, Now):
                 value = clock()
+            elif isinstance(effect, Compute):
+                value = effect.fn(*effect.args, **effect.kwargs)
             else:  # pragma: no cover - a programming error
                 raise TypeError(f"unknown effect {effect!r}")
         except BaseException as exc:
@@ -194,6 +209,8 @@ async def run_async(
                 await sleep(max(0.0, effect.seconds))
             elif isinstance(effect, Now):
                 value = clock()
+            elif isinstance(effect, Compute):
+                value = await asyncio.to_thread(effect.fn, *effect.args, **effect.kwargs)
             else:  # pragma: no cover
                 raise TypeError(f"unknown effect {effect!r}")
         except BaseException as exc:
@@ -208,12 +225,13 @@ def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
         yield items[start : start + size]
 
 
-def _validate_batch_size(batch_size: object) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
+def _batch_size(batch_size: object) -> int:
+    """Signals per POST, 1 to 250; larger values are capped (the legacy ``batch_size=5000`` was a fetch size)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigurationError(
-            f"batch_size must be an integer from 1 to {MAX_BATCH_SIZE} (CAPI's limit per request), not {batch_size!r}."
+            f"batch_size must be a positive integer (at most {MAX_BATCH_SIZE} go in one request), not {batch_size!r}."
         )
-    return batch_size
+    return min(batch_size, MAX_BATCH_SIZE)
 
 
 class _Batch:
@@ -242,6 +260,7 @@ class Core:
             max_retry_after=config.max_retry_after,
         )
         self.scenarios = list(config.scenarios)
+        self._scenarios_key = scenarios_key(self.scenarios)
 
     # ---- primitive steps --------------------------------------------------------------------------------
 
@@ -452,7 +471,7 @@ class Core:
             current = yield from self._store(self.storage.get_machine_by_id, machine_id)
             if current is None or not current.password:
                 raise AuthenticationError(
-                    f"Machine {machine_id} disappeared from the storage while logging in.",
+                    f"Machine {machine_id} has no stored password: it cannot log in.",
                     hint="Register it again with register_machine().",
                 )
             now = yield from self._now()
@@ -525,10 +544,18 @@ class Core:
     def authed(self, machine_id: str, request: Request, scenarios: Sequence[str] | None = None) -> Flow[Response]:
         """Send an authenticated request; a 401 forces one fresh login and one retry, a second 401 raises."""
         machine = yield from self.login(machine_id, scenarios=scenarios)
+        response, _ = yield from self._send_as(machine, request, scenarios)
+        return response
+
+    def _send_as(
+        self, machine: Machine, request: Request, scenarios: Sequence[str] | None = None
+    ) -> Flow[tuple[Response, Machine]]:
+        """Send with ``machine``'s token; on 401 log in once more and retry once. Returns the machine in use."""
         assert machine.token is not None
         response = yield from self._send_with_token(machine.token, request)
         if response.status_code != 401:
-            return response
+            return response, machine
+        machine_id = machine.machine_id
         self.log.info("CAPI refused the token of machine %s (401); logging in again.", machine_id)
         machine = yield from self.login(machine_id, scenarios=scenarios, stale_token=machine.token)
         assert machine.token is not None
@@ -540,7 +567,7 @@ class Core:
                 f"{message}).",
                 status_code=401,
             )
-        return response
+        return response, machine
 
     def _post_metrics(self, machine: Machine) -> Flow[None]:
         assert machine.token is not None
@@ -606,11 +633,12 @@ class Core:
         to quarantine only the refused signals; a machine that cannot log in or whose server keeps failing is
         marked failing for ``failing_cooldown`` and its signals go back to the queue.
         """
-        size = _validate_batch_size(self.config.batch_size if batch_size is None else batch_size)
+        size = _batch_size(self.config.batch_size if batch_size is None else batch_size)
         report = SendReport()
         failed: dict[str, str] = {}
         batches: list[_Batch] = []
         seen: set[int] = set()
+        sent_ids: list[int] = []
         try:
             while True:
                 claim: Claim = yield from self._store(
@@ -630,7 +658,7 @@ class Core:
                 for machine_id, signals in groups.items():
                     if machine_id in failed:
                         continue
-                    error = yield from self._send_machine(machine_id, batch, signals, size, report)
+                    error = yield from self._send_machine(machine_id, batch, signals, size, report, sent_ids)
                     if error is not None:
                         failed[machine_id] = error.message
                         if not isinstance(error, LoginBannedError):
@@ -647,8 +675,8 @@ class Core:
                         )
                     batch.settle(ids)
         report.failed_machines.update(failed)
-        if prune_after_send and report.sent:
-            yield from self._store(self.storage.prune)
+        if prune_after_send and sent_ids:  # delete what this call sent (legacy default), nothing else
+            yield from self._store(self.storage.delete_signals, sent_ids)
         self.log.info(
             "send_signals: %d sent, %d quarantined, %d POSTs, %d failing machines.",
             report.sent,
@@ -659,7 +687,13 @@ class Core:
         return report
 
     def _send_machine(
-        self, machine_id: str, batch: _Batch, signals: list[Signal], size: int, report: SendReport
+        self,
+        machine_id: str,
+        batch: _Batch,
+        signals: list[Signal],
+        size: int,
+        report: SendReport,
+        sent_ids: list[int],
     ) -> Flow[CAPIError | None]:
         try:
             machine = yield from self.login(machine_id)
@@ -673,7 +707,10 @@ class Core:
             part = pending.pop(0)
             request = self.endpoints.signals(signals_to_wire(list(part)))
             try:
-                response = yield from self.authed(machine_id, request)
+                now = yield from self._now()
+                if not token_is_usable(machine, self._scenarios_key, now, self.config.latency_offset):
+                    machine = yield from self.login(machine_id)  # expired during a long run
+                response, machine = yield from self._send_as(machine, request)
             except StorageError:
                 raise
             except CAPIError as exc:
@@ -683,6 +720,7 @@ class Core:
             if response.ok:
                 yield from self._store(self.storage.mark_sent, batch.claim, ids)
                 batch.settle(ids)
+                sent_ids.extend(ids)
                 report.sent += len(part)
                 if not cleared:
                     yield from self._clear_failing(machine_id)
@@ -760,7 +798,7 @@ class Core:
         def skipped(reason: str) -> None:
             self.log.warning("Skipped a decisions stream item: %s", reason)
 
-        stream = parse_stream(response, startup=startup, on_skip=skipped)
+        stream: DecisionStream = yield Compute(parse_stream, (response,), {"startup": startup, "on_skip": skipped})
         self.log.info(
             "Decisions stream: %d new, %d deleted, %d blocklists, %d allowlists, %d skipped.",
             len(stream.new),
