@@ -1,0 +1,319 @@
+"""The decision stores for real: memory, SQLite (a file, several processes) and Redis (the machine's server).
+
+The store contract (lock, fenced commit, dirty mark, atomic counters, clear), engines sharing one store (cold start,
+sync within a second), Redis key hygiene (everything under the prefix; clear never touches other keys), and several
+processes (multiprocessing spawn): one refreshes, the others see it within a second; only one refreshes at a time.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cscapi.errors import DecisionStoreError, RefreshInProgressError, RefreshTooSoonError
+from cscapi.remediation import CLEAN, RemediationEngine, open_store
+from cscapi.remediation.state import AllowlistState, BlocklistState, State, decode_state, encode_state
+from cscapi.remediation.stores import DecisionStore
+from test_remediation_support import FakeSource, blocklist, decision, stream
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store_uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    if request.param == "memory":
+        yield "memory://", {}
+    elif request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'decisions.db'}", {}
+    else:
+        url = request.getfixturevalue("redis_url")
+        yield url, {"key_prefix": request.getfixturevalue("redis_prefix")}
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def shared_uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'decisions.db'}", {}
+    else:
+        yield request.getfixturevalue("redis_url"), {"key_prefix": request.getfixturevalue("redis_prefix")}
+
+
+def sample_state() -> State:
+    return State(
+        capi={("1.2.3.4", "a/b", "ban", "ip"): 2e9, ("10.0.0.0/8", "a/c", "captcha", "range"): 2e9 + 0.5},
+        blocklists={"x": BlocklistState("x", "http://h/x", "ban", "ip", 3600.0, ("5.6.7.8",), 1.0, 2e9, "lm")},
+        allowlists={"y": AllowlistState("y", "id", "http://h/y", {"9.9.9.9": None, "::1": 2e9}, 1.0, None)},
+        last_pull=1.5e9,
+    )
+
+
+# ---- the contract ------------------------------------------------------------------------------------------
+
+
+def test_state_codec_round_trips() -> None:
+    state = sample_state()
+    assert decode_state(encode_state(state)) == state
+
+
+def test_store_contract(store_uri: tuple[str, dict[str, Any]]) -> None:
+    uri, kw = store_uri
+    store = open_store(uri, **kw)
+    try:
+        assert store.version() is None and store.load() == (None, None) and not store.is_dirty()
+        assert store.acquire_lock("t1", 30)
+        assert not store.acquire_lock("t2", 30)  # held
+        store.mark_dirty()
+        assert store.is_dirty()
+        store.commit(sample_state(), "v1", "t1", True)
+        assert store.version() == "v1" and not store.is_dirty()
+        version, state = store.load()
+        assert version == "v1" and state == sample_state()
+        with pytest.raises(DecisionStoreError, match="lock"):
+            store.commit(State(), "v2", "t2", True)  # a commit without the lock is refused (fencing)
+        store.release_lock("t2")  # not the holder: no effect
+        assert not store.acquire_lock("t3", 30)
+        store.release_lock("t1")
+        assert store.acquire_lock("t3", 0.2)
+        time.sleep(0.35)
+        assert store.acquire_lock("t4", 30)  # the lock lapses after its ttl
+        store.mark_dirty()
+        store.commit(State(), "v2", "t4", False)
+        assert store.is_dirty() and store.version() == "v2"  # a prune-style commit keeps the mark
+        store.incr_counter("CAPI", "ban", 2)
+        store.incr_counter("CAPI", "ban")
+        store.incr_counter("clean", "bypass", 5)
+        assert store.counters() == {("CAPI", "ban"): 3, ("clean", "bypass"): 5}
+        store.set_meta("k", "v")
+        assert store.get_meta("k") == "v" and store.get_meta("missing") is None
+        store.clear()
+        assert store.version() is None and store.load() == (None, None) and not store.is_dirty()
+        assert store.counters() == {("CAPI", "ban"): 3, ("clean", "bypass"): 5}  # clear keeps the usage counters
+        assert store.acquire_lock("t5", 30)  # and drops the lock
+    finally:
+        store.close()
+
+
+def test_counters_are_atomic_and_a_push_decrements_exactly_what_it_sent(store_uri: tuple[str, dict[str, Any]]) -> None:
+    uri, kw = store_uri
+    store = open_store(uri, **kw)
+    try:
+
+        def bump() -> None:
+            s = open_store(uri, **kw) if store.shared else store
+            for _ in range(200):
+                s.incr_counter("CAPI", "ban")
+            if s is not store:
+                s.close()
+
+        threads = [threading.Thread(target=bump) for _ in range(4)]
+        for t in threads:
+            t.start()
+        snapshot_during = store.counters()
+        for t in threads:
+            t.join()
+        assert store.counters() == {("CAPI", "ban"): 800}
+        store.decr_counters(snapshot_during)  # what was pushed while increments went on
+        left = 800 - snapshot_during.get(("CAPI", "ban"), 0)
+        assert store.counters() == ({("CAPI", "ban"): left} if left else {})
+        store.decr_counters({("CAPI", "ban"): left})
+        assert store.counters() == {}
+    finally:
+        store.close()
+
+
+def test_an_unreadable_blob_means_an_empty_state_and_a_startup_pull(shared_uri: tuple[str, dict[str, Any]]) -> None:
+    uri, kw = shared_uri
+    store = open_store(uri, **kw)
+    assert store.acquire_lock("t", 30)
+    store.commit(sample_state(), "v1", "t", True)
+    store.release_lock("t")
+    if uri.startswith("redis"):
+        store._redis.hset(store.k_state, "blob", b"garbage")  # type: ignore[attr-defined]
+    else:
+        store._conn().execute("UPDATE cscapi_state SET blob = ?", (b"garbage",))  # type: ignore[attr-defined]
+    assert store.load() == ("v1", None)
+    src = FakeSource()
+    engine = RemediationEngine(src, store, sync_interval_ms=0)
+    engine.refresh_decisions()
+    assert src.startups() == [True]
+    engine.close()
+
+
+# ---- engines sharing a store -----------------------------------------------------------------------------
+
+
+def test_workers_share_decisions_cold_start_and_sync_within_a_second(shared_uri: tuple[str, dict[str, Any]]) -> None:
+    uri, kw = shared_uri
+    src = FakeSource()
+    src.streams.append(stream([decision("1.2.3.4"), decision("10.0.0.0/8", scope="range")]))
+    a = RemediationEngine(src, uri, sync_interval_ms=50, **kw)
+    b = RemediationEngine(FakeSource(), uri, sync_interval_ms=50, **kw)
+    try:
+        a.refresh_decisions()
+        cold = RemediationEngine(FakeSource(), uri, sync_interval_ms=0, **kw)  # cold start: loads at once
+        assert cold.get_ip_remediation("10.9.9.9").remediation == "ban"
+        cold.close()
+        deadline = time.monotonic() + 1.0
+        while b.get_ip_remediation("1.2.3.4") == CLEAN and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert b.get_ip_remediation("1.2.3.4").remediation == "ban"
+        assert b.version == a.version
+        # b's own refresh within the interval is refused: the shared last pull counts for every worker
+        with pytest.raises(RefreshTooSoonError):
+            b.refresh_decisions()
+        # a clear by one worker empties the others
+        a.clear_cache()
+        deadline = time.monotonic() + 1.0
+        while b.get_ip_remediation("1.2.3.4") != CLEAN and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert b.get_ip_remediation("1.2.3.4") == CLEAN and b.version is None
+        # the next refresh, by any worker, is a startup pull
+        b.client.streams.append(stream([decision("5.6.7.8")]))  # type: ignore[attr-defined]
+        b.refresh_decisions()
+        assert b.client.startups() == [True]  # type: ignore[attr-defined]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_redis_keys_stay_under_the_prefix_and_clear_never_touches_others(redis_url: str, redis_prefix: str) -> None:
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    other_prefix = redis_prefix + "x*?["  # glob characters in a neighbour's prefix must not widen our SCAN
+    foreign = [f"{redis_prefix[:-1]}-foreign", "unrelated-key-" + redis_prefix, other_prefix + "kept"]
+    try:
+        for key in foreign:
+            r.set(key, "mine, not cscapi's")
+        src = FakeSource()
+        bl = blocklist("a")
+        src.links[bl.url] = "192.0.2.1\n"
+        src.streams.append(stream([decision("1.2.3.4")], blocklists=[bl]))
+        engine = RemediationEngine(src, redis_url, key_prefix=redis_prefix + "x:", sync_interval_ms=0)
+        engine.refresh_decisions()
+        engine.update_metrics_origins_count("CAPI", "ban")
+        ours = {k.decode() for k in r.scan_iter(match=redis_prefix + "x:*")}
+        assert ours >= {redis_prefix + "x:state", redis_prefix + "x:counters"}
+        engine.clear_cache()
+        assert {k.decode() for k in r.scan_iter(match=redis_prefix + "x:*")} == {redis_prefix + "x:counters"}
+        assert all(r.get(k) == b"mine, not cscapi's" for k in foreign)
+        engine.close()
+    finally:
+        r.delete(*foreign)
+        r.close()
+
+
+def test_redis_uri_password_never_shows(redis_url: str) -> None:
+    from cscapi.remediation.stores.redis import redact_uri
+
+    assert redact_uri("redis://user:s3cret@127.0.0.1:6379/0") == "redis://user:***@127.0.0.1:6379/0"
+    store = open_store("redis://:s3cret@127.0.0.1:1/0")
+    assert "s3cret" not in repr(store)
+    with pytest.raises(DecisionStoreError) as info:
+        store.version()
+    assert "s3cret" not in str(info.value)
+
+
+def test_a_store_down_at_start_serves_nothing_and_refresh_reports_the_store_error() -> None:
+    engine = RemediationEngine(FakeSource(), "redis://127.0.0.1:1/0", sync_interval_ms=0)
+    assert engine.get_ip_remediation("1.2.3.4") == CLEAN
+    with pytest.raises(DecisionStoreError):
+        engine.refresh_decisions()
+    engine.close()
+
+
+# ---- several processes -------------------------------------------------------------------------------------
+
+
+def _reader(uri: str, kw: dict[str, Any], ready: Any, results: Any, ip: str) -> None:
+    engine = RemediationEngine(FakeSource(), uri, sync_interval_ms=100, **kw)
+    ready.put(engine.get_ip_remediation(ip).remediation)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if engine.get_ip_remediation(ip).remediation == "ban":
+            results.put(time.time())
+            break
+        time.sleep(0.005)
+    else:
+        results.put(None)
+    engine.close()
+
+
+class SlowSource(FakeSource):
+    def __init__(self, calls: Any) -> None:
+        super().__init__()
+        self.counter = calls
+
+    def get_decisions(self, *args: Any, **kw: Any) -> Any:
+        with self.counter.get_lock():
+            self.counter.value += 1
+        time.sleep(0.5)
+        return stream([decision("1.2.3.4")])
+
+
+def _refresher(uri: str, kw: dict[str, Any], calls: Any, start: Any, results: Any) -> None:
+    engine = RemediationEngine(SlowSource(calls), uri, sync_interval_ms=0, **kw)
+    start.wait()
+    try:
+        engine.refresh_decisions()
+        results.put("refreshed")
+    except RefreshInProgressError:
+        results.put("in-progress")
+    except RefreshTooSoonError:
+        results.put("too-soon")
+    engine.close()
+
+
+@pytest.mark.slow
+def test_processes_see_a_refresh_within_a_second(shared_uri: tuple[str, dict[str, Any]]) -> None:
+    uri, kw = shared_uri
+    ctx = multiprocessing.get_context("spawn")
+    ready, results = ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=_reader, args=(uri, kw, ready, results, "203.0.113.5")) for _ in range(3)]
+    for p in procs:
+        p.start()
+    try:
+        assert [ready.get(timeout=30) for _ in procs] == ["bypass"] * 3
+        src = FakeSource()
+        src.streams.append(stream([decision("203.0.113.5")]))
+        engine = RemediationEngine(src, uri, sync_interval_ms=0, **kw)
+        engine.refresh_decisions()
+        committed = time.time()
+        seen = [results.get(timeout=15) for _ in procs]
+        engine.close()
+        assert None not in seen
+        lags = [t - committed for t in seen]
+        assert max(lags) < 1.0, lags
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+
+
+@pytest.mark.slow
+def test_only_one_process_refreshes_at_a_time(shared_uri: tuple[str, dict[str, Any]]) -> None:
+    uri, kw = shared_uri
+    ctx = multiprocessing.get_context("spawn")
+    calls = ctx.Value("i", 0)
+    start = ctx.Event()
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_refresher, args=(uri, kw, calls, start, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    try:
+        time.sleep(1.5)  # let every process import and open the store
+        start.set()
+        outcomes = sorted(results.get(timeout=30) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+    assert outcomes.count("refreshed") == 1, outcomes
+    assert calls.value == 1  # CAPI was pulled once
+    store: DecisionStore = open_store(uri, **kw)
+    assert store.version() is not None and not store.is_dirty()
+    store.close()
