@@ -59,3 +59,31 @@ def assert_user_error(result: Result, code: int, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in errors[0], (fragment, errors[0])
     return errors[0]
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[object]:
+    """A real CAPI emulator on a free loopback port, shared by a module's tests (no login rate limit)."""
+    from cscapi.emulator import EmbeddedEmulator, EmulatorConfig, LoginRateLimit
+
+    config = EmulatorConfig(seed=7, community_size=40, login_rate_limit=LoginRateLimit(enabled=False))
+    with EmbeddedEmulator(config) as emu:
+        yield emu
+
+
+@pytest.fixture
+def capi_env(cli_env: CliEnv, emulator: object, monkeypatch: pytest.MonkeyPatch) -> CliEnv:
+    """``cli_env`` pointed at the emulator with scenarios configured through the environment."""
+    monkeypatch.setenv("CSCAPI_TARGET", emulator.base_url)  # type: ignore[attr-defined]
+    monkeypatch.setenv("CSCAPI_SCENARIOS", "crowdsecurity/ssh-bf,crowdsecurity/http-probing")
+    return cli_env
+
+
+def unreachable_url() -> str:
+    """A loopback URL where nothing listens (a port bound then closed)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
