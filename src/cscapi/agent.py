@@ -388,7 +388,9 @@ class Agent:
             job.last_error = exc.message
             wait = self._retry_delay(job)
             job.due = now + wait
-            self.log.error("%s failed: %s; next try in %s", job.name, exc.message, format_go_duration(round(wait)))
+            self.log.error(
+                "%s failed: %s; next try in %s", job.name, exc.message.rstrip("."), format_go_duration(round(wait))
+            )
 
     def _retry_delay(self, job: _Job) -> float:
         if job.name == "push":
@@ -425,6 +427,13 @@ class Agent:
             self.log.log(level, "pushed %d signals in %d batches%s", report.sent, report.batches, extra)
         else:
             self.log.debug("push: nothing queued")
+        if self.machine_id is not None:
+            # send_signals skips a banned machine's signals (or reports its failure) instead of raising: a login ban
+            # must still pause the agent, and be visible in its health.
+            machine = self.client.storage.get_machine_by_id(self.machine_id)
+            until = getattr(machine, "login_banned_until", None)
+            if until is not None and until > utcnow():
+                raise LoginBannedError(f"machine {self.machine_id} is banned from logging in", until=until)
         return result
 
     def refresh_once(self) -> dict[str, Any]:

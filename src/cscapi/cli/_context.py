@@ -78,12 +78,29 @@ def pass_app(func: F) -> F:
 
 
 class _EchoHandler(logging.Handler):
-    """Log records as ``warning: message`` lines on the *current* stderr (test runners swap it)."""
+    """Log records as ``warning: message`` lines on the *current* stderr (test runners swap it).
+
+    With ``service_format()`` (``cscapi run``), lines are ``2026-11-21T22:59:42Z INFO message`` instead.
+    """
+
+    level_prefix = True
+
+    def service_format(self, enabled: bool) -> None:
+        """Timestamped ``LEVEL message`` lines for a long-running service, or back to ``level: message``."""
+        import time
+
+        self.level_prefix = not enabled
+        if enabled:
+            formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+            formatter.converter = time.gmtime
+            self.setFormatter(formatter)
+        else:
+            self.setFormatter(logging.Formatter("%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             text = self.format(record)
-            click.echo(f"{record.levelname.lower()}: {text}", err=True)
+            click.echo(f"{record.levelname.lower()}: {text}" if self.level_prefix else text, err=True)
         except Exception:  # pragma: no cover - logging must never raise
             self.handleError(record)
 

@@ -71,7 +71,7 @@ def run(
     # One line per action, with a timestamp; the library's own INFO lines would repeat ours, so they stay at WARNING.
     level = getattr(logging, settings.log_level)
     if not app.debug:
-        _HANDLER.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
+        _HANDLER.service_format(True)
         _HANDLER.setLevel(level)
         logging.getLogger("cscapi").setLevel(max(level, logging.WARNING))
     agent_log = logging.getLogger("cscapi.agent")
@@ -116,7 +116,7 @@ def run(
             client.close()
     finally:
         storage.close()
-        _HANDLER.setFormatter(logging.Formatter("%(message)s"))
+        _HANDLER.service_format(False)
 
 
 def _run_until_signal(agent: Agent) -> None:

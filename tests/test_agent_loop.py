@@ -1,0 +1,229 @@
+"""The agent (`cscapi.agent.Agent`): its jobs against a real emulator and SQLite, scheduling, locks, health, bans."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from cscapi.agent import MIN_REFRESH_SECONDS, Agent, AgentConfig, AgentLock
+from cscapi.client import CAPIClient, CAPIClientConfig
+from cscapi.emulator import EmbeddedEmulator, EmulatorConfig, LoginRateLimit
+from cscapi.errors import AlreadyRunningError, ConfigurationError
+from cscapi.remediation import RemediationEngine
+from cscapi.signals import create_signal
+from cscapi.sql_storage import SQLStorage
+from cscapi.timeutil import utcnow
+
+SCENARIOS = ["crowdsecurity/ssh-bf"]
+
+
+@pytest.fixture(scope="module")
+def emu() -> Iterator[EmbeddedEmulator]:
+    config = EmulatorConfig(seed=3, community_size=30, login_rate_limit=LoginRateLimit(enabled=False))
+    with EmbeddedEmulator(config) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Iterator[SQLStorage]:
+    store = SQLStorage(f"sqlite:///{tmp_path / 'q.db'}")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def client(emu: EmbeddedEmulator, storage: SQLStorage) -> Iterator[CAPIClient]:
+    with CAPIClient(storage, CAPIClientConfig(scenarios=SCENARIOS, base_url=emu.base_url, max_retries=0)) as c:
+        yield c
+
+
+def queue(client: CAPIClient, machine_id: str, *ips: str) -> None:
+    client.add_signals([create_signal(ip, "crowdsecurity/ssh-bf", None, machine_id) for ip in ips])
+
+
+def test_config_bounds() -> None:
+    AgentConfig()  # the defaults are valid
+    for kwargs in (
+        {"push_interval": 5},
+        {"push_interval": 601},
+        {"refresh_interval": 3600},
+        {"refresh_interval": 6000, "refresh_jitter": 900},
+        {"batch_size": 251},
+        {"health_port": 70000},
+    ):
+        with pytest.raises(ConfigurationError):
+            AgentConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_refresh_delay_has_jitter_and_never_goes_under_the_minimum(client: CAPIClient) -> None:
+    agent = Agent(client, None, config=AgentConfig(refresh_interval=5700, refresh_jitter=300), rng=random.Random(1))
+    delays = [agent.next_refresh_delay() for _ in range(500)]
+    assert min(delays) >= MIN_REFRESH_SECONDS
+    assert max(delays) <= 6000
+    assert len({round(d) for d in delays}) > 100  # really random, not a constant
+
+
+def test_push_once_sends_the_queue(client: CAPIClient, emu: EmbeddedEmulator, storage: SQLStorage) -> None:
+    machine_id = client.register_machine().machine_id
+    queue(client, machine_id, "203.0.113.1", "203.0.113.2", "2001:db8::5")
+    agent = Agent(client, None, machine_id=machine_id)
+    result = agent.push_once()
+    assert result["sent"] == 3 and result["failed_machines"] == {}
+    received = {r["signal"]["source"]["value"] for r in emu.admin.signals(machine_id=machine_id)}
+    assert received == {"203.0.113.1", "203.0.113.2", "2001:db8::5"}
+    counts = storage.count_signals()
+    assert counts.sent == 3 and counts.queued == 0  # kept for `signals list`, pruned later by the prune job
+    assert agent.prune_once() == {"pruned": 0}
+    agent.config.keep_sent = 0
+    assert agent.prune_once() == {"pruned": 3}
+
+
+def test_run_once_does_every_job(client: CAPIClient, emu: EmbeddedEmulator, tmp_path: Path) -> None:
+    machine_id = client.register_machine().machine_id
+    queue(client, machine_id, "203.0.113.9")
+    engine = RemediationEngine(client, store=f"sqlite:///{tmp_path / 'd.db'}", machine_id=machine_id)
+    try:
+        agent = Agent(client, engine, machine_id=machine_id)
+        health = agent.run_once()
+        assert health["status"] == "ok"
+        assert health["jobs"]["push"]["last_result"]["sent"] == 1
+        assert health["jobs"]["refresh"]["last_result"]["decisions"] >= 30
+        assert health["jobs"]["metrics"]["last_result"] == {"usage_metrics": True}
+        assert emu.admin.metrics(machine_id=machine_id)
+        assert engine.get_ip_remediation(emu.admin.decisions()[0]["value"]).remediation == "ban"
+        # a second refresh right away: too soon; rescheduled at CAPI's next allowed time, not counted as a failure
+        agent._run_job(agent.jobs["refresh"])
+        job = agent.jobs["refresh"]
+        assert job.last_error is None and job.failures == 0
+        assert job.due - agent.clock() > 3600
+    finally:
+        engine.close()
+
+
+def test_loop_stops_gracefully_and_releases_the_lock(client: CAPIClient, storage: SQLStorage, tmp_path: Path) -> None:
+    machine_id = client.register_machine().machine_id
+    queue(client, machine_id, "203.0.113.3")
+    uri = f"sqlite:///{tmp_path / 'q.db'}"
+    agent = Agent(
+        client,
+        None,
+        machine_id=machine_id,
+        lock=AgentLock(storage, uri),
+        config=AgentConfig(push_metrics=False),
+    )
+    thread = threading.Thread(target=agent.run)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while agent.jobs["push"].runs == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # while it runs, nobody else may run on this storage
+    with pytest.raises(AlreadyRunningError):
+        AgentLock(storage, uri).acquire()
+    agent.stop()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert storage.count_signals().sent == 1
+    other = AgentLock(storage, uri)
+    other.acquire()  # released on stop
+    other.release()
+
+
+def test_login_ban_pauses_capi_calls(client: CAPIClient, storage: SQLStorage, caplog) -> None:
+    machine_id = client.register_machine().machine_id
+    queue(client, machine_id, "203.0.113.4")
+    machine = storage.get_machine_by_id(machine_id)
+    assert machine is not None
+    machine.token = None
+    machine.login_banned_until = utcnow() + timedelta(minutes=30)
+    storage.update_or_create_machine(machine)
+    agent = Agent(client, None, machine_id=machine_id)
+    with caplog.at_level(logging.INFO, logger="cscapi.agent"):
+        agent._run_job(agent.jobs["push"])
+    assert agent.banned_until is not None
+    assert agent.health()["status"] in ("banned", "stopped")
+    assert agent.jobs["push"].due - agent.clock() > 25 * 60
+    assert "login banned" in caplog.text
+    # while banned, another due job is postponed, not run
+    agent.jobs["metrics"].due = agent.clock()
+    agent._run_job(agent.jobs["metrics"])
+    assert agent.jobs["metrics"].runs == 0
+    assert storage.count_signals().queued == 1
+
+
+def test_unreachable_capi_is_logged_and_retried(storage: SQLStorage, caplog) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = CAPIClientConfig(scenarios=SCENARIOS, base_url=f"http://127.0.0.1:{port}/", max_retries=0, timeout=2)
+    with CAPIClient(storage, config) as client:
+        agent = Agent(client, None, machine_id="a" * 48)
+        with caplog.at_level(logging.INFO, logger="cscapi.agent"):
+            agent._run_job(agent.jobs["metrics"])
+        job = agent.jobs["metrics"]
+        assert job.failures == 1 and job.last_error
+        assert 0 < job.due - agent.clock() <= 600
+        assert "metrics failed" in caplog.text
+        assert agent.health()["jobs"]["metrics"]["last_error"]
+
+
+def test_health_endpoint_serves_json_on_loopback(client: CAPIClient) -> None:
+    from test_cli_support import unreachable_url
+
+    port = int(unreachable_url().rsplit(":", 1)[1].strip("/"))
+    machine_id = client.register_machine().machine_id
+    agent = Agent(client, None, machine_id=machine_id, config=AgentConfig(health_port=port, push_metrics=False))
+    thread = threading.Thread(target=agent.run)
+    thread.start()
+    try:
+        body = None
+        deadline = time.monotonic() + 10
+        while body is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    body = json.loads(response.read())
+                    assert response.status == 200
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.05)
+        assert body is not None and body["status"] == "ok" and body["machine_id"] == machine_id
+        assert set(body["jobs"]) == {"push", "prune"}
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=2)
+        assert info.value.code == 404
+    finally:
+        agent.stop()
+        thread.join(timeout=10)
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+@pytest.mark.postgres
+def test_database_lease_gives_one_agent_per_shared_storage(postgres_url: str) -> None:
+    storage = SQLStorage(postgres_url)
+    try:
+        first = AgentLock(storage, postgres_url, ttl_seconds=30)
+        assert first.kind == "database lease"
+        first.acquire()
+        second = AgentLock(storage, postgres_url, ttl_seconds=30)
+        with pytest.raises(AlreadyRunningError):
+            second.acquire()
+        first._lease_until = time.monotonic()  # due for renewal: renewing keeps it
+        first.renew()
+        with pytest.raises(AlreadyRunningError):
+            second.acquire()
+        first.release()
+        second.acquire()
+        second.release()
+    finally:
+        storage.close()

@@ -1,0 +1,106 @@
+"""`cscapi run`: once through click's runner, and as a real process stopped by SIGTERM (graceful, exit 0)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import test_cli_support as support
+from test_cli_support import CliEnv, assert_user_error, unreachable_url
+
+cli_env = support.cli_env
+emulator = support.emulator
+capi_env = support.capi_env
+
+
+def test_run_once_pushes_refreshes_and_reports(capi_env: CliEnv, emulator) -> None:
+    machine_id = json.loads(capi_env.invoke(["machines", "register", "--json"]).stdout)["machine_id"]
+    capi_env.invoke(["signals", "add", "--ip", "203.0.113.66", "--scenario", "crowdsecurity/ssh-bf"])
+    result = capi_env.invoke(["run", "--once", "--json"])
+    assert result.exit_code == 0, result.output
+    health = json.loads(result.stdout)
+    assert health["machine_id"] == machine_id
+    assert health["jobs"]["push"]["last_result"]["sent"] == 1
+    assert health["jobs"]["refresh"]["last_result"]["decisions"] > 0
+    assert "pushed 1 signals" in result.stderr and "refreshed decisions" in result.stderr
+    assert {r["signal"]["source"]["value"] for r in emulator.admin.signals(machine_id=machine_id)} == {"203.0.113.66"}
+    # the decisions it pulled are visible to the other commands (a shared SQLite decision store)
+    value = emulator.admin.decisions()[0]["value"].split("/")[0]
+    check = json.loads(capi_env.invoke(["decisions", "check", value, "--json"]).stdout)
+    assert check[0]["remediation"] == "ban"
+
+
+def test_run_refuses_bad_settings(capi_env: CliEnv) -> None:
+    capi_env.invoke(["machines", "register"])
+    assert_user_error(capi_env.invoke(["run", "--push-interval", "1"]), 2, "push_interval")
+    assert_user_error(capi_env.invoke(["run", "--refresh-interval", "600"]), 2, "refresh_interval")
+    assert_user_error(capi_env.invoke(["--decision-store", "memory://", "run", "--once"]), 2, "--no-refresh")
+    result = capi_env.invoke(["--decision-store", "memory://", "run", "--once", "--no-refresh", "--no-metrics"])
+    assert result.exit_code == 0, result.output
+
+
+def test_run_without_machine_or_scenarios(cli_env: CliEnv, emulator) -> None:
+    env = {"CSCAPI_TARGET": emulator.base_url}
+    assert_user_error(cli_env.invoke(["run", "--once"], env=env), 2, "scenarios")
+    env["CSCAPI_SCENARIOS"] = "crowdsecurity/ssh-bf"
+    assert_user_error(cli_env.invoke(["run", "--once"], env=env), 2, "cscapi machines register")
+
+
+def test_run_once_against_unreachable_capi_fails_cleanly(capi_env: CliEnv) -> None:
+    capi_env.invoke(["machines", "register"])
+    env = {"CSCAPI_TARGET": unreachable_url(), "CSCAPI_MAX_RETRIES": "0", "CSCAPI_TIMEOUT": "2"}
+    result = capi_env.invoke(["run", "--once", "--no-refresh"], env=env)
+    assert_user_error(result, 1, "metrics")
+    assert " ERROR metrics failed: " in result.stderr  # the agent's own log line, timestamped
+
+
+@pytest.mark.slow
+def test_run_as_a_process_serves_health_and_stops_on_sigterm(capi_env: CliEnv, emulator, free_tcp_port: int) -> None:
+    capi_env.invoke(["machines", "register"])
+    capi_env.invoke(["signals", "add", "--ip", "203.0.113.77", "--scenario", "crowdsecurity/ssh-bf"])
+    env = {**os.environ, "CSCAPI_HEALTH_PORT": str(free_tcp_port)}
+    cscapi = Path(sys.executable).with_name("cscapi")
+    proc = subprocess.Popen(
+        [str(cscapi), "run", "--push-interval", "10"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        health = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{free_tcp_port}/health", timeout=2) as response:
+                    health = json.loads(response.read())
+                if health["jobs"]["push"]["runs"] and health["jobs"]["refresh"]["runs"]:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        assert health is not None and health["status"] == "ok", health
+        # a second agent on the same storage is refused
+        second = subprocess.run(
+            [str(cscapi), "run", "--once"], env=os.environ, capture_output=True, text=True, timeout=60
+        )
+        assert second.returncode == 7, second.stderr
+        assert second.stderr.startswith("error: another agent holds")
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "received SIGTERM: stopping" in err and "agent stopped" in err
+    assert "pushed 1 signals" in err
+    assert "Traceback" not in err
