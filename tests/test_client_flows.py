@@ -593,3 +593,48 @@ def test_ban_during_send_stops_that_machine_only(api: Api, fake: FakeCAPI, stora
     m1 = storage.get_machine_by_id(M1)
     assert m1 is not None and m1.login_banned_until is not None and not m1.is_failing
     assert storage.count_signals(M1).queued == 2 and storage.count_signals(M1).claimed == 0
+
+
+def test_403_on_a_call_is_not_a_login_and_not_retried(api: Api, fake: FakeCAPI) -> None:
+    api.login(M1)
+    fake.script("/v3/decisions/stream", (403, {"message": "forbidden"}))
+    with pytest.raises(AuthenticationError) as info:
+        api.get_decisions(M1)
+    assert not isinstance(info.value, LoginBannedError) and info.value.status_code == 403
+    assert fake.count("/v3/watchers/login") == 1 and fake.count("/v3/decisions/stream") == 1
+
+
+def test_429_after_every_retry_is_rate_limited(api: Api, fake: FakeCAPI) -> None:
+    from cscapi.errors import RateLimitedError
+
+    api.login(M1)
+    fake.script("/v3/decisions/stream", *([(429, {"message": "slow"}, {"Retry-After": "2"})] * 4))
+    with pytest.raises(RateLimitedError) as info:
+        api.get_decisions(M1)
+    assert info.value.retry_after == 2.0 and "4 tries" in info.value.message
+    assert api.sleeps == [2.0, 2.0, 2.0]
+
+
+def test_422_on_a_batch_is_bisected_like_400(api: Api, fake: FakeCAPI, storage: SQLStorage) -> None:
+    api.add_signals(signals(2))
+    fake.script("/v3/signals", (422, {"message": "unprocessable"}), 200, (422, {"message": "bad item"}))
+    report = api.send_signals()
+    assert report.sent == 1 and report.quarantined == 1
+    ((_, reason),) = storage.list_quarantined()
+    assert reason.startswith("422") and "bad item" in reason
+
+
+def test_login_ban_honours_a_longer_retry_after(api: Api, fake: FakeCAPI) -> None:
+    api.register_machine(M1)
+    fake.script("/v3/watchers/login", (403, {"message": "banned"}, {"Retry-After": "7200"}))
+    with pytest.raises(LoginBannedError) as info:
+        api.login(M1)
+    assert info.value.until - utcnow() > timedelta(minutes=119)
+
+
+def test_link_urls_with_signatures_stay_out_of_logs(api: Api, fake: FakeCAPI, caplog: pytest.LogCaptureFixture) -> None:
+    fake.script("/lists/signed", 503, 503, 503, 503)
+    with caplog.at_level(logging.DEBUG, logger="cscapi"), pytest.raises(ServerError) as info:
+        api.download_link("http://capi.test/lists/signed?token=s3cr3tsig")
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("cscapi")) + str(info.value)
+    assert "s3cr3tsig" not in text and len(caplog.records) >= 3

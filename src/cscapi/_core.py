@@ -42,8 +42,10 @@ from cscapi.protocol import (
     metrics_payload,
     parse_enroll,
     parse_login,
+    parse_retry_after,
     parse_stream,
     read_claims,
+    safe_url,
     server_reason,
     signals_to_wire,
     token_expiry,
@@ -282,7 +284,7 @@ class Core:
         while True:
             result: Response | NetworkFailure = yield HttpCall(request)
             if isinstance(result, Response):
-                self.log.debug("%s %s -> %d", request.method, request.url, result.status_code)
+                self.log.debug("%s %s -> %d", request.method, safe_url(request.url), result.status_code)
             if not retry or not self.retry.should_retry(result, attempt):
                 break
             delay = self.retry.delay(attempt, result)
@@ -493,7 +495,8 @@ class Core:
         response = yield from self._request(self.endpoints.login(machine.machine_id, machine.password, scenarios))
         now = yield from self._now()
         if response.status_code == 403:
-            until = now + timedelta(seconds=LOGIN_BAN_SECONDS)
+            hinted = parse_retry_after(response.header("retry-after"), now) or 0.0
+            until = now + timedelta(seconds=max(LOGIN_BAN_SECONDS, min(hinted, 24 * 3600.0)))
             banned = replace(machine, login_banned_until=until, token=None, token_expires_at=None)
             yield from self._store(self.storage.update_or_create_machine, banned)
             message, _ = server_reason(response)

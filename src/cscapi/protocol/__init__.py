@@ -12,6 +12,7 @@ from cscapi.protocol.http import (
     Request,
     Response,
     encode_json_body,
+    safe_url,
     user_agent,
 )
 from cscapi.protocol.jwt import read_claims, token_expiry
@@ -51,6 +52,7 @@ __all__ = [
     "parse_retry_after",
     "parse_stream",
     "read_claims",
+    "safe_url",
     "server_reason",
     "signal_to_wire",
     "signals_to_wire",

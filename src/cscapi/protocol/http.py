@@ -19,6 +19,7 @@ __all__ = [
     "Request",
     "Response",
     "encode_json_body",
+    "safe_url",
     "user_agent",
 ]
 
@@ -61,7 +62,7 @@ class Request:
         )
 
     def __repr__(self) -> str:  # never show headers (Authorization) nor the body (passwords)
-        return f"Request({self.method} {self.url}, operation={self.operation!r})"
+        return f"Request({self.method} {safe_url(self.url)}, operation={self.operation!r})"
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class Response:
         return json.loads(self.content)
 
     def __repr__(self) -> str:  # a login response body holds a token
-        return f"Response({self.status_code}, url={self.url!r}, {len(self.content)} bytes)"
+        return f"Response({self.status_code}, url={safe_url(self.url)!r}, {len(self.content)} bytes)"
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,16 @@ class NetworkFailure:
     def describe(self) -> str:
         """A one-line description without secrets (URLs we build carry none)."""
         return f"{self.kind} error ({self.detail})"
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its query string or user info, for logs and messages (signed link URLs carry secrets there)."""
+    base, _, query = url.partition("?")
+    scheme, sep, rest = base.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        rest = "***@" + rest.split("@", 1)[1]
+        base = f"{scheme}://{rest}"
+    return f"{base}?…" if query else base
 
 
 def encode_json_body(payload: Any, gzip_threshold: int = DEFAULT_GZIP_THRESHOLD) -> tuple[bytes, dict[str, str]]:

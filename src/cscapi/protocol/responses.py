@@ -21,7 +21,7 @@ from cscapi.errors import (
     TransportError,
 )
 from cscapi.models import AllowlistLink, BlocklistLink, DecisionStream, DeletedDecision, EnrollStatus, StreamDecision
-from cscapi.protocol.http import NetworkFailure, Response
+from cscapi.protocol.http import NetworkFailure, Response, safe_url
 from cscapi.protocol.retry import parse_retry_after
 from cscapi.timeutil import parse_go_duration
 
@@ -87,7 +87,8 @@ def error_for(response: Response, what: str) -> CAPIError:
 def failure_error(failure: NetworkFailure, what: str, attempts: int) -> TransportError:
     """The error for a request that never got an HTTP answer after ``attempts`` tries."""
     tries = "1 try" if attempts == 1 else f"{attempts} tries"
-    return TransportError(f"The {what} request to {failure.url or 'CAPI'} failed after {tries}: {failure.describe()}.")
+    where = safe_url(failure.url) if failure.url else "CAPI"
+    return TransportError(f"The {what} request to {where} failed after {tries}: {failure.describe()}.")
 
 
 def parse_json_object(response: Response, what: str) -> dict[str, Any]:

@@ -1,0 +1,177 @@
+"""CAPIClientConfig validation, URL selection, repr hygiene, and the real httpx transport on loopback sockets."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cscapi.client import CAPIClient, CAPIClientConfig
+from cscapi.errors import ConfigurationError, TransportError
+from cscapi.protocol import DEV_URL, PROD_URL, Request, safe_url
+from cscapi.sql_storage import SQLStorage
+from cscapi.transport import SyncTransport, TransportSettings
+from cscapi.utils import generate_machine_id_from_key
+
+SCEN = ["crowdsecurity/ssh-bf"]
+
+
+def test_legacy_defaults_and_positional_order() -> None:
+    config = CAPIClientConfig(SCEN, False, "mycompany", 2, 5, 1, logging.getLogger("mine"))
+    assert (config.prod, config.user_agent_prefix, config.max_retries, config.latency_offset, config.retry_delay) == (
+        False,
+        "mycompany",
+        2,
+        5,
+        1,
+    )
+    assert config.logger.name == "mine"
+    defaults = CAPIClientConfig(scenarios=SCEN)
+    assert (defaults.max_retries, defaults.latency_offset, defaults.retry_delay, defaults.batch_size) == (3, 10, 5, 250)
+    assert defaults.verify is True and defaults.send_metrics_after_login is True and defaults.gzip_threshold == 5120
+    assert defaults.user_agent.startswith("capi-py-sdk/")
+
+
+def test_api_root_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CSCAPI_BASE_URL", raising=False)
+    assert CAPIClientConfig(scenarios=SCEN).api_root == DEV_URL
+    assert CAPIClientConfig(scenarios=SCEN, prod=True).api_root == PROD_URL
+    assert CAPIClientConfig(scenarios=SCEN, base_url="http://127.0.0.1:8081/v3").api_root == "http://127.0.0.1:8081/"
+    monkeypatch.setenv("CSCAPI_BASE_URL", "http://127.0.0.1:9999")
+    assert CAPIClientConfig(scenarios=SCEN, prod=True).api_root == "http://127.0.0.1:9999/"
+    assert CAPIClientConfig(scenarios=SCEN, base_url="http://127.0.0.1:1/").api_root == "http://127.0.0.1:1/"
+    monkeypatch.setenv("CSCAPI_BASE_URL", "not a url")
+    with pytest.raises(ConfigurationError):
+        CAPIClientConfig(scenarios=SCEN)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"scenarios": []},
+        {"scenarios": ["ssh-bf"]},
+        {"scenarios": "crowdsecurity/ssh-bf"},
+        {"user_agent_prefix": "my company"},
+        {"user_agent_prefix": "x" * 65},
+        {"max_retries": -1},
+        {"max_retries": 100},
+        {"max_retries": 1.5},
+        {"retry_delay": -1},
+        {"latency_offset": "10"},
+        {"batch_size": 0},
+        {"batch_size": 251},
+        {"machine_id_prefix": "UPPER"},
+        {"machine_id_prefix": "x" * 17},
+        {"verify": "/no/such/ca.pem"},
+        {"verify": 3},
+        {"api_version": "v2"},
+        {"claim_lease": 0},
+        {"base_url": "ftp://x/"},
+        {"logger": "cscapi"},
+    ],
+)
+def test_bad_settings_are_configuration_errors(kwargs: dict[str, Any]) -> None:
+    options: dict[str, Any] = {"scenarios": SCEN, "base_url": "http://127.0.0.1:1/"}
+    options.update(kwargs)
+    with pytest.raises(ConfigurationError) as info:
+        CAPIClientConfig(**options)
+    assert info.value.message
+
+
+def test_tls_settings(tmp_path: Path) -> None:
+    context = ssl.create_default_context()
+    config = CAPIClientConfig(scenarios=SCEN, verify=context)
+    assert config.transport_settings().client_kwargs()["verify"] is context
+    assert "SSLContext" in repr(config)
+    assert CAPIClientConfig(scenarios=SCEN, verify=False).transport_settings().client_kwargs()["verify"] is False
+    bad_bundle = tmp_path / "ca.pem"
+    bad_bundle.write_text("not a certificate")
+    settings = CAPIClientConfig(scenarios=SCEN, verify=str(bad_bundle)).transport_settings()
+    with pytest.raises(ConfigurationError, match="CA bundle"):
+        settings.client_kwargs()
+
+
+def test_client_refuses_wrong_arguments(tmp_path: Path) -> None:
+    storage = SQLStorage(f"sqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(ConfigurationError):
+        CAPIClient(storage, {"scenarios": SCEN})  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        CAPIClient(object(), CAPIClientConfig(scenarios=SCEN))  # type: ignore[arg-type]
+    client = CAPIClient(storage, CAPIClientConfig(scenarios=SCEN, base_url="http://127.0.0.1:1/"))
+    assert "127.0.0.1:1" in repr(client)
+    client.close()
+    storage.close()
+
+
+def test_safe_url_hides_queries_and_credentials() -> None:
+    assert safe_url("http://h/x?sig=secret") == "http://h/x?…"
+    assert safe_url("http://user:pw@h:1/x") == "http://***@h:1/x"
+    assert safe_url("http://h/x") == "http://h/x"
+    assert "secret" not in repr(Request("GET", "http://h/x?sig=secret", "link download"))
+
+
+# ---- the real transport on loopback sockets ----------------------------------------------------------------
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A loopback socket that accepts connections and never answers (for timeouts)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                accepted.append(conn)
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(server.getsockname()[1])
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+def test_timeouts_on_a_real_socket_are_retried_then_raised(silent_server: int, tmp_path: Path) -> None:
+    storage = SQLStorage(f"sqlite:///{tmp_path / 't.db'}")
+    config = CAPIClientConfig(
+        scenarios=SCEN, base_url=f"http://127.0.0.1:{silent_server}/", timeout=0.2, max_retries=1, retry_delay=0.01
+    )
+    with CAPIClient(storage, config) as client, pytest.raises(TransportError) as info:
+        client.download_link(f"http://127.0.0.1:{silent_server}/list?sig=secret")
+    storage.close()
+    assert "2 tries" in info.value.message and "timeout" in info.value.message
+    assert "secret" not in str(info.value)
+
+
+def test_connection_refused_is_a_transport_error(free_tcp_port: int, tmp_path: Path) -> None:
+    storage = SQLStorage(f"sqlite:///{tmp_path / 'r.db'}")
+    config = CAPIClientConfig(scenarios=SCEN, base_url=f"http://127.0.0.1:{free_tcp_port}/", retry_delay=0.01)
+    machine_id = generate_machine_id_from_key("refused")
+    with CAPIClient(storage, config) as client, pytest.raises(TransportError) as info:
+        client.register_machine(machine_id)
+    stored = storage.get_machine_by_id(machine_id)
+    storage.close()
+    assert "register" in info.value.message and "4 tries" in info.value.message and info.value.hint
+    assert stored is not None and stored.password and not stored.registered  # kept for the next attempt
+
+
+def test_transport_reuses_one_connection_pool() -> None:
+    transport = SyncTransport(TransportSettings(user_agent="ua"))
+    assert transport.client is transport.client
+    transport.close()
