@@ -299,3 +299,110 @@ def test_expired_decisions_leave_through_the_heap() -> None:
         state.add_decisions([{"value": "192.0.2.1", "duration": "-1h"}])
     with pytest.raises(ApiError):
         state.add_decisions([{"value": "nope"}])
+
+
+# ---- the compiled validator agrees with jsonschema ----------------------------------------------------------------
+
+_VALID_SIGNAL: dict[str, Any] = {
+    "scenario": "crowdsecurity/ssh-bf",
+    "scenario_hash": "h",
+    "scenario_version": "0.1",
+    "message": "m",
+    "source": {"scope": "ip", "value": "192.0.2.1", "latitude": 1.5, "as_number": "1"},
+    "start_at": "2026-11-21T22:28:19Z",
+    "stop_at": "2026-11-21T22:28:20Z",
+    "alert_id": 3,
+    "decisions": [
+        {
+            "id": 0,
+            "duration": "4h",
+            "origin": "crowdsec",
+            "scenario": "s",
+            "scope": "ip",
+            "value": "192.0.2.1",
+            "type": "ban",
+            "simulated": False,
+        }
+    ],
+    "context": [{"key": "k", "value": "v"}],
+}
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+_REPLACEMENTS: list[Any] = [None, True, 0, 1.0, -3, 2.5, "", "x", [], [1], {}, {"a": 1}]
+
+
+@pytest.mark.parametrize(
+    ("definition", "spec", "sample"),
+    [
+        ("AddSignalsRequestItem", "capi", _VALID_SIGNAL),
+        ("LoginRequest", "capi", {"machine_id": "a" * 48, "password": "p", "scenarios": ["a/b"]}),
+        (
+            "AllMetrics",
+            "lapi",
+            {
+                "remediation_components": [
+                    {
+                        "version": "1",
+                        "utc_startup_timestamp": 1,
+                        "os": {"name": "l", "version": "1"},
+                        "feature_flags": ["f"],
+                        "metrics": [
+                            {
+                                "meta": {"window_size_seconds": 1, "utc_now_timestamp": 2},
+                                "items": [{"name": "n", "value": 1, "unit": "u", "labels": {"a": "b"}}],
+                            }
+                        ],
+                    }
+                ],
+                "log_processors": [
+                    {"version": "1", "utc_startup_timestamp": 1, "hub_items": {"x": []}, "datasources": {"file": 2}}
+                ],
+            },
+        ),
+    ],
+)
+def test_compiled_validator_matches_jsonschema_on_every_single_mutation(
+    definition: str, spec: str, sample: Any
+) -> None:
+    """Replace or delete each node of a valid body with values of every JSON type: both validators must agree."""
+    import copy
+
+    import jsonschema
+
+    from cscapi.emulator.validation import validator_for
+
+    v = validator_for(definition, spec)
+    fast = v._fast
+    assert fast is not None
+    reference = jsonschema.Draft4Validator(v.schema)
+    assert fast(sample) and reference.is_valid(sample)
+    checked = 0
+    for path in _paths(sample):
+        for replacement in [*_REPLACEMENTS, "DELETE"]:
+            body = copy.deepcopy(sample)
+            if not path:
+                if replacement == "DELETE":
+                    continue
+                body = replacement
+            else:
+                parent = body
+                for part in path[:-1]:
+                    parent = parent[part]
+                if replacement == "DELETE":
+                    del parent[path[-1]]
+                else:
+                    parent[path[-1]] = replacement
+            assert fast(body) == reference.is_valid(body), (path, replacement)
+            checked += 1
+    assert checked > 50

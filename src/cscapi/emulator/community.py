@@ -6,10 +6,12 @@ Generated values come from ranges reserved for documentation and benchmarking (1
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
+import itertools
 import json
 import random
-import uuid
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,10 +88,18 @@ def normalise_value(value: str, scope: str | None = None) -> tuple[str, str]:
     return str(addr), "ip"
 
 
-def _pick_scenario(rng: random.Random) -> str:
-    names = [n for n, _ in SCENARIOS]
-    weights = [w for _, w in SCENARIOS]
-    return rng.choices(names, weights)[0]
+_SCENARIO_NAMES = [n for n, _ in SCENARIOS]
+_SCENARIO_CUM = list(itertools.accumulate(w for _, w in SCENARIOS))
+
+
+def _v4(value: int) -> str:
+    return socket.inet_ntoa(value.to_bytes(4, "big"))
+
+
+def _uuid4(rng: random.Random) -> str:
+    bits = (rng.getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48)) | (0x4000 << 64) | (0x8000 << 48)
+    h = f"{bits:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def generate_community(size: int, seed: int) -> list[SeedDecision]:
@@ -104,10 +114,11 @@ def generate_community(size: int, seed: int) -> list[SeedDecision]:
     pool_sizes = [p.num_addresses for p in _V4_POOLS]
     pool_total = sum(pool_sizes)
     picks = rng.sample(range(pool_total), min(n_v4, pool_total))
+    starts = [int(p.network_address) for p in _V4_POOLS]
     for index in picks:
-        for pool, count in zip(_V4_POOLS, pool_sizes):
+        for start, count in zip(starts, pool_sizes):
             if index < count:
-                values.append((str(pool.network_address + index), "ip"))
+                values.append((_v4(start + index), "ip"))
                 break
             index -= count
     seen: set[int] = set()
@@ -116,7 +127,7 @@ def generate_community(size: int, seed: int) -> list[SeedDecision]:
         offset = rng.randrange(1 << 27)  # lower half of 240.0.0.0/4; ranges use the upper half
         if offset not in seen:
             seen.add(offset)
-            values.append((str(ipaddress.IPv4Address(base + offset)), "ip"))
+            values.append((_v4(base + offset), "ip"))
     seen_v6: set[int] = set()
     while len(values) < n_v4 + n_v6:
         low = rng.getrandbits(96)
@@ -140,18 +151,14 @@ def generate_community(size: int, seed: int) -> list[SeedDecision]:
             net6 = ipaddress.IPv6Network((_V6_DOC + (block << 80) + (rng.getrandbits(16) << 64), prefix), strict=False)
             values.append((str(net6), "range"))
     out: list[SeedDecision] = []
+    total_weight = _SCENARIO_CUM[-1]
+    durations = [h * 3600 for h in _DURATIONS_H]
+    rand = rng.random
     for value, scope in values:
-        total = rng.choice(_DURATIONS_H) * 3600
-        remaining = float(int(total * rng.uniform(0.05, 1.0)))
-        out.append(
-            SeedDecision(
-                value=value,
-                scope=scope,
-                scenario=_pick_scenario(rng),
-                remaining=remaining,
-                uuid=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-            )
-        )
+        total = durations[int(rand() * len(durations))]
+        remaining = float(int(total * (0.05 + 0.95 * rand())))
+        scenario = _SCENARIO_NAMES[bisect.bisect_right(_SCENARIO_CUM, rand() * total_weight)]
+        out.append(SeedDecision(value, scope, scenario, remaining, _uuid4(rng)))
     return out
 
 
@@ -172,7 +179,7 @@ def _entry(value: Any, scope: Any, scenario: Any, duration: Any, where: str, rng
         raise ConfigurationError(f"{where}: duration {duration!r} is not a Go duration such as 24h") from None
     if remaining <= 0:
         raise ConfigurationError(f"{where}: duration must be positive")
-    return SeedDecision(canonical, scope_name, scenario, remaining, str(uuid.UUID(int=rng.getrandbits(128), version=4)))
+    return SeedDecision(canonical, scope_name, scenario, remaining, _uuid4(rng))
 
 
 def load_community_file(path: str | Path, seed: int = 0) -> list[SeedDecision]:

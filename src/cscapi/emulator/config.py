@@ -158,6 +158,8 @@ class EmulatorConfig:
     ``{"name": ..., "content": [values], "remediation": "ban", "scope": "ip", "duration": "24h"}`` and
     ``{"name": ..., "description": ..., "items": [{"value": ..., "description"?, "expiration"?}]}``.
     ``state_path``: ``None`` keeps state in memory; a file path keeps it in SQLite across restarts.
+    ``snapshot_cache``: full (startup) stream answers are built once per list change and reused for up to
+    ``snapshot_max_age`` seconds (durations then read up to that much long); ``False`` rebuilds every answer.
     ``clock`` replaces ``time.time`` (tests only; not settable from a file).
     """
 
@@ -175,6 +177,7 @@ class EmulatorConfig:
     max_batch: int = 250
     max_body_bytes: int = 4 * 1024 * 1024
     snapshot_cache: bool = True
+    snapshot_max_age: float = 5.0
     clock: Callable[[], float] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -15,8 +15,8 @@ def dumps(body: Any) -> bytes:
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
-    """A JSON response; ``body`` may already be JSON text."""
-    content = body.encode() if isinstance(body, str) else dumps(body)
+    """A JSON response; ``body`` may already be JSON text or bytes."""
+    content = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else dumps(body)
     return Response(content, status_code=status, media_type="application/json", headers=headers)
 
 

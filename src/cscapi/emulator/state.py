@@ -131,7 +131,9 @@ class CommunityDecision:
 
     def __post_init__(self) -> None:
         if not self.value_json:
-            self.value_json = json.dumps(self.value)
+            v = self.value
+            plain = v.isascii() and v.isprintable() and '"' not in v and "\\" not in v
+            self.value_json = f'"{v}"' if plain else json.dumps(v)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (persistence)."""
@@ -167,7 +169,9 @@ class EmulatorState:
         self.internal_errors = 0
         self.early_tokens: dict[str, float] = {}
         self._store = SQLiteStore(config.state_path) if config.state_path else None
-        self._snapshot: tuple[tuple[int, int], str] | None = None
+        self._snapshot: tuple[int, float, str] | None = None
+        self._responses: dict[tuple[Any, ...], bytes] = {}
+        self.lists_version = 0
         self._init_empty()
         if self._store is not None and self._store.meta().get("initialised"):
             self._load()
@@ -192,6 +196,7 @@ class EmulatorState:
         self.login_attempts: dict[str, list[float]] = defaultdict(list)
         self.login_bans: dict[str, float] = {}
         self._snapshot = None
+        self._responses.clear()
 
     def _seed_from_config(self) -> None:
         cfg = self.config
@@ -203,7 +208,7 @@ class EmulatorState:
         if self._store is not None:
             self._store.wipe()
             self._store.set_meta(secret=self.secret.hex(), initialised=True)
-        self.add_decisions(seed_decisions_to_dicts(seeds), now=now)
+        self._add_seeds(seeds, now)
         for bl in cfg.blocklists:
             self.publish_blocklist(**bl)
         for al in cfg.allowlists:
@@ -479,6 +484,21 @@ class EmulatorState:
 
     # ---- the community list ----------------------------------------------------------------------------------
 
+    def _add_seeds(self, seeds: list[SeedDecision], now: float) -> None:
+        """Bulk-load already canonical seed decisions (start and reset): no re-parsing of values."""
+        self.version += 1
+        for s in seeds:
+            d = CommunityDecision(
+                self._next_id, s.uuid, s.value, s.scope, s.scenario, now + s.remaining, now, self.version
+            )
+            self._next_id += 1
+            self.decisions.pop((s.scope, s.value), None)
+            self.decisions[(s.scope, s.value)] = d
+        self._heap = [(d.expires_at, d.id, key) for key, d in self.decisions.items()]
+        heapq.heapify(self._heap)
+        if self._store is not None:
+            self._store.save_decisions([d.to_dict() for d in self.decisions.values()], [], [], self.version)
+
     def add_decisions(self, items: Iterable[dict[str, Any]], now: float | None = None) -> list[CommunityDecision]:
         """Add or replace community decisions: ``{value, scope?, scenario?, duration (Go string or seconds), uuid?}``.
 
@@ -619,13 +639,16 @@ class EmulatorState:
         ]
         return "[" + ",".join(parts) + "]"
 
-    def _snapshot_json(self, now: float) -> str:
-        key = (self.version, int(now))
-        if self.config.snapshot_cache and self._snapshot is not None and self._snapshot[0] == key:
-            return self._snapshot[1]
+    def _snapshot_json(self, now: float) -> tuple[str, tuple[int, float]]:
+        """The full list as JSON, rebuilt when the list changed or the cached one is ``snapshot_max_age`` old."""
+        snap = self._snapshot
+        max_age = self.config.snapshot_max_age if self.config.snapshot_cache else 0.0
+        if snap is not None and snap[0] == self.version and 0.0 <= now - snap[1] < max_age:
+            return snap[2], (snap[0], snap[1])
         text = self._groups_json(self.decisions.values(), now)
-        self._snapshot = (key, text)
-        return text
+        self._snapshot = (self.version, now, text)
+        self._responses.clear()
+        return text, (self.version, now)
 
     def _changes_since(self, since: int) -> tuple[list[CommunityDecision], list[dict[str, Any]]]:
         new: list[CommunityDecision] = []
@@ -683,34 +706,47 @@ class EmulatorState:
 
     def stream_v3(
         self, m: MachineRecord, *, startup: bool, community_pull: bool, additional_pull: bool, base_url: str
-    ) -> str:
-        """The JSON text of ``GET /v3/decisions/stream`` for this machine, and its pull position moves on."""
+    ) -> bytes:
+        """The JSON body of ``GET /v3/decisions/stream`` for this machine, and its pull position moves on.
+
+        Full (startup) answers are cached per list version for up to ``snapshot_max_age`` seconds.
+        """
         with self.lock:
             self.expire_due()
             now = self.clock()
+            m.last_pull_at = now
+            if community_pull and (startup or m.last_pull_version is None):
+                new_json, ident = self._snapshot_json(now)
+                m.last_pull_version = self.version
+                self._save_machine(m)
+                key = (ident, self.lists_version, base_url, additional_pull)
+                body = self._responses.get(key)
+                if body is None:
+                    links = json.dumps(self._links(base_url, additional_pull), separators=(",", ":"))
+                    body = ('{"new":' + new_json + ',"deleted":[],"links":' + links + "}").encode()
+                    if self.config.snapshot_cache:
+                        self._responses[key] = body
+                return body
             new_json = "[]"
             deleted_json = "[]"
             if community_pull:
-                if startup or m.last_pull_version is None:
-                    new_json = self._snapshot_json(now)
-                else:
-                    new, gone = self._changes_since(m.last_pull_version)
-                    new_json = self._groups_json(new, now)
-                    by_scope: dict[str, list[str]] = {}
-                    for stone in gone:
-                        by_scope.setdefault(stone["scope"], []).append(stone["value"])
-                    deleted_json = json.dumps(
-                        [{"scope": scope, "decisions": values} for scope, values in by_scope.items()],
-                        separators=(",", ":"),
-                    )
+                assert m.last_pull_version is not None
+                new, gone = self._changes_since(m.last_pull_version)
+                new_json = self._groups_json(new, now)
+                by_scope: dict[str, list[str]] = {}
+                for stone in gone:
+                    by_scope.setdefault(stone["scope"], []).append(stone["value"])
+                deleted_json = json.dumps(
+                    [{"scope": scope, "decisions": values} for scope, values in by_scope.items()],
+                    separators=(",", ":"),
+                )
                 m.last_pull_version = self.version
-            m.last_pull_at = now
             links = json.dumps(self._links(base_url, additional_pull), separators=(",", ":"))
             self._save_machine(m)
             self._prune_tombstones()
-            return '{"new":' + new_json + ',"deleted":' + deleted_json + ',"links":' + links + "}"
+            return ('{"new":' + new_json + ',"deleted":' + deleted_json + ',"links":' + links + "}").encode()
 
-    def stream_v2(self, m: MachineRecord, *, startup: bool, community_pull: bool, additional_pull: bool) -> str:
+    def stream_v2(self, m: MachineRecord, *, startup: bool, community_pull: bool, additional_pull: bool) -> bytes:
         """The flat, LAPI-style ``GET /v2/decisions/stream`` answer (protocol notes §6.4): no links, lists inline."""
         with self.lock:
             self.expire_due()
@@ -767,7 +803,7 @@ class EmulatorState:
                         )
             m.last_pull_at = now
             self._save_machine(m)
-            return json.dumps({"new": new, "deleted": deleted}, separators=(",", ":"))
+            return json.dumps({"new": new, "deleted": deleted}, separators=(",", ":")).encode()
 
     # ---- published lists -------------------------------------------------------------------------------------
 
@@ -822,6 +858,7 @@ class EmulatorState:
                 "updated_at": self._bump_time(previous["updated_at"] if previous else None),
             }
             self.blocklists[list_id] = body
+            self.lists_version += 1
             if self._store is not None:
                 self._store.save_list("blocklist", list_id, body)
             return body
@@ -868,6 +905,7 @@ class EmulatorState:
                 "updated_at": self._bump_time(previous["updated_at"] if previous else None),
             }
             self.allowlists[list_id] = body
+            self.lists_version += 1
             if self._store is not None:
                 self._store.save_list("allowlist", list_id, body)
             return body
@@ -879,6 +917,7 @@ class EmulatorState:
             list_id = name_or_id if name_or_id in lists else self.list_id(name_or_id)
             if lists.pop(list_id, None) is None:
                 return False
+            self.lists_version += 1
             if self._store is not None:
                 self._store.save_list(kind, list_id, None)
             return True
@@ -942,11 +981,3 @@ class EmulatorState:
                 "internal_errors": self.internal_errors,
                 "persistent": self._store is not None,
             }
-
-
-def seed_decisions_to_dicts(seeds: Iterable[SeedDecision]) -> list[dict[str, Any]]:
-    """Seed decisions as ``add_decisions`` items."""
-    return [
-        {"value": s.value, "scope": s.scope, "scenario": s.scenario, "duration": s.remaining, "uuid": s.uuid}
-        for s in seeds
-    ]
