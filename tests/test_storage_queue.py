@@ -282,3 +282,27 @@ def test_mass_update_and_delete_signals(storage: SQLStorage) -> None:
     assert ids(storage.get_signals(limit=10)) == ids(signals)[:2]
     storage.delete_signals([])
     assert len(storage.get_signals(limit=10)) == 2
+
+
+def test_bulk_batches_split_by_size_and_keep_order(storage: SQLStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from cscapi import sql_storage
+    from cscapi._sql import bulk
+    from cscapi._sql.codec import signal_row
+
+    rows = [signal_row(s, utcnow()) for s in make_signals(5)]
+    batches = list(bulk.json_batches(rows, max_chars=1500))
+    assert len(batches) > 1
+    assert [item["position"] for b in batches for item in json.loads(b)] == list(range(5))
+    monkeypatch.setattr(sql_storage, "json_batches", lambda rows: bulk.json_batches(rows, max_chars=1500))
+    signals = make_signals(7)
+    assert storage.add_signals(signals) == 7
+    assert ids(signals) == sorted(ids(signals))
+    assert ids(storage.get_signals(limit=10)) == ids(signals)
+
+
+def test_unicode_payload_round_trips(storage: SQLStorage) -> None:
+    signals = [make_signal(1, message='попытка 🚨 "quoted" \\ back'), make_signal(2, message="é")]
+    storage.add_signals(signals)
+    assert [s.message for s in storage.get_signals(limit=5)] == [s.message for s in signals]

@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Engine, and_, delete, exists, func, or_, sele
 from sqlalchemy.exc import SQLAlchemyError
 
 from cscapi._sql import schema
+from cscapi._sql.bulk import PG_BULK_INSERT, json_batches
 from cscapi._sql.codec import check_length, signal_from_row, signal_row
 from cscapi._sql.dialects import (
     build_engine,
@@ -271,13 +272,13 @@ class SQLStorage(StorageInterface):
             if alert_id is not None:
                 return added, {row["uuid"]: int(alert_id)}
             missing = [row["uuid"]]
-        elif self._backend == "postgresql":
-            # insertmanyvalues: multi-row INSERT ... RETURNING, the new rows' ids come back with them
-            for uuid, alert_id in conn.execute(stmt.returning(_S.c.uuid, _S.c.alert_id), rows):
-                ids[uuid] = int(alert_id)
+        elif self._backend == "postgresql":  # see cscapi._sql.bulk: one JSON parameter, RETURNING the new ids
+            for batch in json_batches(rows):
+                for uuid, alert_id in conn.exec_driver_sql(PG_BULK_INSERT, {"batch": batch}):
+                    ids[uuid] = int(alert_id)
             added = len(ids)
             missing = [row["uuid"] for row in rows if row["uuid"] not in ids]
-        else:
+        else:  # SQLite, MariaDB: executemany (PyMySQL folds it into multi-row INSERTs; MariaDB's JSON_TABLE was slower)
             added = conn.execute(stmt, rows).rowcount
             missing = [row["uuid"] for row in rows]
         for chunk in _chunks(missing):
@@ -300,24 +301,23 @@ class SQLStorage(StorageInterface):
             _M.c.machine_id == _S.c.machine_id,
             or_(_M.c.failing_until > now, _M.c.login_banned_until > now),
         )
-        stmt = (
-            select(_S.c.alert_id, _S.c.payload)
-            .where(
-                or_(_S.c.status == schema.QUEUED, and_(_S.c.status == schema.CLAIMED, _S.c.claimed_until < now)),
-                ~cooling,
-            )
-            .order_by(_S.c.alert_id)
-            .limit(limit)
-        )
+        # Two index-friendly selects (queued; claimed with a lapsed lease) rather than one OR that would scan
+        # every sent row: each walks the (status, alert_id) index in order and stops at ``limit``.
+        base = select(_S.c.alert_id, _S.c.payload).where(~cooling).order_by(_S.c.alert_id).limit(limit)
         if machine_ids is not None:
-            stmt = stmt.where(_S.c.machine_id.in_(list(machine_ids)))
+            base = base.where(_S.c.machine_id.in_(list(machine_ids)))
+        selects = [
+            base.where(_S.c.status == schema.QUEUED),
+            base.where(_S.c.status == schema.CLAIMED, _S.c.claimed_until < now),
+        ]
         if self._skip_locked:
-            stmt = stmt.with_for_update(skip_locked=True)
+            selects = [stmt.with_for_update(skip_locked=True) for stmt in selects]
         elif self._backend != "sqlite":
-            stmt = stmt.with_for_update()  # old MariaDB/MySQL: correct, but claimers wait for each other
+            selects = [stmt.with_for_update() for stmt in selects]  # old MariaDB/MySQL: claimers wait in turn
 
         def claim(conn: Connection) -> list[Any]:
-            rows = list(conn.execute(stmt).all())
+            found = [row for stmt in selects for row in conn.execute(stmt).all()]
+            rows = sorted(found, key=lambda row: int(row[0]))[:limit]
             for chunk in _chunks([row[0] for row in rows]):
                 conn.execute(
                     update(_S)

@@ -1,0 +1,62 @@
+"""Bulk insertion of signals on PostgreSQL: a whole batch as ONE JSON parameter, expanded by the server in order.
+
+psycopg is slow at many small parameters (it parses a statement with 9 parameters per row, and dumps arrays in
+Python), while one large string is cheap to send: ``json_to_recordset`` expands it, ``position`` keeps the caller's
+order (so alert ids follow it), ``RETURNING`` gives the new rows' ids. 2x faster than executemany for 10,000 rows.
+(MariaDB's ``JSON_TABLE`` was measured slower than PyMySQL's multi-row executemany, so MariaDB does not use this.)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from .schema import format_utc
+
+__all__ = ["PG_BULK_INSERT", "json_batches"]
+
+_COLUMNS = {
+    "uuid": "varchar",
+    "machine_id": "varchar",
+    "scenario": "varchar",
+    "created_at": "varchar",
+    "payload": "text",
+    "status": "varchar",
+    "attempts": "int",
+    "added_at": "varchar",
+    "sent_at": "varchar",
+}
+_NAMES = ", ".join(_COLUMNS)
+
+PG_BULK_INSERT = (
+    f"INSERT INTO signals ({_NAMES}) SELECT {_NAMES} FROM json_to_recordset(%(batch)s::json) AS batch("
+    + ", ".join(f"{name} {kind}" for name, kind in _COLUMNS.items())
+    + ", position int) ORDER BY position ON CONFLICT (uuid) DO NOTHING RETURNING uuid, alert_id"
+)
+
+# One statement per few MB: bounded memory on the server for huge batches.
+MAX_BATCH_CHARS = 4_000_000
+
+
+def _item(row: dict[str, Any], position: int) -> dict[str, Any]:
+    item = {name: row[name] for name in _COLUMNS}
+    item["added_at"] = format_utc(row["added_at"])
+    item["sent_at"] = None if row["sent_at"] is None else format_utc(row["sent_at"])
+    item["position"] = position
+    return item
+
+
+def json_batches(rows: list[dict[str, Any]], max_chars: int = MAX_BATCH_CHARS) -> Iterator[str]:
+    """The rows as JSON arrays of at most ``max_chars`` characters each (one row alone may exceed it)."""
+    parts: list[str] = []
+    size = 0
+    for position, row in enumerate(rows):
+        text = json.dumps(_item(row, position), separators=(",", ":"), ensure_ascii=False)
+        if parts and size + len(text) + 1 > max_chars:
+            yield "[" + ",".join(parts) + "]"
+            parts, size = [], 0
+        parts.append(text)
+        size += len(text) + 1
+    if parts:
+        yield "[" + ",".join(parts) + "]"
