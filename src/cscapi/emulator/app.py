@@ -26,7 +26,7 @@ from cscapi.emulator.admin_api import admin_routes
 from cscapi.emulator.config import EmulatorConfig
 from cscapi.emulator.responses import dumps, error_response, json_response
 from cscapi.emulator.state import ApiError, EmulatorState, MachineRecord, rfc3339_seconds
-from cscapi.emulator.validation import BodyValidator, drop_nulls, validator_for
+from cscapi.emulator.validation import BodyValidator, loads_without_nulls, validator_for
 from cscapi.timeutil import format_http_date, parse_http_date
 
 __all__ = ["ConnectionDropped", "create_app"]
@@ -144,8 +144,11 @@ class _FaultsAndGuard:
 # ---- request helpers -------------------------------------------------------------------------------------------
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
-    """The JSON body (gzip accepted), bounded by ``max_bytes`` before and after decompression; ``ApiError`` 400/413."""
+async def read_json(request: Request, max_bytes: int, *, drop_null: bool = False) -> Any:
+    """The JSON body (gzip accepted), bounded by ``max_bytes`` before and after decompression; ``ApiError`` 400/413.
+
+    With ``drop_null``, ``null`` object members are removed as the body is parsed (they count as absent).
+    """
     length = request.headers.get("content-length")
     if length is not None:
         try:
@@ -177,7 +180,7 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     if not raw.strip():
         raise ApiError(400, "empty request body", "a JSON body is required")
     try:
-        return json.loads(raw)
+        return loads_without_nulls(raw) if drop_null else json.loads(raw)
     except UnicodeDecodeError:
         raise ApiError(400, "malformed JSON body", "the body is not UTF-8") from None
     except ValueError as exc:
@@ -241,7 +244,7 @@ class _Endpoints:
         return "v2" if request.url.path.startswith("/v2/") else "v3"
 
     async def body(self, request: Request) -> Any:
-        return drop_nulls(await read_json(request, self.cfg.max_body_bytes))
+        return await read_json(request, self.cfg.max_body_bytes, drop_null=True)
 
     def machine(self, request: Request) -> MachineRecord:
         return self.state.authenticate(request.headers.get("authorization"))

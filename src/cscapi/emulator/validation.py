@@ -7,6 +7,7 @@ walk happens only for bodies that fail. ``null`` optional fields are dropped fir
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from functools import cache
@@ -16,7 +17,7 @@ import jsonschema
 
 from cscapi._spec import load_capi_spec, load_lapi_spec
 
-__all__ = ["BodyValidator", "compile_schema", "drop_nulls", "validator_for"]
+__all__ = ["BodyValidator", "compile_schema", "drop_nulls", "loads_without_nulls", "validator_for"]
 
 _MAX_REPORTED = 10
 
@@ -33,6 +34,16 @@ def _inline(node: Any, definitions: dict[str, Any], stack: tuple[str, ...] = ())
     if isinstance(node, list):
         return [_inline(v, definitions, stack) for v in node]
     return node
+
+
+def _without_nulls(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if v is not None} if None in obj.values() else obj
+
+
+def loads_without_nulls(raw: bytes | str) -> Any:
+    """``json.loads``, dropping ``null`` object members as it parses (skipped when the text has no ``null``)."""
+    has_null = b"null" in raw if isinstance(raw, bytes) else "null" in raw
+    return json.loads(raw, object_hook=_without_nulls) if has_null else json.loads(raw)
 
 
 def drop_nulls(value: Any) -> Any:
@@ -131,7 +142,7 @@ def compile_schema(schema: Any) -> Predicate | None:
         item_fn = compile_schema(schema["items"])
         if item_fn is None:
             return None
-        checks.append(lambda v: not isinstance(v, list) or all(item_fn(x) for x in v))
+        checks.append(lambda v: not isinstance(v, list) or all(map(item_fn, v)))
     if "pattern" in schema:
         regex = re.compile(schema["pattern"])
         checks.append(lambda v: not isinstance(v, str) or regex.search(v) is not None)
@@ -146,8 +157,16 @@ def compile_schema(schema: Any) -> Predicate | None:
         if any(p is None for p in parts):
             return None
         checks.extend(p for p in parts if p is not None)
+    if not checks:
+        return lambda v: True
     if len(checks) == 1:
         return checks[0]
+    if len(checks) == 2:
+        c0, c1 = checks
+        return lambda v: c0(v) and c1(v)
+    if len(checks) == 3:
+        d0, d1, d2 = checks
+        return lambda v: d0(v) and d1(v) and d2(v)
     return lambda v: all(check(v) for check in checks)
 
 
