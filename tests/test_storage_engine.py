@@ -193,3 +193,30 @@ def test_close_then_reuse_reconnects(sqlite_url: str) -> None:
     storage.close()
     assert storage.count_signals().queued == 1
     storage.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_gets_fresh_connections(database_url: str) -> None:
+    import multiprocessing
+
+    storage = SQLStorage(database_url)
+    storage.add_signals(make_signals(2))  # the pool now holds a connection
+    assert storage.engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+
+    def child() -> None:
+        try:
+            inherited = storage.engine.pool.checkedin()  # type: ignore[attr-defined]
+            results.put((inherited, storage.add_signals(make_signals(3, start=10))))
+        except BaseException as exc:
+            results.put(repr(exc))
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    outcome = results.get(timeout=30)
+    proc.join(timeout=30)
+    assert outcome == (0, 3)  # the parent's pooled connection was dropped in the child, not reused
+    assert storage.count_signals().queued == 5  # the parent's connections still work
+    storage.close()

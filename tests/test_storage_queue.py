@@ -306,3 +306,13 @@ def test_unicode_payload_round_trips(storage: SQLStorage) -> None:
     signals = [make_signal(1, message='попытка 🚨 "quoted" \\ back'), make_signal(2, message="é")]
     storage.add_signals(signals)
     assert [s.message for s in storage.get_signals(limit=5)] == [s.message for s in signals]
+
+
+def test_get_signals_is_failing_includes_machines_flagged_without_an_end(storage: SQLStorage) -> None:
+    a = make_signals(1, MACHINE_A)
+    b = make_signals(1, MACHINE_B)
+    storage.add_signals(a + b)
+    storage.update_or_create_machine(Machine(machine_id=MACHINE_A, is_failing=True))
+    storage.update_or_create_machine(Machine(machine_id=MACHINE_B, is_failing=True, failing_until=utcnow()))
+    assert ids(storage.get_signals(limit=10, is_failing=True)) == ids(a)
+    assert ids(storage.get_signals(limit=10, is_failing=False)) == ids(b)  # cool-down over

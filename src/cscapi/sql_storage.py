@@ -434,14 +434,24 @@ class SQLStorage(StorageInterface):
         sent: bool | None = None,
         is_failing: bool | None = None,
     ) -> list[Signal]:
-        """Signals by ``alert_id``; ``sent=False`` means queued or claimed, ``is_failing`` the machine's cool-down."""
+        """Signals by ``alert_id``; ``sent=False`` means queued or claimed (not quarantined).
+
+        ``is_failing=True`` keeps the signals of machines failing now: cooling down (``failing_until`` in the future),
+        or flagged ``is_failing`` with no end set; ``False`` the others (machines never stored included).
+        """
         stmt = select(_S.c.alert_id, _S.c.payload, _S.c.status).order_by(_S.c.alert_id)
         if sent is True:
             stmt = stmt.where(_S.c.status == schema.SENT)
         elif sent is False:
             stmt = stmt.where(_S.c.status.in_([schema.QUEUED, schema.CLAIMED]))
         if is_failing is not None:
-            failing = exists().where(_M.c.machine_id == _S.c.machine_id, _M.c.failing_until > utcnow())
+            failing = exists().where(
+                _M.c.machine_id == _S.c.machine_id,
+                or_(
+                    _M.c.failing_until > utcnow(),
+                    and_(_M.c.is_failing == True, _M.c.failing_until.is_(None)),  # noqa: E712 - SQL comparison
+                ),
+            )
             stmt = stmt.where(failing if is_failing else ~failing)
         stmt = stmt.limit(int(limit)).offset(int(offset))
         with self._tx("reading signals", write=False) as conn:
