@@ -1,0 +1,47 @@
+"""Each quick start in examples/ runs (against its embedded emulator) and prints what the README says it prints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+EXPECTED = {
+    "share_signals.py": [
+        "queued 2, sent 2 in 1 request(s)",
+        "the emulator received: ['2001:db8::bad:1', '203.0.113.45']",
+    ],
+    "protect.py": [
+        "203.0.113.99    ban      CAPI",
+        "198.51.100.7    ban      lists:example-list",
+        "192.0.2.1       bypass   clean",
+    ],
+    "run_agent.py": ["pushed 1 signal(s); decisions cached: 1000"],
+    "run_emulator.py": [
+        "allowlists ['office']",
+        "signals sent: 1; the emulator answered {'503': 1, '200': 1}",
+        "enrollment: enrolled",
+    ],
+}
+
+
+def test_every_example_is_tested() -> None:
+    found = {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")}
+    assert found == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs(name: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CSCAPI_") and k != "CAPI_URL"}
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=120, env=env, cwd=EXAMPLES
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for line in EXPECTED[name]:
+        assert line in done.stdout, (line, done.stdout)
+    assert "Traceback" not in done.stderr
