@@ -185,3 +185,13 @@ def test_mask_uri_keeps_everything_but_the_password() -> None:
         "mysql+pymysql://root:****@127.0.0.1:3306/db?charset=utf8"
     )
     assert mask_uri("sqlite:////var/lib/x.db") == "sqlite:////var/lib/x.db"
+
+
+def test_env_aliases_of_other_components(cli_env: CliEnv) -> None:
+    env = {"CSCAPI_BASE_URL": "http://127.0.0.1:9911/", "CSCAPI_STORAGE_URL": "sqlite:////tmp/x.db"}
+    settings = show(cli_env, extra_env=env)["settings"]
+    assert settings["target"] == {"value": "http://127.0.0.1:9911/", "source": "env CSCAPI_BASE_URL"}
+    assert settings["storage"]["source"] == "env CSCAPI_STORAGE_URL"
+    # the setting's own variable wins over the alias
+    env["CSCAPI_TARGET"] = "dev"
+    assert show(cli_env, extra_env=env)["settings"]["target"]["value"] == "dev"

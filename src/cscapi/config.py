@@ -46,7 +46,10 @@ MIN_REFRESH_INTERVAL = 5400
 ENV_PREFIX = "CSCAPI_"
 #: ``CSCAPI_*`` variables that are not settings: the config file, the data directory, and the storage's encryption key
 #: (read by ``SQLStorage`` itself).
-_OTHER_ENV = ("config", "data_dir", "storage_key")
+_OTHER_ENV = ("config", "data_dir", "storage_key", "storage_url", "base_url")
+#: Variables other parts of cscapi read, honoured as lower-priority aliases: ``CSCAPI_BASE_URL`` (read by
+#: ``CAPIClientConfig`` when no base_url is given) and ``CSCAPI_STORAGE_URL`` (used in docs/storage.md).
+ENV_ALIASES: dict[str, tuple[str, ...]] = {"target": ("CSCAPI_BASE_URL",), "storage": ("CSCAPI_STORAGE_URL",)}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -294,7 +297,7 @@ SETTINGS: tuple[Setting, ...] = (
         "capi",
         "str",
         "",
-        "Which stored machine to use; empty means the first one (registered on first use).",
+        "Which stored machine to use; empty means the first one (`cscapi machines register` creates it).",
         check=_check_machine_id,
     ),
     Setting(
@@ -620,10 +623,13 @@ def load_settings(
     sources: dict[str, str] = {}
     for spec in SETTINGS:
         raw: Any
+        alias = next((a for a in ENV_ALIASES.get(spec.name, ()) if a in env), None)
         if flags.get(spec.name) is not None:
             raw, where, label = flags[spec.name], f"flag {spec.flag}", spec.flag
         elif spec.env in env:
             raw, where, label = env[spec.env], f"env {spec.env}", spec.env
+        elif alias is not None:
+            raw, where, label = env[alias], f"env {alias}", alias
         elif spec.name in file_values:
             raw, where, label = file_values[spec.name], f"file {path}", f"{spec.name} in {path}"
         else:
