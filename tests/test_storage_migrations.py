@@ -223,3 +223,11 @@ def test_legacy_import_encrypts_the_secrets_when_a_key_is_set(database_url: str)
     raw = query(database_url, f"SELECT password, token FROM machines WHERE machine_id = '{MACHINE_A}'")[0]
     assert raw[0].startswith("enc:v1:") and "legacy-pw-a" not in raw[0]
     assert raw[1].startswith("enc:v1:")
+
+
+def test_an_unrelated_signals_table_is_refused_not_reused(database_url: str) -> None:
+    run_sql(database_url, "CREATE TABLE signals (id INTEGER PRIMARY KEY, body TEXT)")
+    with pytest.raises(StorageError) as info:
+        SQLStorage(database_url)
+    assert "'signals'" in str(info.value) and "did not create" in str(info.value)
+    assert len(query(database_url, "SELECT id FROM signals")) == 0  # left as it was

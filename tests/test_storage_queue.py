@@ -316,3 +316,9 @@ def test_get_signals_is_failing_includes_machines_flagged_without_an_end(storage
     storage.update_or_create_machine(Machine(machine_id=MACHINE_B, is_failing=True, failing_until=utcnow()))
     assert ids(storage.get_signals(limit=10, is_failing=True)) == ids(a)
     assert ids(storage.get_signals(limit=10, is_failing=False)) == ids(b)  # cool-down over
+
+
+@pytest.mark.parametrize("lease", [float("nan"), float("inf"), -1, True, "10"])
+def test_claim_rejects_nonsense_leases(storage: SQLStorage, lease: object) -> None:
+    with pytest.raises(ValidationError):
+        storage.claim_signals(limit=1, lease_seconds=lease)  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+import math
 import os
 import random
 import secrets as _secrets
@@ -82,6 +83,13 @@ def _is_transient(exc: BaseException | None) -> bool:
         return True
     args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
     return len(args) > 0 and args[0] in {1213, 1205}  # MariaDB/MySQL: deadlock, lock wait timeout
+
+
+def _positive(seconds: Any) -> bool:
+    """True for a finite number of seconds above zero."""
+    return (
+        isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds) and seconds > 0
+    )
 
 
 def _ids(values: Sequence[int] | None, what: str) -> list[int] | None:
@@ -167,7 +175,11 @@ class SQLStorage(StorageInterface):
         except CAPIError:
             raise
         except SQLAlchemyError as exc:
-            raise StorageError(f"{operation} failed on {self._where}: {_describe(exc)}") from exc
+            message = _describe(exc)
+            password = self._url.password
+            if isinstance(password, str) and len(password) >= 4:  # a driver echoing the DSN: mask it too
+                message = message.replace(password, "***")
+            raise StorageError(f"{operation} failed on {self._where}: {message}") from exc
 
     @contextlib.contextmanager
     def _tx(self, operation: str, *, write: bool = True) -> Iterator[Connection]:
@@ -288,9 +300,9 @@ class SQLStorage(StorageInterface):
 
     def claim_signals(self, limit: int, lease_seconds: float, machine_ids: Sequence[str] | None = None) -> Claim:
         """Claim up to ``limit`` queued (or lease-expired) signals, oldest first, of machines not cooling down."""
-        if not isinstance(limit, int) or limit < 1:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValidationError(f"limit must be a positive integer, not {limit!r}", field="limit")
-        if not lease_seconds or lease_seconds <= 0:
+        if not _positive(lease_seconds):
             raise ValidationError(f"lease_seconds must be positive, not {lease_seconds!r}", field="lease_seconds")
         now = utcnow()
         expires_at = now + timedelta(seconds=float(lease_seconds))
@@ -594,7 +606,7 @@ class SQLStorage(StorageInterface):
 
     def acquire_login_lock(self, machine_id: str, holder: str, ttl_seconds: float) -> bool:
         """Become the one caller logging in for ``machine_id`` (or take over an expired lock); never waits."""
-        if not ttl_seconds or ttl_seconds <= 0:
+        if not _positive(ttl_seconds):
             raise ValidationError(f"ttl_seconds must be positive, not {ttl_seconds!r}", field="ttl_seconds")
         check_length("machine_id", machine_id, 128)
         check_length("holder", holder, 255)

@@ -90,7 +90,7 @@ def _create_private_sqlite_file(url: URL) -> None:
     database = url.database or ""
     if database.startswith("file:") or url.query.get("uri"):
         return  # SQLite URI filenames: the caller controls the file
-    path = Path(database).expanduser()
+    path = Path(database)  # as SQLite will open it (no ~ expansion)
     if path.exists():
         return
     if not path.parent.is_dir():

@@ -67,7 +67,24 @@ _V1_TABLES = ("signals", "machines", "login_locks", "schema_version", "storage_m
 LEGACY_TABLES = ("signal_models", "machine_models", "source_models", "decision_models", "context_models")
 
 
+def _refuse_foreign_tables(conn: Connection) -> None:
+    """A table of ours that exists already must be ours: an application's own ``signals`` table is not touched."""
+    inspector = inspect(conn)
+    for name in _V1_TABLES:
+        if not inspector.has_table(name):
+            continue
+        have = {column["name"] for column in inspector.get_columns(name)}
+        want = {column.name for column in schema.metadata.tables[name].columns}
+        if not want <= have:
+            raise StorageError(
+                f"The database already has a table {name!r} that cscapi did not create "
+                f"(it lacks {', '.join(sorted(want - have))}).",
+                hint="Point cscapi at its own database (or schema), or rename that table.",
+            )
+
+
 def _v1(conn: Connection, ctx: MigrationContext) -> None:
+    _refuse_foreign_tables(conn)
     schema.metadata.create_all(conn, tables=[schema.metadata.tables[name] for name in _V1_TABLES], checkfirst=True)
     if inspect(conn).has_table("signal_models") or inspect(conn).has_table("machine_models"):
         import_legacy(conn, ctx)
