@@ -739,3 +739,52 @@ async def test_sharing_and_enrolled_machines_get_higher_thresholds(
         body = {"machine_id": MID, "password": "secret"}
         assert (await c.post("/v3/watchers/login", body)).status_code == 200  # 2nd login: sharing allows 2
         assert (await c.post("/v3/watchers/login", body)).status_code == 403
+
+
+# ---- caching, CORS, in-process drops ------------------------------------------------------------------------------
+
+
+async def test_startup_answer_is_cached_until_the_list_changes_or_ages(capi: Capi, clock: Clock) -> None:
+    token = await capi.register_login()
+    first = await capi.http.get("/v3/decisions/stream?startup=true", headers={"Authorization": token})
+    clock.now += 1
+    second = await capi.http.get("/v3/decisions/stream?startup=true", headers={"Authorization": token})
+    assert second.content == first.content  # reused (durations read up to snapshot_max_age long)
+    capi.state.add_decisions([{"value": "192.0.2.251", "duration": "1h"}])
+    third = await capi.http.get("/v3/decisions/stream?startup=true", headers={"Authorization": token})
+    assert "192.0.2.251" in flat_new(third.json())
+    capi.state.publish_blocklist("late", ["192.0.2.1"])
+    fourth = await capi.http.get("/v3/decisions/stream?startup=true", headers={"Authorization": token})
+    assert [b["name"] for b in fourth.json()["links"]["blocklists"]] == ["late"]
+    clock.now += 10
+    fifth = await capi.http.get("/v3/decisions/stream?startup=true", headers={"Authorization": token})
+    assert fifth.content != fourth.content  # older than snapshot_max_age: rebuilt with shorter durations
+    assert set(flat_new(fifth.json())) == set(flat_new(fourth.json()))
+
+
+async def test_cors_preflight_declared_by_the_swagger(capi: Capi) -> None:
+    r = await capi.http.options("/v3/decisions/stream")
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
+
+
+async def test_drop_fault_in_process_raises_to_the_caller(capi: Capi) -> None:
+    from cscapi.emulator import FaultSpec
+    from cscapi.emulator.app import ConnectionDropped
+
+    capi.state.set_fault("register", FaultSpec(drop_rate=1.0, remaining=1))
+    with pytest.raises(ConnectionDropped):
+        await capi.http.post("/v3/watchers", json={"machine_id": MID, "password": "pw"})
+    assert (await capi.post("/v3/watchers", {"machine_id": MID, "password": "pw"})).status_code == 200
+
+
+async def test_a_genuine_bug_is_a_500_error_response(capi: Capi, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(capi.state, "register", boom)
+    r = await capi.http.post("/v3/watchers", json={"machine_id": MID, "password": "pw"})
+    assert r.status_code == 500
+    capi.validate(capi.spec, "ErrorResponse", r.json())
+    assert "Traceback" not in r.text and "simulated bug" not in r.text
+    assert capi.state.internal_errors == 1
+    capi.state.internal_errors = 0  # the fixture asserts no bug was hit otherwise

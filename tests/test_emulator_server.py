@@ -311,7 +311,8 @@ def test_login_rate_limit_over_tcp() -> None:
 # ---- python -m cscapi.emulator ------------------------------------------------------------------------------------
 
 
-def test_subprocess_serves_over_tcp_and_exits_cleanly_on_sigterm(free_tcp_port: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_subprocess_serves_over_tcp_and_exits_cleanly(free_tcp_port: int, tmp_path: Path, stop_signal: int) -> None:
     state = tmp_path / "state.db"
     cmd = [
         sys.executable,
@@ -353,7 +354,7 @@ def test_subprocess_serves_over_tcp_and_exits_cleanly_on_sigterm(free_tcp_port: 
         with EmulatorAdminClient(base_url, "adm1n") as admin:
             assert admin.machine(MID)["enrolled"]
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop_signal)
         out, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
     assert "Traceback" not in err

@@ -406,3 +406,63 @@ def test_compiled_validator_matches_jsonschema_on_every_single_mutation(
             assert fast(body) == reference.is_valid(body), (path, replacement)
             checked += 1
     assert checked > 50
+
+
+def test_importing_the_config_does_not_load_the_server_stack() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, cscapi.emulator; from cscapi.emulator import EmulatorConfig; EmulatorConfig(); "
+        "print(sorted(m for m in ('starlette', 'uvicorn', 'httpx', 'jsonschema') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_cli_flags_over_config_file(tmp_path: Path) -> None:
+    from cscapi.emulator.server import build_parser, config_from_args
+
+    cfg_file = tmp_path / "emu.json"
+    cfg_file.write_text(
+        json.dumps({"seed": 1, "community_size": 7, "attachment_keys": ["a1"], "faults": {"login": {"latency": 0.5}}})
+    )
+    args = build_parser().parse_args(
+        [
+            "--config",
+            str(cfg_file),
+            "--seed",
+            "9",
+            "--attachment-key",
+            "b2",
+            "--fault",
+            "signals:error_rate=1",
+            "--no-login-rate-limit",
+            "--token-lifetime",
+            "60",
+            "--max-batch",
+            "50",
+            "--admin-token",
+            "t",
+        ]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.seed, cfg.community_size, cfg.token_lifetime, cfg.max_batch, cfg.admin_token) == (9, 7, 60, 50, "t")
+    assert list(cfg.attachment_keys) == ["a1", "b2"]
+    assert set(cfg.faults) == {"login", "signals"} and not cfg.login_rate_limit.enabled
+
+
+def test_allowlist_and_blocklist_validation() -> None:
+    state = EmulatorState(EmulatorConfig(community_size=0))
+    with pytest.raises(ApiError) as info:
+        state.publish_allowlist("a", [{"value": "192.0.2.1", "expiration": "tomorrow"}])
+    assert "items[0].expiration" in info.value.message
+    with pytest.raises(ApiError):
+        state.publish_allowlist("a", [42])
+    with pytest.raises(ApiError):
+        state.publish_blocklist("b", ["192.0.2.1"], duration="forever")
+    with pytest.raises(ApiError):
+        state.publish_blocklist("", ["192.0.2.1"])
+    body = state.publish_blocklist("b", "192.0.2.1\n\n198.51.100.0/24\n")
+    assert body["content"] == ["192.0.2.1", "198.51.100.0/24"]
+    assert not state.remove_list("allowlist", "missing")

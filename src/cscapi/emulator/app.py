@@ -132,7 +132,8 @@ class _FaultsAndGuard:
         except ConnectionDropped:
             raise
         except Exception:
-            self.state.internal_errors += 1
+            with self.state.lock:
+                self.state.internal_errors += 1
             log.exception("emulator bug while serving %s %s", scope.get("method"), scope.get("path"))
             if not status_seen:
                 await _error_send(send, 500, "Internal Server Error", "unexpected emulator error (see its log)")
@@ -385,6 +386,20 @@ def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(int(ts), timezone.utc)
 
 
+_CORS_PATHS = ("/decisions/stream", "/watchers/reset")  # the swagger declares an OPTIONS (CORS) answer for these
+
+
+async def _cors_preflight(request: Request) -> Response:
+    return Response(
+        status_code=200,
+        headers={
+            "Access-Control-Allow-Origin": "*",
+            "Access-Control-Allow-Methods": "GET,POST,OPTIONS",
+            "Access-Control-Allow-Headers": "Content-Type,Authorization,Content-Encoding",
+        },
+    )
+
+
 def _capi_routes(ep: _Endpoints) -> list[Route]:
     routes: list[Route] = []
     for prefix in ("/v3", "/v2"):
@@ -401,6 +416,7 @@ def _capi_routes(ep: _Endpoints) -> list[Route]:
             Route(f"{prefix}/metrics/", _api(ep.metrics), methods=["POST"]),
             Route(f"{prefix}/usage-metrics", _api(ep.usage_metrics), methods=["POST"]),
         ]
+        routes += [Route(f"{prefix}{path}", _cors_preflight, methods=["OPTIONS"]) for path in _CORS_PATHS]
     routes += [
         Route("/downloads/blocklists/{list_id}", _api(ep.blocklist_download), methods=["GET"]),
         Route("/downloads/allowlists/{list_id}", _api(ep.allowlist_download), methods=["GET"]),
