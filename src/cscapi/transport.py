@@ -11,6 +11,7 @@ config gives no ``transport``; tests set them (``monkeypatch``) to run unchanged
 from __future__ import annotations
 
 import ssl
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,16 +95,21 @@ class SyncTransport:
     def __init__(self, settings: TransportSettings) -> None:
         self.settings = settings
         self._client: httpx.Client | None = None
+        self._lock = threading.Lock()  # threads sharing a CAPIClient share one pool
 
     @property
     def client(self) -> httpx.Client:
-        if self._client is None:
-            kwargs = self.settings.client_kwargs()
-            transport = self.settings.transport or DEFAULT_TRANSPORT
-            if transport is not None:
-                kwargs["transport"] = transport
-            self._client = httpx.Client(**kwargs)
-        return self._client
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    kwargs = self.settings.client_kwargs()
+                    transport = self.settings.transport or DEFAULT_TRANSPORT
+                    if transport is not None:
+                        kwargs["transport"] = transport
+                    self._client = httpx.Client(**kwargs)
+                client = self._client
+        return client
 
     def send(self, request: Request) -> Response | NetworkFailure:
         """Send and read the whole answer; a network failure is returned, not raised."""
@@ -118,9 +124,10 @@ class SyncTransport:
         return _response(resp)
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
 
 class AsyncTransport:
