@@ -1,0 +1,47 @@
+"""The CLI's documentation stays true: every error class, setting, command and exit code is documented."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cscapi.errors
+from cscapi.cli import COMMANDS
+from cscapi.cli._exit import MEANINGS, code_for
+from cscapi.config import SETTINGS
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def _instance(cls: type) -> cscapi.errors.CAPIError:
+    if cls is cscapi.errors.LoginBannedError:
+        return cls("x", until=datetime.now(timezone.utc))
+    if cls is cscapi.errors.RefreshTooSoonError:
+        return cls("x", next_allowed_at=datetime.now(timezone.utc))
+    return cls("x")
+
+
+def test_every_error_class_is_documented_with_its_exit_code() -> None:
+    text = (DOCS / "errors.md").read_text()
+    tree = {
+        line.strip("│├└─ ").split()[0]: line.split("exit")[1].split()[0]
+        for line in text.split("```")[3].splitlines()
+        if "exit" in line
+    }
+    for name in cscapi.errors.__all__:
+        assert f"## `{name}`" in text, name
+        assert tree[name] == str(code_for(_instance(getattr(cscapi.errors, name)))), name
+
+
+def test_every_setting_is_documented() -> None:
+    text = (DOCS / "configuration.md").read_text()
+    for spec in SETTINGS:
+        assert f"| `{spec.name}` |" in text and f"`{spec.env}`" in text, spec.name
+
+
+def test_every_command_and_exit_code_is_in_cli_md() -> None:
+    text = (DOCS / "cli.md").read_text()
+    for name in COMMANDS:
+        assert f"## `cscapi {name}" in text, name
+    for code in MEANINGS:
+        assert f"| {code} |" in text, code
