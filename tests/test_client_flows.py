@@ -638,3 +638,14 @@ def test_link_urls_with_signatures_stay_out_of_logs(api: Api, fake: FakeCAPI, ca
         api.download_link("http://capi.test/lists/signed?token=s3cr3tsig")
     text = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("cscapi")) + str(info.value)
     assert "s3cr3tsig" not in text and len(caplog.records) >= 3
+
+
+def test_machine_forgotten_by_capi_is_registered_again_with_the_same_pair(
+    api: Api, fake: FakeCAPI, storage: SQLStorage
+) -> None:
+    machine = api.register_machine(M1)
+    fake.machines.clear()  # CAPI lost it (e.g. an in-memory emulator restarted)
+    again = api.login(M1)
+    assert again.token and again.password == machine.password
+    assert fake.machines[M1] == machine.password  # same id/password pair
+    assert fake.count("/v3/watchers") == 2 and fake.count("/v3/watchers/login") == 2

@@ -490,7 +490,7 @@ class Core:
                 self.log.warning("Sending metrics after the login of machine %s failed: %s", machine_id, exc.message)
         return machine
 
-    def _login_locked(self, machine: Machine, scenarios: Sequence[str]) -> Flow[Machine]:
+    def _login_locked(self, machine: Machine, scenarios: Sequence[str], *, reregister: bool = True) -> Flow[Machine]:
         assert machine.password is not None
         response = yield from self._request(self.endpoints.login(machine.machine_id, machine.password, scenarios))
         now = yield from self._now()
@@ -509,9 +509,19 @@ class Core:
                 until=until,
             )
         if response.status_code in (400, 401, 404):
-            error = error_for(response, "login")
+            message, _ = server_reason(response)
+            if reregister and machine.registered and response.status_code in (401, 404):
+                # CAPI may have lost the machine (a reset emulator, a purge): registering the SAME id/password pair
+                # again changes nothing if it still knows it (a 4xx), and heals the machine if it does not.
+                again = yield from self._request(self.endpoints.register(machine.machine_id, machine.password))
+                if again.ok:
+                    self.log.warning(
+                        "CAPI did not know machine %s any more; registered it again with its stored password.",
+                        machine.machine_id,
+                    )
+                    return (yield from self._login_locked(machine, scenarios, reregister=False))
             raise AuthenticationError(
-                f"CAPI refused the login of machine {machine.machine_id} ({response.status_code}): {error.message}",
+                f"CAPI refused the login of machine {machine.machine_id} ({response.status_code}: {message}).",
                 status_code=response.status_code,
             )
         if not response.ok:
