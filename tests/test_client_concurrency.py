@@ -106,3 +106,34 @@ def test_processes_log_in_once(tmp_path: Path) -> None:
     assert all(not str(r).startswith("error") for r in results), results
     assert len(set(results)) == 1
     assert len(logins) == 1
+
+
+def test_waiting_threads_share_a_failed_login_instead_of_retrying_it(tmp_path: Path, capi_spec: dict[str, Any]) -> None:
+    from cscapi.errors import ServerError
+
+    fake = FakeCAPI(capi_spec=capi_spec, login_delay=0.1)
+    storage = SQLStorage(f"sqlite:///{tmp_path / 'failing.db'}")
+    setup = CAPIClient(storage, make_config(fake))
+    setup.register_machine(M1)
+    setup.close()
+    fake.script("/v3/watchers/login", *([503] * 100))
+    client = CAPIClient(storage, make_config(fake, retry_delay=0.01, max_retries=2))
+    barrier = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        barrier.wait()
+        try:
+            client.login(M1)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    client.close()
+    storage.close()
+    assert len(errors) == 6 and all(isinstance(e, ServerError) for e in errors)
+    assert fake.count("/v3/watchers/login") == 3  # one caller's 1 try + 2 retries; the 5 others shared its error

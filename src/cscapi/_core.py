@@ -222,6 +222,14 @@ async def run_async(
 # ---- the flows -------------------------------------------------------------------------------------------
 
 
+def _copy_error(error: CAPIError) -> CAPIError:
+    """A shallow copy of an error, so that threads re-raising one failure do not share one traceback."""
+    copy = type(error).__new__(type(error))
+    copy.__dict__.update(error.__dict__)
+    copy.args = error.args
+    return copy
+
+
 def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -263,6 +271,7 @@ class Core:
         )
         self.scenarios = list(config.scenarios)
         self._scenarios_key = scenarios_key(self.scenarios)
+        self._login_failures: dict[str, tuple[float, CAPIError]] = {}  # machine id -> (monotonic time, error)
 
     # ---- primitive steps --------------------------------------------------------------------------------
 
@@ -466,9 +475,16 @@ class Core:
         if fresh(machine, now):
             return machine
         holder = uuid.uuid4().hex
+        started = time.monotonic()
         other = yield from self._lock(machine_id, holder, fresh)
         if other is not None:
             return other
+        failure = self._login_failures.get(machine_id)
+        if failure is not None and failure[0] >= started:
+            # Another caller of this process failed to log in while we waited for it: share its error rather
+            # than hammering CAPI's login (which bans) with one more attempt per waiting thread or task.
+            yield from self._unlock(machine_id, holder)
+            raise _copy_error(failure[1])
         try:
             current = yield from self._store(self.storage.get_machine_by_id, machine_id)
             if current is None or not current.password:
@@ -480,7 +496,14 @@ class Core:
             self._check_ban(current, now)
             if fresh(current, now):
                 return current
-            machine = yield from self._login_locked(current, scen)
+            try:
+                machine = yield from self._login_locked(current, scen)
+            except StorageError:
+                raise
+            except CAPIError as exc:
+                self._login_failures[machine_id] = (time.monotonic(), exc)
+                raise
+            self._login_failures.pop(machine_id, None)
         finally:
             yield from self._unlock(machine_id, holder)
         if self.config.send_metrics_after_login:
