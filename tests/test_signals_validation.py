@@ -215,3 +215,14 @@ def test_scenario_lists() -> None:
     for bad in ([], "a/b", ["a/b", "nope"], [1]):
         with pytest.raises(ValidationError):
             validate_scenarios(bad)
+
+
+def test_canonical_looking_values_are_still_checked() -> None:
+    with pytest.raises(ValidationError) as info:
+        create_signal("192.0.2.1", "a/b", "2024-13-01T00:00:00.000000Z", MID)
+    assert info.value.field == "created_at"
+    upper = "6F1F6A8E-5B1A-4B3E-9D43-0C5D1F7B1A11"
+    assert create_signal("192.0.2.1", "a/b", machine_id=MID, uuid=upper).uuid == upper.lower()
+    assert create_signal("192.0.2.1", "a/b", "2024-02-29T23:59:59.999999Z", MID).created_at == (
+        "2024-02-29T23:59:59.999999Z"
+    )

@@ -8,6 +8,7 @@ overwrites a value the caller gave.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -36,6 +37,9 @@ SCENARIO_PATTERN = re.compile(r"[A-Za-z0-9_-]+/[A-Za-z0-9_-]+")
 """``owner/name``, e.g. ``crowdsecurity/ssh-bf``."""
 
 _MAX_TEXT = 4096
+# Fast paths for values already in canonical form (what create_signal produces): checked, not re-rendered.
+_CANONICAL_TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def validate_scenario(name: object, field: str = "scenario") -> str:
@@ -68,17 +72,25 @@ def validate_scenarios(names: object, field: str = "scenarios") -> list[str]:
     return result
 
 
+@functools.lru_cache(maxsize=16384)
+def _canonical_ip_text(value: str) -> str | None:
+    try:
+        ip = ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
 def canonical_ip(value: object, field: str = "source.value") -> str:
     """The canonical text of an IP address (lowercase, compressed IPv6; an IPv4-mapped IPv6 becomes IPv4)."""
     if not isinstance(value, str):
         raise InvalidIPError(f"Invalid IP address {value!r}: expected a string.", field=field)
-    try:
-        ip = ipaddress.ip_address(value.strip())
-    except ValueError:
-        raise InvalidIPError(f"Invalid IP address {value[:100]!r}.", field=field) from None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
+    text = _canonical_ip_text(value)
+    if text is None:
+        raise InvalidIPError(f"Invalid IP address {value[:100]!r}.", field=field)
+    return text
 
 
 def canonical_network(value: object, field: str = "source.value") -> str:
@@ -100,6 +112,13 @@ def canonical_network(value: object, field: str = "source.value") -> str:
 
 
 def _timestamp(value: object, field: str) -> str:
+    if isinstance(value, str) and _CANONICAL_TS.fullmatch(value):
+        try:
+            datetime.fromisoformat(value[:-1])  # a real date and time (month 13 is refused)
+        except ValueError:
+            pass  # fall through for the full error message
+        else:
+            return value
     try:
         return format_rfc3339(parse_timestamp(value))  # type: ignore[arg-type]
     except ValueError as exc:
@@ -109,6 +128,8 @@ def _timestamp(value: object, field: str) -> str:
 def _uuid(value: object, field: str) -> str:
     if value is None or value == "":
         return str(uuidlib.uuid4())
+    if isinstance(value, str) and _CANONICAL_UUID.fullmatch(value):
+        return value
     try:
         return str(uuidlib.UUID(str(value)))
     except ValueError:
