@@ -115,3 +115,29 @@ async def test_concurrent_tasks_log_in_once(tmp_path: Path, capi_spec: dict[str,
     storage.close()
     assert fake.count("/v3/watchers/login") == 1
     assert len({m.token for m in machines}) == 1
+
+
+@pytest.mark.anyio
+async def test_stream_is_parsed_off_the_loop(
+    tmp_path: Path, capi_spec: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = FakeCAPI(capi_spec=capi_spec)
+    fake.stream = {
+        "new": [
+            {
+                "scenario": "crowdsecurity/ssh-bf",
+                "scope": "ip",
+                "decisions": [{"value": f"10.0.{i // 250}.{i % 250}", "duration": "1h"} for i in range(5000)]
+                + [{"value": "bogus", "duration": "1h"}],
+            }
+        ]
+    }
+    storage = SQLStorage(f"sqlite:///{tmp_path / 'stream.db'}")
+    loop_thread = threading.get_ident()
+    with caplog.at_level("WARNING", logger="cscapi"):
+        async with AsyncCAPIClient(storage, make_config(fake)) as client:
+            stream = await client.get_decisions(M1)
+    storage.close()
+    assert len(stream.new) == 5000 and stream.skipped == 1
+    (skip,) = [r for r in caplog.records if "Skipped" in r.getMessage()]
+    assert skip.thread != loop_thread  # the parser ran in a worker thread
