@@ -322,3 +322,13 @@ def test_get_signals_is_failing_includes_machines_flagged_without_an_end(storage
 def test_claim_rejects_nonsense_leases(storage: SQLStorage, lease: object) -> None:
     with pytest.raises(ValidationError):
         storage.claim_signals(limit=1, lease_seconds=lease)  # type: ignore[arg-type]
+
+
+def test_uuids_compare_exactly_and_long_reasons_are_cut(storage: SQLStorage) -> None:
+    lower = make_signal(1, uuid="abcdef00-0000-4000-8000-000000000001")
+    upper = make_signal(2, uuid="ABCDEF00-0000-4000-8000-000000000001")
+    assert storage.add_signals([lower, upper]) == 2
+    claim = storage.claim_signals(limit=5, lease_seconds=60)
+    assert storage.quarantine(claim, ids(claim.signals), "x" * 100_000) == 2
+    reasons = [reason for _, reason in storage.list_quarantined()]
+    assert [len(r) for r in reasons] == [4000, 4000]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import logging
 import math
 import os
 import random
@@ -46,13 +45,13 @@ from cscapi.timeutil import utcnow
 
 __all__ = ["SQLStorage"]
 
-logger = logging.getLogger("cscapi.storage")
 
 _S = schema.signals
 _M = schema.machines
 _L = schema.login_locks
 _META = schema.storage_meta
 _RETRIES = 5
+_MAX_REASON = 4000  # characters of a server's reason kept with a quarantined signal
 _CHUNK = 500  # ids per IN (...) list: well under every database's bound-parameter limit
 _KEY_CHECK = "cscapi-storage-key-check"
 _T = TypeVar("_T")
@@ -378,7 +377,7 @@ class SQLStorage(StorageInterface):
         """Set the claim's ``signal_ids`` aside with ``reason``: never sent again unless requeued."""
         values = {
             "status": schema.QUARANTINED,
-            "quarantine_reason": str(reason),
+            "quarantine_reason": str(reason)[:_MAX_REASON],
             "claim_token": None,
             "claimed_until": None,
         }

@@ -84,13 +84,16 @@ _LONG_TEXT = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 # SQLite only auto-increments an INTEGER PRIMARY KEY; the others get a 64-bit id.
 _ID = BigInteger().with_variant(Integer(), "sqlite")
 
+# uuids compare exactly everywhere: MariaDB's default collation would fold case (and call "ABC" == "abc").
+_UUID = String(64).with_variant(mysql.VARCHAR(64, collation="utf8mb4_bin"), "mysql", "mariadb")
+
 metadata = MetaData()
 
 signals = Table(
     "signals",
     metadata,
     Column("alert_id", _ID, primary_key=True, autoincrement=True),
-    Column("uuid", String(64), nullable=False, unique=True),
+    Column("uuid", _UUID, nullable=False, unique=True),
     Column("machine_id", String(128), nullable=True, index=True),
     Column("scenario", String(255), nullable=True),
     Column("created_at", String(64), nullable=True),
