@@ -83,6 +83,9 @@ def test_register_and_login_bodies_fit_the_swagger(capi_spec: dict[str, Any], va
         "password": password,
         "scenarios": ["crowdsecurity/ssh-bf", "acme/http-bf"],
     }
+    reset = EP.reset_password(MID, password)
+    assert reset.url.endswith("/v3/watchers/reset") and not reset.authenticated
+    validate_against(capi_spec, "ResetPasswordRequest", body(reset))
     # the password never shows in a repr
     assert password not in repr(login) and password not in repr(register)
 
