@@ -466,3 +466,22 @@ def test_allowlist_and_blocklist_validation() -> None:
     body = state.publish_blocklist("b", "192.0.2.1\n\n198.51.100.0/24\n")
     assert body["content"] == ["192.0.2.1", "198.51.100.0/24"]
     assert not state.remove_list("allowlist", "missing")
+
+
+def test_tombstones_are_pruned_once_every_machine_has_seen_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cscapi.emulator.state as state_mod
+
+    monkeypatch.setattr(state_mod, "_TOMBSTONE_PRUNE_AT", 3)
+    state = EmulatorState(EmulatorConfig(community_size=10))
+    a, b = state.register("a" * 48, "p"), state.register("b" * 48, "p")
+    for m in (a, b):
+        state.stream_v3(m, startup=True, community_pull=True, additional_pull=True, base_url="http://x/")
+    values = [v for _, v in list(state.decisions)[:5]]
+    state.remove_decisions(values)
+    state.stream_v3(a, startup=False, community_pull=True, additional_pull=True, base_url="http://x/")
+    assert len(state.tombstones) == 5  # b has not seen them yet
+    delta = json.loads(
+        state.stream_v3(b, startup=False, community_pull=True, additional_pull=True, base_url="http://x/")
+    )
+    assert sorted(v for g in delta["deleted"] for v in g["decisions"]) == sorted(values)
+    assert len(state.tombstones) == 0

@@ -670,7 +670,11 @@ class EmulatorState:
             return
         pulled = [m.last_pull_version for m in self.machines.values() if m.last_pull_version is not None]
         floor = min(pulled) if pulled else self.version
-        drop = [k for k, t in self.tombstones.items() if t["version"] <= floor]
+        drop: list[tuple[str, str]] = []
+        for key, stone in self.tombstones.items():  # ordered by version: stop at the first one still needed
+            if stone["version"] > floor:
+                break
+            drop.append(key)
         for k in drop:
             del self.tombstones[k]
         if drop and self._store is not None:
