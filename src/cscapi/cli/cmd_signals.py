@@ -212,9 +212,11 @@ def push(app: AppContext, keep_sent: bool) -> None:
                     f"machine {machine} failed recently: its signals wait until {until:%H:%M:%S} UTC, then are retried"
                 )
     if report.failed_machines:
+        machine, reason = next(iter(report.failed_machines.items()))
         raise CAPIError(
-            f"signals of {len(report.failed_machines)} machine(s) were not sent and stay queued",
-            hint="See the reasons above; they are retried on the next push.",
+            f"signals of {len(report.failed_machines)} machine(s) were not sent "
+            f"(machine {machine[:12]}…: {reason.rstrip('.')})",
+            hint="They stay queued and are retried on the next push; check the CAPI URL and the network.",
         )
 
 
