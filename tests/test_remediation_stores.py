@@ -251,21 +251,25 @@ class SlowSource(FakeSource):
     def get_decisions(self, *args: Any, **kw: Any) -> Any:
         with self.counter.get_lock():
             self.counter.value += 1
-        time.sleep(0.5)
+        time.sleep(1.0)
         return stream([decision("1.2.3.4")])
 
 
-def _refresher(uri: str, kw: dict[str, Any], calls: Any, start: Any, results: Any) -> None:
-    engine = RemediationEngine(SlowSource(calls), uri, sync_interval_ms=0, **kw)
-    start.wait()
+def _refresher(uri: str, kw: dict[str, Any], calls: Any, ready: Any, start: Any, results: Any) -> None:
     try:
-        engine.refresh_decisions()
-        results.put("refreshed")
-    except RefreshInProgressError:
-        results.put("in-progress")
-    except RefreshTooSoonError:
-        results.put("too-soon")
-    engine.close()
+        engine = RemediationEngine(SlowSource(calls), uri, sync_interval_ms=0, **kw)
+        ready.put(True)
+        start.wait()
+        try:
+            engine.refresh_decisions()
+            results.put("refreshed")
+        except RefreshInProgressError:
+            results.put("in-progress")
+        except RefreshTooSoonError:
+            results.put("too-soon")
+        engine.close()
+    except Exception as exc:  # reported to the test rather than lost in a child's stderr
+        results.put(f"error: {exc!r}")
 
 
 @pytest.mark.slow
@@ -277,7 +281,7 @@ def test_processes_see_a_refresh_within_a_second(shared_uri: tuple[str, dict[str
     for p in procs:
         p.start()
     try:
-        assert [ready.get(timeout=30) for _ in procs] == ["bypass"] * 3
+        assert [ready.get(timeout=60) for _ in procs] == ["bypass"] * 3
         src = FakeSource()
         src.streams.append(stream([decision("203.0.113.5")]))
         engine = RemediationEngine(src, uri, sync_interval_ms=0, **kw)
@@ -301,14 +305,15 @@ def test_only_one_process_refreshes_at_a_time(shared_uri: tuple[str, dict[str, A
     ctx = multiprocessing.get_context("spawn")
     calls = ctx.Value("i", 0)
     start = ctx.Event()
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_refresher, args=(uri, kw, calls, start, results)) for _ in range(4)]
+    ready, results = ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=_refresher, args=(uri, kw, calls, ready, start, results)) for _ in range(4)]
     for p in procs:
         p.start()
     try:
-        time.sleep(1.5)  # let every process import and open the store
+        for _ in procs:
+            ready.get(timeout=60)  # every process has imported and opened the store
         start.set()
-        outcomes = sorted(results.get(timeout=30) for _ in procs)
+        outcomes = sorted(results.get(timeout=60) for _ in procs)
     finally:
         for p in procs:
             p.join(timeout=10)

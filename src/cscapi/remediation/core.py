@@ -19,6 +19,7 @@ from typing import Any
 
 from cscapi.errors import RefreshInProgressError, RefreshTooSoonError
 from cscapi.models import AllowlistLink, BlocklistLink, DecisionStream, LinkDownload
+from cscapi.remediation._gc import without_gc
 from cscapi.remediation.index import Index, Policy, build_index
 from cscapi.remediation.models import ListOutcome, ListStatus, RefreshReport
 from cscapi.remediation.parsing import ParseTally, canonical_value, parse_allowlist, parse_blocklist
@@ -84,6 +85,7 @@ class StreamResult:
     tally: ParseTally
 
 
+@without_gc
 def apply_stream(
     state: State, stream: DecisionStream, now: float, startup: bool, logger: logging.Logger
 ) -> StreamResult:
@@ -178,6 +180,12 @@ def _failure(exc: BaseException, url: str) -> str:
     return f"{type(exc).__name__}{f' (HTTP {status})' if status else ''}: {text}"
 
 
+def _lap(timings: dict[str, float], name: str, since: float) -> float:
+    now = time.perf_counter()
+    timings[name] = round(now - since, 4)
+    return now
+
+
 def refresh_flow(ctx: FlowContext, force: bool) -> Generator[Op, Any, tuple[RefreshReport, Index]]:
     """Pull the stream and every list, build the new index and commit it, under the store's refresh lock."""
     started = time.perf_counter()
@@ -204,6 +212,8 @@ def refresh_flow(ctx: FlowContext, force: bool) -> Generator[Op, Any, tuple[Refr
         # Until the new state is committed, the store says "do not trust a delta": a crash or a failure anywhere
         # from here on makes the next pull a startup pull.
         yield store("mark_dirty")
+        timings: dict[str, float] = {}
+        mark = time.perf_counter()
         stream: DecisionStream = yield client(
             "get_decisions",
             machine_id,
@@ -211,7 +221,9 @@ def refresh_flow(ctx: FlowContext, force: bool) -> Generator[Op, Any, tuple[Refr
             community_pull=ctx.community_pull,
             additional_pull=ctx.additional_pull,
         )
+        mark = _lap(timings, "pull", mark)
         result: StreamResult = yield compute(apply_stream, state, stream, now, startup, ctx.logger)
+        mark = _lap(timings, "apply", mark)
         tally = result.tally
         outcomes: dict[str, ListOutcome] = {}
         links_given = "links" in stream.raw or bool(stream.blocklists) or bool(stream.allowlists)
@@ -276,8 +288,11 @@ def refresh_flow(ctx: FlowContext, force: bool) -> Generator[Op, Any, tuple[Refr
             ctx.logger.info("lists no longer offered by CAPI, dropped: %s", ", ".join(removed))
         new_state = result.state.evolve(blocklists=blocklists, allowlists=allowlists, last_pull=now)
         version = new_version()
+        mark = _lap(timings, "lists", mark)
         index: Index = yield compute(build_index, new_state, ctx.policy, version, ctx.clock())
+        mark = _lap(timings, "index", mark)
         yield store("commit", new_state, version, token, True)
+        _lap(timings, "commit", mark)
         report = RefreshReport(
             new=result.new,
             deleted=result.deleted,
@@ -289,6 +304,7 @@ def refresh_flow(ctx: FlowContext, force: bool) -> Generator[Op, Any, tuple[Refr
             decisions=index.decisions,
             version=version,
             seconds=time.perf_counter() - started,
+            timings=timings,
         )
         ctx.logger.info(
             "decisions refreshed (%s): %d new, %d deleted, %d lists, %d skipped, %d live in the index",

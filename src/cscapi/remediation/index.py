@@ -19,12 +19,17 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from ipaddress import IPv4Address, IPv6Address
+from itertools import repeat
+from operator import itemgetter
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Any
 
 from cscapi.errors import ConfigurationError, InvalidIPError
+from cscapi.remediation._gc import without_gc
 from cscapi.remediation.models import Remediation
 from cscapi.remediation.parsing import MAPPED_PREFIX, parse_range
 from cscapi.remediation.state import State
@@ -283,6 +288,7 @@ def _bucketise(
     return buckets, wide, starts, values
 
 
+@without_gc
 def build_index(state: State, policy: Policy, version: str | None, now: float) -> Index:
     """Build the lookup index of ``state`` (decisions already expired at ``now`` are left out)."""
     ranker = _Ranker(policy)
@@ -297,29 +303,38 @@ def build_index(state: State, policy: Policy, version: str | None, now: float) -
     exact: dict[str, Entries] = {}
     multi: set[str] = set()
     setdefault = exact.setdefault
-    count = 0
-    capi_rems: dict[str, Remediation] = {}
-    for (value, _scenario, type_, _scope), expiry in state.capi.items():
-        if expiry <= now:
-            continue
-        rem = capi_rems.get(type_)
-        if rem is None:
-            rem = capi_rems[type_] = remediation(policy.resolve(type_)[1], "CAPI")
-        pair = (expiry, rem)
+
+    def add_one(value: str, pair: Entries) -> None:
         found = setdefault(value, pair)
         if found is not pair:
             exact[value] = found + pair
             multi.add(value)
-        count += 1
+
+    # CAPI decisions: one comprehension for the common case (one decision per value), a slow path for the rest.
+    capi_rems = {t: remediation(policy.resolve(t)[1], "CAPI") for t in {key[2] for key in state.capi}}
+    live = [(key[0], (expiry, capi_rems[key[2]])) for key, expiry in state.capi.items() if expiry > now]
+    count = len(live)
+    exact.update(live)
+    if len(exact) != count:
+        repeated = {value for value, n in Counter(value for value, _ in live).items() if n > 1}
+        for value in repeated:
+            del exact[value]
+        for value, pair in live:
+            if value in repeated:
+                add_one(value, pair)
+    del live
+    # Blocklists: every value of a list shares one pair; values already present are merged one by one.
     for bl in state.blocklists.values():
         if bl.expires_at <= now:
             continue
         pair = (bl.expires_at, remediation(policy.resolve(bl.remediation)[1], bl.origin))
-        for value in bl.values:
-            found = setdefault(value, pair)
-            if found is not pair:
-                exact[value] = found + pair
-                multi.add(value)
+        clash = exact.keys() & bl.values if exact else set()
+        if clash:
+            for value in clash:
+                add_one(value, pair)
+            exact.update(zip([v for v in bl.values if v not in clash], repeat(pair)))
+        else:
+            exact.update(zip(bl.values, repeat(pair)))
         count += len(bl.values)
     for al in state.allowlists.values():
         rem = remediation("bypass", al.origin)
@@ -327,11 +342,7 @@ def build_index(state: State, policy: Policy, version: str | None, now: float) -
         for value, until in al.entries.items():
             if until is not None and until <= now:
                 continue
-            pair = forever if until is None else (until, rem)
-            found = setdefault(value, pair)
-            if found is not pair:
-                exact[value] = found + pair
-                multi.add(value)
+            add_one(value, forever if until is None else (until, rem))
             count += 1
     for value in multi:
         exact[value] = ranker.merge(exact[value])
@@ -351,20 +362,28 @@ def build_index(state: State, policy: Policy, version: str | None, now: float) -
     v4_buckets, v4_wide, _, _ = _bucketise(ranges4, 32, _V4_BUCKET_BYTES, ranker)
     v6_buckets, v6_wide, _, _ = _bucketise(ranges6, 128, _V6_BUCKET_BYTES, ranker)
 
-    # An address's entries include the ranges covering it, so that a hit needs no range search.
-    v6_exact: dict[bytes, Entries] = {}
-    for value, entries in exact.items():
-        if ":" in value:
-            packed = inet_pton(AF_INET6, value)
-            if ranges6:
-                covering = _in_ranges(v6_buckets, v6_wide, packed, _V6_BUCKET_BYTES)
-                if covering is not None:
-                    entries = exact[value] = ranker.merge(entries + covering)
-            v6_exact[packed] = entries
-        elif ranges4:
-            covering = _in_ranges(v4_buckets, v4_wide, inet_pton(AF_INET, value), _V4_BUCKET_BYTES)
+    # An address's entries include the ranges covering it, so that a hit needs no range search. Only addresses
+    # whose bucket exists (or all, when wide ranges exist) can be covered: filter them with C-speed maps first.
+    merge = ranker.merge
+    six = [v for v in exact if ":" in v]
+    six_packed = list(map(partial(inet_pton, AF_INET6), six))
+    if ranges6:
+        for value, packed in zip(six, six_packed):
+            covering = _in_ranges(v6_buckets, v6_wide, packed, _V6_BUCKET_BYTES)
             if covering is not None:
-                exact[value] = ranker.merge(entries + covering)
+                exact[value] = merge(exact[value] + covering)
+    v6_exact = dict(zip(six_packed, [exact[v] for v in six]))
+    if ranges4:
+        four = [v for v in exact if ":" not in v]
+        four_packed = list(map(partial(inet_pton, AF_INET), four))
+        if v4_wide[0]:
+            candidates: Sequence[int] = range(len(four))
+        else:
+            candidates = [i for i, head in enumerate(map(itemgetter(slice(0, 2)), four_packed)) if head in v4_buckets]
+        for i in candidates:
+            covering = _in_ranges(v4_buckets, v4_wide, four_packed[i], _V4_BUCKET_BYTES)
+            if covering is not None:
+                exact[four[i]] = merge(exact[four[i]] + covering)
     return Index(
         exact,
         (v4_buckets, v4_wide),

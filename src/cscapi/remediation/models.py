@@ -116,6 +116,8 @@ class RefreshReport:
     ``deleted`` part; ``lists``: one :class:`ListOutcome` per blocklist/allowlist, keyed by origin
     (``lists:<name>``, ``allowlist:<name>``); ``skipped``: stream items and list lines that could not be used, with
     ``skipped_reasons`` counting them by reason; ``removed_lists``: lists no longer offered by CAPI, dropped.
+    ``seconds`` is the whole refresh; ``timings`` splits it: ``pull`` (the stream request, the client's parsing
+    included), ``lists`` (downloads and parsing), ``apply``, ``index`` (building the new index), ``commit`` (the store).
     ``report["new"]`` and ``report["deleted"]`` work like the PHP engine's array.
     """
 
@@ -129,6 +131,7 @@ class RefreshReport:
     decisions: int = 0
     version: str = ""
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> Any:
         if key in ("new", "deleted", "startup", "lists", "skipped", "decisions"):

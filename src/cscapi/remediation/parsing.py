@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 
+from cscapi.remediation._gc import without_gc
 from cscapi.timeutil import parse_timestamp
 
 __all__ = [
@@ -118,6 +119,7 @@ def canonical_value(text: object) -> str:
     return f"{inet_ntop(AF_INET6, network.to_bytes(16, 'big'))}/{prefix}"
 
 
+@without_gc
 def parse_blocklist(body: str, tally: ParseTally, logger: logging.Logger, name: str) -> tuple[str, ...]:
     """The canonical, de-duplicated values of a blocklist body (one IP or CIDR per line).
 

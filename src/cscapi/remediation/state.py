@@ -12,6 +12,8 @@ import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cscapi.remediation._gc import without_gc
+
 __all__ = ["FORMAT", "AllowlistState", "BlocklistState", "State", "StateFormatError", "decode_state", "encode_state"]
 
 FORMAT = 1
@@ -80,6 +82,7 @@ class State:
         )
 
 
+@without_gc
 def encode_state(state: State) -> bytes:
     """Serialise a state to bytes (JSON grouped by scenario/type/scope, zlib level 1)."""
     groups: dict[tuple[str, str, str], tuple[list[str], list[float]]] = {}
@@ -123,6 +126,7 @@ def encode_state(state: State) -> bytes:
     return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 1)
 
 
+@without_gc
 def decode_state(blob: bytes) -> State:
     """Read a blob written by :func:`encode_state`; raises :class:`StateFormatError` if it cannot."""
     try:
