@@ -676,12 +676,13 @@ class Core:
         seen: set[int] = set()
         sent_ids: list[int] = []
         try:
-            while True:
-                claim: Claim = yield from self._store(
-                    self.storage.claim_signals, size * _CLAIM_BATCHES, self.config.claim_lease
-                )
+            more = True
+            while more:
+                limit = size * _CLAIM_BATCHES
+                claim: Claim = yield from self._store(self.storage.claim_signals, limit, self.config.claim_lease)
                 if not claim.signals:
                     break
+                more = len(claim.signals) >= limit  # a partial claim drained the queue: this is the last round
                 batch = _Batch(claim)
                 batches.append(batch)
                 fresh = [s for s in claim.signals if s.alert_id not in seen]
