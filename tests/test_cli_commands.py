@@ -243,6 +243,7 @@ def test_push_to_unreachable_capi_keeps_signals_queued(capi_env: CliEnv) -> None
     register(capi_env)
     ok(capi_env.invoke(["signals", "add", "--ip", "203.0.113.1", "--scenario", "crowdsecurity/ssh-bf", "--json"]))
     env = {"CSCAPI_TARGET": unreachable_url(), "CSCAPI_MAX_RETRIES": "0", "CSCAPI_TIMEOUT": "2"}
+    ok(capi_env.invoke(["machines", "status", "--login", "--json"]))  # a valid token is now stored
     # the stored token is still valid, so the failure shows at the POST: the machine's signals stay queued
     result = capi_env.invoke(["signals", "push"], env=env)
     line = assert_user_error(result, 1, "were not sent", "connect error", "stay queued")
