@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cscapi.models import QueueCounts
+from cscapi.models import QueueCounts, Signal
 from cscapi.sql_storage import SQLStorage
 from test_storage_support import MACHINE_A, make_signals
 
@@ -126,3 +126,21 @@ def test_concurrent_login_lock_threads_exactly_one_wins(database_url: str) -> No
         with ThreadPoolExecutor(max_workers=6) as pool:
             wins = list(pool.map(attempt, range(6)))
         assert wins.count(True) == 1
+
+
+def test_concurrent_adds_of_the_same_signals_store_each_once(database_url: str) -> None:
+    with SQLStorage(database_url) as storage:
+        originals = make_signals(150)
+        start = threading.Barrier(4)
+
+        def add_copy(_: int) -> tuple[int, list[int]]:
+            copies = [Signal.from_dict(s.to_dict()) for s in originals]
+            start.wait()
+            added = storage.add_signals(copies)
+            return added, [int(c.alert_id or 0) for c in copies]
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(add_copy, range(4)))
+        assert sum(added for added, _ in results) == 150  # every uuid counted as new exactly once
+        assert all(alert_ids == results[0][1] for _, alert_ids in results)  # same ids for everyone
+        assert storage.count_signals() == QueueCounts(queued=150)

@@ -231,3 +231,17 @@ def test_an_unrelated_signals_table_is_refused_not_reused(database_url: str) -> 
         SQLStorage(database_url)
     assert "'signals'" in str(info.value) and "did not create" in str(info.value)
     assert len(query(database_url, "SELECT id FROM signals")) == 0  # left as it was
+
+
+def test_legacy_database_with_machines_only(database_url: str) -> None:
+    run_sql(database_url, legacy_ddl(database_url)[0])
+    run_sql(
+        database_url,
+        "INSERT INTO machine_models (id, machine_id, token, password, scenarios, is_failing) "
+        "VALUES (1, :m, NULL, 'pw', NULL, NULL)",
+        params=[{"m": MACHINE_A}],
+    )
+    with SQLStorage(database_url) as storage:
+        machine = storage.get_machine_by_id(MACHINE_A)
+        assert machine is not None and machine.password == "pw" and machine.token is None
+        assert storage.count_signals() == QueueCounts()
