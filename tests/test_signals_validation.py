@@ -7,6 +7,8 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cscapi.errors import InvalidIPError, ValidationError
 from cscapi.models import Signal, SignalDecision, Source
@@ -226,3 +228,34 @@ def test_canonical_looking_values_are_still_checked() -> None:
     assert create_signal("192.0.2.1", "a/b", "2024-02-29T23:59:59.999999Z", MID).created_at == (
         "2024-02-29T23:59:59.999999Z"
     )
+
+
+# ---- properties -----------------------------------------------------------------------------------------
+
+_ips = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(str)
+_times = st.datetimes(
+    min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.sampled_from([None, timezone.utc])
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ip=_ips, when=_times, ban=st.booleans(), seconds=st.integers(min_value=1, max_value=10**7))
+def test_any_ip_and_time_gives_a_valid_idempotent_wire_signal(
+    ip: str, when: datetime, ban: bool, seconds: int, capi_spec: dict[str, object], validate_against: object
+) -> None:
+    from cscapi.protocol import signal_to_wire
+
+    signal = create_signal(
+        ip, "crowdsecurity/ssh-bf", when, MID, decision_type="ban" if ban else None, duration=seconds if ban else None
+    )
+    assert validate_signal(signal) == signal
+    item = signal_to_wire(signal)
+    validate_against(capi_spec, "AddSignalsRequestItem", item)  # type: ignore[operator]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", item["created_at"])
+    assert canonical(item["source"]["value"]) == item["source"]["value"]
+
+
+def canonical(value: str) -> str:
+    from cscapi.signals import canonical_ip
+
+    return canonical_ip(value)
