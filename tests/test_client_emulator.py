@@ -146,3 +146,18 @@ def test_login_rate_limit_ban_is_respected(emu: Any, storage: SQLStorage) -> Non
         with pytest.raises(LoginBannedError):
             client.get_decisions(M1)  # no request at all while banned
         assert emu.admin.requests()["login"] == attempts
+
+
+@pytest.mark.anyio
+async def test_faults_are_survived_async(emu: Any, storage: SQLStorage) -> None:
+    config = make_config(None, base_url=emu.base_url, retry_delay=0.01, max_retry_after=0.05)
+    async with AsyncCAPIClient(storage, config) as client:
+        await client.login(M2)
+        emu.admin.set_fault("signals", error_rate=1.0, error_status=502, remaining=1)
+        emu.admin.set_fault("decisions_stream", drop_rate=1.0, remaining=1)
+        await client.add_signals(batch(7, M2))
+        assert await client.send_signals() == 7
+        assert len((await client.get_decisions(M2)).new) == 200
+        emu.admin.expire_tokens(M2)
+        assert len((await client.get_decisions(M2)).new) == 200
+    assert len(emu.admin.logins(M2)) == 2
