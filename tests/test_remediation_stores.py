@@ -218,6 +218,23 @@ def test_redis_uri_password_never_shows(redis_url: str) -> None:
     assert "s3cret" not in str(info.value)
 
 
+def test_a_reader_without_client_serves_but_cannot_pull(tmp_path: Path) -> None:
+    from cscapi.errors import ConfigurationError
+
+    uri = f"sqlite:///{tmp_path / 'd.db'}"
+    writer = RemediationEngine(FakeSource(), uri, sync_interval_ms=0)
+    writer.client.streams.append(stream([decision("1.2.3.4")]))  # type: ignore[attr-defined]
+    writer.refresh_decisions()
+    reader = RemediationEngine(None, uri, sync_interval_ms=0)
+    assert reader.get_ip_remediation("1.2.3.4").remediation == "ban"
+    with pytest.raises(ConfigurationError, match="no client"):
+        reader.refresh_decisions()
+    with pytest.raises(ConfigurationError, match="no client"):
+        reader.push_usage_metrics()
+    reader.close()
+    writer.close()
+
+
 def test_a_store_down_at_start_serves_nothing_and_refresh_reports_the_store_error() -> None:
     engine = RemediationEngine(FakeSource(), "redis://127.0.0.1:1/0", sync_interval_ms=0)
     assert engine.get_ip_remediation("1.2.3.4") == CLEAN

@@ -195,6 +195,13 @@ class _EngineBase(Generic[C]):
                 self._index = index
         self._committing = None
 
+    def _need_client(self) -> None:
+        if self.client is None:
+            raise ConfigurationError(
+                "this engine has no client: it serves lookups from the shared store but cannot pull or push",
+                hint="Pass a CAPIClient (or AsyncCAPIClient) to the engine of the worker that refreshes.",
+            )
+
     def _run_store(self, op: Op) -> Any:
         if op.name == "commit":
             self._committing = op.args[1]
@@ -288,6 +295,7 @@ class RemediationEngine(_EngineBase[Any]):
         ``RefreshInProgressError`` if another worker holds the lock; the client's or store's error if the pull or
         the commit fails, the previous decisions staying in force.
         """
+        self._need_client()
         try:
             report, index = self._drive(refresh_flow(self._ctx, force))
         finally:
@@ -310,6 +318,7 @@ class RemediationEngine(_EngineBase[Any]):
 
     def push_usage_metrics(self) -> dict[str, Any]:
         """Push the counters as ``AllMetrics``; after a 2xx, subtract exactly what was pushed. Returns the payload."""
+        self._need_client()
         payload, counts, now = self._metrics_payload()
         machine_id = self.machine_id or self.client.default_machine_id()
         self.client.push_usage_metrics(machine_id, payload)
@@ -351,6 +360,7 @@ class AsyncRemediationEngine(_EngineBase[Any]):
 
     async def refresh_decisions(self, force: bool = False) -> RefreshReport:
         """See :meth:`RemediationEngine.refresh_decisions`."""
+        self._need_client()
         try:
             report, index = await self._drive(refresh_flow(self._ctx, force))
         finally:
@@ -373,6 +383,7 @@ class AsyncRemediationEngine(_EngineBase[Any]):
 
     async def push_usage_metrics(self) -> dict[str, Any]:
         """See :meth:`RemediationEngine.push_usage_metrics`."""
+        self._need_client()
         payload, counts, now = await asyncio.to_thread(self._metrics_payload)
         machine_id = self.machine_id or await self.client.default_machine_id()
         await self.client.push_usage_metrics(machine_id, payload)
