@@ -69,11 +69,13 @@ def test_list_machines_by_creation_and_delete(storage: SQLStorage) -> None:
     assert storage.count_signals(MACHINE_B) == QueueCounts(queued=2)  # signals stay queued
 
 
-def test_machine_validation(storage: SQLStorage) -> None:
-    with pytest.raises(ValidationError):
-        storage.update_or_create_machine(Machine(machine_id=""))
-    with pytest.raises(ValidationError):
-        storage.update_or_create_machine(Machine(machine_id="x" * 200))
+def test_machine_validation(sqlite_url: str) -> None:
+    with SQLStorage(sqlite_url) as storage:
+        with pytest.raises(ValidationError):
+            storage.update_or_create_machine(Machine(machine_id=""))
+        with pytest.raises(ValidationError):
+            storage.update_or_create_machine(Machine(machine_id="x" * 200))
+        assert storage.list_machines() == []
 
 
 def test_login_lock_is_exclusive_until_released_or_expired(storage: SQLStorage) -> None:
@@ -92,6 +94,11 @@ def test_login_lock_is_exclusive_until_released_or_expired(storage: SQLStorage) 
     assert storage.list_machines() == []  # locks create no machine
 
 
-def test_login_lock_validation(storage: SQLStorage) -> None:
-    with pytest.raises(ValidationError):
-        storage.acquire_login_lock(MACHINE_A, "w", ttl_seconds=0)
+def test_login_lock_validation(sqlite_url: str) -> None:
+    with SQLStorage(sqlite_url) as storage:
+        for ttl in (0, -5, float("nan")):
+            with pytest.raises(ValidationError):
+                storage.acquire_login_lock(MACHINE_A, "w", ttl_seconds=ttl)
+        with pytest.raises(ValidationError):
+            storage.acquire_login_lock(MACHINE_A, "w" * 300, ttl_seconds=5)
+        assert storage.acquire_login_lock(MACHINE_A, "w", ttl_seconds=5) is True

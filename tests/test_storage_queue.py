@@ -21,6 +21,13 @@ def storage(database_url: str) -> Iterator[SQLStorage]:
         yield st  # type: ignore[misc]
 
 
+@pytest.fixture
+def local(sqlite_url: str) -> Iterator[SQLStorage]:
+    """For input-validation tests: the checks run before any SQL, so one database suffices."""
+    with SQLStorage(sqlite_url) as st:
+        yield st  # type: ignore[misc]
+
+
 def ids(signals: list[Signal]) -> list[int]:
     return [int(s.alert_id) for s in signals if s.alert_id is not None]
 
@@ -71,18 +78,18 @@ def test_add_signals_gives_a_uuid_to_signals_without_one(storage: SQLStorage) ->
     assert storage.get_signals(limit=1)[0].uuid == signal.uuid
 
 
-def test_add_signals_refuses_oversized_values_and_stores_nothing(storage: SQLStorage) -> None:
+def test_add_signals_refuses_oversized_values_and_stores_nothing(local: SQLStorage) -> None:
     good = make_signal(1)
     bad = make_signal(2, scenario="x" * 300)
     with pytest.raises(ValidationError) as info:
-        storage.add_signals([good, bad])
+        local.add_signals([good, bad])
     assert info.value.field == "scenario"
-    assert storage.count_signals() == QueueCounts()
+    assert local.count_signals() == QueueCounts()
 
 
-def test_add_signals_empty_is_a_no_op(storage: SQLStorage) -> None:
-    assert storage.add_signals([]) == 0
-    assert storage.count_signals() == QueueCounts()
+def test_add_signals_empty_is_a_no_op(local: SQLStorage) -> None:
+    assert local.add_signals([]) == 0
+    assert local.count_signals() == QueueCounts()
 
 
 def test_large_batch_round_trip(storage: SQLStorage) -> None:
@@ -190,11 +197,11 @@ def test_requeue_selected_quarantined_ids(storage: SQLStorage) -> None:
     assert len(storage.list_quarantined(limit=1)) == 1
 
 
-def test_claim_rejects_bad_arguments(storage: SQLStorage) -> None:
+def test_claim_rejects_bad_arguments(local: SQLStorage) -> None:
     with pytest.raises(ValidationError):
-        storage.claim_signals(limit=0, lease_seconds=10)
+        local.claim_signals(limit=0, lease_seconds=10)
     with pytest.raises(ValidationError):
-        storage.claim_signals(limit=5, lease_seconds=0)
+        local.claim_signals(limit=5, lease_seconds=0)
 
 
 # ---- counts and prune -------------------------------------------------------------------------------------------
@@ -319,9 +326,9 @@ def test_get_signals_is_failing_includes_machines_flagged_without_an_end(storage
 
 
 @pytest.mark.parametrize("lease", [float("nan"), float("inf"), -1, True, "10"])
-def test_claim_rejects_nonsense_leases(storage: SQLStorage, lease: object) -> None:
+def test_claim_rejects_nonsense_leases(local: SQLStorage, lease: object) -> None:
     with pytest.raises(ValidationError):
-        storage.claim_signals(limit=1, lease_seconds=lease)  # type: ignore[arg-type]
+        local.claim_signals(limit=1, lease_seconds=lease)  # type: ignore[arg-type]
 
 
 def test_uuids_compare_exactly_and_long_reasons_are_cut(storage: SQLStorage) -> None:
