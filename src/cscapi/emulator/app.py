@@ -13,6 +13,7 @@ import logging
 import zlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
+from http import HTTPStatus
 from typing import Any
 
 from starlette.applications import Starlette
@@ -125,7 +126,8 @@ class _FaultsAndGuard:
                 return
             if action.kind == "5xx":
                 self.state.count_request(endpoint, action.status)
-                await _error_send(send, action.status, "Internal Server Error", "server error (fault injection)")
+                phrase = HTTPStatus(action.status).phrase if action.status in HTTPStatus._value2member_map_ else "Error"
+                await _error_send(send, action.status, phrase, "server error (fault injection)")
                 return
         try:
             await self.app(scope, receive, counting_send)
