@@ -31,6 +31,7 @@ from test_storage_support import MACHINE_A, make_signal, make_signals
         ("postgresql+psycopg://u@h/db", "postgresql+psycopg"),
         ("mysql://u@h/db", "mysql+pymysql"),
         ("mysql+pymysql://u@h/db", "mysql+pymysql"),
+        ("mariadb://u@h/db", "mariadb+pymysql"),
         ("sqlite:///x.db", "sqlite"),
     ],
 )

@@ -339,3 +339,12 @@ def test_uuids_compare_exactly_and_long_reasons_are_cut(storage: SQLStorage) -> 
     assert storage.quarantine(claim, ids(claim.signals), "x" * 100_000) == 2
     reasons = [reason for _, reason in storage.list_quarantined()]
     assert [len(r) for r in reasons] == [4000, 4000]
+
+
+def test_nul_characters(storage: SQLStorage) -> None:
+    with pytest.raises(ValidationError):
+        storage.add_signals([make_signal(1, scenario="crowdsecurity/ssh\x00bf")])
+    # inside the JSON payload a NUL is escaped, so every database stores it
+    signal = make_signal(2, message="before\x00after")
+    assert storage.add_signals([signal, make_signal(3)]) == 2
+    assert storage.get_signals(limit=1)[0].message == "before\x00after"

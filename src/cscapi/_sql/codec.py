@@ -25,12 +25,16 @@ _LIMITS = {"uuid": 64, "machine_id": 128, "scenario": 255, "created_at": 64}
 
 
 def check_length(name: str, value: str | None, limit: int) -> None:
-    """Refuse a value longer than its column (rather than let a database truncate it)."""
-    if value is not None and len(value) > limit:
+    """Refuse a value longer than its column (rather than let a database truncate it), or holding NUL."""
+    if value is None:
+        return
+    if len(value) > limit:
         raise ValidationError(
             f"{name} is {len(value)} characters long; the storage accepts at most {limit}.",
             field=name,
         )
+    if "\x00" in value:  # PostgreSQL cannot store NUL in text: refuse it everywhere alike
+        raise ValidationError(f"{name} contains a NUL character.", field=name)
 
 
 def _plain(value: Any) -> Any:
