@@ -7,7 +7,7 @@
    Baseline: a bare Starlette endpoint returning the very same bytes. Also: the time to build that answer
    without the snapshot cache (in-process).
 
-Run: .venv/bin/python bench/emulator.py [--batches 40] [--senders 4] [--decisions 100000] [--pulls 20]
+Run: .venv/bin/python bench/emulator.py [--batches 100] [--senders 4] [--decisions 100000] [--pulls 25]
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ def main() -> int:
         return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--senders", type=int, default=4)
-    p.add_argument("--batches", type=int, default=40, help="batches of 250 per sender")
+    p.add_argument("--batches", type=int, default=100, help="batches of 250 per sender")
     p.add_argument("--decisions", type=int, default=100_000)
     p.add_argument("--pullers", type=int, default=4)
     p.add_argument("--pulls", type=int, default=25, help="startup pulls per puller")

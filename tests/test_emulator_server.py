@@ -81,6 +81,8 @@ def test_start_stop_is_quick_and_clean() -> None:
         httpx.get(url + "v3/decisions/stream")
     with pytest.raises(RuntimeError):
         _ = emu.base_url
+    with pytest.raises(RuntimeError):
+        emu.start()
 
 
 def test_embedded_inside_a_running_event_loop() -> None:

@@ -67,6 +67,7 @@ class EmbeddedEmulator:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._admin: Any = None
+        self._stopped = False
 
     @property
     def base_url(self) -> str:
@@ -93,15 +94,21 @@ class EmbeddedEmulator:
         """Bind, start uvicorn in a thread and wait until it serves; raises if it cannot start."""
         if self._server is not None:
             return self
+        if self._stopped:
+            raise RuntimeError(
+                "an EmbeddedEmulator runs once; create a new one (with the same state_path to keep state)"
+            )
         import uvicorn
 
         sock = bind_socket(self.host, self.port)
         self.port = int(sock.getsockname()[1])
+        # log_config=None: leave the host's logging configuration alone (uvicorn's loggers propagate to the root).
         config = uvicorn.Config(
             self.app,
             log_level="warning",
             access_log=self.access_log,
             lifespan="off",
+            log_config=None,
             timeout_graceful_shutdown=1,
             timeout_keep_alive=5,
         )
@@ -130,6 +137,7 @@ class EmbeddedEmulator:
     def stop(self) -> None:
         """Shut the server down and wait for its thread (at most a few seconds)."""
         server, thread = self._server, self._thread
+        self._stopped = True
         if server is not None:
             server.should_exit = True
         if thread is not None:
