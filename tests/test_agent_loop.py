@@ -227,3 +227,34 @@ def test_database_lease_gives_one_agent_per_shared_storage(postgres_url: str) ->
         second.release()
     finally:
         storage.close()
+
+
+def test_rate_limit_waits_for_retry_after(client: CAPIClient, emu: EmbeddedEmulator) -> None:
+    machine_id = client.register_machine().machine_id
+    emu.admin.set_fault("metrics", rate_limit_rate=1.0, retry_after=900)
+    try:
+        agent = Agent(client, None, machine_id=machine_id)
+        agent._run_job(agent.jobs["metrics"])
+        job = agent.jobs["metrics"]
+        assert job.failures == 1
+        assert job.due - agent.clock() >= 890  # the server's Retry-After, not the default retry delay
+    finally:
+        emu.admin.clear_fault("metrics")
+
+
+def test_failed_refreshes_back_off(client: CAPIClient, emu: EmbeddedEmulator, tmp_path: Path) -> None:
+    machine_id = client.register_machine().machine_id
+    engine = RemediationEngine(client, store=f"sqlite:///{tmp_path / 'd.db'}", machine_id=machine_id)
+    emu.admin.set_fault("decisions_stream", error_rate=1.0, error_status=503)
+    try:
+        agent = Agent(client, engine, machine_id=machine_id)
+        waits = []
+        for _ in range(3):
+            agent._run_job(agent.jobs["refresh"])
+            waits.append(agent.jobs["refresh"].due - agent.clock())
+        assert agent.jobs["refresh"].failures == 3
+        assert 290 < waits[0] <= 300 and 590 < waits[1] <= 600 and 1190 < waits[2] <= 1200
+        assert agent.health()["jobs"]["refresh"]["last_error"]
+    finally:
+        emu.admin.clear_fault("decisions_stream")
+        engine.close()
