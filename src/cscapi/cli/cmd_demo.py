@@ -216,8 +216,8 @@ class _Story:
             "5 auth failures or 8 probed paths from one IP within 10 minutes make a detection:"
         )
         self.out.table(
-            ["ip", "scenario", "events", "last log line"],
-            [(d.ip, d.scenario, d.events, _shorten(d.evidence, 70)) for d in found],
+            ["ip", "scenario", "events", "last event"],
+            [(d.ip, d.scenario, d.events, _shorten(_log_message(d.evidence), 48)) for d in found],
         )
         return found
 
@@ -284,7 +284,8 @@ class _Story:
         for outcome in report.lists.values():
             mark = "[green]✓[/green]" if outcome.ok else "[red]✗[/red]"
             self.out.print(
-                f"{mark} {outcome.kind} '{outcome.name}': {outcome.status.replace('_', ' ')}, {outcome.entries} entries"
+                f"{mark} {outcome.kind} '{outcome.name}': {outcome.status.replace('_', ' ')}, "
+                f"{_plural(outcome.entries, 'entry', 'entries')}"
             )
         self.out.print(
             f"   {report.decisions} decisions stored in {self.base / 'decisions.db'}: every worker process of your "
@@ -325,6 +326,15 @@ class _Story:
                     hint="This is a bug in cscapi; please report it with the output above.",
                 )
         self.out.print("   in your application: engine.get_ip_remediation(request_ip) on every request")
+
+
+def _log_message(line: str) -> str:
+    """The interesting part of a log line: after ``sshd[pid]:`` for syslog, the request for an access log."""
+    if "]: " in line:
+        return line.split("]: ", 1)[1]
+    if '"' in line:
+        return line.split('"')[1]
+    return line
 
 
 def _plural(count: int, one: str, many: str) -> str:
