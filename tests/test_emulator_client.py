@@ -178,3 +178,33 @@ async def test_async_client_in_process(anyio_backend: str, tmp_path: Path) -> No
     state = app.state.emulator
     assert [r["signal"]["source"]["value"] for r in state.query_signals(M1)] == ["192.0.2.9"]
     assert state.internal_errors == 0
+
+
+def test_client_recovers_from_tokens_that_expire_early(fresh: EmbeddedEmulator, tmp_path: Path) -> None:
+    import time
+
+    fresh.admin.set_fault("login", token_lifetime=0.3)
+    with make_client(tmp_path, fresh.base_url) as client:
+        client.login(M1)
+        time.sleep(0.4)
+        fresh.admin.clear_fault("login")
+        assert len(client.get_decisions(M1, startup=True).new) == 300  # 401, fresh login, retried
+    assert fresh.admin.requests()["decisions_stream"] == {"401": 1, "200": 1}
+    assert fresh.admin.machine(M1)["login_count"] == 2
+
+
+def test_client_retries_after_a_timeout_caused_by_latency(fresh: EmbeddedEmulator, tmp_path: Path) -> None:
+    with make_client(tmp_path, fresh.base_url, timeout=0.5) as client:
+        client.login(M1)
+        fresh.admin.set_fault("decisions_stream", latency=1.0, remaining=1)
+        assert len(client.get_decisions(M1, startup=True).new) == 300
+
+
+def test_client_wrong_password_is_an_authentication_error(fresh: EmbeddedEmulator, tmp_path: Path) -> None:
+    with make_client(tmp_path, fresh.base_url) as client:
+        client.register_machine(M1)
+        r = httpx.post(fresh.base_url + "v3/watchers/reset", json={"machine_id": M1, "password": "changed-elsewhere"})
+        assert r.status_code == 200
+        with pytest.raises(AuthenticationError) as info:
+            client.login(M1, force=True)
+        assert info.value.status_code == 403
