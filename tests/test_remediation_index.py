@@ -88,14 +88,14 @@ def reference(items: list[tuple[str, str, str, int]], ip: str, policy: Policy, n
 
 
 def make_state(items: list[tuple[str, str, str, int]]) -> State:
-    capi: dict[tuple[str, str, str, str], float] = {}
+    capi: dict[tuple[str, str, str], dict[str, float]] = {}
     lists: dict[str, list[str]] = {}
     list_types: dict[str, str] = {}
     allow: dict[str, float | None] = {}
     for i, (text, type_, origin, ttl) in enumerate(items):
         canon = canonical_value(text)
         if origin == "CAPI":
-            capi[(canon, f"s/{i}", type_, "range" if "/" in canon else "ip")] = NOW + ttl
+            capi[(f"s/{i}", type_, "range" if "/" in canon else "ip")] = {canon: NOW + ttl}
         elif origin == "allow":
             allow[canon] = max(allow.get(canon) or 0, NOW + ttl)
         else:

@@ -44,7 +44,7 @@ def shared_uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple
 
 def sample_state() -> State:
     return State(
-        capi={("1.2.3.4", "a/b", "ban", "ip"): 2e9, ("10.0.0.0/8", "a/c", "captcha", "range"): 2e9 + 0.5},
+        capi={("a/b", "ban", "ip"): {"1.2.3.4": 2e9}, ("a/c", "captcha", "range"): {"10.0.0.0/8": 2e9 + 0.5}},
         blocklists={"x": BlocklistState("x", "http://h/x", "ban", "ip", 3600.0, ("5.6.7.8",), 1.0, 2e9, "lm")},
         allowlists={"y": AllowlistState("y", "id", "http://h/y", {"9.9.9.9": None, "::1": 2e9}, 1.0, None)},
         last_pull=1.5e9,

@@ -23,7 +23,7 @@ from cscapi.remediation._gc import without_gc
 from cscapi.remediation.index import Index, Policy, build_index
 from cscapi.remediation.models import ListOutcome, ListStatus, RefreshReport
 from cscapi.remediation.parsing import ParseTally, canonical_value, parse_allowlist, parse_blocklist
-from cscapi.remediation.state import AllowlistState, BlocklistState, CapiKey, State
+from cscapi.remediation.state import AllowlistState, BlocklistState, CapiDecisions, State
 
 __all__ = ["FlowContext", "Op", "apply_stream", "new_version", "prune_flow", "prune_state", "refresh_flow"]
 
@@ -93,7 +93,7 @@ def apply_stream(
     tally = ParseTally()
     if stream.skipped:
         tally.reasons["unreadable stream item"] = stream.skipped
-    capi: dict[CapiKey, float] = {} if startup else dict(state.capi)
+    capi: CapiDecisions = {} if startup else {key: dict(group) for key, group in state.capi.items()}
     deleted = 0
     doomed: set[str] = set()
     for item in stream.deleted:
@@ -102,9 +102,10 @@ def apply_stream(
         except ValueError as exc:
             tally.skip(str(exc), item.value, logger, "the stream's deleted part")
     if doomed and capi:
-        for key in [k for k in capi if k[0] in doomed]:
-            del capi[key]
-            deleted += 1
+        for group in capi.values():
+            for value in doomed.intersection(group):
+                del group[value]
+                deleted += 1
     new = 0
     for d in stream.new:
         scope = d.scope.lower() if isinstance(d.scope, str) else d.scope
@@ -120,9 +121,13 @@ def apply_stream(
         if not isinstance(duration, (int, float)) or math.isnan(duration) or duration <= 0:
             tally.skip("no duration left", d.value, logger, "the stream's new part")
             continue
-        capi[(value, d.scenario, d.type or "ban", scope)] = now + float(duration)
+        key = (d.scenario, d.type or "ban", scope)
+        bucket = capi.get(key)
+        if bucket is None:
+            bucket = capi[key] = {}
+        bucket[value] = now + float(duration)
         new += 1
-    return StreamResult(state.evolve(capi=capi), new, deleted, tally)
+    return StreamResult(state.evolve(capi={k: g for k, g in capi.items() if g}), new, deleted, tally)
 
 
 def _blocklist_result(
@@ -319,8 +324,12 @@ def refresh_flow(ctx: FlowContext, force: bool) -> Generator[Op, Any, tuple[Refr
 def prune_state(state: State, now: float) -> tuple[State, int]:
     """Drop what has expired at ``now``; returns the new state and how many decisions went."""
     removed = 0
-    capi = {k: e for k, e in state.capi.items() if e > now}
-    removed += len(state.capi) - len(capi)
+    capi: CapiDecisions = {}
+    for key, group in state.capi.items():
+        kept = {v: e for v, e in group.items() if e > now}
+        removed += len(group) - len(kept)
+        if kept:
+            capi[key] = kept
     blocklists: dict[str, BlocklistState] = {}
     for name, bl in state.blocklists.items():
         if bl.expires_at > now:
