@@ -123,7 +123,8 @@ def add(
             rejected, lines = [], 1
         stored = 0
         if valid and (not rejected or skip_invalid):
-            stored = client.add_signals(valid)
+            with app.out.progress(f"queuing {len(valid)} signal(s) in one transaction", total=None):
+                stored = client.add_signals(valid)
         counts = storage.count_signals()
     report = {
         "lines": lines,
@@ -195,7 +196,7 @@ def push(app: AppContext, keep_sent: bool) -> None:
     if app.json_mode:
         app.out.emit_json(result)
     else:
-        if not before.pending:
+        if not before.pending and not report.sent and not report.quarantined:
             app.out.print("nothing queued")
         else:
             app.out.ok(f"sent {report.sent} signal(s) in {report.batches} request(s)")
