@@ -339,3 +339,70 @@ def test_only_one_process_refreshes_at_a_time(shared_uri: tuple[str, dict[str, A
     store: DecisionStore = open_store(uri, **kw)
     assert store.version() is not None and not store.is_dirty()
     store.close()
+
+
+def test_a_state_in_another_format_is_not_trusted(tmp_path: Path) -> None:
+    import json
+    import zlib
+
+    uri = f"sqlite:///{tmp_path / 'd.db'}"
+    store = open_store(uri)
+    assert store.acquire_lock("t", 30)
+    store.commit(sample_state(), "v1", "t", True)
+    store.release_lock("t")
+    other = zlib.compress(json.dumps({"format": 99, "capi": []}).encode())
+    store._conn().execute("UPDATE cscapi_state SET blob = ?", (other,))  # type: ignore[attr-defined]
+    src = FakeSource()
+    engine = RemediationEngine(src, uri, sync_interval_ms=0)
+    assert engine.index.decisions == 0
+    engine.refresh_decisions()
+    assert src.startups() == [True]
+    engine.close()
+    store.close()
+
+
+def test_without_a_sync_thread_sync_picks_up_changes(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'd.db'}"
+    writer = RemediationEngine(FakeSource(), uri, sync_interval_ms=0)
+    reader = RemediationEngine(None, uri, sync_interval_ms=0)
+    assert reader._sync_thread is None
+    writer.client.streams.append(stream([decision("1.2.3.4")]))  # type: ignore[attr-defined]
+    writer.refresh_decisions()
+    assert reader.get_ip_remediation("1.2.3.4") == CLEAN  # no thread: nothing changes by itself
+    assert reader.sync() is True and reader.sync() is False
+    assert reader.get_ip_remediation("1.2.3.4").remediation == "ban"
+    reader.close()
+    writer.close()
+
+
+def _forked_reader(engine: RemediationEngine, results: Any) -> None:
+    results.put(engine._sync_thread is not None and engine._sync_thread.is_alive())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if engine.get_ip_remediation("1.2.3.4").remediation == "ban":
+            results.put(time.time())
+            return
+        time.sleep(0.01)
+    results.put(None)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_worker_gets_its_own_sync_thread(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'd.db'}"
+    engine = RemediationEngine(None, uri, sync_interval_ms=50)  # created before the fork, like a preloaded app
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(target=_forked_reader, args=(engine, results))
+    child.start()
+    try:
+        assert results.get(timeout=10) is True  # the child restarted the sync thread after the fork
+        writer = RemediationEngine(FakeSource(), uri, sync_interval_ms=0)
+        writer.client.streams.append(stream([decision("1.2.3.4")]))  # type: ignore[attr-defined]
+        writer.refresh_decisions()
+        committed = time.time()
+        seen = results.get(timeout=10)
+        writer.close()
+        assert seen is not None and seen - committed < 1.0
+    finally:
+        child.join(timeout=10)
+        engine.close()

@@ -190,6 +190,7 @@ class _EngineBase(Generic[C]):
         thread.start()
 
     def _install(self, index: Index | None) -> None:
+        """Swap in the index this engine just committed (then let the sync thread look at the store again)."""
         if index is not None:
             with self._sync_lock:
                 self._index = index
@@ -298,8 +299,9 @@ class RemediationEngine(_EngineBase[Any]):
         self._need_client()
         try:
             report, index = self._drive(refresh_flow(self._ctx, force))
-        finally:
+        except BaseException:
             self._committing = None
+            raise
         self._install(index)
         return report
 
@@ -307,8 +309,9 @@ class RemediationEngine(_EngineBase[Any]):
         """Drop expired decisions from the store and the index; returns how many went."""
         try:
             removed, index = self._drive(prune_flow(self._ctx))
-        finally:
+        except BaseException:
             self._committing = None
+            raise
         self._install(index)
         return removed
 
@@ -363,8 +366,9 @@ class AsyncRemediationEngine(_EngineBase[Any]):
         self._need_client()
         try:
             report, index = await self._drive(refresh_flow(self._ctx, force))
-        finally:
+        except BaseException:
             self._committing = None
+            raise
         self._install(index)
         return report
 
@@ -372,8 +376,9 @@ class AsyncRemediationEngine(_EngineBase[Any]):
         """See :meth:`RemediationEngine.prune_cache`."""
         try:
             removed, index = await self._drive(prune_flow(self._ctx))
-        finally:
+        except BaseException:
             self._committing = None
+            raise
         self._install(index)
         return removed
 
