@@ -7,7 +7,7 @@
    Baseline: a bare Starlette endpoint returning the very same bytes. Also: the time to build that answer
    without the snapshot cache (in-process).
 
-Run: .venv/bin/python bench/emulator.py [--batches 100] [--senders 4] [--decisions 100000] [--pulls 25]
+Run: .venv/bin/python bench/emulator.py [--state FILE] [--batches 100] [--senders 4] [--decisions 100000] [--pulls 25]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def wait_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> N
     raise RuntimeError("server did not start")
 
 
-def start_emulator(port: int, decisions: int) -> subprocess.Popen[bytes]:
+def start_emulator(port: int, decisions: int, state: str | None) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
         "-m",
@@ -63,6 +63,8 @@ def start_emulator(port: int, decisions: int) -> subprocess.Popen[bytes]:
         "--log-level",
         "warning",
     ]
+    if state:
+        cmd += ["--state", state]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     wait_up(f"http://127.0.0.1:{port}/admin/state", proc)
     return proc
@@ -235,15 +237,17 @@ def main() -> int:
     p.add_argument("--decisions", type=int, default=100_000)
     p.add_argument("--pullers", type=int, default=4)
     p.add_argument("--pulls", type=int, default=25, help="startup pulls per puller")
+    p.add_argument("--state", metavar="FILE", help="run the emulator with SQLite state in FILE (must not exist)")
     args = p.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     print(
         f"command: {sys.executable} bench/emulator.py --senders {args.senders} --batches {args.batches} "
         f"--decisions {args.decisions} --pullers {args.pullers} --pulls {args.pulls}"
+        + (f" --state {args.state}" if args.state else "")
     )
 
     emu_port, base_port = free_port(), free_port()
-    emu = start_emulator(emu_port, args.decisions)
+    emu = start_emulator(emu_port, args.decisions, args.state)
     emu_url = f"http://127.0.0.1:{emu_port}/"
     try:
         token = login(emu_url)
