@@ -81,9 +81,15 @@ async def get_signals(state: EmulatorState, request: Request) -> Any:
     return state.query_signals(q.get("machine_id") or None, q.get("scenario") or None)
 
 
+def _ban_of(state: EmulatorState, machine_id: str) -> float | None:
+    """The end of a machine's login ban, if one is in force (``per="machine"`` counting)."""
+    until = state.login_bans.get(machine_id)
+    return until if until is not None and until > state.clock() else None
+
+
 async def get_machines(state: EmulatorState, request: Request) -> Any:
     with state.lock:
-        return [m.public(state.login_bans.get(m.machine_id)) for m in state.machines.values()]
+        return [m.public(_ban_of(state, m.machine_id)) for m in state.machines.values()]
 
 
 async def get_machine(state: EmulatorState, request: Request) -> Any:
@@ -92,7 +98,7 @@ async def get_machine(state: EmulatorState, request: Request) -> Any:
         m = state.machines.get(machine_id)
         if m is None:
             raise ApiError(404, f"machine {machine_id} not found")
-        return m.public(state.login_bans.get(m.machine_id))
+        return m.public(_ban_of(state, m.machine_id))
 
 
 async def post_machine(state: EmulatorState, request: Request) -> Any:
