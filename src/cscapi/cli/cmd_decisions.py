@@ -178,13 +178,12 @@ def decision_stats(state: Any, now: float) -> dict[str, Any]:
     by_scope: Counter[str] = Counter()
     by_type: Counter[str] = Counter()
     expired = 0
-    for (_value, _scenario, type_, scope), expiry in state.capi.items():
-        if expiry <= now:
-            expired += 1
-            continue
-        by_origin["CAPI"] += 1
-        by_scope[scope] += 1
-        by_type[type_] += 1
+    for (_scenario, type_, scope), group in state.capi.items():  # {(scenario, type, scope): {value: expiry}}
+        live = sum(1 for expiry in group.values() if expiry > now)
+        expired += len(group) - live
+        by_origin["CAPI"] += live
+        by_scope[scope] += live
+        by_type[type_] += live
     lists = []
     for blocklist in state.blocklists.values():
         live = len(blocklist.values) if blocklist.expires_at > now else 0
