@@ -217,9 +217,9 @@ def decision_stats(state: Any, now: float) -> dict[str, Any]:
     return {
         "total": sum(by_origin.values()),
         "expired_not_pruned": expired,
-        "by_origin": dict(by_origin.most_common()),
-        "by_scope": dict(by_scope.most_common()),
-        "by_type": dict(by_type.most_common()),
+        "by_origin": {k: v for k, v in by_origin.most_common() if v},
+        "by_scope": {k: v for k, v in by_scope.most_common() if v},
+        "by_type": {k: v for k, v in by_type.most_common() if v},
         "last_pull_seconds_ago": now - state.last_pull if state.last_pull else None,
         "lists": lists,
     }
