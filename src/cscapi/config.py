@@ -350,6 +350,13 @@ SETTINGS: tuple[Setting, ...] = (
         check=lambda v: _check_store(v) if v else v,
     ),
     Setting(
+        "decision_key_prefix",
+        "storage",
+        "str",
+        "cscapi:",
+        "Redis decision store only: every key lives under this prefix (the same in the agent and your workers).",
+    ),
+    Setting(
         "push_interval",
         "agent",
         "float",

@@ -118,7 +118,7 @@ def open_engine(settings: Settings, client: Any, machine_id: str | None) -> Any:
     parent = _sqlite_parent(uri)
     if parent is not None and not parent.exists():
         parent.mkdir(parents=True, mode=0o700)
-    return RemediationEngine(client, store=uri, machine_id=machine_id)
+    return RemediationEngine(client, store=uri, machine_id=machine_id, key_prefix=settings.decision_key_prefix)
 
 
 @contextlib.contextmanager
