@@ -6,7 +6,6 @@ sans-I/O flows in ``core.py``. ``get_ip_remediation`` is the same synchronous, I
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
@@ -335,6 +334,12 @@ class RemediationEngine(_EngineBase[Any]):
         self.close()
 
 
+async def _to_thread(fn: Callable[..., R], *args: Any) -> R:
+    import asyncio  # imported on first use: the sync engine never needs it
+
+    return await asyncio.to_thread(fn, *args)
+
+
 class AsyncRemediationEngine(_EngineBase[Any]):
     """Awaiting engine over an :class:`cscapi.remediation.protocol.AsyncDecisionSource` (e.g. ``AsyncCAPIClient``).
 
@@ -353,11 +358,11 @@ class AsyncRemediationEngine(_EngineBase[Any]):
             error = None
             try:
                 if op.target == "store":
-                    value = await asyncio.to_thread(self._run_store, op)
+                    value = await _to_thread(self._run_store, op)
                 elif op.target == "client":
                     value = await getattr(self.client, op.name)(*op.args, **(op.kwargs or {}))
                 else:
-                    value = await asyncio.to_thread(op.args[0], *op.args[1:])
+                    value = await _to_thread(op.args[0], *op.args[1:])
             except Exception as exc:
                 value, error = None, exc
 
@@ -384,20 +389,20 @@ class AsyncRemediationEngine(_EngineBase[Any]):
 
     async def clear_cache(self) -> None:
         """See :meth:`RemediationEngine.clear_cache`."""
-        await asyncio.to_thread(self._clear_local)
+        await _to_thread(self._clear_local)
 
     async def push_usage_metrics(self) -> dict[str, Any]:
         """See :meth:`RemediationEngine.push_usage_metrics`."""
         self._need_client()
-        payload, counts, now = await asyncio.to_thread(self._metrics_payload)
+        payload, counts, now = await _to_thread(self._metrics_payload)
         machine_id = self.machine_id or await self.client.default_machine_id()
         await self.client.push_usage_metrics(machine_id, payload)
-        await asyncio.to_thread(self._after_push, counts, now)
+        await _to_thread(self._after_push, counts, now)
         return payload
 
     async def aclose(self) -> None:
         """Close without blocking the event loop."""
-        await asyncio.to_thread(self.close)
+        await _to_thread(self.close)
 
     async def __aenter__(self) -> AsyncRemediationEngine:
         return self

@@ -21,7 +21,6 @@ import math
 from bisect import bisect_right
 from collections.abc import Sequence
 from functools import partial
-from ipaddress import IPv4Address, IPv6Address
 from itertools import repeat
 from operator import itemgetter
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
@@ -124,7 +123,8 @@ class Index:
         Raises :class:`InvalidIPError` if ``ip`` is not an IPv4/IPv6 address (string or ``ipaddress`` object).
         """
         if type(ip) is not str:
-            if not isinstance(ip, (IPv4Address, IPv6Address, str)):
+            # a str subclass, or an ipaddress.IPv4Address / IPv6Address (duck-typed: no ipaddress import here)
+            if not isinstance(ip, str) and not (hasattr(ip, "packed") and hasattr(ip, "max_prefixlen")):
                 raise InvalidIPError(f"not an IP address: a {type(ip).__name__} was given", field="ip")
             ip = str(ip)
             entries = self.exact.get(ip)

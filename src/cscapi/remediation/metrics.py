@@ -6,7 +6,6 @@ those whose remediation is not ``bypass`` are also ``dropped``, labelled with or
 
 from __future__ import annotations
 
-import platform
 from typing import Any
 
 from cscapi._version import __version__
@@ -24,6 +23,8 @@ def nested_counts(counts: Counters) -> dict[str, dict[str, int]]:
 
 
 def _os() -> dict[str, str]:
+    import platform  # only when metrics are pushed
+
     name = (platform.system() or "unknown").lower()
     version = platform.release() or "unknown"
     family = name
