@@ -788,3 +788,29 @@ async def test_a_genuine_bug_is_a_500_error_response(capi: Capi, monkeypatch: py
     assert "Traceback" not in r.text and "simulated bug" not in r.text
     assert capi.state.internal_errors == 1
     capi.state.internal_errors = 0  # the fixture asserts no bug was hit otherwise
+
+
+async def test_tailor_to_scenarios(capi_spec: dict[str, Any], validate_against: Any) -> None:
+    clock = Clock()
+    app = create_app(emulator_config(clock=clock, tailor_to_scenarios=True))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        c = Capi(client, app, capi_spec, validate_against)
+        state = app.state.emulator
+        ssh = await c.register_login(MID, scenarios=["crowdsecurity/ssh-bf"])
+        both = await c.register_login(MID2, scenarios=["crowdsecurity/ssh-bf", "crowdsecurity/http-probing"])
+        s1 = await c.stream(ssh, startup="true")
+        s2 = await c.stream(both, startup="true")
+        assert {g["scenario"] for g in s1["new"]} == {"crowdsecurity/ssh-bf"}
+        assert {g["scenario"] for g in s2["new"]} == {"crowdsecurity/ssh-bf", "crowdsecurity/http-probing"}
+        expected = {d.value for d in state.decisions.values() if d.scenario == "crowdsecurity/ssh-bf"}
+        assert set(flat_new(s1)) == expected
+        state.add_decisions(
+            [
+                {"value": "192.0.2.201", "scenario": "crowdsecurity/http-probing"},
+                {"value": "192.0.2.202", "scenario": "crowdsecurity/ssh-bf"},
+            ]
+        )
+        assert set(flat_new(await c.stream(ssh))) == {"192.0.2.202"}
+        assert set(flat_new(await c.stream(both))) == {"192.0.2.201", "192.0.2.202"}
+        v2 = await c.stream(ssh, api="v2", startup="true")
+        assert {d["scenario"] for d in v2["new"]} == {"crowdsecurity/ssh-bf"}

@@ -160,6 +160,8 @@ class EmulatorConfig:
     ``state_path``: ``None`` keeps state in memory; a file path keeps it in SQLite across restarts.
     ``snapshot_cache``: full (startup) stream answers are built once per list change and reused for up to
     ``snapshot_max_age`` seconds (durations then read up to that much long); ``False`` rebuilds every answer.
+    ``tailor_to_scenarios``: each machine only gets the community decisions of the scenarios it sent at login,
+    as the real CAPI tailors the list (off by default: every machine gets the whole list).
     ``clock`` replaces ``time.time`` (tests only; not settable from a file).
     """
 
@@ -178,6 +180,7 @@ class EmulatorConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     snapshot_cache: bool = True
     snapshot_max_age: float = 5.0
+    tailor_to_scenarios: bool = False
     clock: Callable[[], float] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:

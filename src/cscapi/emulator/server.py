@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="inject a fault, e.g. signals:error_rate=0.5,error_status=503 (repeatable)",
     )
     p.add_argument("--max-batch", type=int, help="most signals accepted per POST (default 250)")
+    p.add_argument(
+        "--tailor-to-scenarios",
+        action="store_true",
+        help="give each machine only the community decisions of the scenarios it logged in with",
+    )
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
@@ -76,6 +81,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         value = getattr(args, flag)
         if value is not None:
             data[key] = value
+    if args.tailor_to_scenarios:
+        data["tailor_to_scenarios"] = True
     if args.attachment_key:
         data["attachment_keys"] = [*data.get("attachment_keys", []), *args.attachment_key]
     if args.fault:

@@ -169,7 +169,7 @@ class EmulatorState:
         self.internal_errors = 0
         self.early_tokens: dict[str, float] = {}
         self._store = SQLiteStore(config.state_path) if config.state_path else None
-        self._snapshot: tuple[int, float, str] | None = None
+        self._snapshots: dict[tuple[str, ...] | None, tuple[int, float, str]] = {}
         self._responses: dict[tuple[Any, ...], bytes] = {}
         self.lists_version = 0
         self._init_empty()
@@ -195,7 +195,7 @@ class EmulatorState:
         self.records: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.login_attempts: dict[str, list[float]] = defaultdict(list)
         self.login_bans: dict[str, float] = {}
-        self._snapshot = None
+        self._snapshots.clear()
         self._responses.clear()
 
     def _seed_from_config(self) -> None:
@@ -639,29 +639,47 @@ class EmulatorState:
         ]
         return "[" + ",".join(parts) + "]"
 
-    def _snapshot_json(self, now: float) -> tuple[str, tuple[int, float]]:
+    def _scenario_filter(self, m: MachineRecord) -> tuple[str, ...] | None:
+        """The scenarios this machine's list is tailored to (``tailor_to_scenarios``), or ``None`` for all."""
+        return tuple(m.scenarios) if self.config.tailor_to_scenarios else None
+
+    def _snapshot_json(self, now: float, only: tuple[str, ...] | None) -> tuple[str, tuple[Any, ...]]:
         """The full list as JSON, rebuilt when the list changed or the cached one is ``snapshot_max_age`` old."""
-        snap = self._snapshot
+        snap = self._snapshots.get(only)
         max_age = self.config.snapshot_max_age if self.config.snapshot_cache else 0.0
         if snap is not None and snap[0] == self.version and 0.0 <= now - snap[1] < max_age:
-            return snap[2], (snap[0], snap[1])
-        text = self._groups_json(self.decisions.values(), now)
-        self._snapshot = (self.version, now, text)
-        self._responses.clear()
-        return text, (self.version, now)
+            return snap[2], (snap[0], snap[1], only)
+        chosen: Iterable[CommunityDecision] = self.decisions.values()
+        if only is not None:
+            wanted = set(only)
+            chosen = (d for d in self.decisions.values() if d.scenario in wanted)
+        text = self._groups_json(chosen, now)
+        if snap is not None and snap[0] != self.version:
+            self._snapshots.clear()
+            self._responses.clear()
+        if len(self._snapshots) >= 16:  # a handful of scenario sets at most; forget the rest
+            self._snapshots.clear()
+            self._responses.clear()
+        self._snapshots[only] = (self.version, now, text)
+        return text, (self.version, now, only)
 
-    def _changes_since(self, since: int) -> tuple[list[CommunityDecision], list[dict[str, Any]]]:
+    def _changes_since(
+        self, since: int, only: tuple[str, ...] | None = None
+    ) -> tuple[list[CommunityDecision], list[dict[str, Any]]]:
+        wanted = set(only) if only is not None else None
         new: list[CommunityDecision] = []
         for d in reversed(self.decisions.values()):
             if d.version <= since:
                 break
-            new.append(d)
+            if wanted is None or d.scenario in wanted:
+                new.append(d)
         new.reverse()
         gone: list[dict[str, Any]] = []
         for stone in reversed(self.tombstones.values()):
             if stone["version"] <= since:
                 break
-            gone.append(stone)
+            if wanted is None or stone["scenario"] in wanted:
+                gone.append(stone)
         gone.reverse()
         return new, gone
 
@@ -720,7 +738,7 @@ class EmulatorState:
             now = self.clock()
             m.last_pull_at = now
             if community_pull and (startup or m.last_pull_version is None):
-                new_json, ident = self._snapshot_json(now)
+                new_json, ident = self._snapshot_json(now, self._scenario_filter(m))
                 m.last_pull_version = self.version
                 self._save_machine(m)
                 key = (ident, self.lists_version, base_url, additional_pull)
@@ -729,13 +747,15 @@ class EmulatorState:
                     links = json.dumps(self._links(base_url, additional_pull), separators=(",", ":"))
                     body = ('{"new":' + new_json + ',"deleted":[],"links":' + links + "}").encode()
                     if self.config.snapshot_cache:
+                        if len(self._responses) >= 8:  # stale answers (older snapshots, older lists) go here
+                            self._responses.clear()
                         self._responses[key] = body
                 return body
             new_json = "[]"
             deleted_json = "[]"
             if community_pull:
                 assert m.last_pull_version is not None
-                new, gone = self._changes_since(m.last_pull_version)
+                new, gone = self._changes_since(m.last_pull_version, self._scenario_filter(m))
                 new_json = self._groups_json(new, now)
                 by_scope: dict[str, list[str]] = {}
                 for stone in gone:
@@ -758,11 +778,14 @@ class EmulatorState:
             new: list[dict[str, Any]] = []
             deleted: list[dict[str, Any]] = []
             if community_pull:
+                only = self._scenario_filter(m)
                 if startup or m.last_pull_version is None:
-                    chosen: Iterable[CommunityDecision] = self.decisions.values()
+                    chosen: Iterable[CommunityDecision] = [
+                        d for d in self.decisions.values() if only is None or d.scenario in only
+                    ]
                     gone: list[dict[str, Any]] = []
                 else:
-                    chosen, gone = self._changes_since(m.last_pull_version)
+                    chosen, gone = self._changes_since(m.last_pull_version, only)
                 for d in chosen:
                     new.append(
                         {
