@@ -406,3 +406,14 @@ def test_a_forked_worker_gets_its_own_sync_thread(tmp_path: Path) -> None:
     finally:
         child.join(timeout=10)
         engine.close()
+
+
+def test_a_missing_redis_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from cscapi.errors import ConfigurationError
+
+    monkeypatch.setitem(sys.modules, "redis", None)  # what an environment without the extra looks like
+    with pytest.raises(ConfigurationError) as info:
+        open_store("redis://127.0.0.1:6379/0")
+    assert "cscapi[redis]" in str(info.value)

@@ -62,7 +62,7 @@ class RedisStore(DecisionStore):
     def __init__(self, uri: str, *, key_prefix: str = "cscapi:", socket_timeout: float = 5.0) -> None:
         try:
             import redis
-        except ImportError:  # pragma: no cover - the extra is installed in the test environment
+        except ImportError:
             raise ConfigurationError(
                 "the Redis decision store needs the redis package", hint="pip install 'cscapi[redis]'"
             ) from None
