@@ -221,3 +221,11 @@ def test_a_forked_child_gets_fresh_connections(database_url: str) -> None:
     assert outcome == (0, 3)  # the parent's pooled connection was dropped in the child, not reused
     assert storage.count_signals().queued == 5  # the parent's connections still work
     storage.close()
+
+
+def test_a_closed_in_memory_storage_says_so() -> None:
+    storage = SQLStorage("sqlite://")
+    storage.add_signals([make_signal()])
+    storage.close()
+    with pytest.raises(StorageError, match="in-memory storage was closed"):
+        storage.count_signals()

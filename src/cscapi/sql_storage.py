@@ -126,8 +126,10 @@ class SQLStorage(StorageInterface):
         self._read_engine = self.engine.execution_options(preserve_rowcount=True)
         self._write_engine = self.engine.execution_options(preserve_rowcount=True, cscapi_write=True)
         # One in-memory SQLite connection is shared by every thread: serialise the transactions on it.
+        self._memory = is_memory_sqlite(self._url)
+        self._closed = False
         self._serial: contextlib.AbstractContextManager[Any] = (
-            threading.RLock() if is_memory_sqlite(self._url) else contextlib.nullcontext()
+            threading.RLock() if self._memory else contextlib.nullcontext()
         )
         try:
             with self._errors("opening the storage"):
@@ -141,7 +143,8 @@ class SQLStorage(StorageInterface):
         except BaseException:
             self.engine.dispose()
             raise
-        _after_fork.add(self)
+        if not self._memory:  # a forked child keeps its private copy of an in-memory database
+            _after_fork.add(self)
 
     # ---- plumbing ---------------------------------------------------------------------------------------
 
@@ -164,7 +167,8 @@ class SQLStorage(StorageInterface):
         return bool(self._key)
 
     def close(self) -> None:
-        """Close every pooled connection (the instance can still be used: the pool reconnects)."""
+        """Close the pooled connections; a file or server database reconnects on next use, an in-memory one is gone."""
+        self._closed = self._memory
         self.engine.dispose()
 
     @contextlib.contextmanager
@@ -183,6 +187,8 @@ class SQLStorage(StorageInterface):
     @contextlib.contextmanager
     def _tx(self, operation: str, *, write: bool = True) -> Iterator[Connection]:
         """A connection in a transaction (``BEGIN IMMEDIATE`` on SQLite when ``write``), errors wrapped."""
+        if self._closed:
+            raise StorageError(f"{operation} failed: this in-memory storage was closed and its data is gone.")
         engine = self._write_engine if write else self._read_engine
         with self._errors(operation), self._serial, engine.connect() as conn, conn.begin():
             yield conn
