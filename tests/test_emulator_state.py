@@ -485,3 +485,69 @@ def test_tombstones_are_pruned_once_every_machine_has_seen_them(monkeypatch: pyt
     )
     assert sorted(v for g in delta["deleted"] for v in g["decisions"]) == sorted(values)
     assert len(state.tombstones) == 0
+
+
+# ---- deltas: a client applying every answer always mirrors the server ----------------------------------------------
+
+_VALUES = [f"192.0.2.{i}" for i in range(1, 13)] + ["2001:db8::1", "198.51.100.0/24"]
+
+
+def _apply(local: dict[str, float], body: dict[str, Any], now: float, startup: bool) -> None:
+    from cscapi.timeutil import parse_go_duration
+
+    if startup:
+        local.clear()
+    for value in (v for g in body["deleted"] for v in g["decisions"]):
+        local.pop(value, None)
+    for group in body["new"]:
+        for d in group["decisions"]:
+            local[d["value"]] = now + parse_go_duration(d["duration"])
+
+
+def _ops() -> Any:
+    from hypothesis import strategies as st
+
+    value = st.sampled_from(_VALUES)
+    return st.lists(
+        st.one_of(
+            st.tuples(st.just("add"), value, st.integers(1, 50)),
+            st.tuples(st.just("delete"), value, st.just(0)),
+            st.tuples(st.just("expire"), value, st.just(0)),
+            st.tuples(st.just("tick"), st.just(""), st.integers(1, 30)),
+            st.tuples(st.just("pull"), st.just(""), st.integers(0, 1)),
+        ),
+        max_size=40,
+    )
+
+
+def test_delta_pulls_keep_a_client_in_sync_with_the_server() -> None:
+    from hypothesis import given, settings
+
+    @settings(max_examples=200, deadline=None)
+    @given(ops=_ops())
+    def run(ops: list[tuple[str, str, int]]) -> None:
+        clock = Clock()
+        state = EmulatorState(EmulatorConfig(community_size=0, clock=clock, snapshot_cache=False))
+        m = state.register("c" * 48, "pw")
+        local: dict[str, float] = {}
+        for op, value, n in [*ops, ("pull", "", 0)]:
+            if op == "add":
+                state.add_decisions([{"value": value, "duration": float(n)}])
+            elif op == "delete":
+                state.remove_decisions([value])
+            elif op == "expire":
+                state.remove_decisions([value], expire=True)
+            elif op == "tick":
+                clock.now += n
+            else:
+                startup = n == 1
+                body = json.loads(
+                    state.stream_v3(m, startup=startup, community_pull=True, additional_pull=True, base_url="http://x/")
+                )
+                _apply(local, body, clock.now, startup)
+                for v in [v for v, until in local.items() if until <= clock.now]:
+                    del local[v]  # what a client's own countdown removes
+                live = {d.value: d.expires_at for d in state.decisions.values()}
+                assert local == live
+
+    run()
