@@ -18,7 +18,7 @@ from test_storage_support import MACHINE_A, MACHINE_B, make_signals
 @pytest.fixture
 def storage(database_url: str) -> Iterator[SQLStorage]:
     with SQLStorage(database_url) as st:
-        yield st  # type: ignore[misc]
+        yield st
 
 
 def test_machine_round_trip_keeps_every_field(storage: SQLStorage) -> None:

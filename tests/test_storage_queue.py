@@ -18,14 +18,14 @@ from test_storage_support import MACHINE_A, MACHINE_B, make_signal, make_signals
 @pytest.fixture
 def storage(database_url: str) -> Iterator[SQLStorage]:
     with SQLStorage(database_url) as st:
-        yield st  # type: ignore[misc]
+        yield st
 
 
 @pytest.fixture
 def local(sqlite_url: str) -> Iterator[SQLStorage]:
     """For input-validation tests: the checks run before any SQL, so one database suffices."""
     with SQLStorage(sqlite_url) as st:
-        yield st  # type: ignore[misc]
+        yield st
 
 
 def ids(signals: list[Signal]) -> list[int]:

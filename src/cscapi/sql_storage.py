@@ -166,6 +166,9 @@ class SQLStorage(StorageInterface):
         """True when passwords and tokens are encrypted at rest."""
         return bool(self._key)
 
+    def __enter__(self) -> SQLStorage:
+        return self
+
     def close(self) -> None:
         """Close the pooled connections; a file or server database reconnects on next use, an in-memory one is gone."""
         self._closed = self._memory
