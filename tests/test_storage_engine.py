@@ -64,6 +64,13 @@ def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
         SQLStorage("postgresql://root@127.0.0.1:1/db")
 
 
+def test_an_unshipped_driver_points_at_the_shipped_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg2", None)
+    with pytest.raises(ConfigurationError) as info:
+        SQLStorage("postgresql+psycopg2://root@127.0.0.1:1/db")
+    assert "postgresql+psycopg://" in str(info.value) and "cscapi[postgres]" in str(info.value)
+
+
 def test_importing_the_storage_loads_no_driver_nor_cryptography() -> None:
     code = (
         "import sys, cscapi.sql_storage;"

@@ -157,9 +157,16 @@ def build_engine(url: URL, engine_options: Mapping[str, Any] | None = None) -> E
         engine = create_engine(url, **options)
     except ImportError as exc:
         extra_name = _EXTRA_FOR_BACKEND.get(backend, "all")
+        shipped = _DRIVER_FOR_SCHEME.get(backend, "")
+        if url.drivername == shipped:
+            hint = f"Install it with: pip install 'cscapi[{extra_name}]'"
+        else:
+            hint = (
+                f"Install the package that provides it, or use the driver cscapi ships: "
+                f"{shipped}:// (pip install 'cscapi[{extra_name}]')."
+            )
         raise ConfigurationError(
-            f"The database driver for {url.drivername!r} is not installed ({exc.name or exc}).",
-            hint=f"Install it with: pip install 'cscapi[{extra_name}]'",
+            f"The database driver for {url.drivername!r} is not installed ({exc.name or exc}).", hint=hint
         ) from None
     except (ArgumentError, TypeError) as exc:
         raise ConfigurationError(f"Invalid storage engine options for {mask_url(url)}: {exc}") from None
