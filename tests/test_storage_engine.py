@@ -122,12 +122,19 @@ def test_new_sqlite_file_is_private(tmp_path: Path) -> None:
         os.umask(old)
 
 
-def test_existing_sqlite_file_keeps_its_mode(tmp_path: Path) -> None:
+def test_existing_sqlite_file_keeps_its_mode_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "shared.db"
     path.touch()
     path.chmod(0o640)
-    SQLStorage(f"sqlite:///{path}").close()
+    with caplog.at_level("WARNING", logger="cscapi.storage"):
+        SQLStorage(f"sqlite:///{path}").close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert "chmod 600" in caplog.text and "0640" in caplog.text
+    caplog.clear()
+    path.chmod(0o600)
+    with caplog.at_level("WARNING", logger="cscapi.storage"):
+        SQLStorage(f"sqlite:///{path}").close()
+    assert "chmod" not in caplog.text
 
 
 def test_missing_directory_is_a_configuration_error(tmp_path: Path) -> None:

@@ -6,7 +6,10 @@ class: the host application's own engines stay untouched.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,8 @@ __all__ = [
     "normalize_url",
     "supports_skip_locked",
 ]
+
+logger = logging.getLogger("cscapi.storage")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -92,6 +97,16 @@ def _create_private_sqlite_file(url: URL) -> None:
         return  # SQLite URI filenames: the caller controls the file
     path = Path(database)  # as SQLite will open it (no ~ expansion)
     if path.exists():
+        with contextlib.suppress(OSError):
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o077:
+                logger.warning(
+                    "The SQLite database %s is accessible to other users (mode %04o) and holds machine credentials; "
+                    "consider: chmod 600 %s",
+                    path,
+                    mode,
+                    path,
+                )
         return
     if not path.parent.is_dir():
         raise ConfigurationError(
