@@ -104,3 +104,52 @@ def test_run_as_a_process_serves_health_and_stops_on_sigterm(capi_env: CliEnv, e
     assert "received SIGTERM: stopping" in err and "agent stopped" in err
     assert "pushed 1 signals" in err
     assert "Traceback" not in err
+
+
+def _start_agent(env: dict[str, str]) -> subprocess.Popen[str]:
+    cscapi = Path(sys.executable).with_name("cscapi")
+    return subprocess.Popen(
+        [str(cscapi), "run", "--no-refresh", "--no-metrics"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signals_sent", [1, 2], ids=["graceful", "abandon"])
+def test_sigterm_finishes_or_abandons_the_batch_in_flight(capi_env: CliEnv, emulator, signals_sent: int) -> None:
+    """One SIGTERM: the slow push in flight completes, exit 0. Two: it is abandoned, exit 130, nothing lost."""
+    capi_env.invoke(["machines", "register"])
+    capi_env.invoke(["machines", "status", "--login"])  # a valid token: the agent's first request is the POST
+    capi_env.invoke(["signals", "add", "--ip", "203.0.113.88", "--scenario", "crowdsecurity/ssh-bf"])
+    emulator.admin.set_fault("signals", latency=3.0)
+    proc = _start_agent(dict(os.environ))
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "agent started" not in proc.stderr.readline():
+            pass
+        time.sleep(1.0)  # the POST is now waiting on the emulator's 3 s latency
+        for _ in range(signals_sent):
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        emulator.admin.clear_fault("signals")
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "Traceback" not in err
+    rows = json.loads(capi_env.invoke(["signals", "list", "--json"]).stdout)
+    if signals_sent == 1:
+        assert proc.returncode == 0, err
+        assert "finishing the push in flight" in err
+        assert [r["state"] for r in rows] == ["sent"]
+    else:
+        assert proc.returncode == 130, err
+        assert "abandoning the batch in flight" in err
+        # abandoned: back in the queue (or still under its lease), never lost; the next push sends it
+        assert [r["state"] for r in rows] == ["queued"]
+        counts = json.loads(capi_env.invoke(["machines", "status", "--json"]).stdout)["signals"]
+        assert counts["queued"] + counts["claimed"] == 1 and counts["sent"] == 0
