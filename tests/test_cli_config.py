@@ -195,3 +195,9 @@ def test_env_aliases_of_other_components(cli_env: CliEnv) -> None:
     # the setting's own variable wins over the alias
     env["CSCAPI_TARGET"] = "dev"
     assert show(cli_env, extra_env=env)["settings"]["target"]["value"] == "dev"
+
+
+def test_show_says_whether_storage_secrets_are_encrypted(cli_env: CliEnv) -> None:
+    assert show(cli_env)["storage_encryption"] == "off"
+    shown = show(cli_env, extra_env={"CSCAPI_STORAGE_KEY": "k" * 44})
+    assert shown["storage_encryption"].startswith("on") and "k" * 44 not in json.dumps(shown)

@@ -22,9 +22,12 @@ def show(app: AppContext) -> None:
     Example:
       CSCAPI_PUSH_INTERVAL=30 cscapi --target dev config show
     """
+    import os
+
     from cscapi.config import SETTINGS
 
     settings = app.settings()
+    encryption = "on (CSCAPI_STORAGE_KEY is set)" if os.environ.get("CSCAPI_STORAGE_KEY") else "off"
     if app.json_mode:
         app.out.emit_json(
             {
@@ -33,12 +36,14 @@ def show(app: AppContext) -> None:
                 "capi_url": settings.base_url,
                 "settings": settings.as_dict(),
                 "warnings": settings.warnings,
+                "storage_encryption": encryption,
             }
         )
         return
     found = "" if settings.config_found else " (not found: defaults apply; `cscapi init` creates it)"
     app.out.print(f"config file: {settings.config_path}{found}")
     app.out.print(f"CAPI URL:    {settings.base_url}")
+    app.out.print(f"secrets at rest in the storage: encryption {encryption}")
     rows = [(s.section, s.name, settings.display(s.name), settings.source(s.name)) for s in SETTINGS]
     app.out.table(["section", "setting", "value", "source"], rows)
 
