@@ -33,11 +33,45 @@ def _engine(app: AppContext, *, need_machine: bool) -> Iterator[tuple[Any, Any, 
         settings.require_scenarios()
     with session(settings) as (storage, client):
         machine_id = require_machine_id(settings, storage) if need_machine else stored_machine_id(settings, storage)
-        engine = open_engine(settings, client, machine_id)
+        source = _ProgressSource(client)
+        engine = open_engine(settings, source, machine_id)
         try:
-            yield settings, client, engine
+            yield settings, source, engine
         finally:
             engine.close()
+
+
+class _ProgressSource:
+    """Wraps the client given to the engine to advance a progress bar: the stream first, then one step per list."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.bar: Any = None  # a cscapi.cli._output.Progress while a refresh runs
+        self._names: dict[str, str] = {}
+
+    def get_decisions(self, *args: Any, **kwargs: Any) -> Any:
+        stream = self._client.get_decisions(*args, **kwargs)
+        links = [*stream.blocklists, *stream.allowlists]
+        self._names = {link.url: link.name for link in links}
+        if self.bar is not None:
+            self.bar.update(total=len(links) + 1, description="decisions stream pulled")
+            self.bar.advance()
+        return stream
+
+    def download_link(self, url: str, *args: Any, **kwargs: Any) -> Any:
+        if self.bar is not None:
+            self.bar.update(description=f"downloading list {self._names.get(url, '?')}")
+        try:
+            return self._client.download_link(url, *args, **kwargs)
+        finally:
+            if self.bar is not None:
+                self.bar.advance()
+
+    def default_machine_id(self) -> str:
+        return str(self._client.default_machine_id())
+
+    def push_usage_metrics(self, machine_id: str, payload: dict[str, Any]) -> None:
+        self._client.push_usage_metrics(machine_id, payload)
 
 
 def _ago(seconds: float | None) -> str:
@@ -70,9 +104,10 @@ def refresh(app: AppContext, force: bool) -> None:
     """
     from cscapi.errors import RefreshTooSoonError
 
-    with _engine(app, need_machine=True) as (settings, _client, engine):
+    with _engine(app, need_machine=True) as (settings, source, engine):
         try:
-            with app.out.progress(f"pulling decisions from {settings.base_url}", total=None):
+            with app.out.progress(f"pulling the decisions stream from {settings.base_url}", total=None) as bar:
+                source.bar = bar
                 report = engine.refresh_decisions(force=force)
         except RefreshTooSoonError as exc:
             raise RefreshTooSoonError(
@@ -115,7 +150,9 @@ def refresh(app: AppContext, force: bool) -> None:
             )
             extra = f": {item['reason']} (previous content kept)" if item["reason"] else ""
             skipped = f", {item['skipped']} unreadable line(s) skipped" if item["skipped"] else ""
-            app.out.print(f"{mark} {item['kind']} {item['name']}: {detail}, {item['entries']} entries{skipped}{extra}")
+            app.out.print(
+                f"{mark} {item['kind']} {item['name']}: {detail}, {item['entries']} {'entry' if item['entries'] == 1 else 'entries'}{skipped}{extra}"
+            )
         for name in report.removed_lists:
             app.out.print(f"  list {name} is no longer offered by CAPI: dropped")
         if report.skipped:
