@@ -144,3 +144,38 @@ def test_concurrent_adds_of_the_same_signals_store_each_once(database_url: str) 
         assert sum(added for added, _ in results) == 150  # every uuid counted as new exactly once
         assert all(alert_ids == results[0][1] for _, alert_ids in results)  # same ids for everyone
         assert storage.count_signals() == QueueCounts(queued=150)
+
+
+def test_producers_and_senders_at_once_send_each_signal_once(database_url: str) -> None:
+    with SQLStorage(database_url) as storage:
+        produced: list[list[int]] = [[], []]
+        done = threading.Event()
+        start = threading.Barrier(5)
+
+        def produce(index: int) -> None:
+            start.wait()
+            for batch in range(10):
+                signals = make_signals(10, start=index * 1000 + batch * 10)
+                storage.add_signals(signals)
+                produced[index].extend(int(s.alert_id or 0) for s in signals)
+
+        def send() -> list[int]:
+            start.wait()
+            got: list[int] = []
+            while True:
+                finished = done.is_set()  # read before claiming: an empty claim after this means really empty
+                claim = storage.claim_signals(limit=BATCH, lease_seconds=300)
+                got.extend(int(s.alert_id or 0) for s in claim.signals)
+                storage.mark_sent(claim)
+                if not claim.signals and finished:
+                    return got
+
+        with ThreadPoolExecutor(max_workers=5) as pool:
+            senders = [pool.submit(send) for _ in range(3)]
+            producers = [pool.submit(produce, i) for i in range(2)]
+            for future in producers:
+                future.result()
+            done.set()
+            parts = [future.result() for future in senders]
+        assert_partition(produced[0] + produced[1], parts)
+        assert storage.count_signals() == QueueCounts(sent=200)
