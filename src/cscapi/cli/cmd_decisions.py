@@ -150,9 +150,8 @@ def refresh(app: AppContext, force: bool) -> None:
             )
             extra = f": {item['reason']} (previous content kept)" if item["reason"] else ""
             skipped = f", {item['skipped']} unreadable line(s) skipped" if item["skipped"] else ""
-            app.out.print(
-                f"{mark} {item['kind']} {item['name']}: {detail}, {item['entries']} {'entry' if item['entries'] == 1 else 'entries'}{skipped}{extra}"
-            )
+            entries = f"{item['entries']} {'entry' if item['entries'] == 1 else 'entries'}"
+            app.out.print(f"{mark} {item['kind']} {item['name']}: {detail}, {entries}{skipped}{extra}")
         for name in report.removed_lists:
             app.out.print(f"  list {name} is no longer offered by CAPI: dropped")
         if report.skipped:
