@@ -388,3 +388,42 @@ def test_unknown_command_and_option_are_usage_errors(cli_env: CliEnv) -> None:
     assert cli_env.invoke(["frobnicate"]).exit_code == 2
     assert cli_env.invoke(["signals", "push", "--nope"]).exit_code == 2
     assert cli_env.invoke(["signals", "add"]).exit_code == 2
+
+
+def test_refresh_progress_advances_once_per_list(emulator, tmp_path) -> None:
+    from cscapi.cli.cmd_decisions import _ProgressSource
+    from cscapi.client import CAPIClient, CAPIClientConfig
+    from cscapi.remediation import RemediationEngine
+    from cscapi.sql_storage import SQLStorage
+
+    class Bar:
+        def __init__(self) -> None:
+            self.steps: list[str] = []
+            self.total: int | None = None
+            self.description = ""
+
+        def update(self, *, total: int | None = None, description: str | None = None) -> None:
+            self.total = total if total is not None else self.total
+            self.description = description or self.description
+
+        def advance(self, amount: int = 1) -> None:
+            self.steps.append(self.description)
+
+    emulator.admin.publish_blocklist("progress-a", ["192.0.2.200"])
+    emulator.admin.publish_allowlist("progress-b", ["192.0.2.201"])
+    storage = SQLStorage(f"sqlite:///{tmp_path / 'q.db'}")
+    client = CAPIClient(storage, CAPIClientConfig(scenarios=["crowdsecurity/ssh-bf"], base_url=emulator.base_url))
+    source = _ProgressSource(client)
+    engine = RemediationEngine(source, store=f"sqlite:///{tmp_path / 'd.db'}")
+    try:
+        source.bar = bar = Bar()
+        engine.refresh_decisions()
+        assert bar.total == 3
+        assert bar.steps == ["decisions stream pulled", "downloading list progress-a", "downloading list progress-b"]
+        assert engine.get_ip_remediation("192.0.2.200").origin == "lists:progress-a"
+    finally:
+        emulator.admin.remove_blocklist("progress-a")
+        emulator.admin.remove_allowlist("progress-b")
+        engine.close()
+        client.close()
+        storage.close()
