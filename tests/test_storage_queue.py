@@ -348,3 +348,15 @@ def test_nul_characters(storage: SQLStorage) -> None:
     signal = make_signal(2, message="before\x00after")
     assert storage.add_signals([signal, make_signal(3)]) == 2
     assert storage.get_signals(limit=1)[0].message == "before\x00after"
+
+
+def test_legacy_deletes_accept_model_objects(storage: SQLStorage) -> None:
+    signals = make_signals(3)
+    storage.add_signals(signals)
+    storage.delete_signals(signals[:2])  # type: ignore[arg-type]
+    assert ids(storage.get_signals(limit=10)) == ids(signals)[2:]
+    storage.update_or_create_machine(Machine(machine_id=MACHINE_A))
+    storage.delete_machines([Machine(machine_id=MACHINE_A)])  # type: ignore[list-item]
+    assert storage.list_machines() == []
+    with pytest.raises(ValidationError):
+        storage.delete_signals(["x"])  # type: ignore[list-item]

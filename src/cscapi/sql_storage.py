@@ -94,8 +94,8 @@ def _positive(seconds: Any) -> bool:
 def _ids(values: Sequence[int] | None, what: str) -> list[int] | None:
     if values is None:
         return None
-    try:
-        return [int(v) for v in values]
+    try:  # Signal objects are accepted too (an older legacy API passed them)
+        return [int(v.alert_id if isinstance(v, Signal) else v) for v in values]  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise ValidationError(f"{what} must be a list of integer alert ids", field=what) from None
 
@@ -536,7 +536,7 @@ class SQLStorage(StorageInterface):
 
     def delete_machines(self, machine_ids: Sequence[str]) -> None:
         """Delete these machines (their signals stay queued and their login locks are dropped)."""
-        ids = [str(m) for m in machine_ids]
+        ids = [m.machine_id if isinstance(m, Machine) else str(m) for m in machine_ids]
         with self._tx("deleting machines") as conn:
             for chunk in _chunks(ids):
                 conn.execute(delete(_M).where(_M.c.machine_id.in_(chunk)))
