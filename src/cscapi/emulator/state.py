@@ -45,6 +45,17 @@ _MAX_LOGINS_KEPT = 1000
 _TOMBSTONE_PRUNE_AT = 50_000
 
 
+def _int_duration(seconds: int) -> str:
+    """Whole seconds as a Go duration (``86399`` -> ``23h59m59s``), like ``format_go_duration`` but faster."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
 def rfc3339(ts: float) -> str:
     """Unix seconds as RFC 3339 UTC with microseconds."""
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -621,7 +632,7 @@ class EmulatorState:
                 remaining = 1
             dur = memo.get(remaining)
             if dur is None:
-                dur = memo[remaining] = format_go_duration(remaining)
+                dur = memo[remaining] = _int_duration(remaining)
             key = (d.scenario, d.scope)
             bucket = groups.get(key)
             if bucket is None:
