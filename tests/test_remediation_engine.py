@@ -612,3 +612,34 @@ def test_readers_see_the_whole_old_or_the_whole_new_state() -> None:
     # and the lookups agree with the final index
     assert all(engine.get_ip_remediation(ip).remediation == "ban" for ip in old[:100])
     assert all(engine.get_ip_remediation(ip) == CLEAN for ip in new[:100])
+
+
+def test_answers_stay_right_across_the_fast_map_horizon() -> None:
+    import time as _time
+
+    from cscapi.remediation.index import HORIZON
+
+    clock = Clock()
+    engine = make(clock=clock)
+    refresh(
+        engine,
+        [
+            decision("1.2.3.4", duration=HORIZON * 3),
+            decision("1.2.3.4", type_="captcha", scenario="x/y", duration=HORIZON * 10),
+            decision("5.6.7.8", duration=HORIZON / 2),
+        ],
+    )
+    first = engine.index
+    assert first.fast["1.2.3.4"] is engine.get_ip_remediation("1.2.3.4")  # bare: no expiry read before the horizon
+    assert isinstance(first.fast["5.6.7.8"], tuple)  # expires before the horizon: checked at each lookup
+    clock.advance(HORIZON / 2 + 1)
+    assert engine.get_ip_remediation("5.6.7.8") == CLEAN
+    clock.advance(HORIZON)  # past the horizon: answers come from the full entries, a new fast map is derived
+    assert engine.get_ip_remediation("1.2.3.4") == Remediation("ban", "CAPI")
+    deadline = _time.monotonic() + 5
+    while engine.index is first and _time.monotonic() < deadline:
+        _time.sleep(0.01)
+    assert engine.index is not first and engine.index.horizon > clock.now
+    assert engine.index.version == first.version
+    clock.advance(HORIZON * 2)  # the ban is over, the captcha remains
+    assert engine.get_ip_remediation("1.2.3.4") == Remediation("captcha", "CAPI")

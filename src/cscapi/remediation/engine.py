@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 from cscapi.errors import ConfigurationError, InvalidIPError
 from cscapi.remediation.core import FlowContext, Op, prune_flow, refresh_flow
-from cscapi.remediation.index import Entries, Index, Policy, build_index, empty_index, first_live
+from cscapi.remediation.index import Index, Policy, build_index, empty_index, first_live
 from cscapi.remediation.metrics import build_usage_metrics, nested_counts
 from cscapi.remediation.models import CLEAN, RefreshReport, Remediation
 from cscapi.remediation.stores import DecisionStore, open_store
@@ -34,6 +34,7 @@ _engines: weakref.WeakSet[_EngineBase[Any]] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     """Threads do not survive fork: restart the sync thread of every engine the child inherited."""
     for engine in list(_engines):
+        engine._renewing = False
         engine._sync_thread = None
         engine._start_sync_thread()
 
@@ -106,17 +107,18 @@ class _EngineBase(Generic[C]):
         self._startup_ts = int(time.time())
         self._index: Index = empty_index()
         self._committing: str | None = None
+        self._renewing = False
         self._sync_lock = threading.Lock()
         self._sync_interval = sync_interval_ms / 1000.0
         self._sync_stop = threading.Event()
         self._sync_thread: threading.Thread | None = None
         self._closed = False
+        _engines.add(self)
         if self.store.shared:
             try:
                 self.sync()
             except Exception as exc:
                 self._logger.warning("could not load the decisions from %r yet, serving none: %s", self.store, exc)
-            _engines.add(self)
             self._start_sync_thread()
 
     # ---- the lookup ------------------------------------------------------------------------------------------
@@ -128,19 +130,44 @@ class _EngineBase(Generic[C]):
         """
         idx = self._index
         try:
-            entries: Entries | None = idx.exact.get(ip)
+            found = idx.fast.get(ip)
         except TypeError:
             raise InvalidIPError(f"not an IP address: a {type(ip).__name__} was given", field="ip") from None
-        if entries is None:
+        if found is None:
             entries = idx.lookup_slow(ip)
             if entries is None:
                 return CLEAN
-        now = self._clock()
+            now = self._clock()
+        elif (now := self._clock()) < idx.horizon:
+            if type(found) is not tuple:
+                return found  # type: ignore[return-value]
+            entries = found
+        else:
+            self._renew_horizon(idx)
+            entries = idx.exact[ip]
         if entries[0] > now:
             return entries[1]  # type: ignore[no-any-return]
         if len(entries) == 2:
             return CLEAN
         return first_live(entries, now) or CLEAN
+
+    def _renew_horizon(self, idx: Index) -> None:
+        """Past the index's horizon: derive a fresh ``fast`` map in a background thread (lookups stay correct meanwhile,
+        only a little slower)."""
+        if self._renewing:
+            return
+        self._renewing = True
+
+        def renew() -> None:
+            try:
+                fresh = idx.with_horizon(self._clock())
+                with self._sync_lock:
+                    if self._index is idx:
+                        self._index = fresh
+            finally:
+                self._renewing = False
+
+        threading.Thread(target=renew, name="cscapi-remediation-horizon", daemon=True).start()
 
     # ---- state and sync --------------------------------------------------------------------------------------
 

@@ -42,6 +42,8 @@ BOUNCING_LEVELS = ("normal_bouncing", "flex_bouncing", "bouncing_disabled")
 ALLOW_RANK = -1
 _MAPPED_INT = 0xFFFF << 32
 _V4_BUCKET_BYTES = 2
+HORIZON = 600.0
+"""Seconds during which the ``fast`` map of a new index is valid (see ``Index.with_horizon``)."""
 _V6_BUCKET_BYTES = 4
 
 
@@ -93,8 +95,8 @@ class Index:
     """One immutable snapshot of the decisions, for lookups. ``version`` is the store version it was built from."""
 
     __slots__ = (
-        "decisions", "exact", "last_pull", "ranges", "v4_buckets", "v4_wide", "v6_buckets", "v6_exact", "v6_wide",
-        "version",
+        "decisions", "exact", "fast", "horizon", "last_pull", "ranges", "v4_buckets", "v4_wide", "v6_buckets",
+        "v6_exact", "v6_wide", "version",
     )  # fmt: skip
 
     def __init__(
@@ -116,6 +118,24 @@ class Index:
         self.decisions = decisions
         self.ranges = ranges
         self.last_pull = last_pull
+        # ``fast``: the same keys as ``exact``; the value is the bare Remediation when its best decision outlives
+        # ``horizon`` (then, before the horizon, nothing needs checking), else the entries. Set by with_horizon.
+        self.fast: dict[str, Remediation | Entries] = exact  # type: ignore[assignment]
+        self.horizon = -math.inf
+
+    def with_horizon(self, now: float, span: float = HORIZON) -> Index:
+        """A copy whose ``fast`` map answers without reading expiries until ``now + span`` (shares everything else).
+
+        Saves two memory reads per hit (the entries tuple and its float); the engine derives a new one when the
+        horizon passes (about 50 ms for 200k addresses, in a background thread).
+        """
+        horizon = now + span
+        twin = Index.__new__(Index)
+        for name in Index.__slots__:
+            setattr(twin, name, getattr(self, name))
+        twin.fast = {key: (e[1] if e[0] > horizon else e) for key, e in self.exact.items()}
+        twin.horizon = horizon
+        return twin
 
     def lookup_slow(self, ip: Any) -> Entries | None:
         """The entries for an IP whose raw string is not an exact key: canonicalise it, then search the ranges.
@@ -401,4 +421,4 @@ def build_index(state: State, policy: Policy, version: str | None, now: float) -
         len(ranges4) + len(ranges6),
         state.last_pull,
         v6_exact,
-    )
+    ).with_horizon(now)
