@@ -142,7 +142,10 @@ def test_missing_directory_is_a_configuration_error(tmp_path: Path) -> None:
         SQLStorage(f"sqlite:///{tmp_path / 'nope' / 'x.db'}")
 
 
-@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite://", "sqlite:///:memory:", "sqlite:///file::memory:?uri=true", "sqlite:///file:q?mode=memory&uri=true"],
+)
 def test_in_memory_database_is_shared_by_threads(url: str) -> None:
     with SQLStorage(url) as storage:
         worker = threading.Thread(target=storage.add_signals, args=(make_signals(4),))

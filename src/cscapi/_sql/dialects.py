@@ -87,7 +87,10 @@ def is_memory_sqlite(url: URL) -> bool:
     if url.get_backend_name() != "sqlite":
         return False
     database = url.database or ""
-    return database in {"", ":memory:"} or (database.startswith("file:") and "mode=memory" in database)
+    if database in {"", ":memory:"}:
+        return True
+    in_memory = database.startswith("file::memory:") or "mode=memory" in database or url.query.get("mode") == "memory"
+    return database.startswith("file:") and in_memory
 
 
 def _create_private_sqlite_file(url: URL) -> None:
