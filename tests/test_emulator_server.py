@@ -370,3 +370,33 @@ def test_main_reports_configuration_errors(capsys: pytest.CaptureFixture[str]) -
     assert main(["--fault", "nowhere:error_rate=1", "--port", "0"]) == 2
     assert "unknown fault endpoint" in capsys.readouterr().err
     assert main(["--config", "/nonexistent/emu.toml"]) == 2
+
+
+def test_concurrent_senders_with_sqlite_state_lose_nothing(tmp_path: Path) -> None:
+    import threading
+    import uuid as uuid_mod
+
+    path = str(tmp_path / "emu.db")
+    cfg = config(community_size=10, state_path=path)
+    with EmbeddedEmulator(cfg) as emu, httpx.Client(base_url=emu.base_url) as setup:
+        tokens = [login(setup, f"{i}" * 48) for i in range(1, 5)]
+
+        def send(token: str) -> None:
+            with httpx.Client(base_url=emu.base_url, headers={"Authorization": token}) as client:
+                for _ in range(10):
+                    batch = [{**SIGNAL, "uuid": str(uuid_mod.uuid4())} for _ in range(50)]
+                    assert client.post("v3/signals", json=batch).status_code == 200
+
+        threads = [threading.Thread(target=send, args=(t,)) for t in tokens]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert emu.admin.state()["signals"] == 2000
+    with EmbeddedEmulator(config(community_size=10, state_path=path)) as again:
+        received = again.admin.signals()
+        assert len(received) == 2000
+        assert len({r["signal"]["uuid"] for r in received}) == 2000
+        assert {m["machine_id"]: m["signals"] for m in again.admin.machines()} == {
+            f"{i}" * 48: 500 for i in range(1, 5)
+        }
