@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, delete, exists, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, delete, exists, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from cscapi._sql import schema
@@ -421,17 +421,18 @@ class SQLStorage(StorageInterface):
     def count_signals(self, machine_id: str | None = None) -> QueueCounts:
         """Signals per state; a claim whose lease ran out counts as queued (anyone may claim it again)."""
         now = utcnow()
-        by_status = select(_S.c.status, func.count()).group_by(_S.c.status)
-        expired = select(func.count()).where(_S.c.status == schema.CLAIMED, _S.c.claimed_until < now)
+        # One statement, so the counts are one consistent snapshot on every database.
+        state = case(
+            (and_(_S.c.status == schema.CLAIMED, _S.c.claimed_until < now), schema.QUEUED), else_=_S.c.status
+        ).label("state")
+        stmt = select(state, func.count()).group_by("state")
         if machine_id is not None:
-            by_status = by_status.where(_S.c.machine_id == machine_id)
-            expired = expired.where(_S.c.machine_id == machine_id)
+            stmt = stmt.where(_S.c.machine_id == machine_id)
         with self._tx("counting signals", write=False) as conn:
-            counts = {str(status): int(n) for status, n in conn.execute(by_status)}
-            lapsed = int(conn.execute(expired).scalar() or 0)
+            counts = {str(status): int(n) for status, n in conn.execute(stmt)}
         return QueueCounts(
-            queued=counts.get(schema.QUEUED, 0) + lapsed,
-            claimed=counts.get(schema.CLAIMED, 0) - lapsed,
+            queued=counts.get(schema.QUEUED, 0),
+            claimed=counts.get(schema.CLAIMED, 0),
             sent=counts.get(schema.SENT, 0),
             quarantined=counts.get(schema.QUARANTINED, 0),
         )
