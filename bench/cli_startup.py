@@ -27,7 +27,7 @@ CASES = [
     ("cscapi run --help", [CSCAPI, "run", "--help"]),
     ("cscapi demo --help", [CSCAPI, "demo", "--help"]),
     ("cscapi emulator --help", [CSCAPI, "emulator", "--help"]),
-    ("cscapi config show", [CSCAPI, "config", "show"]),
+    ("cscapi config show (a real command)", [CSCAPI, "config", "show"]),
 ]
 HEAVY = ("httpx", "sqlalchemy", "rich", "starlette", "uvicorn", "redis", "psycopg", "cryptography")
 
@@ -47,8 +47,10 @@ def main() -> None:
     for label, argv in CASES:
         seconds = median_seconds(argv)
         baseline = baseline or seconds
-        verdict = "" if label.startswith("python") else ("  OK (< 0.3 s)" if seconds < 0.3 else "  SLOW (>= 0.3 s)")
-        print(f"  {label:32s} {seconds * 1000:7.1f} ms  x{seconds / baseline:5.1f} baseline{verdict}")
+        verdict = ""
+        if label.endswith("--help"):  # the 0.3 s target is for help; `config show` is listed as a real command
+            verdict = "  OK (< 0.3 s)" if seconds < 0.3 else "  SLOW (>= 0.3 s)"
+        print(f"  {label:36s} {seconds * 1000:7.1f} ms  x{seconds / baseline:5.1f} baseline{verdict}")
 
     done = subprocess.run([PYTHON, "-X", "importtime", CSCAPI, "--help"], capture_output=True, text=True, check=False)
     rows = []
