@@ -132,3 +132,40 @@ def test_empty_key_and_missing_cryptography(monkeypatch: pytest.MonkeyPatch) -> 
         secrets.generate_key()
     with pytest.raises(ConfigurationError, match=r"cscapi\[crypto\]"):
         SQLStorage("sqlite://", encryption_key="anything")
+
+
+def test_rotate_the_key_then_turn_encryption_off(database_url: str) -> None:
+    old_key, new_key = secrets.generate_key(), "a brand new passphrase"
+    with SQLStorage(database_url, encryption_key=old_key) as storage:
+        store_machine(storage)
+        assert storage.rotate_encryption_key(new_key) == 1
+        machine = storage.get_machine_by_id(MACHINE_A)
+        assert machine is not None and (machine.password, machine.token) == (PASSWORD, TOKEN)
+    with pytest.raises(StorageError, match="wrong CSCAPI_STORAGE_KEY"):
+        SQLStorage(database_url, encryption_key=old_key)
+    with SQLStorage(database_url, encryption_key=new_key) as storage:
+        machine = storage.get_machine_by_id(MACHINE_A)
+        assert machine is not None and machine.token == TOKEN
+        assert storage.rotate_encryption_key(None) == 1
+        assert not storage.encrypted
+    assert raw_secrets(database_url) == (PASSWORD, TOKEN)
+    with SQLStorage(database_url) as storage:  # no key needed any more
+        machine = storage.get_machine_by_id(MACHINE_A)
+        assert machine is not None and machine.password == PASSWORD
+
+
+def test_rotation_with_a_bad_new_key_changes_nothing(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(secrets.KEY_ENV_VAR, raising=False)
+    key = secrets.generate_key()
+    with SQLStorage(sqlite_url, encryption_key=key) as storage:
+        store_machine(storage)
+        before = raw_secrets(sqlite_url)
+        monkeypatch.setattr(secrets.SecretBox, "encrypt", lambda self, value: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            storage.rotate_encryption_key("another key")
+        monkeypatch.undo()
+        assert raw_secrets(sqlite_url) == before
+        machine = storage.get_machine_by_id(MACHINE_A)
+        assert machine is not None and machine.password == PASSWORD
+    with SQLStorage(sqlite_url, encryption_key=key) as storage:  # the old key still opens it
+        assert storage.get_machine_by_id(MACHINE_A) is not None

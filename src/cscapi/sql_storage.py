@@ -252,6 +252,34 @@ class SQLStorage(StorageInterface):
             )
         return self._box.decrypt(value, what=f"the {what}")
 
+    def rotate_encryption_key(self, new_key: str | bytes | None) -> int:
+        """Re-encrypt every stored password and token with ``new_key`` (None: store them in plain text again).
+
+        One transaction: on any error nothing changes. The instance then uses the new key; other processes must be
+        restarted with it (they would refuse to open the database with the old one). Returns the machines rewritten.
+        """
+        with self._tx("rotating the encryption key") as conn:
+            rows = conn.execute(select(_M.c.machine_id, _M.c.password, _M.c.token)).all()
+            plain = [
+                (m, self._decrypt(p, f"password of machine {m}"), self._decrypt(t, f"token of machine {m}"))
+                for m, p, t in rows
+            ]
+            conn.execute(delete(_META).where(_META.c.key.in_(["kdf_salt", "key_check"])))
+            old_key, old_box = self._key, self._box
+            self._key, self._box = (new_key or None), None
+            try:
+                for machine_id, password, token in plain:
+                    conn.execute(
+                        update(_M)
+                        .where(_M.c.machine_id == machine_id)
+                        .values(password=self._encrypt_in(conn, password), token=self._encrypt_in(conn, token))
+                    )
+                self._box_for(conn)  # a key check (and salt) even when there is no machine yet
+            except BaseException:
+                self._key, self._box = old_key, old_box
+                raise
+        return len(plain)
+
     # ---- the queue --------------------------------------------------------------------------------------
 
     def add_signals(self, signals: Iterable[Signal]) -> int:
