@@ -427,3 +427,29 @@ def test_refresh_progress_advances_once_per_list(emulator, tmp_path) -> None:
         engine.close()
         client.close()
         storage.close()
+
+
+def test_no_command_prints_a_password_or_token(capi_env: CliEnv) -> None:
+    from cscapi.sql_storage import SQLStorage
+
+    machine_id = register(capi_env)
+    ok(capi_env.invoke(["machines", "status", "--login", "--json"]))
+    storage = SQLStorage(f"sqlite:///{capi_env.data_dir / 'cscapi.db'}")
+    try:
+        machine = storage.get_machine_by_id(machine_id)
+    finally:
+        storage.close()
+    assert machine is not None and machine.password and machine.token
+    outputs = [
+        capi_env.invoke(args).output
+        for args in (
+            ["machines", "list"],
+            ["machines", "list", "--json"],
+            ["machines", "status"],
+            ["machines", "status", "--login", "--json"],
+            ["--debug", "machines", "status", "--login"],
+            ["config", "show", "--json"],
+        )
+    ]
+    for output in outputs:
+        assert machine.password not in output and machine.token not in output
