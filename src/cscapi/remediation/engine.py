@@ -167,7 +167,10 @@ class _EngineBase(Generic[C]):
             finally:
                 self._renewing = False
 
-        threading.Thread(target=renew, name="cscapi-remediation-horizon", daemon=True).start()
+        try:
+            threading.Thread(target=renew, name="cscapi-remediation-horizon", daemon=True).start()
+        except RuntimeError:  # no new threads (interpreter shutting down): answers stay right, just not the fast way
+            self._renewing = False
 
     # ---- state and sync --------------------------------------------------------------------------------------
 
