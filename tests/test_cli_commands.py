@@ -145,9 +145,11 @@ def test_signals_add_from_jsonl_and_csv(capi_env: CliEnv, tmp_path) -> None:
         "\n# a comment\n"
         '{"ip": "2001:db8::1", "scenario": "crowdsecurity/http-probing", "context": {"path": "/.env"}}\n'
         '{"range": "198.51.100.0/24", "scenario": "crowdsecurity/ssh-bf"}\n'
+        '{"scenario": "crowdsecurity/ssh-bf", "source": {"scope": "ip", "value": "192.0.2.77"},'
+        ' "decisions": [{"type": "captcha", "duration": "1h"}]}\n'
     )
     report = ok(capi_env.invoke(["signals", "add", "--file", str(jsonl), "--json"]))
-    assert report["queued"] == 3 and report["rejected"] == []
+    assert report["queued"] == 4 and report["rejected"] == []
     # the same file again: idempotent? no uuids given, so new signals: 3 more
     csv_file = tmp_path / "b.csv"
     csv_file.write_text(
@@ -158,7 +160,15 @@ def test_signals_add_from_jsonl_and_csv(capi_env: CliEnv, tmp_path) -> None:
     report = ok(capi_env.invoke(["signals", "add", "-f", str(csv_file), "--json"]))
     assert report["queued"] == 2
     rows = ok(capi_env.invoke(["signals", "list", "--json"]))
-    assert {r["source"] for r in rows} == {"203.0.113.1", "2001:db8::1", "198.51.100.0/24", "192.0.2.5", "192.0.2.6"}
+    assert {r["source"] for r in rows} == {
+        "203.0.113.1",
+        "2001:db8::1",
+        "198.51.100.0/24",
+        "192.0.2.77",
+        "192.0.2.5",
+        "192.0.2.6",
+    }
+    assert {r["decision"] for r in rows if r["source"] == "192.0.2.77"} == {"captcha 1h"}
     assert {r["scope"] for r in rows if r["source"] == "198.51.100.0/24"} == {"range"}
 
 
