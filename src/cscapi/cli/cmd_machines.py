@@ -230,6 +230,7 @@ def enroll(
     from cscapi.errors import ConfigurationError
 
     settings = app.settings(enroll_key=attachment_key)
+    settings.require_scenarios()  # enrolling logs in, and a login declares the scenarios
     key = settings.enroll_key
     if not key:
         raise ConfigurationError(
