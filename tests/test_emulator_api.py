@@ -814,3 +814,16 @@ async def test_tailor_to_scenarios(capi_spec: dict[str, Any], validate_against: 
         assert set(flat_new(await c.stream(both))) == {"192.0.2.201", "192.0.2.202"}
         v2 = await c.stream(ssh, api="v2", startup="true")
         assert {d["scenario"] for d in v2["new"]} == {"crowdsecurity/ssh-bf"}
+
+
+async def test_autoenroll_without_key_returns_a_console_url(capi: Capi, clock: Clock) -> None:
+    token = await capi.register_login()
+    r = await capi.post("/v3/watchers/enroll", {"autoenroll": True, "name": "web"}, token=token)
+    assert r.status_code == 202
+    body = r.json()
+    assert body["url"].startswith("http://capi.test/console/enroll/")
+    assert body["expire_at"] == int((clock.now + 900) * 1000)
+    assert capi.state.machines[MID].organization_id is None
+    assert capi.state.records["enrollments"][0]["autoenroll"] is True
+    r = await capi.post("/v3/watchers/enroll", {"autoenroll": True, "tags": "x"}, token=token)
+    assert r.status_code == 400 and "body.tags" in r.json()["message"]

@@ -268,6 +268,10 @@ class _Endpoints:
     async def enroll(self, request: Request) -> Response:
         m = self.machine(request)
         body = await self.body(request)
+        if isinstance(body, dict) and body.get("autoenroll") is True and "attachment_key" not in body:
+            # current Go engines: no key, the answer carries a console URL to open (protocol notes, EnrollRequest)
+            check(self.v_enroll, {**body, "attachment_key": "autoenroll"})
+            return json_response(202, self.state.autoenroll(m, body, str(request.base_url)))
         check(self.v_enroll, body)
         status, answer = self.state.enroll(m, body)
         return json_response(status, answer)

@@ -444,6 +444,32 @@ class EmulatorState:
             self._record("enrollments", {"machine_id": m.machine_id, **m.enrollment})
             return 202, {"message": "enrollment accepted; log in again to get a token with organization_id"}
 
+    def autoenroll(self, m: MachineRecord, body: dict[str, Any], base_url: str) -> dict[str, Any]:
+        """An enrollment without attachment key: a console URL valid 15 minutes (``expire_at`` in unix ms).
+
+        The emulator has no console to confirm it in: the machine stays not enrolled; the request is recorded.
+        """
+        with self.lock:
+            now = self.clock()
+            code = secrets.token_hex(8)
+            answer = {
+                "message": "open the URL to finish enrolling this machine",
+                "url": f"{base_url}console/enroll/{code}",
+                "expire_at": int((now + 900) * 1000),
+            }
+            self._record(
+                "enrollments",
+                {
+                    "machine_id": m.machine_id,
+                    "name": body.get("name"),
+                    "tags": list(body.get("tags") or []),
+                    "autoenroll": True,
+                    "url": answer["url"],
+                    "requested_at": rfc3339(now),
+                },
+            )
+            return answer
+
     def add_attachment_key(self, key: str) -> None:
         """Accept one more attachment key (run time; not persisted)."""
         with self.lock:
