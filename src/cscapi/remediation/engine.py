@@ -19,6 +19,7 @@ from cscapi.remediation.core import FlowContext, Op, prune_flow, refresh_flow
 from cscapi.remediation.index import Index, Policy, build_index, empty_index, first_live
 from cscapi.remediation.metrics import build_usage_metrics, nested_counts
 from cscapi.remediation.models import CLEAN, RefreshReport, Remediation
+from cscapi.remediation.protocol import AsyncDecisionSource, DecisionSource
 from cscapi.remediation.stores import DecisionStore, open_store
 
 __all__ = ["AsyncRemediationEngine", "RemediationEngine"]
@@ -225,12 +226,13 @@ class _EngineBase(Generic[C]):
                 self._index = index
         self._committing = None
 
-    def _need_client(self) -> None:
+    def _need_client(self) -> C:
         if self.client is None:
             raise ConfigurationError(
                 "this engine has no client: it serves lookups from the shared store but cannot pull or push",
                 hint="Pass a CAPIClient (or AsyncCAPIClient) to the engine of the worker that refreshes.",
             )
+        return self.client
 
     def _run_store(self, op: Op) -> Any:
         if op.name == "commit":
@@ -292,7 +294,7 @@ class _EngineBase(Generic[C]):
         return f"<{name} store={self.store!r} version={self.version!r} decisions={self._index.decisions}>"
 
 
-class RemediationEngine(_EngineBase[Any]):
+class RemediationEngine(_EngineBase[DecisionSource | None]):
     """Blocking engine over a :class:`cscapi.remediation.protocol.DecisionSource` (e.g. ``CAPIClient``).
 
     ``store`` is ``memory://`` (one process), ``sqlite:///path.db`` (the processes of one host) or
@@ -350,10 +352,11 @@ class RemediationEngine(_EngineBase[Any]):
 
     def push_usage_metrics(self) -> dict[str, Any]:
         """Push the counters as ``AllMetrics``; after a 2xx, subtract exactly what was pushed. Returns the payload."""
-        self._need_client()
+        client = self._need_client()
+        assert client is not None
         payload, counts, now = self._metrics_payload()
-        machine_id = self.machine_id or self.client.default_machine_id()
-        self.client.push_usage_metrics(machine_id, payload)
+        machine_id = self.machine_id or client.default_machine_id()
+        client.push_usage_metrics(machine_id, payload)
         self._after_push(counts, now)
         return payload
 
@@ -370,7 +373,7 @@ async def _to_thread(fn: Callable[..., R], *args: Any) -> R:
     return await asyncio.to_thread(fn, *args)
 
 
-class AsyncRemediationEngine(_EngineBase[Any]):
+class AsyncRemediationEngine(_EngineBase[AsyncDecisionSource | None]):
     """Awaiting engine over an :class:`cscapi.remediation.protocol.AsyncDecisionSource` (e.g. ``AsyncCAPIClient``).
 
     Same options and semantics as :class:`RemediationEngine`; store calls and index builds run in a worker thread,
@@ -423,10 +426,11 @@ class AsyncRemediationEngine(_EngineBase[Any]):
 
     async def push_usage_metrics(self) -> dict[str, Any]:
         """See :meth:`RemediationEngine.push_usage_metrics`."""
-        self._need_client()
+        client = self._need_client()
+        assert client is not None
         payload, counts, now = await _to_thread(self._metrics_payload)
-        machine_id = self.machine_id or await self.client.default_machine_id()
-        await self.client.push_usage_metrics(machine_id, payload)
+        machine_id = self.machine_id or await client.default_machine_id()
+        await client.push_usage_metrics(machine_id, payload)
         await _to_thread(self._after_push, counts, now)
         return payload
 
