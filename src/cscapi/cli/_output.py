@@ -33,6 +33,12 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def esc(value: Any) -> str:
+    """``value`` as text that rich prints literally (square brackets in names, reasons or paths are not markup)."""
+    text = str(value)
+    return text.replace("[", "\\[") if "[" in text else text
+
+
 def to_json(data: Any) -> str:
     """Serialise for ``--json``: datetimes as RFC 3339, dataclasses as dicts."""
     return json.dumps(data, indent=2, default=_json_default, ensure_ascii=False)
@@ -125,11 +131,12 @@ class Output:
         self.print(f"[green]✓[/green] {text}")
 
     def note(self, text: str) -> None:
-        """A secondary line, on stderr, also in ``--json`` mode (it does not pollute stdout)."""
-        self.err_console.print(text, style="dim")
+        """A secondary line, on stderr, also in ``--json`` mode (it does not pollute stdout). Printed literally."""
+        self.err_console.print(text, style="dim", markup=False)
 
     def warn(self, text: str) -> None:
-        self.err_console.print(f"[yellow]warning:[/yellow] {text}")
+        """A warning line on stderr; ``text`` is printed literally (it often carries a server's reason)."""
+        self.err_console.print(f"[yellow]warning:[/yellow] {esc(text)}")
 
     def error(self, text: str) -> None:
         """One line on stderr, markup disabled (messages come from errors, not from us)."""
@@ -142,8 +149,12 @@ class Output:
         *,
         title: str | None = None,
         empty: str = "nothing to show",
+        markup: bool = False,
     ) -> None:
-        """A rich table of ``rows``; ``empty`` is printed instead when there are none."""
+        """A rich table of ``rows``; ``empty`` is printed instead when there are none.
+
+        Cells are printed literally unless ``markup`` (then the caller escapes untrusted parts with :func:`esc`).
+        """
         if self.json_mode:
             return
         if not rows:
@@ -151,11 +162,11 @@ class Output:
             return
         from rich.table import Table
 
-        table = Table(title=title, title_justify="left", header_style="bold")
+        table = Table(title=title and esc(title), title_justify="left", header_style="bold")
         for name in columns:
             table.add_column(name, overflow="fold")
         for row in rows:
-            table.add_row(*("" if cell is None else str(cell) for cell in row))
+            table.add_row(*("" if cell is None else (str(cell) if markup else esc(cell)) for cell in row))
         self.console.print(table)
 
     def key_values(self, pairs: Sequence[tuple[str, Any]], *, title: str | None = None) -> None:
@@ -168,7 +179,7 @@ class Output:
         table.add_column(style="bold")
         table.add_column(overflow="fold")
         for key, value in pairs:
-            table.add_row(key, "" if value is None else str(value))
+            table.add_row(esc(key), "" if value is None else esc(value))
         self.console.print(table)
 
     @contextlib.contextmanager

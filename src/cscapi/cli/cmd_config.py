@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cscapi.cli._context import AppContext, json_option, pass_app
+from cscapi.cli._output import esc
 
 
 @click.group()
@@ -41,8 +42,8 @@ def show(app: AppContext) -> None:
         )
         return
     found = "" if settings.config_found else " (not found: defaults apply; `cscapi init` creates it)"
-    app.out.print(f"config file: {settings.config_path}{found}")
-    app.out.print(f"CAPI URL:    {settings.base_url}")
+    app.out.print(f"config file: {esc(settings.config_path)}{found}")
+    app.out.print(f"CAPI URL:    {esc(settings.base_url)}")
     app.out.print(f"secrets at rest in the storage: encryption {encryption}")
     rows = [(s.section, s.name, settings.display(s.name), settings.source(s.name)) for s in SETTINGS]
     app.out.table(["section", "setting", "value", "source"], rows)

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from cscapi.cli._context import AppContext, json_option, pass_app
+from cscapi.cli._output import esc
 
 
 @click.group()
@@ -151,13 +152,13 @@ def refresh(app: AppContext, force: bool) -> None:
             extra = f": {item['reason']} (previous content kept)" if item["reason"] else ""
             skipped = f", {item['skipped']} unreadable line(s) skipped" if item["skipped"] else ""
             entries = f"{item['entries']} {'entry' if item['entries'] == 1 else 'entries'}"
-            app.out.print(f"{mark} {item['kind']} {item['name']}: {detail}, {entries}{skipped}{extra}")
+            app.out.print(f"{mark} {item['kind']} {esc(item['name'])}: {detail}, {entries}{skipped}{esc(extra)}")
         for name in report.removed_lists:
-            app.out.print(f"  list {name} is no longer offered by CAPI: dropped")
+            app.out.print(f"  list {esc(name)} is no longer offered by CAPI: dropped")
         if report.skipped:
             reasons = ", ".join(f"{k}: {v}" for k, v in report.skipped_reasons.items())
             app.out.warn(f"{report.skipped} stream item(s) could not be used ({reasons})")
-        app.out.print(f"{report.decisions} decisions cached in {settings.display('decision_store')}")
+        app.out.print(f"{report.decisions} decisions cached in {esc(settings.display('decision_store'))}")
     failed = [item for item in lists if item["status"] == "failed"]
     if failed:
         from cscapi.errors import CAPIError
@@ -199,12 +200,13 @@ def check(app: AppContext, ips: tuple[str, ...]) -> None:
         ["ip", "remediation", "origin"],
         [
             (
-                r["ip"],
-                f"[{styles.get(r['remediation'], 'magenta')}]{r['remediation']}[/]",
-                r["origin"],
+                esc(r["ip"]),
+                f"[{styles.get(r['remediation'], 'magenta')}]{esc(r['remediation'])}[/]",
+                esc(r["origin"]),
             )
             for r in rows
         ],
+        markup=True,
     )
 
 
@@ -281,14 +283,15 @@ def stats(app: AppContext) -> None:
         if app.json_mode:
             app.out.emit_json(result)
         else:
-            app.out.print(f"{store} is empty: run `cscapi decisions refresh`")
+            app.out.print(f"{esc(store)} is empty: run `cscapi decisions refresh`")
         return
     result = {"store": store, "version": version, **decision_stats(state, time.time())}
     if app.json_mode:
         app.out.emit_json(result)
         return
     app.out.print(
-        f"{result['total']} live decisions in {store}; community stream pulled {_ago(result['last_pull_seconds_ago'])}"
+        f"{result['total']} live decisions in {esc(store)}; "
+        f"community stream pulled {_ago(result['last_pull_seconds_ago'])}"
     )
     for title, key in (("origin", "by_origin"), ("scope", "by_scope"), ("type", "by_type")):
         app.out.table([title, "decisions"], list(result[key].items()), title=f"by {title}")

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from cscapi.cli._context import AppContext, json_option, pass_app
+from cscapi.cli._output import esc
 
 SCENARIOS = ["crowdsecurity/ssh-bf", "crowdsecurity/http-probing"]
 BLOCKLIST = "demo-botnet"
@@ -151,7 +152,7 @@ class _Story:
     def start_capi(self) -> str:
         if not self.embedded:
             self.out.step(f"1. Talk to the real CAPI at {self.settings.base_url}")
-            self.out.print(f"   databases in {self.base} (the machine is reused on the next run)")
+            self.out.print(f"   databases in {esc(self.base)} (the machine is reused on the next run)")
             return str(self.settings.base_url)
         from cscapi.emulator import EmbeddedEmulator, EmulatorConfig
 
@@ -284,7 +285,7 @@ class _Story:
         for outcome in report.lists.values():
             mark = "[green]✓[/green]" if outcome.ok else "[red]✗[/red]"
             self.out.print(
-                f"{mark} {outcome.kind} '{outcome.name}': {outcome.status.replace('_', ' ')}, "
+                f"{mark} {outcome.kind} '{esc(outcome.name)}': {outcome.status.replace('_', ' ')}, "
                 f"{_plural(outcome.entries, 'entry', 'entries')}"
             )
         self.out.print(
@@ -312,9 +313,9 @@ class _Story:
             )
             style = {"ban": "red", "captcha": "yellow"}.get(answer.remediation, "green")
             why = probe.why if self.embedded else ""
-            rows.append((probe.ip, f"[{style}]{answer.remediation}[/]", answer.origin, why))
+            rows.append((probe.ip, f"[{style}]{esc(answer.remediation)}[/]", esc(answer.origin), esc(why)))
         self.summary["checks"] = checks
-        self.out.table(["ip", "remediation", "origin", "why"], rows)
+        self.out.table(["ip", "remediation", "origin", "why"], rows, markup=True)
         if self.embedded:
             wrong = [c for c in checks if c["origin"] != c["expected_origin"]]
             if wrong:

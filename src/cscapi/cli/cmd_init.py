@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from cscapi.cli._context import AppContext, json_option, pass_app
+from cscapi.cli._output import esc
 
 DEFAULT_SCENARIOS = ("crowdsecurity/ssh-bf", "crowdsecurity/http-probing")
 
@@ -83,6 +84,6 @@ def init(
     if app.json_mode:
         app.out.emit_json({"path": str(path), "mode": "0600", "values": values})
         return
-    app.out.ok(f"wrote {path} (readable by you only)")
+    app.out.ok(f"wrote {esc(path)} (readable by you only)")
     app.out.print(f"  target: {values['target']}; scenarios: {', '.join(values['scenarios'])}")
     app.out.print("Next: [bold]cscapi config show[/bold], then [bold]cscapi machines register[/bold].")

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from cscapi.cli._context import AppContext, json_option, pass_app
+from cscapi.cli._output import esc
 
 
 @click.group()
@@ -92,7 +93,7 @@ def register(app: AppContext, machine_id: str | None, password_stdin: bool, new:
         app.out.ok(f"registered machine [bold]{machine.machine_id}[/bold] on {settings.base_url}")
     else:
         app.out.ok(f"machine [bold]{machine.machine_id}[/bold] is already registered (use --new for another)")
-    app.out.print(f"  credentials stored in {result['storage']} (the password is never printed)")
+    app.out.print(f"  credentials stored in {esc(result['storage'])} (the password is never printed)")
 
 
 @machines.command("list")
