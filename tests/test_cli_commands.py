@@ -463,3 +463,17 @@ def test_no_command_prints_a_password_or_token(capi_env: CliEnv) -> None:
     ]
     for output in outputs:
         assert machine.password not in output and machine.token not in output
+
+
+def test_brackets_in_names_and_reasons_are_printed_literally(capi_env: CliEnv, emulator) -> None:
+    """Server-provided text (list names, reasons) must never be read as rich markup, nor crash the output."""
+    register(capi_env)
+    emulator.admin.publish_blocklist("odd[/x]name", ["192.0.2.222"])
+    try:
+        result = capi_env.invoke(["decisions", "refresh", "--force"])
+        assert result.exit_code == 0, result.output
+        assert "odd[/x]name" in result.stdout
+        check = capi_env.invoke(["decisions", "check", "192.0.2.222"])
+        assert check.exit_code == 0 and "lists:odd[/x]name" in check.stdout
+    finally:
+        emulator.admin.remove_blocklist("odd[/x]name")
