@@ -213,23 +213,26 @@ def test_priority_picks_the_origin_of_the_winning_decision() -> None:
 
 
 def test_deleting_one_of_two_bans_keeps_the_other() -> None:
-    engine = make()
+    clock = Clock()
+    engine = make(clock=clock)
     refresh(
         engine,
         [
-            decision("1.2.3.4", scenario="crowdsecurity/ssh-bf"),
-            decision("1.2.3.4", scenario="crowdsecurity/http-probing"),
+            decision("1.2.3.4", scenario="crowdsecurity/ssh-bf", duration=600),
+            decision("1.2.3.4", scenario="crowdsecurity/http-probing", duration=7200),
         ],
     )
-    refresh(engine, [decision("1.2.3.4", scenario="crowdsecurity/ssh-bf")], deleted=[])
-    assert engine.get_ip_remediation("1.2.3.4").remediation == "ban"
+    clock.advance(601)  # one of the two bans is gone: the other still holds
+    assert engine.get_ip_remediation("1.2.3.4") == Remediation("ban", "CAPI")
+    assert engine.prune_cache() == 1
+    assert engine.get_ip_remediation("1.2.3.4") == Remediation("ban", "CAPI")
     # a stream ``deleted`` entry removes every CAPI decision on the value, but not a list's decision on it
     src: FakeSource = engine.client
     bl = blocklist("mylist")
     src.links[bl.url] = "1.2.3.4\n"
     refresh(engine, blocklists=[bl])
     report = refresh(engine, deleted=["1.2.3.4"], blocklists=[bl])
-    assert report.deleted == 2  # type: ignore[attr-defined]
+    assert report.deleted == 1  # type: ignore[attr-defined]
     assert engine.get_ip_remediation("1.2.3.4") == Remediation("ban", "lists:mylist")
 
 
