@@ -61,7 +61,7 @@ class _ProgressSource:
 
     def download_link(self, url: str, *args: Any, **kwargs: Any) -> Any:
         if self.bar is not None:
-            self.bar.update(description=f"downloading list {self._names.get(url, '?')}")
+            self.bar.update(description=f"downloading list {esc(self._names.get(url, '?'))}")
         try:
             return self._client.download_link(url, *args, **kwargs)
         finally:

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from cscapi.cli._context import AppContext, json_option, pass_app
+from cscapi.cli._output import esc
 
 
 @click.group()
@@ -90,7 +91,7 @@ def add(
             total = reader.count_lines(path)
             stream = reader.open_input(path)
             try:
-                with app.out.progress(f"validating {path}", total=total) as bar:
+                with app.out.progress(f"validating {esc(path)}", total=total) as bar:
                     parsed = reader.parse_stream(stream, kind, machine_id, on_line=bar.advance)
             finally:
                 if path != "-":
