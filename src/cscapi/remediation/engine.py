@@ -153,9 +153,9 @@ class _EngineBase(Generic[C]):
         return first_live(entries, now) or CLEAN
 
     def _renew_horizon(self, idx: Index) -> None:
-        """Past the index's horizon: derive a fresh ``fast`` map in a background thread (lookups stay correct meanwhile,
-        only a little slower)."""
-        if self._renewing:
+        """Derive the ``fast`` map of a new index, or a fresh one past its horizon, in a background thread (lookups
+        stay correct meanwhile, only a little slower)."""
+        if self._renewing or not idx.exact:
             return
         self._renewing = True
 
@@ -204,6 +204,7 @@ class _EngineBase(Generic[C]):
                 self._index = empty_index(version)
             else:
                 self._index = build_index(state, self.policy, version, self._clock())
+                self._renew_horizon(self._index)
             self._logger.debug("index synchronised to version %s (%d decisions)", version, self._index.decisions)
             return True
 
@@ -224,6 +225,7 @@ class _EngineBase(Generic[C]):
         if index is not None:
             with self._sync_lock:
                 self._index = index
+            self._renew_horizon(index)
         self._committing = None
 
     def _need_client(self) -> C:
