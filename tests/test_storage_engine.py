@@ -155,8 +155,14 @@ def test_in_memory_database_is_shared_by_threads(url: str) -> None:
 
 
 def test_sqlite_pragmas_on_our_engine_only(tmp_path: Path) -> None:
-    connect_listeners_before = event.contains(Engine, "connect", lambda *a: None)
+    from cscapi._sql.dialects import _sqlite_on_begin, _sqlite_on_connect
+
     with SQLStorage(f"sqlite:///{tmp_path / 'ours.db'}") as storage:
+        # our hooks are on our engine, not on the Engine class
+        assert event.contains(storage.engine, "connect", _sqlite_on_connect)
+        assert event.contains(storage.engine, "begin", _sqlite_on_begin)
+        assert not event.contains(Engine, "connect", _sqlite_on_connect)
+        assert not event.contains(Engine, "begin", _sqlite_on_begin)
         with storage.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -175,8 +181,6 @@ def test_sqlite_pragmas_on_our_engine_only(tmp_path: Path) -> None:
             assert conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE name = 't'").scalar() == "t"
             assert conn.exec_driver_sql("SELECT COUNT(*) FROM t").scalar() == 0
         theirs.dispose()
-    assert not connect_listeners_before
-    assert not event.contains(Engine, "connect", lambda *a: None)
 
 
 def test_engine_options_are_passed_through(tmp_path: Path) -> None:
