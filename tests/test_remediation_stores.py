@@ -417,3 +417,23 @@ def test_a_missing_redis_package_names_the_extra(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ConfigurationError) as info:
         open_store("redis://127.0.0.1:6379/0")
     assert "cscapi[redis]" in str(info.value)
+
+
+def test_lookups_never_touch_the_store(redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = FakeSource()
+    src.streams.append(stream([decision("1.2.3.4"), decision("2001:db8::/32", scope="range")]))
+    engine = RemediationEngine(src, redis_url, key_prefix=redis_prefix, sync_interval_ms=0)
+    engine.refresh_decisions()
+
+    def no_io(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("the lookup path touched the store")
+
+    for name in ("version", "load", "counters", "get_meta", "incr_counter"):
+        monkeypatch.setattr(engine.store, name, no_io)
+    monkeypatch.setattr(engine.store, "_redis", None)  # any Redis call would now fail
+    for _ in range(1000):
+        assert engine.get_ip_remediation("1.2.3.4").remediation == "ban"
+        assert engine.get_ip_remediation("2001:db8:1::1").remediation == "ban"
+        assert engine.get_ip_remediation("192.0.2.1") == CLEAN
+    monkeypatch.undo()
+    engine.close()
