@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, MetaData, Table, func, inspect, select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from cscapi.errors import StorageError
 from cscapi.models import Signal
@@ -262,12 +263,15 @@ def _schema_lock(engine: Engine) -> Iterator[Connection]:
                 with conn.begin():
                     yield conn
             finally:
-                conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
-                conn.commit()
+                try:
+                    conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+                    conn.commit()
+                except SQLAlchemyError:  # never mask the step's own error; closing the session frees the lock
+                    conn.invalidate()
 
 
 def ensure_schema(engine: Engine, *, encrypt_secret: SecretEncoder, where: str) -> int:
-    """Bring the database up to ``CURRENT_VERSION`` (creating it if empty). Returns the version found at open."""
+    """Bring the database up to the current version (creating it if empty). Returns the version found at open."""
     with engine.connect() as conn:
         found = read_version(conn)
         conn.rollback()
