@@ -33,8 +33,10 @@ _engines: weakref.WeakSet[_EngineBase[Any]] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    """Threads do not survive fork: restart the sync thread of every engine the child inherited."""
+    """Threads do not survive fork: restart the sync thread of every engine the child inherited (with a fresh lock:
+    the parent's sync thread may have held it at the moment of the fork)."""
     for engine in list(_engines):
+        engine._sync_lock = threading.Lock()
         engine._renewing = False
         engine._sync_thread = None
         engine._start_sync_thread()
