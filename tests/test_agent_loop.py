@@ -258,3 +258,29 @@ def test_failed_refreshes_back_off(client: CAPIClient, emu: EmbeddedEmulator, tm
     finally:
         emu.admin.clear_fault("decisions_stream")
         engine.close()
+
+
+@pytest.mark.postgres
+def test_database_lease_survives_a_short_outage_not_a_long_one(postgres_url: str) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = make_url(postgres_url).database
+    admin = create_engine(make_url(postgres_url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    storage = SQLStorage(postgres_url)
+    lock = AgentLock(storage, postgres_url, ttl_seconds=60)
+    try:
+        lock.acquire()
+        with admin.connect() as conn:  # the database goes away: no new connections, current ones killed
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+        lock._lease_until = time.monotonic() + 10  # due for renewal, still valid for 10 s
+        lock.renew()  # no error: the lease still holds
+        lock._lease_until = time.monotonic() - 1  # the outage outlived the lease
+        with pytest.raises(AlreadyRunningError, match="ran out while the database was unreachable"):
+            lock.renew()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+        storage.close()

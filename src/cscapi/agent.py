@@ -40,6 +40,7 @@ from cscapi.errors import (
     RateLimitedError,
     RefreshInProgressError,
     RefreshTooSoonError,
+    StorageError,
 )
 from cscapi.timeutil import format_go_duration, format_rfc3339, utcnow
 
@@ -148,8 +149,17 @@ class AgentLock:
         """Keep a database lease alive (a no-op for file locks); raises if another agent took it over."""
         if self.path is not None or time.monotonic() < self._lease_until - self.ttl / 2:
             return
-        self.storage.release_login_lock(_LEASE_KEY, self.holder)
-        if not self.storage.acquire_login_lock(_LEASE_KEY, self.holder, self.ttl):
+        try:
+            self.storage.release_login_lock(_LEASE_KEY, self.holder)
+            renewed = self.storage.acquire_login_lock(_LEASE_KEY, self.holder, self.ttl)
+        except StorageError:
+            if time.monotonic() < self._lease_until:
+                return  # the database is briefly unreachable: the lease still holds, try again after the next job
+            raise AlreadyRunningError(
+                "the agent's lease on the storage ran out while the database was unreachable",
+                hint="Another agent may have taken over; restart this one once the database is back.",
+            ) from None
+        if not renewed:
             raise AlreadyRunningError("another agent took over this storage's lease")
         self._lease_until = time.monotonic() + self.ttl
 
