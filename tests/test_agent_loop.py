@@ -284,3 +284,20 @@ def test_database_lease_survives_a_short_outage_not_a_long_one(postgres_url: str
             conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
         admin.dispose()
         storage.close()
+
+
+def test_an_unexpected_error_in_a_job_does_not_stop_the_agent(client: CAPIClient, caplog) -> None:
+    class BrokenEngine:  # a component failing in a way no cscapi error describes
+        def refresh_decisions(self) -> None:
+            raise KeyError("boom")
+
+    machine_id = client.register_machine().machine_id
+    agent = Agent(client, BrokenEngine(), machine_id=machine_id)
+    with caplog.at_level(logging.ERROR, logger="cscapi.agent"):
+        agent._run_job(agent.jobs["refresh"])
+    job = agent.jobs["refresh"]
+    assert job.failures == 1 and job.last_error == "KeyError: 'boom'"
+    assert "please report this bug" in caplog.text and "Traceback" in caplog.text
+    assert agent.health()["jobs"]["refresh"]["last_error"]
+    agent._run_job(agent.jobs["push"])  # the other jobs go on
+    assert agent.jobs["push"].last_error is None

@@ -401,6 +401,16 @@ class Agent:
             self.log.error(
                 "%s failed: %s; next try in %s", job.name, exc.message.rstrip("."), format_go_duration(round(wait))
             )
+        except Exception as exc:  # a bug must not take the service down: log it with its traceback, retry later
+            job.failures += 1
+            job.last_error = f"{type(exc).__name__}: {exc}"
+            wait = self._retry_delay(job)
+            job.due = now + wait
+            self.log.exception(
+                "%s failed unexpectedly (please report this bug); next try in %s",
+                job.name,
+                format_go_duration(round(wait)),
+            )
 
     def _retry_delay(self, job: _Job) -> float:
         if job.name == "push":
