@@ -7,11 +7,11 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
-from test_storage_support import make_signal
 
 from cscapi.models import QueueCounts, Signal
 from cscapi.sql_storage import SQLStorage
 from cscapi.storage import Claim
+from test_storage_support import make_signal
 
 
 class QueueModel(RuleBasedStateMachine):
