@@ -477,3 +477,28 @@ def test_brackets_in_names_and_reasons_are_printed_literally(capi_env: CliEnv, e
         assert check.exit_code == 0 and "lists:odd[/x]name" in check.stdout
     finally:
         emulator.admin.remove_blocklist("odd[/x]name")
+
+
+def test_csv_ragged_rows_and_empty_header(capi_env: CliEnv, tmp_path) -> None:
+    register(capi_env)
+    ragged = tmp_path / "r.csv"
+    ragged.write_text("ip,scenario\n203.0.113.1,crowdsecurity/ssh-bf\n203.0.113.2,crowdsecurity/ssh-bf,extra\n")
+    result = capi_env.invoke(["signals", "add", "--file", str(ragged), "--json"])
+    assert_user_error(result, 2, "1 of 2 line(s) rejected", "line 3")
+    assert json.loads(result.stdout)["rejected"] == [{"line": 3, "reason": "1 more value(s) than header columns"}]
+    empty = tmp_path / "e.csv"
+    empty.write_text("")
+    assert_user_error(capi_env.invoke(["signals", "add", "--file", str(empty)]), 2, "no header row")
+
+
+def test_human_list_and_enroll_of_several_machines(capi_env: CliEnv, emulator) -> None:
+    first = register(capi_env)
+    second = json.loads(capi_env.invoke(["machines", "register", "--new", "--json"]).stdout)["machine_id"]
+    ok(capi_env.invoke(["signals", "add", "--ip", "203.0.113.3", "--scenario", "crowdsecurity/ssh-bf", "--json"]))
+    listed = capi_env.invoke(["signals", "list"])
+    assert "203.0.113.3" in listed.stdout and "whisper" in listed.stdout and "1 queued" in listed.stdout
+    emulator.admin.add_attachment_key("twomachines1")
+    rows = ok(capi_env.invoke(["machines", "enroll", first, second, "--key", "twomachines1", "--json"]))
+    assert [r["machine_id"] for r in rows] == [first, second] and all(r["ok"] for r in rows)
+    human = capi_env.invoke(["machines", "enroll", first, "--key", "twomachines1"])
+    assert human.exit_code == 0 and first in human.stdout
