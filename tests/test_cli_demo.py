@@ -104,3 +104,24 @@ def test_readme_demo_command_in_a_fresh_virtualenv(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
     # the venv is really fresh: its interpreter is not the one running the tests
     assert str(project / ".venv") != sys.prefix
+
+
+emulator = support.emulator
+
+
+def test_demo_against_another_capi_url_reuses_its_machine(cli_env: CliEnv, emulator) -> None:
+    """The `--target dev|prod|URL` path, exercised against an emulator on loopback (never a real CAPI in tests)."""
+    first = cli_env.invoke(["demo", "--target", emulator.base_url, "--yes", "--json"])
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.stdout)
+    assert summary["target"] == emulator.base_url and "emulator" not in summary
+    assert summary["signals"]["sent"] == 4
+    assert {c["expected_origin"] for c in summary["checks"]} == {None}  # no expectations against a real CAPI
+    assert (cli_env.data_dir / "demo" / "cscapi.db").exists()  # kept, so the machine is reused
+    second = cli_env.invoke(["demo", "--target", emulator.base_url, "--yes", "--json"])
+    assert second.exit_code == 0, second.output
+    again = json.loads(second.stdout)
+    assert again["machine_id"] == summary["machine_id"]
+    assert again["refresh"] == {"skipped": "too soon", "decisions": again["refresh"]["decisions"]}
+    human = cli_env.invoke(["demo", "--target", emulator.base_url, "--yes"])
+    assert "1. Talk to the real CAPI at" in human.stdout and "reused and logged in" in human.stdout
