@@ -9,7 +9,6 @@ overwrites a value the caller gave.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import math
 import re
 import uuid as uuidlib
@@ -18,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from cscapi.errors import InvalidIPError, ValidationError
+from cscapi.iputil import canonical_address, canonical_range
 from cscapi.machines import validate_machine_id
 from cscapi.models import Context, Signal, SignalDecision, Source
 from cscapi.timeutil import format_go_duration, format_rfc3339, parse_go_duration, parse_timestamp, utcnow
@@ -75,12 +75,9 @@ def validate_scenarios(names: object, field: str = "scenarios") -> list[str]:
 @functools.lru_cache(maxsize=16384)
 def _canonical_ip_text(value: str) -> str | None:
     try:
-        ip = ipaddress.ip_address(value.strip())
+        return canonical_address(value.strip())
     except ValueError:
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
 
 
 def canonical_ip(value: object, field: str = "source.value") -> str:
@@ -102,7 +99,7 @@ def canonical_network(value: object, field: str = "source.value") -> str:
             hint="Pass a range in CIDR notation, or use scope 'ip' for a single address.",
         )
     try:
-        return str(ipaddress.ip_network(value.strip(), strict=False))
+        return canonical_range(value.strip())
     except ValueError:
         raise InvalidIPError(
             f"Invalid IP range {value[:100]!r}.",

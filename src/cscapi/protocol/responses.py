@@ -6,7 +6,6 @@ JSON where JSON is due is a clear :class:`~cscapi.errors.ServerError`.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -20,6 +19,7 @@ from cscapi.errors import (
     ServerError,
     TransportError,
 )
+from cscapi.iputil import canonical_address, canonical_range
 from cscapi.models import AllowlistLink, BlocklistLink, DecisionStream, DeletedDecision, EnrollStatus, StreamDecision
 from cscapi.protocol.http import NetworkFailure, Response, safe_url
 from cscapi.protocol.retry import parse_retry_after
@@ -153,12 +153,9 @@ SkipHook = Callable[[str], None]
 
 def _canonical_value(scope: str, value: str) -> str:
     if scope == "ip":
-        ip = ipaddress.ip_address(value.strip())
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ip)
+        return canonical_address(value.strip())
     if scope == "range":
-        return str(ipaddress.ip_network(value.strip(), strict=False))
+        return canonical_range(value.strip())
     if not value.strip():
         raise ValueError("empty value")
     return value.strip()

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 
+from cscapi.iputil import MAPPED_PREFIX, parse_range
+from cscapi.iputil import canonical_address as _canonical_address
 from cscapi.remediation._gc import without_gc
 from cscapi.timeutil import parse_timestamp
 
@@ -26,7 +28,6 @@ __all__ = [
     "parse_range",
 ]
 
-MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 _MAX_VALUE_LEN = 100
 
 
@@ -53,42 +54,6 @@ class ParseTally:
     def merge(self, other: ParseTally) -> None:
         for reason, count in other.reasons.items():
             self.reasons[reason] = self.reasons.get(reason, 0) + count
-
-
-def _canonical_address(text: str) -> str:
-    if ":" in text:
-        packed = inet_pton(AF_INET6, text)
-        if packed[:12] == MAPPED_PREFIX:
-            return inet_ntop(AF_INET, packed[12:])
-        return inet_ntop(AF_INET6, packed)
-    return inet_ntop(AF_INET, inet_pton(AF_INET, text))
-
-
-def parse_range(text: str) -> tuple[int, int, int]:
-    """``(family bits, network as int, prefix length)`` of a canonical or raw range; IPv4-mapped ranges become IPv4.
-
-    Raises ``ValueError`` on anything that is not ``address/prefix``.
-    """
-    address, _, prefix_text = text.partition("/")
-    if not prefix_text.isdigit() or len(prefix_text) > 3:
-        raise ValueError("bad prefix length")
-    prefix = int(prefix_text)
-    try:
-        if ":" in address:
-            packed = inet_pton(AF_INET6, address)
-            bits = 128
-            if packed[:12] == MAPPED_PREFIX and prefix >= 96:
-                packed, bits, prefix = packed[12:], 32, prefix - 96
-        else:
-            packed = inet_pton(AF_INET, address)
-            bits = 32
-    except (OSError, ValueError):
-        raise ValueError("not an IP address") from None
-    if prefix > bits:
-        raise ValueError(f"prefix length over {bits}")
-    host_bits = bits - prefix
-    network = (int.from_bytes(packed, "big") >> host_bits) << host_bits
-    return bits, network, prefix
 
 
 def canonical_value(text: object) -> str:
