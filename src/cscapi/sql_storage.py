@@ -289,7 +289,7 @@ class SQLStorage(StorageInterface):
         items = list(signals)
         if not items:
             return 0
-        now = utcnow()
+        now = schema.format_utc(utcnow())
         rows: list[dict[str, Any]] = []
         seen: set[str] = set()
         for signal in items:

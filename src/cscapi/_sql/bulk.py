@@ -16,6 +16,8 @@ from .schema import format_utc
 
 __all__ = ["PG_BULK_INSERT", "json_batches"]
 
+# column -> its type in the JSON record. The payload travels as a JSON *string* (escaped once more): as a nested
+# JSON object it would be re-parsed, and a NUL in a message (escaped in the payload) would then be refused.
 _COLUMNS = {
     "uuid": "varchar",
     "machine_id": "varchar",
@@ -39,12 +41,17 @@ PG_BULK_INSERT = (
 MAX_BATCH_CHARS = 4_000_000
 
 
-def _item(row: dict[str, Any], position: int) -> dict[str, Any]:
+def _time(value: Any) -> str | None:
+    return value if value is None or isinstance(value, str) else format_utc(value)
+
+
+def _item(row: dict[str, Any], position: int) -> str:
+    """One record as JSON text."""
     item = {name: row[name] for name in _COLUMNS}
-    item["added_at"] = format_utc(row["added_at"])
-    item["sent_at"] = None if row["sent_at"] is None else format_utc(row["sent_at"])
+    item["added_at"] = _time(row["added_at"])
+    item["sent_at"] = _time(row["sent_at"])
     item["position"] = position
-    return item
+    return json.dumps(item, separators=(",", ":"), ensure_ascii=False)
 
 
 def json_batches(rows: list[dict[str, Any]], max_chars: int = MAX_BATCH_CHARS) -> Iterator[str]:
@@ -52,7 +59,7 @@ def json_batches(rows: list[dict[str, Any]], max_chars: int = MAX_BATCH_CHARS) -
     parts: list[str] = []
     size = 0
     for position, row in enumerate(rows):
-        text = json.dumps(_item(row, position), separators=(",", ":"), ensure_ascii=False)
+        text = _item(row, position)
         if parts and size + len(text) + 1 > max_chars:
             yield "[" + ",".join(parts) + "]"
             parts, size = [], 0

@@ -60,8 +60,11 @@ def payload_of(signal: Signal) -> str:
         raise ValidationError(f"signal {signal.uuid!r} cannot be stored as JSON: {exc}", field="signal") from None
 
 
-def signal_row(signal: Signal, now: datetime) -> dict[str, Any]:
-    """The ``signals`` row of a new signal; gives the signal a uuid4 if it has none."""
+def signal_row(signal: Signal, now: datetime | str) -> dict[str, Any]:
+    """The ``signals`` row of a new signal; gives the signal a uuid4 if it has none.
+
+    ``now`` may be given already formatted (``schema.format_utc``): a batch formats it once, not once per row.
+    """
     if not isinstance(signal, Signal):
         raise ValidationError(f"expected a Signal, got {type(signal).__name__}", field="signal")
     if not signal.uuid:
