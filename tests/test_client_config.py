@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from cscapi.client import CAPIClient, CAPIClientConfig
@@ -74,6 +75,21 @@ def test_api_root_selection(monkeypatch: pytest.MonkeyPatch) -> None:
         {"claim_lease": 0},
         {"base_url": "ftp://x/"},
         {"logger": "cscapi"},
+        {"timeout": -1},
+        {"timeout": 0},
+        {"timeout": None},
+        {"timeout": "30"},
+        {"timeout": True},
+        {"timeout": float("nan")},
+        {"timeout": float("inf")},
+        {"timeout": httpx.Timeout(-1.0)},
+        {"timeout": httpx.Timeout(10.0, connect=0.0)},
+        {"latency_offset": -1},
+        {"latency_offset": 1e9},
+        {"latency_offset": 3600.5},
+        {"latency_offset": float("nan")},
+        {"retry_delay": float("inf")},
+        {"failing_cooldown": float("nan")},
     ],
 )
 def test_bad_settings_are_configuration_errors(kwargs: dict[str, Any]) -> None:
@@ -82,6 +98,15 @@ def test_bad_settings_are_configuration_errors(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError) as info:
         CAPIClientConfig(**options)
     assert info.value.message
+    if "timeout" in kwargs or "latency_offset" in kwargs:
+        assert next(iter(kwargs)) in info.value.message  # the message names the field
+
+
+@pytest.mark.parametrize("timeout", [0.5, 30, httpx.Timeout(30.0, connect=5.0), httpx.Timeout(None, read=60.0)])
+def test_good_timeouts_and_latency_offsets_are_accepted(timeout: Any) -> None:
+    config = CAPIClientConfig(scenarios=SCEN, timeout=timeout, latency_offset=3600)
+    assert config.transport_settings().client_kwargs()["timeout"] == timeout
+    assert CAPIClientConfig(scenarios=SCEN, latency_offset=0).latency_offset == 0
 
 
 def test_tls_settings(tmp_path: Path) -> None:

@@ -649,3 +649,17 @@ def test_machine_forgotten_by_capi_is_registered_again_with_the_same_pair(
     assert again.token and again.password == machine.password
     assert fake.machines[M1] == machine.password  # same id/password pair
     assert fake.count("/v3/watchers") == 2 and fake.count("/v3/watchers/login") == 2
+
+
+def test_deeply_nested_json_answers_are_server_errors(api: Api, fake: FakeCAPI) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    api.register_machine(M1)
+    fake.script("/v3/watchers/login", (200, deep))
+    with pytest.raises(ServerError, match="not JSON"):
+        api.login(M1)
+    fake.script("/v3/decisions/stream", (200, b'{"new": ' + deep + b"}"))
+    with pytest.raises(ServerError, match="not JSON"):
+        api.get_decisions(M1)
+    fake.script("/v3/decisions/stream", (400, deep))
+    with pytest.raises(RequestRejectedError):
+        api.get_decisions(M1)

@@ -30,6 +30,7 @@ from cscapi.protocol import (
     parse_retry_after,
     parse_stream,
     read_claims,
+    server_reason,
     token_expiry,
 )
 from cscapi.timeutil import format_http_date
@@ -250,3 +251,47 @@ def test_stream_non_json_is_a_clear_error() -> None:
         parse_stream(resp(200, raw=b"<html>maintenance</html>"))
     with pytest.raises(ServerError, match="not an object"):
         parse_stream(resp(200, [1, 2]))
+
+
+# ---- hostile JSON ---------------------------------------------------------------------------------------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+DEEP_OBJECT = b'{"new": ' + DEEP + b"}"
+
+
+def test_deeply_nested_json_is_an_unreadable_body_not_a_recursion_error() -> None:
+    with pytest.raises(ValueError, match="nested too deeply"):
+        resp(200, raw=DEEP).json()
+    with pytest.raises(ServerError, match="not JSON"):
+        parse_login(resp(200, raw=DEEP))
+    with pytest.raises(ServerError, match="not JSON"):
+        parse_stream(resp(200, raw=DEEP_OBJECT))
+    message, errors = server_reason(resp(403, raw=DEEP))
+    assert message.startswith("[[[") and errors is None  # the clipped raw text, no crash
+    assert isinstance(error_for(resp(500, raw=DEEP), "signals"), ServerError)
+    status, url, _ = parse_enroll(resp(202, raw=DEEP), overwrite=False)
+    assert status == EnrollStatus.ENROLLED and url is None
+
+
+def test_deeply_nested_jwt_claims_read_as_no_claims() -> None:
+    segment = base64.urlsafe_b64encode(DEEP).rstrip(b"=").decode()
+    token = f"{make_jwt({})[:36]}.{segment}.sig"
+    assert read_claims(token) == {}
+    assert token_expiry(token, "2030-01-01T00:00:00Z") == datetime(2030, 1, 1, tzinfo=timezone.utc)
+
+
+def test_a_body_that_cannot_be_encoded_is_a_validation_error() -> None:
+    from cscapi.errors import ValidationError
+    from cscapi.protocol import encode_json_body
+
+    deep: list[Any] = []
+    cursor = deep
+    for _ in range(100_000):
+        cursor.append([])
+        cursor = cursor[0]
+    circular: dict[str, Any] = {}
+    circular["self"] = circular
+    for payload in (deep, circular, {"when": object()}):
+        with pytest.raises(ValidationError) as info:
+            encode_json_body(payload)
+        assert info.value.field == "payload"

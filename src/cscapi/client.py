@@ -7,6 +7,7 @@ the very same flows on an event loop. The names and the positional order of the 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import ssl
 import time
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+import httpx
 
 from cscapi._core import MAX_BATCH_SIZE, Core, Flow, T, run_sync
 from cscapi.errors import ConfigurationError, ValidationError
@@ -26,7 +29,7 @@ from cscapi.storage import StorageInterface
 from cscapi.timeutil import utcnow
 from cscapi.transport import SyncTransport, TransportSettings
 
-__all__ = ["BASE_URL_ENV", "CAPIClient", "CAPIClientConfig"]
+__all__ = ["BASE_URL_ENV", "MAX_LATENCY_OFFSET", "CAPIClient", "CAPIClientConfig"]
 
 BASE_URL_ENV = "CSCAPI_BASE_URL"
 """When ``base_url`` is not set, this environment variable (if set) gives the CAPI root: point unchanged code at the
@@ -35,11 +38,43 @@ emulator with ``CSCAPI_BASE_URL=http://127.0.0.1:8081/``."""
 _UA_PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
-def _number(name: str, value: object, *, minimum: float = 0.0, integer: bool = False) -> None:
+MAX_LATENCY_OFFSET = 3600.0
+"""``latency_offset`` above an hour would make most tokens look expired at once: a login on every call."""
+
+
+def _number(
+    name: str, value: object, *, minimum: float = 0.0, maximum: float | None = None, integer: bool = False
+) -> None:
+    """Refuse anything but a finite int (or float) within ``[minimum, maximum]``, naming the field."""
     kinds: tuple[type, ...] = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or float(value) < minimum:  # type: ignore[arg-type]
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kinds)
+        or not math.isfinite(value)  # type: ignore[arg-type]
+        or value < minimum  # type: ignore[operator]
+        or (maximum is not None and value > maximum)  # type: ignore[operator]
+    ):
         what = "an integer" if integer else "a number"
-        raise ConfigurationError(f"{name} must be {what} >= {minimum:g}, not {value!r}.")
+        bounds = f"from {minimum:g} to {maximum:g}" if maximum is not None else f">= {minimum:g}"
+        raise ConfigurationError(f"{name} must be {what} {bounds}, not {value!r}.")
+
+
+def _timeout(value: object) -> None:
+    """``timeout``: a positive number of seconds, or an ``httpx.Timeout`` whose set parts are positive."""
+    if isinstance(value, httpx.Timeout):
+        for part in ("connect", "read", "write", "pool"):
+            seconds = getattr(value, part)
+            if seconds is not None and (not math.isfinite(seconds) or seconds <= 0):
+                raise ConfigurationError(
+                    f"timeout.{part} must be a positive number of seconds (or None), not {seconds!r}."
+                )
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(
+            f"timeout must be a positive number of seconds or an httpx.Timeout, not {value!r}.",
+            hint="e.g. timeout=30 or timeout=httpx.Timeout(30, connect=5); a request that gets no answer in time "
+            "is retried, then raises TransportError.",
+        )
 
 
 def _redact_url(url: str) -> str:
@@ -69,7 +104,7 @@ class CAPIClientConfig:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("cscapi"))
     base_url: str | None = None
     api_version: str = "v3"
-    timeout: Any = 30.0
+    timeout: float | httpx.Timeout = 30.0
     proxy: str | None = None
     verify: bool | str | ssl.SSLContext = True
     transport: Any = None
@@ -102,8 +137,9 @@ class CAPIClientConfig:
         _number("max_retries", self.max_retries, integer=True)
         if self.max_retries > 20:
             raise ConfigurationError(f"max_retries must be at most 20, not {self.max_retries}.")
+        _number("latency_offset", self.latency_offset, maximum=MAX_LATENCY_OFFSET)
+        _timeout(self.timeout)
         for name in (
-            "latency_offset",
             "retry_delay",
             "failing_cooldown",
             "max_backoff",

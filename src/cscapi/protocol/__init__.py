@@ -12,6 +12,7 @@ from cscapi.protocol.http import (
     Request,
     Response,
     encode_json_body,
+    loads_json,
     safe_url,
     user_agent,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "error_for",
     "failure_error",
     "is_retryable",
+    "loads_json",
     "metrics_payload",
     "normalise_base_url",
     "parse_enroll",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cscapi._version import __version__
+from cscapi.errors import ValidationError
 
 __all__ = [
     "DEFAULT_GZIP_THRESHOLD",
@@ -19,6 +20,7 @@ __all__ = [
     "Request",
     "Response",
     "encode_json_body",
+    "loads_json",
     "safe_url",
     "user_agent",
 ]
@@ -89,8 +91,8 @@ class Response:
         return self.headers.get(name.lower())
 
     def json(self) -> Any:
-        """The body parsed as JSON; raises ``ValueError`` when it is not JSON."""
-        return json.loads(self.content)
+        """The body parsed as JSON; raises ``ValueError`` when it is not JSON or nested too deeply to read."""
+        return loads_json(self.content)
 
     def __repr__(self) -> str:  # a login response body holds a token
         return f"Response({self.status_code}, url={safe_url(self.url)!r}, {len(self.content)} bytes)"
@@ -109,6 +111,14 @@ class NetworkFailure:
         return f"{self.kind} error ({self.detail})"
 
 
+def loads_json(data: bytes | str) -> Any:
+    """``json.loads`` that raises ``ValueError`` (never ``RecursionError``) on a hostile, deeply nested document."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
+
+
 def safe_url(url: str) -> str:
     """``url`` without its query string or user info, for logs and messages (signed link URLs carry secrets there)."""
     base, _, query = url.partition("?")
@@ -124,7 +134,14 @@ def encode_json_body(payload: Any, gzip_threshold: int = DEFAULT_GZIP_THRESHOLD)
 
     Returns the body and the headers that describe it (``Content-Type`` and, if compressed, ``Content-Encoding``).
     """
-    raw = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        raw = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:  # not serialisable, circular, or nested too deeply
+        raise ValidationError(
+            f"The request body cannot be encoded as JSON ({type(exc).__name__}: {str(exc)[:100]}).",
+            field="payload",
+            hint="Pass plain dicts, lists, strings and numbers; nothing was sent.",
+        ) from None
     headers = {"Content-Type": "application/json"}
     if gzip_threshold >= 0 and len(raw) > gzip_threshold:
         headers["Content-Encoding"] = "gzip"

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from datetime import datetime, timezone
 from typing import Any
 
+from cscapi.protocol.http import loads_json
 from cscapi.timeutil import parse_timestamp
 
 __all__ = ["read_claims", "token_expiry"]
@@ -24,7 +24,7 @@ def read_claims(token: str) -> dict[str, Any]:
     segment = parts[1]
     segment += "=" * (-len(segment) % 4)
     try:
-        payload = json.loads(base64.urlsafe_b64decode(segment.encode("ascii")))
+        payload = loads_json(base64.urlsafe_b64decode(segment.encode("ascii")))
     except (ValueError, binascii.Error, UnicodeError):
         return {}
     return payload if isinstance(payload, dict) else {}

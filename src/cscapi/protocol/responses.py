@@ -97,8 +97,9 @@ def parse_json_object(response: Response, what: str) -> dict[str, Any]:
         data = response.json()
     except ValueError:
         raise ServerError(
-            f"CAPI answered {response.status_code} to the {what} request with a body that is not JSON "
-            f"({len(response.content)} bytes, content type {response.header('content-type') or 'unknown'}).",
+            f"CAPI answered {response.status_code} to the {what} request with a body that is not JSON (or not "
+            f"readable JSON: {len(response.content)} bytes, content type "
+            f"{response.header('content-type') or 'unknown'}).",
             status_code=response.status_code,
             hint="Check that base_url points at the CAPI root (e.g. http://127.0.0.1:8081/), not at a web page.",
         ) from None
