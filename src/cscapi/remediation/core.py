@@ -19,6 +19,7 @@ from typing import Any
 
 from cscapi.errors import RefreshInProgressError, RefreshTooSoonError
 from cscapi.models import AllowlistLink, BlocklistLink, DecisionStream, LinkDownload
+from cscapi.redact import mask_url
 from cscapi.remediation._gc import without_gc
 from cscapi.remediation.index import Index, Policy, build_index
 from cscapi.remediation.models import ListOutcome, ListStatus, RefreshReport
@@ -69,12 +70,6 @@ class FlowContext:
 def new_version() -> str:
     """A version stamp no other commit will ever reuse (so a worker never mistakes a new state for its old one)."""
     return f"{time.time_ns():x}-{uuid.uuid4().hex[:12]}"
-
-
-def _redact(text: str, url: str) -> str:
-    """Remove the signed query string of a link URL from a message (the signature is a credential)."""
-    base = url.split("?", 1)[0]
-    return text.replace(url, base + ("?…" if "?" in url else ""))
 
 
 @dataclass
@@ -181,7 +176,7 @@ def _allowlist_result(
 
 def _failure(exc: BaseException, url: str) -> str:
     status = getattr(exc, "status_code", None)
-    text = _redact(str(exc), url) or type(exc).__name__
+    text = str(exc).replace(url, mask_url(url)) or type(exc).__name__
     return f"{type(exc).__name__}{f' (HTTP {status})' if status else ''}: {text}"
 
 

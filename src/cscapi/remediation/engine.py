@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, Generic, TypeVar
 
-from cscapi.errors import ConfigurationError, InvalidIPError
+from cscapi.errors import ConfigurationError, DecisionStoreError, InvalidIPError
 from cscapi.remediation.core import FlowContext, Op, prune_flow, refresh_flow
 from cscapi.remediation.index import Index, Policy, build_index, empty_index, first_live
 from cscapi.remediation.metrics import build_usage_metrics, nested_counts
@@ -85,6 +85,7 @@ class _EngineBase(Generic[C]):
         bouncer_version: str | None = None,
         logger: logging.Logger | None = None,
         clock: Callable[[], float] | None = None,
+        strict: bool = False,
     ) -> None:
         if min_refresh_interval < 0 or sync_interval_ms < 0 or lock_ttl <= 0:
             raise ConfigurationError("min_refresh_interval and sync_interval_ms must be >= 0, lock_ttl > 0")
@@ -116,13 +117,20 @@ class _EngineBase(Generic[C]):
         self._sync_stop = threading.Event()
         self._sync_thread: threading.Thread | None = None
         self._closed = False
-        _engines.add(self)
+        self._last_sync_error: DecisionStoreError | None = None
+        self.last_synced_at: float | None = None
         if self.store.shared:
             try:
                 self.sync()
             except Exception as exc:
-                self._logger.warning("could not load the decisions from %r yet, serving none: %s", self.store, exc)
-            self._start_sync_thread()
+                if strict:
+                    self.store.close()
+                    raise
+                self._logger.warning("could not load the decisions from %s yet, serving none: %s", self.store.uri, exc)
+        else:
+            self.last_synced_at = self._clock()
+        _engines.add(self)
+        self._start_sync_thread()
 
     # ---- the lookup ------------------------------------------------------------------------------------------
 
@@ -187,11 +195,58 @@ class _EngineBase(Generic[C]):
         """The store version the index was built from (None before any refresh)."""
         return self._index.version
 
+    @property
+    def healthy(self) -> bool:
+        """True when the index reflects the store as of the last sync (``last_sync_error`` is None).
+
+        False when the store could not be read: never at all (then ``version`` is None and every lookup answers
+        ``bypass``/``clean`` because nothing is loaded, not because the address is clean), or since the last good sync
+        (then the engine serves the decisions it had). Recovers by itself when a later sync succeeds.
+        """
+        return self._last_sync_error is None
+
+    @property
+    def last_sync_error(self) -> DecisionStoreError | None:
+        """Why the last sync with the store failed (None when it succeeded); the message never holds a password."""
+        return self._last_sync_error
+
+    def require_ready(self) -> None:
+        """Raise :class:`cscapi.errors.DecisionStoreError` unless the index reflects the store.
+
+        An unhealthy engine first retries one sync; use this where answering from an unread store would be wrong
+        (a CLI check, a readiness probe). Lookups themselves never raise for a store failure.
+        """
+        if self._last_sync_error is None:
+            return
+        try:
+            self.sync()
+        except Exception:
+            error = self._last_sync_error
+            assert error is not None
+            raise DecisionStoreError(error.message, hint=error.hint) from error
+
     def sync(self) -> bool:
         """Rebuild the index if the store holds another version (another worker refreshed); True if it changed.
 
         Called by the background sync thread every ``sync_interval_ms`` for shared stores; safe to call yourself.
+        Raises :class:`cscapi.errors.DecisionStoreError` if the store cannot be read (then ``healthy`` is False and
+        ``last_sync_error`` says why; the current index stays in force).
         """
+        try:
+            changed = self._sync()
+        except DecisionStoreError as exc:
+            self._last_sync_error = exc
+            raise
+        except Exception as exc:
+            self._last_sync_error = DecisionStoreError(
+                f"could not load the decisions from {self.store.uri}: {type(exc).__name__}: {exc}"
+            )
+            raise self._last_sync_error from exc
+        self._last_sync_error = None
+        self.last_synced_at = self._clock()
+        return changed
+
+    def _sync(self) -> bool:
         with self._sync_lock:
             current = self.store.version()
             if current == self._index.version or (current is not None and current == self._committing):
@@ -227,6 +282,8 @@ class _EngineBase(Generic[C]):
         if index is not None:
             with self._sync_lock:
                 self._index = index
+                self._last_sync_error = None
+                self.last_synced_at = self._clock()
             self._renew_horizon(index)
         self._committing = None
 
@@ -283,6 +340,8 @@ class _EngineBase(Generic[C]):
         with self._sync_lock:
             self.store.clear()
             self._index = empty_index()
+            self._last_sync_error = None
+            self.last_synced_at = self._clock()
 
     def close(self) -> None:
         """Stop the sync thread and close the store (the client is the caller's to close)."""
@@ -295,7 +354,8 @@ class _EngineBase(Generic[C]):
 
     def __repr__(self) -> str:
         name = type(self).__name__
-        return f"<{name} store={self.store!r} version={self.version!r} decisions={self._index.decisions}>"
+        health = "" if self.healthy else " unhealthy"
+        return f"<{name} store={self.store!r} version={self.version!r} decisions={self._index.decisions}{health}>"
 
 
 class RemediationEngine(_EngineBase[DecisionSource | None]):

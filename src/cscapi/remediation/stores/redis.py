@@ -13,13 +13,13 @@ import contextlib
 import json
 import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from cscapi.errors import ConfigurationError, DecisionStoreError
+from cscapi.redact import mask_url
 from cscapi.remediation.state import State, StateFormatError, decode_state, encode_state
 from cscapi.remediation.stores.base import Counters, DecisionStore, log
 
-__all__ = ["RedisStore", "redact_uri"]
+__all__ = ["RedisStore"]
 
 _COMMIT = """
 if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
@@ -41,15 +41,6 @@ return 1
 """
 
 
-def redact_uri(uri: str) -> str:
-    """The URI without its password (for reprs and messages)."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
@@ -68,7 +59,7 @@ class RedisStore(DecisionStore):
             ) from None
         if not key_prefix:
             raise ConfigurationError("key_prefix must not be empty: every key of the Redis store lives under it")
-        self.uri = redact_uri(uri)
+        self.uri = mask_url(uri)
         self.prefix = key_prefix
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError,)
         try:

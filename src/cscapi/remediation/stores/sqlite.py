@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from cscapi.errors import ConfigurationError, DecisionStoreError
+from cscapi.redact import mask_url
 from cscapi.remediation.state import State, StateFormatError, decode_state, encode_state
 from cscapi.remediation.stores.base import Counters, DecisionStore, log
 
@@ -38,7 +39,9 @@ CREATE TABLE IF NOT EXISTS cscapi_counters (
 def path_from_uri(uri: str) -> str:
     """``sqlite:///rel.db`` -> ``rel.db``; ``sqlite:////abs/x.db`` -> ``/abs/x.db``."""
     if not uri.startswith("sqlite:///"):
-        raise ConfigurationError(f"a SQLite decision store URI looks like sqlite:///path/decisions.db, not {uri!r}")
+        raise ConfigurationError(
+            f"a SQLite decision store URI looks like sqlite:///path/decisions.db, not {mask_url(uri)!r}"
+        )
     path = uri[len("sqlite:///") :].split("?", 1)[0]
     if not path or path == ":memory:":
         raise ConfigurationError("the SQLite decision store needs a file path (use memory:// for one process)")
@@ -51,7 +54,7 @@ class SQLiteStore(DecisionStore):
     shared = True
 
     def __init__(self, uri: str, *, timeout: float = 10.0) -> None:
-        self.uri = uri
+        self.uri = mask_url(uri)
         self.path = path_from_uri(uri)
         self._timeout = timeout
         self._local = threading.local()
