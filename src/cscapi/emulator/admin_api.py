@@ -6,7 +6,6 @@ Token-protected (``Authorization: Bearer <admin token>``), off the CAPI paths, n
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cscapi.emulator.bodies import read_json
 from cscapi.emulator.config import ENDPOINTS, FaultSpec
 from cscapi.emulator.responses import dumps, error_response
 from cscapi.emulator.state import ApiError, EmulatorState, rfc3339
@@ -44,14 +44,12 @@ def check_admin(state: EmulatorState, request: Request) -> None:
         raise ApiError(401, "Unauthorized", "the admin API needs 'Authorization: Bearer <admin token>'")
 
 
+_ADMIN_MAX_BODY = 64 * 1024 * 1024  # admin bodies publish whole lists: larger than CAPI's, still bounded
+
+
 async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise ApiError(400, "malformed JSON body", str(exc)) from None
+    """The admin request's JSON body (gzip accepted, nesting bounded); an empty body reads as ``{}``."""
+    return await read_json(request, _ADMIN_MAX_BODY, empty={})
 
 
 def _object(body: Any) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import zlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -24,10 +23,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cscapi.emulator.admin_api import admin_routes
+from cscapi.emulator.bodies import read_json
 from cscapi.emulator.config import EmulatorConfig
 from cscapi.emulator.responses import dumps, error_response, json_response
 from cscapi.emulator.state import ApiError, EmulatorState, MachineRecord, rfc3339_seconds
-from cscapi.emulator.validation import BodyValidator, loads_without_nulls, validator_for
+from cscapi.emulator.validation import BodyValidator, validator_for
 from cscapi.timeutil import format_http_date, parse_http_date
 
 __all__ = ["ConnectionDropped", "create_app"]
@@ -145,49 +145,6 @@ class _FaultsAndGuard:
 
 
 # ---- request helpers -------------------------------------------------------------------------------------------
-
-
-async def read_json(request: Request, max_bytes: int, *, drop_null: bool = False) -> Any:
-    """The JSON body (gzip accepted), bounded by ``max_bytes`` before and after decompression; ``ApiError`` 400/413.
-
-    With ``drop_null``, ``null`` object members are removed as the body is parsed (they count as absent).
-    """
-    length = request.headers.get("content-length")
-    if length is not None:
-        try:
-            if int(length) > max_bytes:
-                raise ApiError(413, "request body too large", f"at most {max_bytes} bytes")
-        except ValueError:
-            raise ApiError(400, "invalid Content-Length header") from None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise ApiError(413, "request body too large", f"at most {max_bytes} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "").strip().lower()
-    if encoding in {"gzip", "x-gzip"}:
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            raw = inflater.decompress(raw, max_bytes + 1)
-        except zlib.error as exc:
-            raise ApiError(400, "request body is not valid gzip", str(exc)) from None
-        if len(raw) > max_bytes or inflater.unconsumed_tail:
-            raise ApiError(413, "request body too large once decompressed", f"at most {max_bytes} bytes")
-        if not inflater.eof:
-            raise ApiError(400, "request body is not valid gzip", "truncated gzip stream")
-    elif encoding not in {"", "identity"}:
-        raise ApiError(415, f"unsupported Content-Encoding {encoding!r}", "send identity or gzip")
-    if not raw.strip():
-        raise ApiError(400, "empty request body", "a JSON body is required")
-    try:
-        return loads_without_nulls(raw) if drop_null else json.loads(raw)
-    except UnicodeDecodeError:
-        raise ApiError(400, "malformed JSON body", "the body is not UTF-8") from None
-    except ValueError as exc:
-        raise ApiError(400, "malformed JSON body", str(exc)) from None
 
 
 def check(validator: BodyValidator, body: Any, status: int = 400) -> None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import itertools
-import json
 import random
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cscapi.emulator.jsonlimits import loads_limited
 from cscapi.errors import ConfigurationError
 from cscapi.timeutil import parse_go_duration
 
@@ -198,7 +198,7 @@ def load_community_file(path: str | Path, seed: int = 0) -> list[SeedDecision]:
     stripped = text.lstrip()
     if stripped.startswith(("[", "{")):
         try:
-            data = json.loads(text)
+            data = loads_limited(text)
         except ValueError as exc:
             raise ConfigurationError(f"{p} is not valid JSON: {exc}") from None
         if isinstance(data, dict):

@@ -6,13 +6,13 @@ Only the standard library is imported here, so ``from cscapi.emulator import Emu
 from __future__ import annotations
 
 import importlib
-import json
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from cscapi.emulator.jsonlimits import loads_limited
 from cscapi.errors import ConfigurationError
 
 __all__ = [
@@ -245,11 +245,13 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
                 ) from None
         try:
             data = tomllib.loads(text)
+        except RecursionError:
+            raise ConfigurationError(f"{p} is not valid TOML: nested too deeply") from None
         except ValueError as exc:
             raise ConfigurationError(f"{p} is not valid TOML: {exc}") from None
     else:
         try:
-            data = json.loads(text)
+            data = loads_limited(text)
         except ValueError as exc:
             raise ConfigurationError(f"{p} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -12,6 +12,8 @@ import hmac
 import json
 from typing import Any
 
+from cscapi.emulator.jsonlimits import loads_limited
+
 __all__ = ["InvalidToken", "decode_jwt", "encode_jwt"]
 
 _HEADER = {"alg": "HS256", "typ": "JWT"}
@@ -46,7 +48,7 @@ def decode_jwt(token: str, secret: bytes) -> dict[str, Any]:
         raise InvalidToken("not a JWT")
     header_b64, payload_b64, signature_b64 = parts
     try:
-        header = json.loads(_b64decode(header_b64))
+        header = loads_limited(_b64decode(header_b64))
         signature = _b64decode(signature_b64)
     except (ValueError, UnicodeError):
         raise InvalidToken("malformed JWT") from None
@@ -56,7 +58,7 @@ def decode_jwt(token: str, secret: bytes) -> dict[str, Any]:
     if not hmac.compare_digest(expected, signature):
         raise InvalidToken("bad JWT signature")
     try:
-        claims = json.loads(_b64decode(payload_b64))
+        claims = loads_limited(_b64decode(payload_b64))
     except (ValueError, UnicodeError):
         raise InvalidToken("malformed JWT payload") from None
     if not isinstance(claims, dict):

@@ -7,7 +7,6 @@ walk happens only for bodies that fail. ``null`` optional fields are dropped fir
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from functools import cache
@@ -16,6 +15,7 @@ from typing import Any
 import jsonschema
 
 from cscapi._spec import load_capi_spec, load_lapi_spec
+from cscapi.emulator.jsonlimits import loads_limited
 
 __all__ = ["BodyValidator", "compile_schema", "drop_nulls", "loads_without_nulls", "validator_for"]
 
@@ -36,14 +36,9 @@ def _inline(node: Any, definitions: dict[str, Any], stack: tuple[str, ...] = ())
     return node
 
 
-def _without_nulls(obj: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if v is not None} if None in obj.values() else obj
-
-
 def loads_without_nulls(raw: bytes | str) -> Any:
-    """``json.loads``, dropping ``null`` object members as it parses (skipped when the text has no ``null``)."""
-    has_null = b"null" in raw if isinstance(raw, bytes) else "null" in raw
-    return json.loads(raw, object_hook=_without_nulls) if has_null else json.loads(raw)
+    """``json.loads`` dropping ``null`` object members as it parses; nesting bounded (``JSONTooDeep``)."""
+    return loads_limited(raw, drop_null=True)
 
 
 def drop_nulls(value: Any) -> Any:

@@ -1,0 +1,67 @@
+"""Reading a JSON request body, for the CAPI endpoints and the admin API alike: size-bounded (before and after gzip),
+nesting-bounded, and every problem an ``ApiError`` (400, 413 or 415) saying what was wrong, never a 500."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+from starlette.requests import Request
+
+from cscapi.emulator.jsonlimits import JSONTooDeep, loads_limited
+from cscapi.emulator.state import ApiError
+
+__all__ = ["decode_json", "read_json"]
+
+
+def decode_json(raw: bytes, *, drop_null: bool = False) -> Any:
+    """Parse a body already read; ``ApiError(400)`` when it is not UTF-8 JSON or nests too deep."""
+    try:
+        return loads_limited(raw, drop_null=drop_null)
+    except UnicodeDecodeError:
+        raise ApiError(400, "malformed JSON body", "the body is not UTF-8") from None
+    except JSONTooDeep as exc:
+        raise ApiError(400, "malformed JSON body: nested too deeply", str(exc)) from None
+    except ValueError as exc:
+        raise ApiError(400, "malformed JSON body", str(exc)) from None
+
+
+async def read_json(request: Request, max_bytes: int, *, drop_null: bool = False, empty: Any = None) -> Any:
+    """The JSON body (gzip accepted), bounded by ``max_bytes`` before and after decompression; ``ApiError`` 400/413/415.
+
+    With ``drop_null``, ``null`` object members are removed as the body is parsed (they count as absent).
+    An empty body is a 400, unless ``empty`` is given: it is then returned instead.
+    """
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            if int(length) > max_bytes:
+                raise ApiError(413, "request body too large", f"at most {max_bytes} bytes")
+        except ValueError:
+            raise ApiError(400, "invalid Content-Length header") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, "request body too large", f"at most {max_bytes} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in {"gzip", "x-gzip"}:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            raw = inflater.decompress(raw, max_bytes + 1)
+        except zlib.error as exc:
+            raise ApiError(400, "request body is not valid gzip", str(exc)) from None
+        if len(raw) > max_bytes or inflater.unconsumed_tail:
+            raise ApiError(413, "request body too large once decompressed", f"at most {max_bytes} bytes")
+        if not inflater.eof:
+            raise ApiError(400, "request body is not valid gzip", "truncated gzip stream")
+    elif encoding not in {"", "identity"}:
+        raise ApiError(415, f"unsupported Content-Encoding {encoding!r}", "send identity or gzip")
+    if not raw.strip():
+        if empty is not None:
+            return empty
+        raise ApiError(400, "empty request body", "a JSON body is required")
+    return decode_json(raw, drop_null=drop_null)
