@@ -179,3 +179,20 @@ def test_producers_and_senders_at_once_send_each_signal_once(database_url: str) 
             parts = [future.result() for future in senders]
         assert_partition(produced[0] + produced[1], parts)
         assert storage.count_signals() == QueueCounts(sent=200)
+
+
+def test_concurrent_creations_of_one_machine_report_one_creation(database_url: str) -> None:
+    from cscapi.models import Machine
+
+    with SQLStorage(database_url) as storage:
+        start = threading.Barrier(5)
+
+        def create(i: int) -> bool:
+            start.wait()
+            return storage.update_or_create_machine(Machine(machine_id=MACHINE_A, password=f"pw-{i}"))
+
+        with ThreadPoolExecutor(max_workers=5) as pool:
+            created = list(pool.map(create, range(5)))
+        assert created.count(True) == 1
+        machines = storage.list_machines()
+        assert len(machines) == 1 and machines[0].password in {f"pw-{i}" for i in range(5)}
