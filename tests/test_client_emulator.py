@@ -161,3 +161,15 @@ async def test_faults_are_survived_async(emu: Any, storage: SQLStorage) -> None:
         emu.admin.expire_tokens(M2)
         assert len((await client.get_decisions(M2, startup=True)).new) == 200  # startup: the full list again
     assert len(emu.admin.logins(M2)) == 2
+
+
+def test_alternating_sends_and_scenario_pulls_never_reach_the_login_rate_limit(emu: Any, storage: SQLStorage) -> None:
+    # The emulator enforces CAPI's login rate limit (5 logins in 50 minutes, then a 1 h ban).
+    with CAPIClient(storage, make_config(None, base_url=emu.base_url)) as client:
+        for i in range(10):
+            client.add_signals(batch(1, M1, start=i))
+            report = client.send_signals()
+            assert report == 1 and not report.failed_machines
+            client.get_decisions(main_machine_id=M1, scenarios=["crowdsecurity/ssh-bf"])
+    assert len(emu.admin.logins(M1)) == 1
+    assert emu.admin.machine(M1)["login_banned_until"] is None

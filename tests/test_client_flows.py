@@ -264,19 +264,61 @@ def test_token_is_reused_across_restarts_until_expiry(mode: str, storage: SQLSto
     second.get_decisions(M1)
     assert fake.count("/v3/watchers/login") == 2
     second.close()
-    # a different scenario set: log in again, with the new scenarios
-    third = Api(mode, storage, make_config(fake, scenarios=["crowdsecurity/ssh-bf"]))
+    # a config whose scenarios the token already declares reuses it; a new scenario means one login
+    subset = Api(mode, storage, make_config(fake, scenarios=["crowdsecurity/ssh-bf"]))
+    subset.get_decisions(M1)
+    assert fake.count("/v3/watchers/login") == 2
+    subset.close()
+    third = Api(mode, storage, make_config(fake, scenarios=["crowdsecurity/http-probing"]))
     third.get_decisions(M1)
     assert fake.count("/v3/watchers/login") == 3
-    assert fake.calls("/v3/watchers/login")[-1].body["scenarios"] == ["crowdsecurity/ssh-bf"]
+    # the new config first, then what the live token declared (no flip-flop with the other config's process)
+    assert fake.calls("/v3/watchers/login")[-1].body["scenarios"] == ["crowdsecurity/http-probing", *sorted(SCENARIOS)]
     third.close()
 
 
-def test_get_decisions_scenarios_override_the_login(api: Api, fake: FakeCAPI) -> None:
+def test_get_decisions_scenarios_are_added_to_the_configs_at_login(api: Api, fake: FakeCAPI) -> None:
     api.get_decisions(M1, ["crowdsecurity/http-probing"])
-    assert fake.calls("/v3/watchers/login")[-1].body["scenarios"] == ["crowdsecurity/http-probing"]
+    assert fake.calls("/v3/watchers/login")[-1].body["scenarios"] == [*SCENARIOS, "crowdsecurity/http-probing"]
     with pytest.raises(ValidationError):
         api.get_decisions(M1, ["not a scenario"])
+
+
+def test_alternating_sends_and_subset_pulls_log_in_once(api: Api, fake: FakeCAPI, storage: SQLStorage) -> None:
+    for i in range(10):
+        api.add_signals(signals(1, start=i))
+        assert api.send_signals() == 1
+        api.get_decisions(main_machine_id=M1, scenarios=["crowdsecurity/ssh-bf"])
+    assert fake.count("/v3/watchers/login") == 1
+    assert fake.calls("/v3/watchers/login")[0].body["scenarios"] == SCENARIOS
+    machine = storage.get_machine_by_id(M1)
+    assert machine is not None and machine.scenarios == ",".join(sorted(SCENARIOS))  # not narrowed by the pull
+
+
+def test_alternating_overrides_outside_the_config_settle_after_one_login_each(api: Api, fake: FakeCAPI) -> None:
+    for i in range(10):
+        api.add_signals(signals(1, start=i))
+        assert api.send_signals() == 1
+        api.get_decisions(M1, ["crowdsecurity/http-probing"])
+        api.get_decisions(M1, ["acme/other"])
+    # config, then + http-probing, then + acme/other (keeping http-probing): never again while the token lives
+    assert fake.count("/v3/watchers/login") == 3
+    assert fake.calls("/v3/watchers/login")[-1].body["scenarios"] == [
+        *SCENARIOS,
+        "acme/other",
+        "crowdsecurity/http-probing",
+    ]
+
+
+def test_forced_or_expired_logins_declare_only_what_is_wanted(api: Api, fake: FakeCAPI) -> None:
+    api.get_decisions(M1, ["crowdsecurity/http-probing"])
+    api.login(M1, force=True)  # an operator's way to drop scenarios no longer wanted, at once
+    assert fake.calls("/v3/watchers/login")[-1].body["scenarios"] == SCENARIOS
+    api.get_decisions(M1, ["crowdsecurity/http-probing"])
+    api.set_clock(lambda: utcnow() + timedelta(hours=2))  # the token expired: a fresh declaration
+    api.get_decisions(M1)
+    assert fake.count("/v3/watchers/login") == 4
+    assert fake.calls("/v3/watchers/login")[-1].body["scenarios"] == SCENARIOS
 
 
 def test_login_403_is_a_persisted_ban(mode: str, storage: SQLStorage, fake: FakeCAPI) -> None:

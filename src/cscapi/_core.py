@@ -29,7 +29,15 @@ from cscapi.errors import (
     StorageError,
     ValidationError,
 )
-from cscapi.machines import random_machine_id, random_password, scenarios_key, token_is_usable, validate_machine_id
+from cscapi.machines import (
+    random_machine_id,
+    random_password,
+    scenario_set,
+    scenarios_key,
+    token_is_live,
+    token_is_usable,
+    validate_machine_id,
+)
 from cscapi.models import EnrollOutcome, EnrollStatus, LinkDownload, Machine, SendReport, Signal
 from cscapi.protocol import (
     Endpoints,
@@ -270,7 +278,7 @@ class Core:
             max_retry_after=config.max_retry_after,
         )
         self.scenarios = list(config.scenarios)
-        self._scenarios_key = scenarios_key(self.scenarios)
+        self._config_scenarios = frozenset(self.scenarios)
         self._login_failures: dict[str, tuple[float, CAPIError]] = {}  # machine id -> (monotonic time, error)
 
     # ---- primitive steps --------------------------------------------------------------------------------
@@ -458,15 +466,14 @@ class Core:
         logs in unless another caller already replaced that token. Logins are serialised per machine.
         """
         validate_machine_id(machine_id)
-        scen = list(scenarios) if scenarios is not None else self.scenarios
-        key = scenarios_key(scen)
+        wanted = self._config_scenarios.union(scenarios) if scenarios else self._config_scenarios
         machine = yield from self.ensure_registered(machine_id)
         now = yield from self._now()
         self._check_ban(machine, now)
         offset = self.config.latency_offset
 
         def fresh(m: Machine | None, at: datetime) -> bool:
-            if m is None or not token_is_usable(m, key, at, offset):
+            if m is None or not token_is_usable(m, wanted, at, offset):
                 return False
             if stale_token is not None:
                 return m.token != stale_token
@@ -497,7 +504,7 @@ class Core:
             if fresh(current, now):
                 return current
             try:
-                machine = yield from self._login_locked(current, scen)
+                machine = yield from self._login_locked(current, self._declared(current, scenarios, now, force))
             except StorageError:
                 raise
             except CAPIError as exc:
@@ -512,6 +519,19 @@ class Core:
             except CAPIError as exc:
                 self.log.warning("Sending metrics after the login of machine %s failed: %s", machine_id, exc.message)
         return machine
+
+    def _declared(self, current: Machine, scenarios: Sequence[str] | None, now: datetime, force: bool) -> list[str]:
+        """The scenarios a new login declares: the config's, then the call's, then (unless ``force``) those the
+        current, unexpired token already declares, so that calls needing different sets never log in by turns.
+
+        An expired token's set is dropped, so scenarios removed from the config or asked once stop being declared
+        at the next natural login (or at once with ``force``).
+        """
+        declared = list(self.scenarios)
+        declared.extend(name for name in scenarios or () if name not in declared)
+        if not force and token_is_live(current, now, 0.0):
+            declared.extend(sorted(scenario_set(current.scenarios).difference(declared)))
+        return declared
 
     def _login_locked(self, machine: Machine, scenarios: Sequence[str], *, reregister: bool = True) -> Flow[Machine]:
         assert machine.password is not None
@@ -745,7 +765,7 @@ class Core:
             request = self.endpoints.signals(signals_to_wire(list(part)))
             try:
                 now = yield from self._now()
-                if not token_is_usable(machine, self._scenarios_key, now, self.config.latency_offset):
+                if not token_is_usable(machine, self._config_scenarios, now, self.config.latency_offset):
                     machine = yield from self.login(machine_id)  # expired during a long run
                 response, machine = yield from self._send_as(machine, request)
             except StorageError:

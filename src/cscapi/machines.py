@@ -20,7 +20,9 @@ __all__ = [
     "PASSWORD_LENGTH",
     "random_machine_id",
     "random_password",
+    "scenario_set",
     "scenarios_key",
+    "token_is_live",
     "token_is_usable",
     "validate_machine_id",
     "validate_machine_id_prefix",
@@ -73,17 +75,30 @@ def random_password(length: int = PASSWORD_LENGTH) -> str:
 
 
 def scenarios_key(scenarios: Iterable[str]) -> str:
-    """The sorted, comma-joined scenario list stored with a token: a different key means a new login."""
+    """The sorted, comma-joined scenario set stored with a token (``Machine.scenarios``)."""
     return ",".join(sorted(set(scenarios)))
 
 
-def token_is_usable(machine: Machine, scenarios: str, now: datetime, latency_offset: float) -> bool:
-    """True when the stored token can be sent: present, same scenarios, not within ``latency_offset`` s of expiry.
+def scenario_set(key: str | None) -> frozenset[str]:
+    """The scenarios a stored token was obtained with (the inverse of :func:`scenarios_key`)."""
+    return frozenset(name for name in (key or "").split(",") if name)
 
-    A token without a known expiry is never reused (we cannot tell whether it is still valid).
-    """
+
+def token_is_live(machine: Machine, now: datetime, latency_offset: float) -> bool:
+    """True when the machine holds a token with a known expiry that is not within ``latency_offset`` s of it."""
     if not machine.token or machine.token_expires_at is None:
         return False
-    if (machine.scenarios or "") != scenarios:
-        return False
     return now < machine.token_expires_at - timedelta(seconds=latency_offset)
+
+
+def token_is_usable(machine: Machine, scenarios: str | Iterable[str], now: datetime, latency_offset: float) -> bool:
+    """True when the stored token can be sent for a call needing ``scenarios`` (a key or a collection).
+
+    It must be live (see :func:`token_is_live`) and have been obtained with **at least** those scenarios: a token
+    declaring more is fine, so calls needing different subsets never log in again one after the other. A token
+    without a known expiry is never reused (we cannot tell whether it is still valid).
+    """
+    if not token_is_live(machine, now, latency_offset):
+        return False
+    wanted = scenario_set(scenarios) if isinstance(scenarios, str) else frozenset(scenarios)
+    return wanted <= scenario_set(machine.scenarios)
