@@ -692,7 +692,11 @@ async def test_login_rate_limit_bans_for_an_hour(capi_spec: dict[str, Any], vali
             clock.now += 60
         assert statuses == [200, 200, 200, 403]
         r = await c.post("/v3/watchers/login", body)
-        assert r.status_code == 403 and "banned until" in r.json()["message"]
+        assert (
+            r.status_code == 403
+            and "banned from logging in until" in r.json()["message"]
+            and "Retry-After" in r.headers
+        )
         clock.now += 3600
         assert (await c.post("/v3/watchers/login", body, success="LoginResponse")).status_code == 200
         # another machine is counted on its own (per="machine")

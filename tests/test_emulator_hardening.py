@@ -166,3 +166,81 @@ def test_deep_config_and_community_files_are_configuration_errors(tmp_path: Path
             load_config_file(tmp_path / path)
     with pytest.raises(ConfigurationError, match="deeper than"):
         load_community_file(tmp_path / "deep.json")
+
+
+# ---- 2. login 403s: credentials refusal vs rate-limit ban ---------------------------------------------------------
+
+
+def _is_credentials_refusal(r: httpx.Response) -> bool:
+    """The client's policy, as documented: a 403 about credentials without Retry-After (heal by re-registering)."""
+    message = r.json()["message"]
+    return (
+        r.status_code == 403 and "Retry-After" not in r.headers and ("password" in message or "machine_id" in message)
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("api", ["v3", "v2"])
+async def test_wrong_password_and_unknown_machine_are_credentials_refusals(http: Http, api: str) -> None:
+    await http.register_login()
+    r = await http.request("POST", f"/{api}/watchers/login", json={"machine_id": MID, "password": "wrong"})
+    assert r.status_code == 403
+    assert r.json()["message"] == "invalid machine_id or password"
+    assert "retry-after" not in r.headers
+    assert _is_credentials_refusal(r)
+    r = await http.request("POST", f"/{api}/watchers/login", json={"machine_id": "u" * 48, "password": "pw"})
+    assert r.status_code == 403
+    assert r.json()["message"] == "machine not registered: invalid machine_id or password"
+    assert "retry-after" not in r.headers
+    assert _is_credentials_refusal(r)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("per", ["machine", "ip"])
+async def test_login_ban_has_retry_after_and_never_talks_about_credentials(
+    capi_spec: dict[str, Any], validate_against: Any, per: str
+) -> None:
+    from cscapi.timeutil import parse_timestamp
+
+    clock = Clock()
+    limit = LoginRateLimit(threshold=2, window=3000, ban=3600, per=per, retry_extends_ban=False)
+    app = make_app(clock=clock, login_rate_limit=limit)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://capi.test") as client:
+        http = Http(client, app, capi_spec, validate_against)
+        await http.register_login()  # login 1
+        body = {"machine_id": MID, "password": "pw"}
+        assert (await http.request("POST", "/v3/watchers/login", json=body)).status_code == 200  # login 2
+        clock.now += 100
+        first = await http.request("POST", "/v3/watchers/login", json=body)  # login 3: the ban starts
+        ban_end = clock.now + 3600
+        clock.now += 600
+        again = await http.request("POST", "/v3/watchers/login", json=body)  # still banned, ban not extended
+        wrong = await http.request("POST", "/v3/watchers/login", json={**body, "password": "bad"})  # banned first
+        for r, left in ((first, 3600), (again, 3000), (wrong, 3000)):
+            assert r.status_code == 403
+            assert r.headers["Retry-After"] == str(left)
+            payload = r.json()
+            who = "this machine is" if per == "machine" else "this address is"
+            assert payload["message"].startswith(f"too many logins: {who} banned from logging in until ")
+            until = parse_timestamp(payload["message"].rsplit(" ", 1)[1])
+            assert until.timestamp() == ban_end
+            for text in (payload["message"], payload["errors"]):
+                assert "password" not in text and "machine_id" not in text
+            assert not _is_credentials_refusal(r)
+        clock.now += 3000
+        assert (await http.request("POST", "/v3/watchers/login", json=body)).status_code == 200
+    assert app.state.emulator.internal_errors == 0
+
+
+@pytest.mark.anyio
+async def test_retry_after_follows_an_extended_ban(capi_spec: dict[str, Any], validate_against: Any) -> None:
+    clock = Clock()
+    app = make_app(clock=clock, login_rate_limit=LoginRateLimit(threshold=1, ban=3600, retry_extends_ban=True))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://capi.test") as client:
+        http = Http(client, app, capi_spec, validate_against)
+        await http.register_login()
+        body = {"machine_id": MID, "password": "pw"}
+        assert (await http.request("POST", "/v3/watchers/login", json=body)).headers["Retry-After"] == "3600"
+        clock.now += 1800.5
+        r = await http.request("POST", "/v3/watchers/login", json=body)  # the attempt restarts the hour
+        assert r.status_code == 403 and r.headers["Retry-After"] == "3600"

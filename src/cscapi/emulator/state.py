@@ -12,6 +12,7 @@ import heapq
 import hmac
 import json
 import logging
+import math
 import random
 import secrets
 import threading
@@ -42,6 +43,9 @@ __all__ = [
 log = logging.getLogger("cscapi.emulator")
 
 _MAX_LOGINS_KEPT = 1000
+#: Login refusals about credentials (never with ``Retry-After``): a client re-registers on these.
+_BAD_CREDENTIALS = "invalid machine_id or password"
+_NOT_REGISTERED = "machine not registered: invalid machine_id or password"
 _TOMBSTONE_PRUNE_AT = 50_000
 
 
@@ -325,10 +329,8 @@ class EmulatorState:
                     if rl.retry_extends_ban:
                         self.login_bans[key] = banned_until = now + rl.ban
                         self._save_limits()
-                    raise ApiError(
-                        403,
-                        f"too many logins: banned until {rfc3339_seconds(banned_until)}",
-                        "login rate limit: reuse the token until it expires instead of logging in again",
+                    raise self._login_ban(
+                        now, banned_until, "login rate limit: reuse the token until it expires instead of logging in"
                     )
                 attempts = [t for t in self.login_attempts[key] if t > now - rl.window]
                 attempts.append(now)
@@ -337,14 +339,12 @@ class EmulatorState:
                 if len(attempts) > limit:
                     self.login_bans[key] = now + rl.ban
                     self._save_limits()
-                    raise ApiError(
-                        403,
-                        f"too many logins: banned until {rfc3339_seconds(now + rl.ban)}",
-                        f"more than {limit} logins in {int(rl.window // 60)} minutes",
-                    )
+                    raise self._login_ban(now, now + rl.ban, f"more than {limit} logins in {rl.window / 60:g} minutes")
                 self._save_limits()
-            if m is None or not m.check_password(password):
-                raise ApiError(403, "invalid machine_id or password")
+            if m is None:
+                raise ApiError(403, _NOT_REGISTERED, "register the machine (POST /v3/watchers) before logging in")
+            if not m.check_password(password):
+                raise ApiError(403, _BAD_CREDENTIALS, "the password does not match the one registered")
             m.scenarios = sorted(set(scenarios))
             m.logins.append(now)
             del m.logins[:-_MAX_LOGINS_KEPT]
@@ -368,6 +368,17 @@ class EmulatorState:
                 self.early_tokens[jti] = now + float(spec.token_lifetime)
             self._save_machine(m)
             return encode_jwt(claims, self.secret), float(int(expires))
+
+    def _login_ban(self, now: float, until: float, why: str) -> ApiError:
+        """The 403 of a login refused by the rate limit: ``Retry-After`` (seconds until the ban lifts) and a message
+        that never mentions credentials, so a client cannot mistake it for a wrong password (see docs/emulator.md)."""
+        who = "this machine is" if self.config.login_rate_limit.per == "machine" else "this address is"
+        return ApiError(
+            403,
+            f"too many logins: {who} banned from logging in until {rfc3339_seconds(until)}",
+            why,
+            {"Retry-After": str(max(1, math.ceil(until - now)))},
+        )
 
     def _save_limits(self) -> None:
         if self._store is not None:
