@@ -244,3 +244,22 @@ async def test_retry_after_follows_an_extended_ban(capi_spec: dict[str, Any], va
         clock.now += 1800.5
         r = await http.request("POST", "/v3/watchers/login", json=body)  # the attempt restarts the hour
         assert r.status_code == 403 and r.headers["Retry-After"] == "3600"
+
+
+# ---- 4. secrets stay out of reprs ---------------------------------------------------------------------------------
+
+
+def test_config_and_machine_reprs_hold_no_secrets() -> None:
+    from cscapi.emulator.state import EmulatorState
+
+    config = EmulatorConfig(attachment_keys=["SecretAttachKey1"], admin_token="SecretAdminToken2", community_size=0)
+    assert config.attachment_keys == ("SecretAttachKey1",)  # still there, just not shown
+    for text in (repr(config), str(config)):
+        assert "SecretAttachKey1" not in text and "SecretAdminToken2" not in text
+    state = EmulatorState(config)
+    machine = state.register(MID, "SecretPassword3")
+    shown = repr(machine)
+    assert MID in shown
+    for secret in ("SecretPassword3", machine.password_hash, machine.password_salt):
+        assert secret not in shown
+    assert "SecretPassword3" not in json.dumps(machine.public(None))

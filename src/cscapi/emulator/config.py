@@ -169,7 +169,7 @@ class EmulatorConfig:
     community_size: int = 1000
     community_file: str | None = None
     token_lifetime: float = 3600.0
-    attachment_keys: Sequence[str] = ()
+    attachment_keys: Sequence[str] = field(default=(), repr=False)  # secrets, like the admin token
     login_rate_limit: LoginRateLimit = field(default_factory=LoginRateLimit)
     admin_token: str = field(default_factory=_random_admin_token, repr=False)
     state_path: str | None = None

@@ -89,8 +89,8 @@ class MachineRecord:
     """One registered machine. ``password_hash`` is salted SHA-256; the password itself is never kept."""
 
     machine_id: str
-    password_salt: str
-    password_hash: str
+    password_salt: str = field(repr=False)
+    password_hash: str = field(repr=False)
     created_at: float
     scenarios: list[str] = field(default_factory=list)
     logins: list[float] = field(default_factory=list)
