@@ -22,11 +22,11 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from functools import partial
 from itertools import repeat
-from operator import itemgetter
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Any
 
 from cscapi.errors import ConfigurationError, InvalidIPError
+from cscapi.remediation._chunks import CHUNK, slices, yield_gil
 from cscapi.remediation._gc import without_gc
 from cscapi.remediation.models import Remediation
 from cscapi.remediation.parsing import MAPPED_PREFIX, parse_range
@@ -308,6 +308,21 @@ def _bucketise(
     return buckets, wide, starts, values
 
 
+def _present(exact: dict[str, Entries], values: Sequence[str]) -> set[str]:
+    """The ``values`` already keys of ``exact`` (a bytecode loop: it lets other threads run, unlike ``keys() &``)."""
+    if not exact:
+        return set()
+    return {v for v in values if v in exact}
+
+
+def _packed(family: int, values: list[str]) -> list[bytes]:
+    """``inet_pton`` of every value, slice by slice (each ``map`` is one C call that holds the GIL)."""
+    out: list[bytes] = []
+    for part in slices(values):
+        out += map(partial(inet_pton, family), part)
+    return out
+
+
 @without_gc
 def build_index(state: State, policy: Policy, version: str | None, now: float) -> Index:
     """Build the lookup index of ``state`` (decisions already expired at ``now`` are left out)."""
@@ -342,7 +357,7 @@ def build_index(state: State, policy: Policy, version: str | None, now: float) -
         else:
             values = [v for v, e in group.items() if e > now]
             expiries = [e for e in group.values() if e > now]
-        clash = exact.keys() & values if exact else set()
+        clash = _present(exact, values)
         if clash:
             for value, expiry in zip(values, expiries):
                 if value in clash:
@@ -350,20 +365,21 @@ def build_index(state: State, policy: Policy, version: str | None, now: float) -
                 else:
                     exact[value] = (expiry, rem)
         else:
-            exact.update(zip(values, zip(expiries, repeat(rem))))
+            for lo in range(0, len(values), CHUNK):
+                yield_gil()
+                exact.update(zip(values[lo : lo + CHUNK], zip(expiries[lo : lo + CHUNK], repeat(rem))))
         count += len(values)
     # Blocklists: every value of a list shares one pair; values already present are merged one by one.
     for bl in state.blocklists.values():
         if bl.expires_at <= now:
             continue
         pair = (bl.expires_at, remediation(policy.resolve(bl.remediation)[1], bl.origin))
-        clash = exact.keys() & bl.values if exact else set()
-        if clash:
-            for value in clash:
-                add_one(value, pair)
-            exact.update(zip([v for v in bl.values if v not in clash], repeat(pair)))
-        else:
-            exact.update(zip(bl.values, repeat(pair)))
+        clash = _present(exact, bl.values)
+        for value in clash:
+            add_one(value, pair)
+        fresh = [v for v in bl.values if v not in clash] if clash else bl.values
+        for part in slices(fresh):
+            exact.update(zip(part, repeat(pair)))
         count += len(bl.values)
     for al in state.allowlists.values():
         rem = remediation("bypass", al.origin)
@@ -395,20 +411,23 @@ def build_index(state: State, policy: Policy, version: str | None, now: float) -
     # whose bucket exists (or all, when wide ranges exist) can be covered: filter them with C-speed maps first.
     merge = ranker.merge
     six = [v for v in exact if ":" in v]
-    six_packed = list(map(partial(inet_pton, AF_INET6), six))
+    six_packed = _packed(AF_INET6, six)
     if ranges6:
         for value, packed in zip(six, six_packed):
             covering = _in_ranges(v6_buckets, v6_wide, packed, _V6_BUCKET_BYTES)
             if covering is not None:
                 exact[value] = merge(exact[value] + covering)
-    v6_exact = dict(zip(six_packed, [exact[v] for v in six]))
+    v6_exact: dict[bytes, Entries] = {}
+    for lo in range(0, len(six), CHUNK):
+        yield_gil()
+        v6_exact.update(zip(six_packed[lo : lo + CHUNK], [exact[v] for v in six[lo : lo + CHUNK]]))
     if ranges4:
         four = [v for v in exact if ":" not in v]
-        four_packed = list(map(partial(inet_pton, AF_INET), four))
+        four_packed = _packed(AF_INET, four)
         if v4_wide[0]:
             candidates: Sequence[int] = range(len(four))
         else:
-            candidates = [i for i, head in enumerate(map(itemgetter(slice(0, 2)), four_packed)) if head in v4_buckets]
+            candidates = [i for i, packed in enumerate(four_packed) if packed[:2] in v4_buckets]
         for i in candidates:
             covering = _in_ranges(v4_buckets, v4_wide, four_packed[i], _V4_BUCKET_BYTES)
             if covering is not None:
