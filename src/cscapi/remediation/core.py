@@ -348,7 +348,7 @@ def prune_flow(ctx: FlowContext) -> Generator[Op, Any, tuple[int, Index | None]]
         _version, loaded = yield store("load")
         if loaded is None:
             return 0, None
-        pruned, removed = prune_state(loaded, ctx.clock())
+        pruned, removed = yield compute(prune_state, loaded, ctx.clock())
         version = new_version()
         index: Index = yield compute(build_index, pruned, ctx.policy, version, ctx.clock())
         yield store("commit", pruned, version, token, False)

@@ -179,7 +179,9 @@ def _decode(head: dict[str, Any], lines: list[bytes]) -> State:
         values: list[Any] = []
         expiries: list[Any] = []
         for _ in range(n):
-            i = next(cursor)
+            i = next(cursor, None)
+            if i is None:
+                raise ValueError("fewer slices than the header announces")
             if i > 1:
                 yield_gil()
             chunk = json.loads(lines[i])
