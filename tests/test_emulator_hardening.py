@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -263,3 +265,38 @@ def test_config_and_machine_reprs_hold_no_secrets() -> None:
     for secret in ("SecretPassword3", machine.password_hash, machine.password_salt):
         assert secret not in shown
     assert "SecretPassword3" not in json.dumps(machine.public(None))
+
+
+# ---- 5. `cscapi emulator --help` builds its parser without the server stack ---------------------------------------
+
+_HEAVY = (
+    "starlette",
+    "uvicorn",
+    "httpx",
+    "jsonschema",
+    "sqlite3",
+    "click",
+    "rich",
+    "cscapi.emulator.state",
+    "cscapi.emulator.embedded",
+    "cscapi.emulator.app",
+    "cscapi.emulator.config",
+)
+
+
+def test_building_the_parser_imports_nothing_heavy() -> None:
+    code = (
+        "import sys\n"
+        "from cscapi.emulator.server import build_parser\n"
+        "p = build_parser(); p.format_help(); p.parse_args(['--port', '0', '--fault', 'signals:error_rate=1'])\n"
+        f"print(sorted(m for m in {_HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_module_help_lists_the_flags_and_exits_0() -> None:
+    r = subprocess.run([sys.executable, "-m", "cscapi.emulator", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for flag in ("--port", "--state", "--attachment-key", "--fault", "--no-login-rate-limit"):
+        assert flag in r.stdout

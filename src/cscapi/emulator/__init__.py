@@ -1,7 +1,9 @@
 """A local CrowdSec Central API: CAPI v3 (and legacy v2) served by Starlette, for demos, development and tests.
 
-``EmulatorConfig`` is cheap to import; ``create_app``, ``EmbeddedEmulator`` and ``EmulatorAdminClient`` load
-Starlette, uvicorn and httpx on first use. The library itself never imports this package.
+Every name is imported on first use: ``EmulatorConfig`` is cheap (standard library only); ``create_app``,
+``EmbeddedEmulator`` and ``EmulatorAdminClient`` load Starlette, uvicorn and httpx. Importing the package (or
+``cscapi.emulator.server``, whose parser ``cscapi emulator --help`` builds) loads nothing else. The library itself
+never imports this package.
 """
 
 from __future__ import annotations
@@ -9,11 +11,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from cscapi.emulator.config import EmulatorConfig, FaultSpec, LoginRateLimit
-
 if TYPE_CHECKING:
     from cscapi.emulator.admin import EmulatorAdminClient, EmulatorAdminError
     from cscapi.emulator.app import create_app
+    from cscapi.emulator.config import EmulatorConfig, FaultSpec, LoginRateLimit
     from cscapi.emulator.embedded import EmbeddedEmulator
     from cscapi.emulator.state import EmulatorState
 
@@ -33,6 +34,9 @@ _LAZY = {
     "EmulatorAdminClient": "cscapi.emulator.admin",
     "EmulatorAdminError": "cscapi.emulator.admin",
     "EmulatorState": "cscapi.emulator.state",
+    "EmulatorConfig": "cscapi.emulator.config",
+    "FaultSpec": "cscapi.emulator.config",
+    "LoginRateLimit": "cscapi.emulator.config",
     "create_app": "cscapi.emulator.app",
 }
 

@@ -7,20 +7,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 import sys
-import threading
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from cscapi.emulator.config import (
-    EmulatorConfig,
-    LoginRateLimit,
-    load_config_file,
-    parse_fault_option,
-)
-from cscapi.emulator.embedded import base_url_for, bind_socket
-from cscapi.errors import ConfigurationError
+if TYPE_CHECKING:
+    from cscapi.emulator.config import EmulatorConfig
+
+# Building the parser (``cscapi emulator --help``) must stay instant: everything heavier than argparse (the config
+# module, the state, Starlette, uvicorn, jsonschema) is imported inside the functions that run the server.
 
 __all__ = ["build_parser", "config_from_args", "main", "serve"]
 
@@ -68,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     """An :class:`EmulatorConfig` from the config file (if any) with the flags applied on top."""
+    from cscapi.emulator.config import EmulatorConfig, LoginRateLimit, load_config_file, parse_fault_option
+
     data: dict[str, Any] = load_config_file(args.config) if args.config else {}
     for flag, key in (
         ("seed", "seed"),
@@ -99,6 +95,9 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
 
 
 def _quiet_signal_handlers() -> dict[int, Any]:
+    import signal
+    import threading
+
     if threading.current_thread() is not threading.main_thread():
         return {}
     previous: dict[int, Any] = {}
@@ -117,9 +116,12 @@ def serve(
     out: TextIO | None = None,
 ) -> int:
     """Run until SIGINT/SIGTERM; prints the base URL and the admin token first. Returns the exit code (0)."""
+    import signal
+
     import uvicorn
 
     from cscapi.emulator.app import create_app
+    from cscapi.emulator.embedded import base_url_for, bind_socket
 
     out = out or sys.stdout
     app = create_app(config)
@@ -156,6 +158,10 @@ def serve(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m cscapi.emulator``; returns 2 on a configuration error."""
+    import logging
+
+    from cscapi.errors import ConfigurationError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(levelname)s %(name)s: %(message)s")
     try:
