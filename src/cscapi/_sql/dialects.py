@@ -19,6 +19,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
 
+from cscapi import redact
 from cscapi.errors import ConfigurationError
 
 __all__ = [
@@ -46,12 +47,12 @@ _EXTRA_FOR_BACKEND = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "my
 
 
 def mask_url(url: str | URL) -> str:
-    """The URL with its password replaced by ``***`` (safe for logs, errors and reprs)."""
+    """The URL with its password (userinfo or query parameter) replaced by ``***``: safe for logs, errors, reprs."""
     try:
         parsed = url if isinstance(url, URL) else make_url(url)
     except (ArgumentError, ValueError):
         return "<unparsable database URL>"
-    return parsed.render_as_string(hide_password=True)
+    return redact.mask_url(parsed.render_as_string(hide_password=False))
 
 
 def normalize_url(connection_string: str) -> URL:
