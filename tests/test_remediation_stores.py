@@ -435,3 +435,35 @@ def test_lookups_never_touch_the_store(redis_url: str, redis_prefix: str, monkey
         assert engine.get_ip_remediation("192.0.2.1") == CLEAN
     monkeypatch.undo()
     engine.close()
+
+
+def test_redis_pubsub_propagates_a_refresh_long_before_the_next_poll(redis_url: str, redis_prefix: str) -> None:
+    """Polling every 30 s: only the pub/sub notification can bring the new version within a few seconds."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    writer = RemediationEngine(FakeSource(), redis_url, key_prefix=redis_prefix, sync_interval_ms=0)
+    reader = RemediationEngine(None, redis_url, key_prefix=redis_prefix, sync_interval_ms=30_000)
+    try:
+        deadline = time.monotonic() + 5
+        while r.pubsub_numsub(redis_prefix + "events")[0][1] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert r.pubsub_numsub(redis_prefix + "events")[0][1] == 1  # the reader's sync thread listens
+        writer.client.streams.append(stream([decision("1.2.3.4")]))  # type: ignore[attr-defined]
+        writer.refresh_decisions()
+        while reader.version != writer.version and time.monotonic() < deadline + 5:
+            time.sleep(0.01)
+        assert reader.version == writer.version
+        assert reader.get_ip_remediation("1.2.3.4").remediation == "ban"
+        writer.clear_cache()  # also notified
+        while reader.version is not None and time.monotonic() < deadline + 10:
+            time.sleep(0.01)
+        assert reader.version is None and reader.get_ip_remediation("1.2.3.4") == CLEAN
+        started = time.monotonic()
+        reader.close()  # does not wait for the 30 s poll interval
+        assert time.monotonic() - started < 5
+        assert r.pubsub_numsub(redis_prefix + "events")[0][1] == 0
+    finally:
+        reader.close()
+        writer.close()
+        r.close()

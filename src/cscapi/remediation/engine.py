@@ -29,6 +29,7 @@ R = TypeVar("R")
 
 DEFAULT_LOGGER = logging.getLogger("cscapi.remediation")
 _LAST_PUSH = "last_metrics_push"
+_NOTIFY_SLICE = 0.25
 _engines: weakref.WeakSet[_EngineBase[Any]] = weakref.WeakSet()
 
 
@@ -47,8 +48,27 @@ if hasattr(os, "register_at_fork"):
 
 
 def _sync_loop(ref: weakref.ref[_EngineBase[Any]], stop: threading.Event, interval: float) -> None:
+    """Sync every ``interval`` seconds, and at once when the store notifies a commit (Redis pub/sub)."""
     failures = 0
-    while not stop.wait(interval):
+    engine = ref()
+    wait_change = engine.store.wait_change if engine is not None and engine.store.notifies else None
+    del engine
+    while True:
+        if wait_change is None or failures:
+            if stop.wait(interval):
+                return
+        else:
+            deadline = time.monotonic() + interval
+            try:
+                # returns early when another worker commits; in short waits, so that close() never waits long
+                while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                    if wait_change(min(left, _NOTIFY_SLICE)):
+                        break
+            except Exception:
+                if stop.wait(interval):  # the next sync reports the store error; no hot loop meanwhile
+                    return
+            if stop.is_set():
+                return
         engine = ref()
         if engine is None:
             return

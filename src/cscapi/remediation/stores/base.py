@@ -24,6 +24,8 @@ class DecisionStore(ABC):
     """Where the decision state lives. ``shared`` is True when other processes may change it (SQLite, Redis)."""
 
     shared: bool = False
+    notifies: bool = False
+    """True when :meth:`wait_change` returns as soon as another worker commits (Redis pub/sub)."""
     uri: str = ""
 
     @abstractmethod
@@ -80,6 +82,14 @@ class DecisionStore(ABC):
     @abstractmethod
     def clear(self) -> None:
         """Forget the decision state (and the lock and marks); usage counters are kept."""
+
+    def wait_change(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a notification that a new version was committed; True if one came.
+
+        Only meaningful when ``notifies``; the default waits for nothing. Notifications may be lost (a dropped
+        connection): the engine keeps polling ``version()`` as well.
+        """
+        return False
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -4,6 +4,8 @@ Every key lives under ``key_prefix`` (default ``cscapi:``): ``<p>state`` (a hash
 serialised ``blob``, written together by one Lua script that first checks the refresh lock's token), ``<p>dirty``,
 ``<p>lock`` (``SET NX PX``, released by a token-checked Lua script), ``<p>counters`` (a hash updated with
 ``HINCRBY``) and ``<p>meta:*``. ``clear`` deletes only those keys (``SCAN`` + ``UNLINK``), never the database.
+Each commit (and ``clear``) publishes on the ``<p>events`` channel: the sync thread of every worker subscribes to
+it and reloads at once, polling the version as well in case a notification is lost.
 The ``redis`` package is imported only when this store is used.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 from typing import Any
 
@@ -49,6 +52,7 @@ class RedisStore(DecisionStore):
     """Decision store on Redis; ``key_prefix`` namespaces every key (several applications can share one database)."""
 
     shared = True
+    notifies = True
 
     def __init__(self, uri: str, *, key_prefix: str = "cscapi:", socket_timeout: float = 5.0) -> None:
         try:
@@ -76,6 +80,8 @@ class RedisStore(DecisionStore):
         self._commit = self._redis.register_script(_COMMIT)
         self._release = self._redis.register_script(_RELEASE)
         self._decr = self._redis.register_script(_DECR)
+        self._pubsub: Any = None
+        self._pubsub_pid = 0
 
     def _fail(self, exc: BaseException) -> DecisionStoreError:
         return DecisionStoreError(f"Redis decision store {self.uri} failed: {type(exc).__name__}: {exc}")
@@ -202,9 +208,31 @@ class RedisStore(DecisionStore):
                     batch = []
             if batch:
                 self._redis.unlink(*batch)
+            self._redis.publish(self.k_events, "clear")
         except self._errors as exc:
             raise self._fail(exc) from exc
 
+    def wait_change(self, timeout: float) -> bool:
+        """Wait on the ``<p>events`` channel (subscribed on first use, in the calling thread: the sync thread)."""
+        if self._pubsub_pid != os.getpid():
+            self._pubsub = None  # a forked child must not read from its parent's connection
+        try:
+            if self._pubsub is None:
+                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self.k_events)
+                self._pubsub, self._pubsub_pid = pubsub, os.getpid()
+            return self._pubsub.get_message(timeout=timeout) is not None
+        except self._errors as exc:
+            self._drop_pubsub()
+            raise self._fail(exc) from exc
+
+    def _drop_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None and self._pubsub_pid == os.getpid():
+            with contextlib.suppress(*self._errors, OSError):
+                pubsub.close()
+
     def close(self) -> None:
+        self._drop_pubsub()
         with contextlib.suppress(*self._errors):
             self._redis.close()
