@@ -14,7 +14,7 @@ import pytest
 
 from cscapi.aio import AsyncCAPIClient
 from cscapi.client import CAPIClient
-from cscapi.errors import LoginBannedError
+from cscapi.errors import AuthenticationError, LoginBannedError
 from cscapi.models import EnrollStatus
 from cscapi.sql_storage import SQLStorage
 from cscapi.utils import create_signal, generate_machine_id_from_key
@@ -173,3 +173,41 @@ def test_alternating_sends_and_scenario_pulls_never_reach_the_login_rate_limit(e
             client.get_decisions(main_machine_id=M1, scenarios=["crowdsecurity/ssh-bf"])
     assert len(emu.admin.logins(M1)) == 1
     assert emu.admin.machine(M1)["login_banned_until"] is None
+
+
+def test_a_machine_the_emulator_forgot_is_registered_again_not_banned(emu: Any, storage: SQLStorage) -> None:
+    with CAPIClient(storage, make_config(None, base_url=emu.base_url)) as client:
+        machine = client.register_machine(M1)
+        client.login(M1)
+        emu.admin.reset()  # an in-memory emulator restarted: it answers 403 "invalid machine_id or password"
+        again = client.login(M1, force=True)
+        assert again.token and again.password == machine.password
+        assert [m["machine_id"] for m in emu.admin.machines()] == [M1]
+        stored = storage.get_machine_by_id(M1)
+        assert stored is not None and stored.login_banned_until is None and not stored.is_failing
+        emu.admin.reset()  # and when the stored token dies with it: 401, login refused, registered again, sent
+        client.add_signals(batch(3, M1))
+        report = client.send_signals()
+        assert report == 3 and not report.failed_machines
+    assert len(emu.admin.signals(machine_id=M1)) == 3 and len(emu.admin.logins(M1)) == 1
+
+
+def test_an_id_registered_elsewhere_is_refused_not_banned(emu: Any, storage: SQLStorage, tmp_path: Path) -> None:
+    other = SQLStorage(f"sqlite:///{tmp_path / 'other.db'}")
+    try:
+        with CAPIClient(other, make_config(None, base_url=emu.base_url)) as theirs:
+            theirs.register_machine(M2)  # another host holds M2 with its own password
+        with CAPIClient(storage, make_config(None, base_url=emu.base_url)) as client:
+            with pytest.raises(AuthenticationError, match="another password") as info:
+                client.register_machine(M2)
+            assert not isinstance(info.value, LoginBannedError)
+            logins = emu.admin.requests()["login"]
+            with pytest.raises(AuthenticationError) as again:
+                client.get_decisions(M2)  # in the cool-down: no request, no tight loop of failed logins
+            assert not isinstance(again.value, LoginBannedError)
+            assert emu.admin.requests()["login"] == logins
+            stored = storage.get_machine_by_id(M2)
+            assert stored is not None and stored.login_banned_until is None and not stored.registered
+        assert emu.admin.machine(M2)["login_banned_until"] is None
+    finally:
+        other.close()

@@ -347,12 +347,74 @@ def test_login_403_is_a_persisted_ban(mode: str, storage: SQLStorage, fake: Fake
     restarted.close()
 
 
-def test_wrong_password_is_an_authentication_error(api: Api, fake: FakeCAPI, storage: SQLStorage) -> None:
-    api.register_machine(M1)
-    fake.machines[M1] = "something-else"
+def test_wrong_password_is_an_authentication_error_with_a_cooldown(
+    api: Api, fake: FakeCAPI, storage: SQLStorage
+) -> None:
+    machine = api.register_machine(M1)
+    fake.machines[M1] = "something-else"  # CAPI knows the id with another password
     with pytest.raises(AuthenticationError) as info:
         api.login(M1)
-    assert not isinstance(info.value, LoginBannedError) and info.value.status_code == 401
+    assert not isinstance(info.value, LoginBannedError) and info.value.status_code == 403
+    assert "invalid machine_id or password" in info.value.message
+    # one registration of the SAME pair was tried (refused: the id is taken), never a new password
+    assert fake.count("/v3/watchers") == 2 and fake.calls("/v3/watchers")[-1].body["password"] == machine.password
+    stored = storage.get_machine_by_id(M1)
+    assert stored is not None and stored.login_banned_until is None and stored.password == machine.password
+    assert stored.failing_until is not None and stored.failure_reason is not None
+    assert timedelta(minutes=4) < stored.failing_until - utcnow() <= timedelta(minutes=5)  # failing_cooldown
+    # during the cool-down nothing is sent: no tight loop of failed logins (CAPI counts them too)
+    requests = len(fake.requests)
+    with pytest.raises(AuthenticationError, match="no login") as again:
+        api.get_decisions(M1)
+    assert not isinstance(again.value, LoginBannedError)
+    api.add_signals(signals(2))
+    report = api.send_signals()
+    assert report == 0 and storage.count_signals(M1).queued == 2
+    assert len(fake.requests) == requests
+    assert storage.get_machine_by_id(M1).failure_reason == stored.failure_reason  # type: ignore[union-attr]
+    # an operator who fixed it clears the cool-down; the next call logs in at once
+    fake.machines[M1] = machine.password  # type: ignore[assignment]
+    assert api.clear_login_ban(M1) is True
+    assert api.clear_login_ban(M1) is False
+    assert api.send_signals() == 2
+    with pytest.raises(ValidationError):
+        api.clear_login_ban(M2)  # not a stored machine
+
+
+def test_login_403_wordings_ban_or_refuse_credentials(api: Api, fake: FakeCAPI, storage: SQLStorage) -> None:
+    api.register_machine(M1)
+    invalid = {"message": "invalid machine_id or password"}
+    fake.script("/v3/watchers/login", (403, invalid, {"Retry-After": "60"}))  # Retry-After: a ban, whatever it says
+    with pytest.raises(LoginBannedError):
+        api.login(M1)
+    assert fake.count("/v3/watchers") == 1  # a ban never re-registers
+    assert api.clear_login_ban(M1) is True
+    assert storage.get_machine_by_id(M1).login_banned_until is None  # type: ignore[union-attr]
+    fake.script("/v3/watchers/login", (403, {"message": "Forbidden"}))  # unknown wording: a ban (safe default)
+    with pytest.raises(LoginBannedError):
+        api.login(M1)
+    api.clear_login_ban(M1)
+    fake.script("/v3/watchers/login", (403, b""))  # empty body: a ban
+    with pytest.raises(LoginBannedError):
+        api.login(M1)
+    api.clear_login_ban(M1)
+    assert api.login(M1).token  # lifted locally: logins resume
+    assert fake.count("/v3/watchers/login") == 4
+
+
+def test_reregistered_machine_whose_login_still_fails_is_not_retried(
+    api: Api, fake: FakeCAPI, storage: SQLStorage
+) -> None:
+    api.register_machine(M1)
+    fake.machines.clear()
+    refused = (403, {"message": "invalid machine_id or password"})
+    fake.script("/v3/watchers/login", refused, refused)
+    with pytest.raises(AuthenticationError) as info:
+        api.login(M1)
+    assert not isinstance(info.value, LoginBannedError)
+    assert fake.count("/v3/watchers") == 2 and fake.count("/v3/watchers/login") == 2  # re-registered ONCE
+    stored = storage.get_machine_by_id(M1)
+    assert stored is not None and stored.login_banned_until is None and stored.failing_until is not None
 
 
 def test_metrics_failure_after_login_is_only_logged(api: Api, fake: FakeCAPI, caplog: pytest.LogCaptureFixture) -> None:

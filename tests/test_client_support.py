@@ -139,16 +139,16 @@ class FakeCAPI:
         if path == "/v3/watchers":
             mid, pw = seen.body["machine_id"], seen.body["password"]
             with self.lock:
-                if mid in self.machines:
-                    return httpx.Response(400, json={"message": "machine already registered"})
+                if mid in self.machines:  # as the emulator answers
+                    return httpx.Response(409, json={"message": f"machine {mid} is already registered"})
                 self.machines[mid] = pw
             return httpx.Response(200, json={"message": "OK"})
         if path == "/v3/watchers/login":
             if self.login_delay:
                 time.sleep(self.login_delay)
             mid, pw = seen.body["machine_id"], seen.body["password"]
-            if self.machines.get(mid) != pw:
-                return httpx.Response(401, json={"message": "wrong machine_id or password"})
+            if self.machines.get(mid) != pw:  # CAPI and the emulator refuse credentials with a 403
+                return httpx.Response(403, json={"message": "invalid machine_id or password"})
             exp = int(time.time() + self.token_lifetime)
             token = make_jwt({"exp": exp, "sub": mid, "n": len(self.requests)})
             with self.lock:

@@ -24,6 +24,7 @@ from cscapi.protocol import (
     RetryPolicy,
     error_for,
     failure_error,
+    is_credentials_refusal,
     is_retryable,
     parse_enroll,
     parse_login,
@@ -295,3 +296,41 @@ def test_a_body_that_cannot_be_encoded_is_a_validation_error() -> None:
         with pytest.raises(ValidationError) as info:
             encode_json_body(payload)
         assert info.value.field == "payload"
+
+
+# ---- login 403: a ban or a refusal of the credentials ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "credentials"),
+    [
+        ({"message": "invalid machine_id or password"}, {}, True),  # the emulator, and CAPI's wording
+        ({"message": "Invalid Machine"}, {}, True),
+        ({"message": "machine not found"}, {}, True),
+        ({"errors": "Unknown machine"}, {}, True),
+        ({"message": "forbidden", "errors": "machine is not registered"}, {}, True),
+        ({"message": "bad credentials"}, {}, True),
+        ({"message": "generate a new password"}, {}, True),  # "generate" is not "rate"
+        ({"message": "invalid machine_id or password"}, {"Retry-After": "3600"}, False),
+        ({"message": "invalid machine_id or password"}, {"retry-after": ""}, False),
+        ({"message": "too many logins: banned until 2026-11-22T00:00:00Z"}, {}, False),
+        ({"message": "invalid credentials", "errors": "login rate limit"}, {}, False),
+        ({"message": "password attempts over the limit"}, {}, False),
+        ({"message": "machine_id banned"}, {}, False),
+        ({"message": "Forbidden"}, {}, False),
+        ({"message": ""}, {}, False),
+        ({}, {}, False),
+        (None, {}, False),
+        (["invalid password"], {}, False),
+    ],
+)
+def test_login_403_is_a_credentials_refusal_only_when_it_says_so(
+    body: Any, headers: dict[str, str], credentials: bool
+) -> None:
+    assert is_credentials_refusal(resp(403, body, headers)) is credentials
+
+
+def test_only_a_403_can_be_a_credentials_refusal() -> None:
+    assert not is_credentials_refusal(resp(401, {"message": "invalid machine_id or password"}))
+    assert not is_credentials_refusal(resp(403, raw=b"invalid machine_id or password"))  # not the JSON fields
+    assert not is_credentials_refusal(resp(403, raw=b"[" * 100_000))

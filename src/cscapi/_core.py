@@ -47,6 +47,7 @@ from cscapi.protocol import (
     RetryPolicy,
     error_for,
     failure_error,
+    is_credentials_refusal,
     metrics_payload,
     parse_enroll,
     parse_login,
@@ -69,6 +70,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LOGIN_BAN_SECONDS",
+    "LOGIN_REFUSED",
     "Compute",
     "Core",
     "Effect",
@@ -85,6 +87,9 @@ T = TypeVar("T")
 
 LOGIN_BAN_SECONDS = 3600.0
 """CAPI bans logins for an hour after too many (403 on login)."""
+LOGIN_REFUSED = "CAPI refused the login"
+"""Start of ``Machine.failure_reason`` while a machine whose credentials CAPI refused waits out ``failing_cooldown``:
+no login is attempted for it meanwhile (CAPI counts failed logins towards its ban too)."""
 MAX_BATCH_SIZE = 250
 _CLAIM_BATCHES = 4  # claim up to 4 POSTs' worth of signals per storage round trip
 _LOCK_POLL = (0.05, 0.25)  # losers of the login lock re-read the token every 50-250 ms
@@ -238,6 +243,12 @@ def _copy_error(error: CAPIError) -> CAPIError:
     return copy
 
 
+def _login_refused(machine: Machine, now: datetime) -> bool:
+    """True while a machine waits out the cool-down of a login CAPI refused (see ``LOGIN_REFUSED``)."""
+    until = machine.failing_until
+    return until is not None and now < until and (machine.failure_reason or "").startswith(LOGIN_REFUSED)
+
+
 def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -361,12 +372,49 @@ class Core:
             self.log.warning("Could not release the login lock of machine %s: %s", machine_id, exc.message)
 
     def _check_ban(self, machine: Machine, now: datetime) -> None:
+        """Raise if no login may be attempted now: a stored login ban, or a recent refusal of the credentials."""
         until = machine.login_banned_until
         if until is not None and now < until:
             raise LoginBannedError(
                 f"CAPI banned logins for machine {machine.machine_id} until {until:%Y-%m-%d %H:%M:%S} UTC.",
                 until=until,
             )
+        if _login_refused(machine, now):
+            assert machine.failing_until is not None
+            raise AuthenticationError(
+                f"{machine.failure_reason}; no login of machine {machine.machine_id} is attempted before "
+                f"{machine.failing_until:%Y-%m-%d %H:%M:%S} UTC.",
+                hint="Check that this storage holds the password the machine was registered with (an id/password "
+                "pair never changes), or use a new machine id; clear_login_ban(machine_id) allows a login at once.",
+            )
+
+    def clear_login_ban(self, machine_id: str) -> Flow[bool]:
+        """Forget a machine's stored login ban (and a refused login's cool-down); True if there was one.
+
+        For operators who know better (e.g. CAPI lifted the ban). CAPI's own ban is not lifted by this: a login it
+        still refuses is stored again.
+        """
+        validate_machine_id(machine_id)
+        self._login_failures.pop(machine_id, None)
+        machine = yield from self._store(self.storage.get_machine_by_id, machine_id)
+        if machine is None:
+            raise ValidationError(
+                f"No machine {machine_id} in the storage: there is no login ban to clear.",
+                field="machine_id",
+                hint="Check the machine id; storage.list_machines() lists the stored machines.",
+            )
+        refused = (machine.failure_reason or "").startswith(LOGIN_REFUSED)
+        if machine.login_banned_until is None and not refused:
+            return False
+        cleared = replace(machine, login_banned_until=None)
+        if refused:
+            cleared = replace(cleared, is_failing=False, failing_until=None, failure_reason=None)
+        yield from self._store(self.storage.update_or_create_machine, cleared)
+        self.log.warning(
+            "Cleared the stored login ban of machine %s; CAPI may still refuse its logins until its own ban lifts.",
+            machine_id,
+        )
+        return True
 
     def register_machine(self, machine_id: str | None = None, password: str | None = None) -> Flow[Machine]:
         """Register a machine on CAPI (id and CSPRNG password generated when absent); a registered one is returned.
@@ -409,6 +457,8 @@ class Core:
             self._same_password(stored, password)
             return stored
         now = yield from self._now()
+        if stored is not None:
+            self._check_ban(stored, now)  # the duplicate-id path below logs in: not while banned or refused
         machine = stored or Machine(machine_id=machine_id, created_at=now)
         pw = password or machine.password or random_password()
         if stored is None or stored.password != pw:
@@ -445,13 +495,6 @@ class Core:
             return machine
         raise error_for(response, "register")
 
-    def ensure_registered(self, machine_id: str) -> Flow[Machine]:
-        """The stored machine, registering it first if CAPI has not accepted it yet."""
-        machine = yield from self._store(self.storage.get_machine_by_id, machine_id)
-        if machine is not None and machine.registered and machine.password:
-            return machine
-        return (yield from self.register_machine(machine_id))
-
     def login(
         self,
         machine_id: str,
@@ -467,9 +510,13 @@ class Core:
         """
         validate_machine_id(machine_id)
         wanted = self._config_scenarios.union(scenarios) if scenarios else self._config_scenarios
-        machine = yield from self.ensure_registered(machine_id)
+        machine = yield from self._store(self.storage.get_machine_by_id, machine_id)
         now = yield from self._now()
-        self._check_ban(machine, now)
+        if machine is not None:
+            self._check_ban(machine, now)  # before registering: a banned or refused machine sends nothing
+        if machine is None or not machine.registered or not machine.password:
+            machine = yield from self.register_machine(machine_id)
+            now = yield from self._now()
         offset = self.config.latency_offset
 
         def fresh(m: Machine | None, at: datetime) -> bool:
@@ -535,9 +582,11 @@ class Core:
 
     def _login_locked(self, machine: Machine, scenarios: Sequence[str], *, reregister: bool = True) -> Flow[Machine]:
         assert machine.password is not None
+        now = yield from self._now()
+        self._check_ban(machine, now)
         response = yield from self._request(self.endpoints.login(machine.machine_id, machine.password, scenarios))
         now = yield from self._now()
-        if response.status_code == 403:
+        if response.status_code == 403 and not is_credentials_refusal(response):
             hinted = parse_retry_after(response.header("retry-after"), now) or 0.0
             until = now + timedelta(seconds=max(LOGIN_BAN_SECONDS, min(hinted, 24 * 3600.0)))
             banned = replace(machine, login_banned_until=until, token=None, token_expires_at=None)
@@ -551,9 +600,9 @@ class Core:
                 f"until {until:%Y-%m-%d %H:%M:%S} UTC.",
                 until=until,
             )
-        if response.status_code in (400, 401, 404):
+        if response.status_code in (400, 401, 403, 404):  # the credentials (or the request) refused, not a ban
             message, _ = server_reason(response)
-            if reregister and machine.registered and response.status_code in (401, 404):
+            if reregister and machine.registered and response.status_code != 400:
                 # CAPI may have lost the machine (a reset emulator, a purge): registering the SAME id/password pair
                 # again changes nothing if it still knows it (a 4xx), and heals the machine if it does not.
                 again = yield from self._request(self.endpoints.register(machine.machine_id, machine.password))
@@ -563,10 +612,11 @@ class Core:
                         machine.machine_id,
                     )
                     return (yield from self._login_locked(machine, scenarios, reregister=False))
-            raise AuthenticationError(
-                f"CAPI refused the login of machine {machine.machine_id} ({response.status_code}: {message}).",
-                status_code=response.status_code,
-            )
+                again_message, _ = server_reason(again)
+                message = (
+                    f"{message}; registering it again with the stored password: {again.status_code} {again_message}"
+                )
+            yield from self._refuse_login(machine, response.status_code, message, now)
         if not response.ok:
             raise error_for(response, "login")
         token, expire = parse_login(response)
@@ -593,6 +643,20 @@ class Core:
             "Machine %s logged in; token valid until %s.", machine.machine_id, f"{expires:%Y-%m-%d %H:%M:%S} UTC"
         )
         return machine
+
+    def _refuse_login(self, machine: Machine, status: int, message: str, now: datetime) -> Flow[None]:
+        """Store a refused login (no login for ``failing_cooldown``: CAPI counts failures too), then raise."""
+        until = now + timedelta(seconds=self.config.failing_cooldown)
+        reason = f"{LOGIN_REFUSED} of machine {machine.machine_id} ({status}: {message})"[:500]
+        refused = replace(
+            machine, token=None, token_expires_at=None, is_failing=True, failing_until=until, failure_reason=reason
+        )
+        yield from self._store(self.storage.update_or_create_machine, refused)
+        self.log.error("%s; no login before %s UTC.", reason, f"{until:%Y-%m-%d %H:%M:%S}")
+        raise AuthenticationError(
+            f"{reason}. No login of this machine is attempted before {until:%Y-%m-%d %H:%M:%S} UTC.",
+            status_code=status,
+        )
 
     def _send_with_token(self, token: str, request: Request, *, retry: bool = True) -> Flow[Response]:
         return (yield from self._request(request.with_header("Authorization", f"Bearer {token}"), retry=retry))
@@ -667,7 +731,7 @@ class Core:
     def _mark_failing(self, machine_id: str, reason: str) -> Flow[None]:
         now = yield from self._now()
         machine = yield from self._store(self.storage.get_machine_by_id, machine_id)
-        if machine is None:
+        if machine is None or _login_refused(machine, now):  # a refused login was stored with its own reason
             return
         until = now + timedelta(seconds=self.config.failing_cooldown)
         machine = replace(machine, is_failing=True, failing_until=until, failure_reason=reason[:500])

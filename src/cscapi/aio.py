@@ -104,6 +104,10 @@ class AsyncCAPIClient:
         """The first stored machine's id, or a newly registered machine's."""
         return await self._run(self._core.default_machine_id())
 
+    async def clear_login_ban(self, machine_id: str) -> bool:
+        """Forget the machine's stored login ban (and a refused login's cool-down); True if there was one."""
+        return await self._run(self._core.clear_login_ban(machine_id))
+
     async def push_usage_metrics(self, machine_id: str, payload: dict[str, Any]) -> None:
         """``POST /v3/usage-metrics`` with an ``AllMetrics`` dict."""
         await self._run(self._core.push_usage_metrics(machine_id, payload))

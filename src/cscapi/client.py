@@ -297,6 +297,13 @@ class CAPIClient:
         """The first stored machine's id, or a newly generated and registered machine's."""
         return self._run(self._core.default_machine_id())
 
+    def clear_login_ban(self, machine_id: str) -> bool:
+        """Forget the machine's stored login ban (and a refused login's cool-down); True if there was one.
+
+        CAPI's own ban is not lifted: use this only when you know CAPI accepts the machine's logins again.
+        """
+        return self._run(self._core.clear_login_ban(machine_id))
+
     def push_usage_metrics(self, machine_id: str, payload: dict[str, Any]) -> None:
         """``POST /v3/usage-metrics`` with an ``AllMetrics`` dict."""
         self._run(self._core.push_usage_metrics(machine_id, payload))

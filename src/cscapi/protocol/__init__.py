@@ -21,6 +21,7 @@ from cscapi.protocol.metrics import MetricItem, usage_metrics_payload
 from cscapi.protocol.responses import (
     error_for,
     failure_error,
+    is_credentials_refusal,
     parse_enroll,
     parse_json_object,
     parse_login,
@@ -44,6 +45,7 @@ __all__ = [
     "encode_json_body",
     "error_for",
     "failure_error",
+    "is_credentials_refusal",
     "is_retryable",
     "loads_json",
     "metrics_payload",

@@ -6,6 +6,7 @@ JSON where JSON is due is a clear :class:`~cscapi.errors.ServerError`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -28,6 +29,7 @@ from cscapi.timeutil import parse_go_duration
 __all__ = [
     "error_for",
     "failure_error",
+    "is_credentials_refusal",
     "parse_enroll",
     "parse_json_object",
     "parse_login",
@@ -57,6 +59,31 @@ def server_reason(response: Response) -> tuple[str, str | None]:
             _clip(str(errors)) if errors not in (None, "") else None,
         )
     return (_clip(response.text) if response.content else "(empty body)", None)
+
+
+_CREDENTIALS_WORDING = re.compile(
+    r"password|machine_id|credential|unknown machine|not found|not registered|invalid machine", re.IGNORECASE
+)
+_BAN_WORDING = re.compile(r"too many|\brate|\bbanned\b|\blimit", re.IGNORECASE)
+
+
+def is_credentials_refusal(response: Response) -> bool:
+    """True when a 403 to a login refuses the credentials (unknown machine, wrong password) rather than banning.
+
+    Only a 403 without ``Retry-After`` whose JSON ``message``/``errors`` talks about credentials and not about a
+    rate limit or a ban counts; anything else (a ``Retry-After``, rate/ban wording, another or an empty body) is a
+    login ban, the safe reading (logging in again while banned prolongs the ban).
+    """
+    if response.status_code != 403 or response.header("retry-after") is not None:
+        return False
+    try:
+        data = response.json()
+    except ValueError:
+        return False
+    if not isinstance(data, dict):
+        return False
+    text = " ".join(str(data.get(key) or "") for key in ("message", "errors"))
+    return _CREDENTIALS_WORDING.search(text) is not None and _BAN_WORDING.search(text) is None
 
 
 def error_for(response: Response, what: str) -> CAPIError:
