@@ -151,9 +151,7 @@ class NotFoundError(CAPIError):
 class AuthenticationError(CAPIError):
     """CAPI refused the credentials (wrong password, unknown machine, or a token refused after a fresh login)."""
 
-    default_hint = (
-        "Check the machine's credentials; a machine id and password pair must never change once registered."
-    )
+    default_hint = "Check the machine's credentials; a machine id and password pair must never change once registered."
 
 
 class LoginBannedError(AuthenticationError):

@@ -9,6 +9,7 @@ Turning them into JSON for CAPI is the protocol layer's job (``cscapi.protocol``
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -33,8 +34,13 @@ __all__ = [
 ]
 
 
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
+
+
 def _known_kwargs(cls: type, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
+    names = _field_names(cls)
     return {k: v for k, v in kwargs.items() if k in names}
 
 
@@ -122,9 +128,7 @@ class Signal:
         if isinstance(self.source, Mapping):
             self.source = Source.from_dict(self.source)
         if self.decisions is not None:
-            self.decisions = [
-                SignalDecision.from_dict(d) if isinstance(d, Mapping) else d for d in self.decisions
-            ]
+            self.decisions = [SignalDecision.from_dict(d) if isinstance(d, Mapping) else d for d in self.decisions]
         if self.context is not None:
             self.context = [Context.from_dict(c) if isinstance(c, Mapping) else c for c in self.context]
 
