@@ -79,3 +79,12 @@ async def test_the_asgi_middleware_blocks_before_the_app() -> None:
     assert sent[0]["status"] == 403 and calls == []
     await wrapped({"type": "http", "client": ("198.51.100.1", 5000)}, None, send)
     assert calls == ["198.51.100.1"]
+
+
+def test_the_store_down_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    code = next(b for b in blocks() if "strict=True" in b)
+    exec(compile(code, str(DOC), "exec"), {})
+    out = capsys.readouterr().out
+    assert "password=***" in out and "s3cret" not in out
+    assert "Remediation(remediation='bypass', origin='clean')" in out
+    assert "not ready: Redis decision store" in out and "strict: Redis decision store" in out

@@ -41,7 +41,7 @@ def test_a_store_down_at_start_leaves_an_unhealthy_engine_that_still_answers() -
         assert engine.healthy is False
         assert engine.version is None
         assert isinstance(engine.last_sync_error, DecisionStoreError)
-        assert "127.0.0.1:1" in str(engine.last_sync_error)
+        assert "127.0.0.1:1" in str(engine.last_sync_error) and "Nothing is loaded yet" in str(engine.last_sync_error)
         assert engine.last_synced_at is None
         assert engine.get_ip_remediation("1.2.3.4") == CLEAN  # serves (nothing), never raises on the lookup path
         assert "unhealthy" in repr(engine)

@@ -30,6 +30,9 @@ R = TypeVar("R")
 DEFAULT_LOGGER = logging.getLogger("cscapi.remediation")
 _LAST_PUSH = "last_metrics_push"
 _NOTIFY_SLICE = 0.25
+_NEVER_LOADED_HINT = (
+    "Nothing is loaded yet: every lookup answers bypass/clean until the store can be read; check that it is reachable."
+)
 _engines: weakref.WeakSet[_EngineBase[Any]] = weakref.WeakSet()
 
 
@@ -254,13 +257,16 @@ class _EngineBase(Generic[C]):
         """
         try:
             changed = self._sync()
-        except DecisionStoreError as exc:
-            self._last_sync_error = exc
-            raise
         except Exception as exc:
-            self._last_sync_error = DecisionStoreError(
-                f"could not load the decisions from {self.store.uri}: {type(exc).__name__}: {exc}"
-            )
+            never_loaded = self.last_synced_at is None
+            if isinstance(exc, DecisionStoreError) and not never_loaded:
+                self._last_sync_error = exc
+                raise
+            if isinstance(exc, DecisionStoreError):
+                message = exc.message
+            else:
+                message = f"could not load the decisions from {self.store.uri}: {type(exc).__name__}: {exc}"
+            self._last_sync_error = DecisionStoreError(message, hint=_NEVER_LOADED_HINT if never_loaded else None)
             raise self._last_sync_error from exc
         self._last_sync_error = None
         self.last_synced_at = self._clock()
