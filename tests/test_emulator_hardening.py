@@ -300,3 +300,185 @@ def test_module_help_lists_the_flags_and_exits_0() -> None:
     assert r.returncode == 0, r.stderr
     for flag in ("--port", "--state", "--attachment-key", "--fault", "--no-login-rate-limit"):
         assert flag in r.stdout
+
+
+# ---- 3. several scenarios' decisions on one value; bounded durations ----------------------------------------------
+
+SSH, HTTP = "crowdsecurity/ssh-bf", "crowdsecurity/http-probing"
+V = "192.0.2.50"
+
+
+def _new_by_scenario(stream: dict[str, Any]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for group in stream["new"]:
+        out.setdefault(group["scenario"], set()).update(d["value"] for d in group["decisions"])
+    return out
+
+
+def _deleted(stream: dict[str, Any]) -> list[str]:
+    return [v for group in stream["deleted"] for v in group["decisions"]]
+
+
+async def _stream(http: Http, token: str, **params: Any) -> dict[str, Any]:
+    r = await http.request("GET", "/v3/decisions/stream", params=params, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    http.validate(http.spec, "GetDecisionsStreamResponse", r.json())
+    return dict(r.json())
+
+
+@pytest.mark.anyio
+async def test_two_scenarios_on_one_value_are_both_kept_and_counted(http: Http) -> None:
+    r = await http.admin(
+        "POST", "decisions", json={"decisions": [{"value": V, "scenario": SSH}, {"value": V, "scenario": HTTP}]}
+    )
+    assert r.status_code == 200
+    assert (r.json()["added"], r.json()["replaced"]) == (2, 0)
+    live = (await http.admin("GET", "decisions")).json()
+    assert sorted((d["value"], d["scenario"]) for d in live) == [(V, HTTP), (V, SSH)]
+    token = await http.register_login()
+    assert _new_by_scenario(await _stream(http, token, startup="true")) == {SSH: {V}, HTTP: {V}}
+    # the same value and scenario twice in one call is one decision; again later, a replacement
+    same = {"decisions": [{"value": V, "scenario": SSH, "duration": "1h"}, {"value": V, "scenario": SSH}]}
+    r = await http.admin("POST", "decisions", json=same)
+    assert (r.json()["added"], r.json()["replaced"]) == (0, 1)
+    assert len((await http.admin("GET", "decisions")).json()) == 2
+    r = await http.admin("POST", "decisions", json={"decisions": [{"value": "192.0.2.51"}, {"value": "192.0.2.51"}]})
+    assert (r.json()["added"], r.json()["replaced"]) == (1, 0)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["delete", "expire"])
+async def test_value_is_deleted_only_when_its_last_decision_goes(http: Http, how: str) -> None:
+    await http.admin(
+        "POST", "decisions", json={"decisions": [{"value": V, "scenario": SSH}, {"value": V, "scenario": HTTP}]}
+    )
+    token = await http.register_login()
+    await _stream(http, token, startup="true")
+    r = await http.admin("POST", f"decisions/{how}", json={"values": [V], "scenario": SSH})
+    assert r.json() == {("deleted" if how == "delete" else "expired"): 1}
+    delta = await _stream(http, token)
+    assert _deleted(delta) == [] and _new_by_scenario(delta) == {}  # HTTP's decision still bans the value
+    assert [d["scenario"] for d in (await http.admin("GET", "decisions")).json()] == [HTTP]
+    r = await http.admin("POST", f"decisions/{how}", json={"values": [V]})
+    delta = await _stream(http, token)
+    assert _deleted(delta) == [V]
+    # both removed between two pulls: the value is listed once
+    await http.admin(
+        "POST", "decisions", json={"decisions": [{"value": V, "scenario": SSH}, {"value": V, "scenario": HTTP}]}
+    )
+    await _stream(http, token)
+    assert (await http.admin("POST", f"decisions/{how}", json={"values": [V]})).json() != {}
+    assert _deleted(await _stream(http, token)) == [V]
+
+
+@pytest.mark.anyio
+async def test_decisions_running_out_one_after_the_other(capi_spec: dict[str, Any], validate_against: Any) -> None:
+    clock = Clock()
+    app = make_app(clock=clock, token_lifetime=86400)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://capi.test") as client:
+        http = Http(client, app, capi_spec, validate_against)
+        items = [{"value": V, "scenario": SSH, "duration": "1h"}, {"value": V, "scenario": HTTP, "duration": "2h"}]
+        await http.admin("POST", "decisions", json={"decisions": items})
+        token = await http.register_login()
+        assert _new_by_scenario(await _stream(http, token, startup="true")) == {SSH: {V}, HTTP: {V}}
+        clock.now += 3601
+        assert _deleted(await _stream(http, token)) == []
+        startup = await _stream(http, token, startup="true")
+        assert _new_by_scenario(startup) == {HTTP: {V}}
+        clock.now += 3600
+        assert _deleted(await _stream(http, token)) == [V]
+        # v2 (flat, per decision) follows the same rule
+        r = await http.request("POST", "/v2/watchers/login", json={"machine_id": MID, "password": "pw"})
+        v2 = r.json()["token"]
+        await http.admin("POST", "decisions", json={"decisions": items})
+        await http.request("GET", "/v2/decisions/stream", params={"startup": "true"}, headers={"Authorization": v2})
+        clock.now += 3601
+        r = await http.request("GET", "/v2/decisions/stream", headers={"Authorization": v2})
+        assert r.json()["deleted"] == []
+        clock.now += 3600
+        r = await http.request("GET", "/v2/decisions/stream", headers={"Authorization": v2})
+        assert [(d["value"], d["scenario"]) for d in r.json()["deleted"]] == [(V, HTTP)]
+    assert app.state.emulator.internal_errors == 0
+
+
+def test_several_scenarios_survive_a_restart_and_old_files_migrate(tmp_path: Path) -> None:
+    import sqlite3
+
+    from cscapi.emulator.state import EmulatorState
+
+    path = str(tmp_path / "state.db")
+    state = EmulatorState(EmulatorConfig(community_size=0, state_path=path))
+    state.add_decisions([{"value": V, "scenario": SSH}, {"value": V, "scenario": HTTP}, {"value": "192.0.2.60"}])
+    state.remove_decisions(["192.0.2.60"])
+    state.close()
+    again = EmulatorState(EmulatorConfig(community_size=0, state_path=path))
+    assert sorted(again.decisions) == [("ip", V, HTTP), ("ip", V, SSH)]
+    assert list(again.tombstones) == [("ip", "192.0.2.60", "crowdsecurity/community-blocklist")]
+    again.close()
+    # a file from before decisions were keyed by scenario: PRIMARY KEY (scope, value), no scenario column
+    conn = sqlite3.connect(path)
+    rows = {t: conn.execute(f"SELECT scope, value, body FROM {t}").fetchall() for t in ("decisions", "tombstones")}
+    for table in ("decisions", "tombstones"):
+        conn.execute(f"DROP TABLE {table}")
+        columns = "scope TEXT NOT NULL, value TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (scope, value)"
+        conn.execute(f"CREATE TABLE {table} ({columns})")
+    conn.executemany("INSERT INTO decisions VALUES (?, ?, ?)", rows["decisions"][:1])
+    conn.executemany("INSERT INTO tombstones VALUES (?, ?, ?)", rows["tombstones"])
+    conn.commit()
+    conn.close()
+    old = EmulatorState(EmulatorConfig(community_size=0, state_path=path))
+    assert len(old.decisions) == 1 and len(old.tombstones) == 1
+    old.add_decisions([{"value": V, "scenario": "x/y"}])  # the migrated table takes a third scenario on V
+    old.close()
+    assert len(EmulatorState(EmulatorConfig(community_size=0, state_path=path)).decisions) == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "duration",
+    ["99999999999h", 1e308, -5, "-1h", 0, "0s", "NaN", "Infinity", True, "soon", 10 * 365 * 86400 + 1, [1]],
+    ids=repr,
+)
+async def test_absurd_admin_durations_are_400_naming_the_field(http: Http, duration: Any) -> None:
+    raw = json.dumps({"decisions": [{"value": "192.0.2.70"}, {"value": V, "duration": duration}]})
+    if duration in ("NaN", "Infinity"):  # the JSON literals Python's json reads as floats
+        raw = raw.replace(f'"{duration}"', duration)
+    r = await http.admin("POST", "decisions", content=raw)
+    assert r.status_code == 400, r.text
+    assert "decisions[1].duration" in r.json()["message"]
+    assert (await http.admin("GET", "decisions")).json() == []  # nothing half-applied
+    if isinstance(duration, str) and duration not in ("NaN", "Infinity"):
+        r = await http.admin("PUT", "blocklists/b", json={"content": [V], "duration": duration})
+        assert r.status_code == 400 and "blocklist duration" in r.json()["message"]
+
+
+@pytest.mark.anyio
+async def test_longest_admin_duration_is_accepted_and_listed(http: Http) -> None:
+    r = await http.admin("POST", "decisions", json={"decisions": [{"value": V, "duration": "87600h"}]})
+    assert r.status_code == 200
+    (live,) = (await http.admin("GET", "decisions")).json()
+    assert live["remaining"] == 87600 * 3600
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "fault",
+    [{"latency": "NaN"}, {"token_lifetime": 1e308}, {"token_lifetime": "Infinity"}, {"retry_after": 10**12}],
+    ids=repr,
+)
+async def test_absurd_fault_settings_are_400(http: Http, fault: dict[str, Any]) -> None:
+    raw = json.dumps(fault).replace('"NaN"', "NaN").replace('"Infinity"', "Infinity")
+    r = await http.admin("PUT", "faults/login", content=raw)
+    assert r.status_code == 400, r.text
+    assert next(iter(fault)) in r.json()["errors"]
+    assert (await http.admin("GET", "faults")).json() == {}
+
+
+def test_absurd_configured_durations_are_configuration_errors() -> None:
+    with pytest.raises(ConfigurationError, match="token_lifetime"):
+        EmulatorConfig(token_lifetime=1e308)
+    with pytest.raises(ConfigurationError, match="token_lifetime"):
+        EmulatorConfig(token_lifetime=float("nan"))
+    for name in ("ban", "window"):
+        with pytest.raises(ConfigurationError, match=name):
+            LoginRateLimit(**{name: 1e308})

@@ -123,7 +123,7 @@ def test_state_loads_community_file(tmp_path: Path) -> None:
     path = tmp_path / "c.txt"
     path.write_text("192.0.2.1\n192.0.2.2\n")
     state = EmulatorState(EmulatorConfig(community_file=str(path)))
-    assert sorted(v for _, v in state.decisions) == ["192.0.2.1", "192.0.2.2"]
+    assert sorted(v for _, v, _ in state.decisions) == ["192.0.2.1", "192.0.2.2"]
 
 
 def test_fault_option_and_spec_validation() -> None:
@@ -294,7 +294,7 @@ def test_expired_decisions_leave_through_the_heap() -> None:
     state.add_decisions([{"value": "192.0.2.10", "duration": "1h"}])  # replaced: the old expiry no longer applies
     clock.now += 5
     assert state.expire_due() == 4
-    assert [v for _, v in state.decisions] == ["192.0.2.10"]
+    assert [v for _, v, _ in state.decisions] == ["192.0.2.10"]
     with pytest.raises(ApiError):
         state.add_decisions([{"value": "192.0.2.1", "duration": "-1h"}])
     with pytest.raises(ApiError):
@@ -476,7 +476,7 @@ def test_tombstones_are_pruned_once_every_machine_has_seen_them(monkeypatch: pyt
     a, b = state.register("a" * 48, "p"), state.register("b" * 48, "p")
     for m in (a, b):
         state.stream_v3(m, startup=True, community_pull=True, additional_pull=True, base_url="http://x/")
-    values = [v for _, v in list(state.decisions)[:5]]
+    values = [v for _, v, _ in list(state.decisions)[:5]]
     state.remove_decisions(values)
     state.stream_v3(a, startup=False, community_pull=True, additional_pull=True, base_url="http://x/")
     assert len(state.tombstones) == 5  # b has not seen them yet
@@ -490,9 +490,11 @@ def test_tombstones_are_pruned_once_every_machine_has_seen_them(monkeypatch: pyt
 # ---- deltas: a client applying every answer always mirrors the server ----------------------------------------------
 
 _VALUES = [f"192.0.2.{i}" for i in range(1, 13)] + ["2001:db8::1", "198.51.100.0/24"]
+_SCENARIOS = ["crowdsecurity/ssh-bf", "crowdsecurity/http-probing"]
 
 
-def _apply(local: dict[str, float], body: dict[str, Any], now: float, startup: bool) -> None:
+def _apply(local: dict[str, dict[str, float]], body: dict[str, Any], now: float, startup: bool) -> None:
+    """What a client does with an answer: `deleted` drops every decision on a value, `new` sets one per scenario."""
     from cscapi.timeutil import parse_go_duration
 
     if startup:
@@ -501,42 +503,47 @@ def _apply(local: dict[str, float], body: dict[str, Any], now: float, startup: b
         local.pop(value, None)
     for group in body["new"]:
         for d in group["decisions"]:
-            local[d["value"]] = now + parse_go_duration(d["duration"])
+            local.setdefault(d["value"], {})[group["scenario"]] = now + parse_go_duration(d["duration"])
 
 
 def _ops() -> Any:
     from hypothesis import strategies as st
 
     value = st.sampled_from(_VALUES)
+    scenario = st.sampled_from(_SCENARIOS)
+    some_scenario = st.one_of(st.none(), scenario)
     return st.lists(
         st.one_of(
-            st.tuples(st.just("add"), value, st.integers(1, 50)),
-            st.tuples(st.just("delete"), value, st.just(0)),
-            st.tuples(st.just("expire"), value, st.just(0)),
-            st.tuples(st.just("tick"), st.just(""), st.integers(1, 30)),
-            st.tuples(st.just("pull"), st.just(""), st.integers(0, 1)),
+            st.tuples(st.just("add"), value, scenario, st.integers(1, 50)),
+            st.tuples(st.just("delete"), value, some_scenario, st.just(0)),
+            st.tuples(st.just("expire"), value, some_scenario, st.just(0)),
+            st.tuples(st.just("tick"), st.just(""), st.none(), st.integers(1, 30)),
+            st.tuples(st.just("pull"), st.just(""), st.none(), st.integers(0, 1)),
         ),
         max_size=40,
     )
 
 
 def test_delta_pulls_keep_a_client_in_sync_with_the_server() -> None:
+    """With several scenarios' decisions per value: after every pull the client holds exactly the server's live
+    values, with each live decision's own expiry; a decision removed while its value has others may linger on the
+    client (deleted lists values, protocol §6.2) but never outlives the value's last decision on the server."""
     from hypothesis import given, settings
 
-    @settings(max_examples=200, deadline=None)
+    @settings(max_examples=300, deadline=None)
     @given(ops=_ops())
-    def run(ops: list[tuple[str, str, int]]) -> None:
+    def run(ops: list[tuple[str, str, str | None, int]]) -> None:
         clock = Clock()
         state = EmulatorState(EmulatorConfig(community_size=0, clock=clock, snapshot_cache=False))
         m = state.register("c" * 48, "pw")
-        local: dict[str, float] = {}
-        for op, value, n in [*ops, ("pull", "", 0)]:
+        local: dict[str, dict[str, float]] = {}
+        for op, value, scenario, n in [*ops, ("pull", "", None, 0)]:
             if op == "add":
-                state.add_decisions([{"value": value, "duration": float(n)}])
+                state.add_decisions([{"value": value, "scenario": scenario, "duration": float(n)}])
             elif op == "delete":
-                state.remove_decisions([value])
+                state.remove_decisions([value], scenario=scenario)
             elif op == "expire":
-                state.remove_decisions([value], expire=True)
+                state.remove_decisions([value], expire=True, scenario=scenario)
             elif op == "tick":
                 clock.now += n
             else:
@@ -544,11 +551,21 @@ def test_delta_pulls_keep_a_client_in_sync_with_the_server() -> None:
                 body = json.loads(
                     state.stream_v3(m, startup=startup, community_pull=True, additional_pull=True, base_url="http://x/")
                 )
+                for group in body["deleted"]:
+                    assert len(group["decisions"]) == len(set(group["decisions"]))  # a value once per answer
                 _apply(local, body, clock.now, startup)
-                for v in [v for v, until in local.items() if until <= clock.now]:
-                    del local[v]  # what a client's own countdown removes
-                live = {d.value: d.expires_at for d in state.decisions.values()}
-                assert local == live
+                for v, by_scenario in list(local.items()):  # what a client's own countdown removes
+                    for sc in [sc for sc, until in by_scenario.items() if until <= clock.now]:
+                        del by_scenario[sc]
+                    if not by_scenario:
+                        del local[v]
+                live: dict[str, dict[str, float]] = {}
+                for d in state.decisions.values():
+                    live.setdefault(d.value, {})[d.scenario] = d.expires_at
+                assert set(local) == set(live)
+                for v, by_scenario in live.items():
+                    for sc, until in by_scenario.items():
+                        assert local[v][sc] == until
 
     run()
 

@@ -122,8 +122,10 @@ class EmulatorAdminClient:
         return list(self._call("GET", "decisions"))
 
     def add_decisions(self, decisions: Iterable[Mapping[str, Any]]) -> int:
-        """Add or replace community decisions (``{value, scenario?, duration?, scope?}``); returns how many."""
-        return int(self._call("POST", "decisions", json={"decisions": [dict(d) for d in decisions]})["added"])
+        """Add or replace community decisions (``{value, scenario?, duration?, scope?}``); returns how many decisions
+        the call put in force (new ones plus those renewing a decision of the same value and scenario)."""
+        answer = self._call("POST", "decisions", json={"decisions": [dict(d) for d in decisions]})
+        return int(answer["added"]) + int(answer["replaced"])
 
     def add_decision(
         self,
@@ -138,13 +140,19 @@ class EmulatorAdminClient:
             item["scope"] = scope
         return self.add_decisions([item])
 
-    def expire_decisions(self, values: Iterable[str]) -> int:
-        """Expire the decisions on these values now (they show up in the next delta's ``deleted``)."""
-        return int(self._call("POST", "decisions/expire", json={"values": list(values)})["expired"])
+    def expire_decisions(self, values: Iterable[str], scenario: str | None = None) -> int:
+        """Expire the decisions on these values now (only ``scenario``'s, if given); returns how many.
 
-    def delete_decisions(self, values: Iterable[str]) -> int:
-        """Delete the decisions on these values (they show up in the next delta's ``deleted``)."""
-        return int(self._call("POST", "decisions/delete", json={"values": list(values)})["deleted"])
+        A value shows up in the next delta's ``deleted`` once none of its decisions is left."""
+        body: dict[str, Any] = {"values": list(values), "scenario": scenario}
+        return int(self._call("POST", "decisions/expire", json=body)["expired"])
+
+    def delete_decisions(self, values: Iterable[str], scenario: str | None = None) -> int:
+        """Delete the decisions on these values (only ``scenario``'s, if given); returns how many.
+
+        A value shows up in the next delta's ``deleted`` once none of its decisions is left."""
+        body: dict[str, Any] = {"values": list(values), "scenario": scenario}
+        return int(self._call("POST", "decisions/delete", json=body)["deleted"])
 
     # ---- lists -----------------------------------------------------------------------------------------------
 

@@ -152,23 +152,28 @@ async def post_decisions(state: EmulatorState, request: Request) -> Any:
     items = body.get("decisions") if isinstance(body, dict) else body
     if not isinstance(items, list):
         raise ApiError(400, 'send {"decisions": [{"value": ..., "scenario"?, "duration"?, "scope"?}]}')
-    added = state.add_decisions(items)
-    return {"added": len(added), "version": state.version}
+    decisions, replaced = state.add_decisions(items)
+    return {"added": len(decisions) - replaced, "replaced": replaced, "version": state.version}
 
 
-def _values(body: Any) -> list[str]:
+def _values(body: Any) -> tuple[list[str], str | None]:
     values = body.get("values") if isinstance(body, dict) else body
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise ApiError(400, 'send {"values": ["<ip or range>", ...]}')
-    return values
+        raise ApiError(400, 'send {"values": ["<ip or range>", ...], "scenario"?: "<only this scenario\'s>"}')
+    scenario = body.get("scenario") if isinstance(body, dict) else None
+    if scenario is not None and not isinstance(scenario, str):
+        raise ApiError(400, "scenario must be a string")
+    return values, scenario
 
 
 async def post_expire_decisions(state: EmulatorState, request: Request) -> Any:
-    return {"expired": state.remove_decisions(_values(await _json_body(request)), expire=True)}
+    values, scenario = _values(await _json_body(request))
+    return {"expired": state.remove_decisions(values, expire=True, scenario=scenario)}
 
 
 async def post_delete_decisions(state: EmulatorState, request: Request) -> Any:
-    return {"deleted": state.remove_decisions(_values(await _json_body(request)))}
+    values, scenario = _values(await _json_body(request))
+    return {"deleted": state.remove_decisions(values, scenario=scenario)}
 
 
 async def get_blocklists(state: EmulatorState, request: Request) -> Any:

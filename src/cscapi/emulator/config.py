@@ -41,6 +41,14 @@ ENDPOINTS: tuple[str, ...] = (
 )
 
 
+#: The longest duration any setting accepts (10 years): longer ones are typos and overflow date arithmetic.
+MAX_SECONDS = 10 * 365 * 86400
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass
 class FaultSpec:
     """What goes wrong on one endpoint (fractions are probabilities in ``[0, 1]``, drawn from a seeded RNG).
@@ -69,15 +77,20 @@ class FaultSpec:
             setattr(self, name, float(value))
         if not isinstance(self.error_status, int) or not 500 <= self.error_status <= 599:
             raise ConfigurationError(f"fault error_status must be a 5xx status, got {self.error_status!r}")
-        if not isinstance(self.retry_after, int) or self.retry_after < 0:
-            raise ConfigurationError(f"fault retry_after must be a non-negative integer, got {self.retry_after!r}")
-        if not isinstance(self.latency, (int, float)) or self.latency < 0 or self.latency > 300:
+        if not isinstance(self.retry_after, int) or not 0 <= self.retry_after <= MAX_SECONDS:
+            raise ConfigurationError(
+                f"fault retry_after must be a whole number of seconds between 0 and {MAX_SECONDS}, "
+                f"got {self.retry_after!r}"
+            )
+        if not _number(self.latency) or not 0 <= self.latency <= 300:  # `not <=` also refuses NaN
             raise ConfigurationError(f"fault latency must be between 0 and 300 seconds, got {self.latency!r}")
         self.latency = float(self.latency)
         if self.token_lifetime is not None and (
-            not isinstance(self.token_lifetime, (int, float)) or self.token_lifetime < 0
+            not _number(self.token_lifetime) or not 0 <= self.token_lifetime <= MAX_SECONDS
         ):
-            raise ConfigurationError(f"fault token_lifetime must be >= 0 seconds, got {self.token_lifetime!r}")
+            raise ConfigurationError(
+                f"fault token_lifetime must be between 0 and {MAX_SECONDS} seconds, got {self.token_lifetime!r}"
+            )
         if self.remaining is not None and (not isinstance(self.remaining, int) or self.remaining < 1):
             raise ConfigurationError(f"fault remaining must be a positive integer, got {self.remaining!r}")
 
@@ -126,8 +139,10 @@ class LoginRateLimit:
                 raise ConfigurationError(f"login_rate_limit.{name} must be a positive integer, got {value!r}")
         for name in ("window", "ban"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigurationError(f"login_rate_limit.{name} must be a positive number of seconds")
+            if not _number(value) or not 0 < value <= MAX_SECONDS:
+                raise ConfigurationError(
+                    f"login_rate_limit.{name} must be a positive number of seconds, at most {MAX_SECONDS} (10 years)"
+                )
 
     def limit_for(self, *, enrolled: bool, sharing: bool) -> int:
         """How many logins are allowed in one window for a machine in that situation."""
@@ -200,9 +215,10 @@ class EmulatorConfig:
         self.faults = faults
         if not isinstance(self.community_size, int) or self.community_size < 0 or self.community_size > 5_000_000:
             raise ConfigurationError(f"community_size must be between 0 and 5,000,000, got {self.community_size!r}")
-        if not isinstance(self.token_lifetime, (int, float)) or self.token_lifetime <= 0:
+        if not _number(self.token_lifetime) or not 0 < self.token_lifetime <= MAX_SECONDS:
             raise ConfigurationError(
-                f"token_lifetime must be a positive number of seconds, got {self.token_lifetime!r}"
+                f"token_lifetime must be a positive number of seconds, at most {MAX_SECONDS} (10 years), "
+                f"got {self.token_lifetime!r}"
             )
         if not isinstance(self.max_batch, int) or self.max_batch < 1:
             raise ConfigurationError(f"max_batch must be a positive integer, got {self.max_batch!r}")

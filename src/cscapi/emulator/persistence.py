@@ -18,10 +18,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS machines (machine_id TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS signals (seq INTEGER PRIMARY KEY AUTOINCREMENT, machine_id TEXT NOT NULL,
                                     body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS decisions (scope TEXT NOT NULL, value TEXT NOT NULL, body TEXT NOT NULL,
-                                      PRIMARY KEY (scope, value));
-CREATE TABLE IF NOT EXISTS tombstones (scope TEXT NOT NULL, value TEXT NOT NULL, body TEXT NOT NULL,
-                                       PRIMARY KEY (scope, value));
+CREATE TABLE IF NOT EXISTS decisions (scope TEXT NOT NULL, value TEXT NOT NULL, scenario TEXT NOT NULL,
+                                      body TEXT NOT NULL, PRIMARY KEY (scope, value, scenario));
+CREATE TABLE IF NOT EXISTS tombstones (scope TEXT NOT NULL, value TEXT NOT NULL, scenario TEXT NOT NULL,
+                                       body TEXT NOT NULL, PRIMARY KEY (scope, value, scenario));
 CREATE TABLE IF NOT EXISTS lists (kind TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (kind, id));
 CREATE TABLE IF NOT EXISTS records (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, body TEXT NOT NULL);
 """
@@ -42,6 +42,30 @@ class SQLiteStore:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(_SCHEMA)
+        self._migrate_decision_keys()
+
+    def _migrate_decision_keys(self) -> None:
+        """Files written before decisions were keyed by scenario (one decision per value): add the column, in place."""
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(decisions)")}
+        if "scenario" in columns:
+            return
+        ops: list[tuple[str, Iterable[Any]]] = []
+        for table in ("decisions", "tombstones"):
+            rows = [
+                (s, v, json.loads(b)["scenario"], b)
+                for s, v, b in self.conn.execute(f"SELECT scope, value, body FROM {table} ORDER BY rowid")
+            ]
+            ops += [
+                (f"DROP TABLE {table}", ()),
+                (
+                    f"CREATE TABLE {table} (scope TEXT NOT NULL, value TEXT NOT NULL, scenario TEXT NOT NULL, "
+                    "body TEXT NOT NULL, PRIMARY KEY (scope, value, scenario))",
+                    (),
+                ),
+            ]
+            if rows:
+                ops.append((f"INSERT INTO {table} (scope, value, scenario, body) VALUES (?, ?, ?, ?)", rows))
+        self._tx(ops)
 
     def close(self) -> None:
         """Close the connection (the file stays)."""
@@ -79,32 +103,35 @@ class SQLiteStore:
         self,
         upserts: list[dict[str, Any]],
         tombstones: list[dict[str, Any]],
-        removed_tombstones: list[tuple[str, str]],
+        removed_tombstones: list[tuple[str, str, str]],
         version: int,
     ) -> None:
-        """Apply one change of the community list: decisions added or changed, values turned into tombstones."""
+        """Apply one change of the community list: decisions added or changed, decisions turned into tombstones.
+
+        Decisions and tombstones are keyed ``(scope, value, scenario)``."""
         ops: list[tuple[str, Iterable[Any]]] = []
         if upserts:
+            keys = [(d["scope"], d["value"], d["scenario"]) for d in upserts]
             ops.append(
                 (
-                    "INSERT OR REPLACE INTO decisions (scope, value, body) VALUES (?, ?, ?)",
-                    [(d["scope"], d["value"], _dump(d)) for d in upserts],
+                    "INSERT OR REPLACE INTO decisions (scope, value, scenario, body) VALUES (?, ?, ?, ?)",
+                    [(*key, _dump(d)) for key, d in zip(keys, upserts)],
                 )
             )
-            ops.append(
-                ("DELETE FROM tombstones WHERE scope = ? AND value = ?", [(d["scope"], d["value"]) for d in upserts])
-            )
+            ops.append(("DELETE FROM tombstones WHERE scope = ? AND value = ? AND scenario = ?", keys))
         if tombstones:
-            keys = [(t["scope"], t["value"]) for t in tombstones]
-            ops.append(("DELETE FROM decisions WHERE scope = ? AND value = ?", keys))
+            keys = [(t["scope"], t["value"], t["scenario"]) for t in tombstones]
+            ops.append(("DELETE FROM decisions WHERE scope = ? AND value = ? AND scenario = ?", keys))
             ops.append(
                 (
-                    "INSERT OR REPLACE INTO tombstones (scope, value, body) VALUES (?, ?, ?)",
-                    [(t["scope"], t["value"], _dump(t)) for t in tombstones],
+                    "INSERT OR REPLACE INTO tombstones (scope, value, scenario, body) VALUES (?, ?, ?, ?)",
+                    [(*key, _dump(t)) for key, t in zip(keys, tombstones)],
                 )
             )
         if removed_tombstones:
-            ops.append(("DELETE FROM tombstones WHERE scope = ? AND value = ?", list(removed_tombstones)))
+            ops.append(
+                ("DELETE FROM tombstones WHERE scope = ? AND value = ? AND scenario = ?", list(removed_tombstones))
+            )
         ops.append(("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", ("version", _dump(version))))
         self._tx(ops)
 

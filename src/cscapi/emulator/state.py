@@ -25,17 +25,20 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cscapi.emulator.community import SeedDecision, generate_community, load_community_file, normalise_value
-from cscapi.emulator.config import EmulatorConfig, FaultSpec
+from cscapi.emulator.config import MAX_SECONDS, EmulatorConfig, FaultSpec
 from cscapi.emulator.persistence import SQLiteStore
 from cscapi.emulator.tokens import InvalidToken, decode_jwt, encode_jwt
 from cscapi.timeutil import format_go_duration, parse_go_duration, parse_timestamp
 
 __all__ = [
+    "MAX_DECISION_SECONDS",
     "ApiError",
     "CommunityDecision",
+    "DecisionKey",
     "EmulatorState",
     "FaultAction",
     "MachineRecord",
+    "decision_seconds",
     "rfc3339",
     "rfc3339_seconds",
 ]
@@ -78,6 +81,32 @@ class ApiError(Exception):
         self.message = message
         self.errors = errors
         self.headers = headers or {}
+
+
+DecisionKey = tuple[str, str, str]  # (scope, value, scenario)
+
+#: The longest decision an admin may add (10 years): longer ones are typos, and would overflow date arithmetic.
+MAX_DECISION_SECONDS = MAX_SECONDS
+
+
+def decision_seconds(raw: Any, where: str) -> float:
+    """A duration from admin input (a Go duration such as ``"24h"``, or seconds) in ``(0, 10 years]``.
+
+    ``ApiError(400)`` naming ``where`` otherwise: not a duration, negative or zero, NaN, infinite, or absurdly long
+    (``"99999999999h"``, ``1e308``), which would overflow date arithmetic later.
+    """
+    shown = repr(raw) if len(repr(raw)) <= 40 else repr(raw)[:40] + "..."
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        raise ApiError(400, f"{where}: {shown} is not a duration", "send a Go duration like 24h, or seconds")
+    try:
+        seconds = parse_go_duration(raw) if isinstance(raw, str) else float(raw)
+    except (ValueError, OverflowError):
+        raise ApiError(400, f"{where}: {shown} is not a Go duration like 24h") from None
+    if not 0 < seconds <= MAX_DECISION_SECONDS:  # also refuses NaN
+        raise ApiError(
+            400, f"{where}: {shown} is out of range", "a duration must be more than 0s and at most 87600h (10 years)"
+        )
+    return seconds
 
 
 def _hash_password(password: str, salt: str) -> str:
@@ -150,6 +179,11 @@ class CommunityDecision:
             plain = v.isascii() and v.isprintable() and '"' not in v and "\\" not in v
             self.value_json = f'"{v}"' if plain else json.dumps(v)
 
+    @property
+    def key(self) -> DecisionKey:
+        """``(scope, value, scenario)``: what identifies a community decision."""
+        return (self.scope, self.value, self.scenario)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (persistence)."""
         out = asdict(self)
@@ -200,9 +234,12 @@ class EmulatorState:
         self.machines: dict[str, MachineRecord] = {}
         self.signals: list[dict[str, Any]] = []
         self.signal_uuids: dict[str, set[str]] = defaultdict(set)
-        self.decisions: dict[tuple[str, str], CommunityDecision] = {}
-        self.tombstones: dict[tuple[str, str], dict[str, Any]] = {}
-        self._heap: list[tuple[float, int, tuple[str, str]]] = []
+        # Community decisions and their tombstones are keyed (scope, value, scenario): one value can carry the
+        # decisions of several scenarios, as on the real CAPI. Insertion order is version order (deltas rely on it).
+        self.decisions: dict[DecisionKey, CommunityDecision] = {}
+        self.tombstones: dict[DecisionKey, dict[str, Any]] = {}
+        self._live: dict[tuple[str, str], set[str]] = {}  # (scope, value) -> scenarios of its live decisions
+        self._heap: list[tuple[float, int, DecisionKey]] = []
         self.version = 0
         self._next_id = 1
         self.blocklists: dict[str, dict[str, Any]] = {}
@@ -245,11 +282,11 @@ class EmulatorState:
         rows = sorted(self._store.rows("decisions"), key=lambda d: d["version"])
         for body in rows:
             d = CommunityDecision(**body)
-            self.decisions[(d.scope, d.value)] = d
-            heapq.heappush(self._heap, (d.expires_at, d.id, (d.scope, d.value)))
+            self._put(d)
+            heapq.heappush(self._heap, (d.expires_at, d.id, d.key))
             self._next_id = max(self._next_id, d.id + 1)
         for body in sorted(self._store.rows("tombstones"), key=lambda t: t["version"]):
-            self.tombstones[(body["scope"], body["value"])] = body
+            self.tombstones[(body["scope"], body["value"], body["scenario"])] = body
         for body in self._store.lists("blocklist"):
             self.blocklists[body["id"]] = body
         for body in self._store.lists("allowlist"):
@@ -540,21 +577,40 @@ class EmulatorState:
                 self._next_id, s.uuid, s.value, s.scope, s.scenario, now + s.remaining, now, self.version
             )
             self._next_id += 1
-            self.decisions.pop((s.scope, s.value), None)
-            self.decisions[(s.scope, s.value)] = d
+            self._put(d)
         self._heap = [(d.expires_at, d.id, key) for key, d in self.decisions.items()]
         heapq.heapify(self._heap)
         if self._store is not None:
             self._store.save_decisions([d.to_dict() for d in self.decisions.values()], [], [], self.version)
 
-    def add_decisions(self, items: Iterable[dict[str, Any]], now: float | None = None) -> list[CommunityDecision]:
+    def _put(self, d: CommunityDecision) -> bool:
+        """Insert ``d`` (last in version order), replacing a decision with the same key; True if it replaced one."""
+        key = d.key
+        replaced = self.decisions.pop(key, None) is not None
+        self.decisions[key] = d
+        self._live.setdefault((d.scope, d.value), set()).add(d.scenario)
+        return replaced
+
+    def _is_live(self, scope: str, value: str, only: set[str] | None = None) -> bool:
+        """Whether ``value`` still has a live decision (among the scenarios in ``only``, when given)."""
+        scenarios = self._live.get((scope, value))
+        if not scenarios:
+            return False
+        return only is None or not scenarios.isdisjoint(only)
+
+    def add_decisions(
+        self, items: Iterable[dict[str, Any]], now: float | None = None
+    ) -> tuple[list[CommunityDecision], int]:
         """Add or replace community decisions: ``{value, scope?, scenario?, duration (Go string or seconds), uuid?}``.
 
+        A decision is identified by ``(scope, value, scenario)``: decisions of other scenarios on the same value are
+        kept; one with the same scenario is replaced (its duration restarts). Within one call, a later item with
+        the same key wins. Returns ``(decisions put in force, how many of them replaced a live one)``.
         Raises ``ApiError(400)`` naming the first bad item; nothing is applied then.
         """
         with self.lock:
             now = self.clock() if now is None else now
-            prepared: list[tuple[str, str, str, float, str | None]] = []
+            prepared: dict[DecisionKey, tuple[float, str | None]] = {}
             for i, item in enumerate(items):
                 if not isinstance(item, dict):
                     raise ApiError(400, f"decisions[{i}] must be an object")
@@ -565,35 +621,29 @@ class EmulatorState:
                 scenario = item.get("scenario") or "crowdsecurity/community-blocklist"
                 if not isinstance(scenario, str):
                     raise ApiError(400, f"decisions[{i}].scenario must be a string")
-                duration = item.get("duration", 86400.0)
-                try:
-                    seconds = parse_go_duration(duration) if isinstance(duration, str) else float(duration)
-                except (TypeError, ValueError):
-                    raise ApiError(
-                        400, f"decisions[{i}].duration: {duration!r} is not a Go duration like 24h"
-                    ) from None
-                if seconds <= 0:
-                    raise ApiError(400, f"decisions[{i}].duration must be positive")
+                seconds = decision_seconds(item.get("duration", 86400.0), f"decisions[{i}].duration")
                 u = item.get("uuid")
-                prepared.append((value, scope, scenario, seconds, u if isinstance(u, str) else None))
+                key = (scope, value, scenario)
+                prepared.pop(key, None)  # a later item with the same key wins
+                prepared[key] = (seconds, u if isinstance(u, str) else None)
             self.version += 1
             added: list[CommunityDecision] = []
-            for value, scope, scenario, seconds, u in prepared:
-                key = (scope, value)
-                self.decisions.pop(key, None)
+            replaced = 0
+            for (scope, value, scenario), (seconds, u) in prepared.items():
+                key = (scope, value, scenario)
                 self.tombstones.pop(key, None)
                 d = CommunityDecision(
                     self._next_id, u or str(uuid_mod.uuid4()), value, scope, scenario, now + seconds, now, self.version
                 )
                 self._next_id += 1
-                self.decisions[key] = d
+                replaced += self._put(d)
                 heapq.heappush(self._heap, (d.expires_at, d.id, key))
                 added.append(d)
             if self._store is not None:
                 self._store.save_decisions([d.to_dict() for d in added], [], [], self.version)
-            return added
+            return added, replaced
 
-    def _tombstone(self, keys: list[tuple[str, str]], expire: bool) -> int:
+    def _tombstone(self, keys: list[DecisionKey], expire: bool) -> int:
         self.version += 1
         stones = []
         now = self.clock()
@@ -601,6 +651,11 @@ class EmulatorState:
             d = self.decisions.pop(key, None)
             if d is None:
                 continue
+            scenarios = self._live.get((d.scope, d.value))
+            if scenarios is not None:
+                scenarios.discard(d.scenario)
+                if not scenarios:
+                    del self._live[(d.scope, d.value)]
             stone = {
                 "scope": d.scope,
                 "value": d.value,
@@ -618,8 +673,9 @@ class EmulatorState:
             self._store.save_decisions([], stones, [], self.version)
         return len(stones)
 
-    def remove_decisions(self, values: Iterable[str], *, expire: bool = False) -> int:
-        """Delete (or mark expired) the community decisions on these values; returns how many existed."""
+    def remove_decisions(self, values: Iterable[str], *, expire: bool = False, scenario: str | None = None) -> int:
+        """Delete (or mark expired) the community decisions on these values (only ``scenario``'s, when given);
+        returns how many decisions existed."""
         with self.lock:
             wanted = set()
             for v in values:
@@ -627,14 +683,14 @@ class EmulatorState:
                     wanted.add(normalise_value(v)[0])
                 except (ValueError, TypeError):
                     wanted.add(str(v))
-            keys = [k for k in self.decisions if k[1] in wanted]
+            keys = [k for k in self.decisions if k[1] in wanted and (scenario is None or k[2] == scenario)]
             return self._tombstone(keys, expire)
 
     def expire_due(self) -> int:
         """Turn every decision whose time has come into a tombstone (cheap when nothing is due)."""
         with self.lock:
             now = self.clock()
-            due: list[tuple[str, str]] = []
+            due: list[DecisionKey] = []
             while self._heap and self._heap[0][0] <= now:
                 _, did, key = heapq.heappop(self._heap)
                 d = self.decisions.get(key)
@@ -722,11 +778,15 @@ class EmulatorState:
             if wanted is None or d.scenario in wanted:
                 new.append(d)
         new.reverse()
+        # `deleted` removes every CAPI decision on a value (protocol notes §6.2): a value is only reported once none
+        # of its decisions this machine is served remains, however many of them were removed.
         gone: list[dict[str, Any]] = []
         for stone in reversed(self.tombstones.values()):
             if stone["version"] <= since:
                 break
-            if wanted is None or stone["scenario"] in wanted:
+            if (wanted is None or stone["scenario"] in wanted) and not self._is_live(
+                stone["scope"], stone["value"], wanted
+            ):
                 gone.append(stone)
         gone.reverse()
         return new, gone
@@ -736,7 +796,7 @@ class EmulatorState:
             return
         pulled = [m.last_pull_version for m in self.machines.values() if m.last_pull_version is not None]
         floor = min(pulled) if pulled else self.version
-        drop: list[tuple[str, str]] = []
+        drop: list[DecisionKey] = []
         for key, stone in self.tombstones.items():  # ordered by version: stop at the first one still needed
             if stone["version"] > floor:
                 break
@@ -805,11 +865,11 @@ class EmulatorState:
                 assert m.last_pull_version is not None
                 new, gone = self._changes_since(m.last_pull_version, self._scenario_filter(m))
                 new_json = self._groups_json(new, now)
-                by_scope: dict[str, list[str]] = {}
+                by_scope: dict[str, dict[str, None]] = {}  # ordered sets: a value once, however many decisions left
                 for stone in gone:
-                    by_scope.setdefault(stone["scope"], []).append(stone["value"])
+                    by_scope.setdefault(stone["scope"], {})[stone["value"]] = None
                 deleted_json = json.dumps(
-                    [{"scope": scope, "decisions": values} for scope, values in by_scope.items()],
+                    [{"scope": scope, "decisions": list(values)} for scope, values in by_scope.items()],
                     separators=(",", ":"),
                 )
                 m.last_pull_version = self.version
@@ -901,11 +961,9 @@ class EmulatorState:
         for label, value in (("remediation", remediation), ("scope", scope)):
             if not isinstance(value, str) or not value:
                 raise ApiError(400, f"blocklist {label} must be a non-empty string")
-        try:
-            if not isinstance(duration, str) or parse_go_duration(duration) <= 0:
-                raise ValueError(duration)
-        except ValueError:
-            raise ApiError(400, f"blocklist duration {duration!r} is not a positive Go duration like 24h") from None
+        if not isinstance(duration, str):
+            raise ApiError(400, f"blocklist duration {duration!r} is not a positive Go duration like 24h")
+        decision_seconds(duration, "blocklist duration")
         if isinstance(content, str):
             content = content.splitlines()
         lines: list[str] = []
