@@ -467,3 +467,50 @@ def test_redis_pubsub_propagates_a_refresh_long_before_the_next_poll(redis_url: 
         reader.close()
         writer.close()
         r.close()
+
+
+def _forked_pubsub_reader(engine: RemediationEngine, channel: str, url: str, results: Any) -> None:
+    import redis
+
+    r = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while r.pubsub_numsub(channel)[0][1] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the child's sync thread subscribed on a connection of its own (parent's + child's)
+    results.put(r.pubsub_numsub(channel)[0][1])
+    r.close()
+    while time.monotonic() < deadline:
+        if engine.get_ip_remediation("1.2.3.4").remediation == "ban":
+            results.put("ban")
+            return
+        time.sleep(0.01)
+    results.put(None)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_worker_subscribes_on_its_own_connection(redis_url: str, redis_prefix: str) -> None:
+    """The parent's subscription is not read from the child: the child subscribes again and gets the commit."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    channel = redis_prefix + "events"
+    engine = RemediationEngine(None, redis_url, key_prefix=redis_prefix, sync_interval_ms=30_000)
+    deadline = time.monotonic() + 5
+    while r.pubsub_numsub(channel)[0][1] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the parent's sync thread is subscribed before the fork
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(target=_forked_pubsub_reader, args=(engine, channel, redis_url, results))
+    child.start()
+    try:
+        assert results.get(timeout=15) == 2
+        writer = RemediationEngine(FakeSource(), redis_url, key_prefix=redis_prefix, sync_interval_ms=0)
+        writer.client.streams.append(stream([decision("1.2.3.4")]))  # type: ignore[attr-defined]
+        writer.refresh_decisions()
+        assert results.get(timeout=15) == "ban"  # long before the 30 s poll: the notification reached the child
+        writer.close()
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.terminate()
+        engine.close()
+        r.close()
