@@ -482,3 +482,21 @@ def test_absurd_configured_durations_are_configuration_errors() -> None:
     for name in ("ban", "window"):
         with pytest.raises(ConfigurationError, match=name):
             LoginRateLimit(**{name: 1e308})
+
+
+# ---- over TCP: the audit's exact request against the real server --------------------------------------------------
+
+
+def test_audit_request_over_tcp_is_a_400_error_response(capi_spec: dict[str, Any], validate_against: Any) -> None:
+    from cscapi.emulator import EmbeddedEmulator
+
+    config = EmulatorConfig(community_size=0, admin_token=ADMIN, login_rate_limit=LoginRateLimit(enabled=False))
+    with EmbeddedEmulator(config) as emu, httpx.Client(base_url=emu.base_url, trust_env=False) as client:
+        body = "[" * 100_000 + "]" * 100_000
+        r = client.post("v3/watchers/login", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400
+        validate_against(capi_spec, "ErrorResponse", r.json())
+        assert "Traceback" not in r.text and "RecursionError" not in r.text
+        r = client.post("admin/decisions", content=body, headers={"Authorization": f"Bearer {ADMIN}"})
+        assert r.status_code == 400
+        assert emu.state.internal_errors == 0
