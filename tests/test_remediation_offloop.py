@@ -14,7 +14,7 @@ import pytest
 
 import cscapi.remediation.core as core
 import cscapi.remediation.stores.sqlite as sqlite_store
-from cscapi.remediation import AsyncRemediationEngine
+from cscapi.remediation import AsyncRemediationEngine, Remediation
 from cscapi.remediation._chunks import CHUNK
 from cscapi.remediation.state import (
     AllowlistState,
@@ -118,3 +118,26 @@ async def test_the_heavy_work_of_an_async_refresh_runs_off_the_loop_thread(
     }
     assert all(loop_thread not in threads for threads in seen.values()), seen
     await engine.aclose()
+
+
+def test_the_index_build_hands_the_gil_over_between_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cscapi.remediation._chunks as chunks
+    import cscapi.remediation.index as index
+
+    handed = [0]
+
+    def counting() -> None:
+        handed[0] += 1
+
+    monkeypatch.setattr(index, "yield_gil", counting)
+    monkeypatch.setattr(chunks, "yield_gil", counting)
+    state = big_state(3 * CHUNK)
+    others = tuple(f"11.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(2 * CHUNK))
+    extra = BlocklistState("z", "http://h/z", "captcha", "ip", 3600.0, others, 1.0, 2e9, None)
+    state = state.evolve(blocklists={**state.blocklists, "z": extra})
+    built = index.build_index(state, index.Policy(), "v", 1.6e9)
+    # before each of the 3 slices of the CAPI group, between the 2 of the new list (x clashes: merged one by one)
+    assert handed[0] >= 4
+    assert built.decisions == 3 * CHUNK * 2 + 2 * CHUNK + CHUNK + 3
+    assert built.lookup("11.0.0.1", 1.6e9) == Remediation("captcha", "lists:z")
+    assert built.lookup("10.0.0.1", 1.6e9) == Remediation("bypass", "allowlist:y")
