@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from cscapi.errors import InvalidIPError, ValidationError
 from cscapi.models import Signal, SignalDecision, Source
-from cscapi.signals import validate_scenarios, validate_signal, validate_signals
+from cscapi.signals import is_canonical, validate_scenarios, validate_signal, validate_signals
 from cscapi.utils import create_signal, generate_machine_id, generate_machine_id_from_key, generate_password
 
 MID = generate_machine_id_from_key("host-1", prefix="test")
@@ -259,3 +259,116 @@ def canonical(value: str) -> str:
     from cscapi.signals import canonical_ip
 
     return canonical_ip(value)
+
+
+# ---- the fast path of add_signals: canonical signals are checked, not rebuilt ------------------------------
+
+
+def test_created_signals_are_canonical_and_reused_as_they_are() -> None:
+    whisper = create_signal("192.0.2.1", "a/b", machine_id=MID, as_name="X", cn="FR", latitude=1.5, context={"k": 1})
+    ranged = create_signal("198.51.100.0/24", "a/b", machine_id=MID)
+    assert is_canonical(whisper) and is_canonical(ranged)
+    assert validate_signals([whisper, ranged], reuse=True)[0] is whisper
+    copies = validate_signals([whisper, ranged])
+    assert copies == [whisper, ranged] and copies[0] is not whisper  # without reuse: copies, as before
+    banned = create_signal("192.0.2.1", "a/b", machine_id=MID, decision_type="ban")
+    assert not is_canonical(banned)  # decision signals take the full path
+    assert validate_signals([banned], reuse=True)[0] == banned
+
+
+def _mutations() -> list[tuple[str, object]]:
+    return [
+        ("scenario", "nope"),
+        ("scenario", "a/" + "b" * 300),
+        ("machine_id", "x" * 47),
+        ("machine_id", None),
+        ("created_at", "2024-13-01T00:00:00.000000Z"),
+        ("created_at", "2024-01-01T00:00:00.000+00Z"),
+        ("created_at", "\uff12\uff10\uff12\uff14-01-01T00:00:00.000000Z"),  # full-width digits
+        ("start_at", "2024-02-30T00:00:00.000000Z"),
+        ("stop_at", "1999-01-01T00:00:00.000000Z"),  # before start_at
+        ("uuid", "not-a-uuid"),
+        ("message", 5),
+        ("message", "m" * 5000),
+        ("scenario_hash", None),
+        ("scenario_trust", ""),
+        ("kind", ""),
+        ("sent", True),
+        ("context", []),
+        ("context", [{"key": "", "value": "v"}]),
+        ("source.value", "not an ip"),
+        ("source.value", " 192.0.2.1"),
+        ("source.value", "2001:DB8::1"),
+        ("source.value", "::ffff:192.0.2.1"),
+        ("source.ip", None),
+        ("source.ip", "192.0.2.01"),
+        ("source.range", "10.0.0.0/8"),
+        ("source.scope", "IP"),
+        ("source.scope", None),
+        ("source.as_number", 64500),
+        ("source.as_name", "a" * 5000),
+        ("source.latitude", 91.0),
+        ("source.latitude", float("nan")),
+        ("source.longitude", 2),
+    ]
+
+
+@pytest.mark.parametrize(("name", "value"), _mutations())
+def test_a_changed_canonical_signal_is_validated_in_full(name: str, value: object) -> None:
+    signal = create_signal("192.0.2.1", "a/b", "2024-01-01T00:00:00.000000Z", MID, context={"k": "v"})
+    target: object = signal
+    if name.startswith("source."):
+        target, name = signal.source, name[len("source.") :]
+    setattr(target, name, value)
+    assert not is_canonical(signal)
+    try:
+        expected = validate_signal(signal)
+    except ValidationError as exc:
+        with pytest.raises(ValidationError) as info:
+            validate_signals([signal], reuse=True)
+        assert info.value.field == f"signals[0].{exc.field}"
+    else:
+        (got,) = validate_signals([signal], reuse=True)
+        assert got == expected and got is not signal
+
+
+_texts = st.one_of(st.none(), st.text(max_size=6), st.sampled_from(["", " ", "a" * 4097]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ip=_ips,
+    scope=st.sampled_from([None, "ip", "IP", "range", " ip"]),
+    ip_field=st.one_of(st.none(), _ips, st.just("")),
+    texts=st.tuples(_texts, _texts, _texts, _texts, _texts),
+    coordinate=st.one_of(st.none(), st.floats(allow_nan=True), st.integers(-200, 200)),
+    times=st.tuples(*[st.sampled_from([None, "", "2024-01-01T00:00:00.000000Z", "2024-01-01 00:00:00"])] * 3),
+)
+def test_the_fast_path_accepts_only_what_full_validation_leaves_unchanged(
+    ip: str,
+    scope: str | None,
+    ip_field: str | None,
+    texts: tuple[str | None, ...],
+    coordinate: float | None,
+    times: tuple[str | None, ...],
+) -> None:
+    source = Source(scope=scope, value=ip, ip=ip_field, as_number=texts[0], as_name=texts[1], latitude=coordinate)
+    signal = Signal(
+        scenario="a/b",
+        source=source,
+        machine_id=MID,
+        created_at=times[0],
+        start_at=times[1],
+        stop_at=times[2],
+        uuid=str(uuid.uuid4()),
+        message=texts[2] if texts[2] is not None else "m",
+        scenario_version=texts[3],
+        kind=texts[4],
+    )
+    if is_canonical(signal):
+        assert validate_signal(signal) == signal
+    try:
+        normalised = validate_signal(signal)
+    except ValidationError:
+        return
+    assert is_canonical(normalised) == (normalised.source is not None and normalised.source.scope in ("ip", "range"))

@@ -719,7 +719,7 @@ class Core:
     def add_signals(self, signals: Iterable[Signal]) -> Flow[int]:
         """Validate every signal, then queue them all in one storage call; returns how many were new."""
         originals = [signals] if isinstance(signals, Signal) else list(signals)
-        validated = validate_signals(originals)
+        validated = validate_signals(originals, reuse=True)  # canonical signals are checked, not copied
         if not validated:
             return 0
         count: int = yield from self._store(self.storage.add_signals, validated)

@@ -5,6 +5,7 @@ Pure functions shared by ``cscapi.utils`` (generators), ``cscapi._core`` (login 
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import string
@@ -18,6 +19,7 @@ __all__ = [
     "MACHINE_ID_LENGTH",
     "MAX_PREFIX_LENGTH",
     "PASSWORD_LENGTH",
+    "is_valid_machine_id",
     "random_machine_id",
     "random_password",
     "scenario_set",
@@ -49,9 +51,15 @@ def validate_machine_id_prefix(prefix: str, field: str = "prefix") -> str:
     return prefix
 
 
+@functools.lru_cache(maxsize=1024)
+def is_valid_machine_id(machine_id: str) -> bool:
+    """True for exactly 48 ASCII letters or digits (cached: a process sees few machine ids)."""
+    return _MACHINE_ID.fullmatch(machine_id) is not None
+
+
 def validate_machine_id(machine_id: object, field: str = "machine_id") -> str:
     """Check a machine id: exactly 48 letters or digits, as CAPI's login requires."""
-    if not isinstance(machine_id, str) or _MACHINE_ID.fullmatch(machine_id) is None:
+    if not isinstance(machine_id, str) or not is_valid_machine_id(machine_id):
         shown = machine_id if isinstance(machine_id, str) and len(machine_id) <= 80 else type(machine_id).__name__
         raise ValidationError(
             f"Invalid machine id {shown!r}: it must be exactly {MACHINE_ID_LENGTH} letters or digits.",

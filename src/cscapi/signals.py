@@ -14,11 +14,11 @@ import re
 import uuid as uuidlib
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 from cscapi.errors import InvalidIPError, ValidationError
 from cscapi.iputil import canonical_address, canonical_range
-from cscapi.machines import validate_machine_id
+from cscapi.machines import is_valid_machine_id, validate_machine_id
 from cscapi.models import Context, Signal, SignalDecision, Source
 from cscapi.timeutil import format_go_duration, format_rfc3339, parse_go_duration, parse_timestamp, utcnow
 
@@ -27,6 +27,7 @@ __all__ = [
     "canonical_ip",
     "canonical_network",
     "create_signal",
+    "is_canonical",
     "validate_scenario",
     "validate_scenarios",
     "validate_signal",
@@ -38,13 +39,18 @@ SCENARIO_PATTERN = re.compile(r"[A-Za-z0-9_-]+/[A-Za-z0-9_-]+")
 
 _MAX_TEXT = 4096
 # Fast paths for values already in canonical form (what create_signal produces): checked, not re-rendered.
-_CANONICAL_TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+_CANONICAL_TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z", re.ASCII)
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _good_scenario(name: str) -> bool:
+    return len(name) <= 255 and SCENARIO_PATTERN.fullmatch(name) is not None
 
 
 def validate_scenario(name: object, field: str = "scenario") -> str:
     """Check a scenario name (``owner/name`` of letters, digits, ``_`` and ``-``)."""
-    if not isinstance(name, str) or len(name) > 255 or SCENARIO_PATTERN.fullmatch(name) is None:
+    if not isinstance(name, str) or not _good_scenario(name):
         raise ValidationError(
             f"Invalid scenario name {name!r}: expected 'owner/name' such as 'crowdsecurity/ssh-bf' "
             "(letters, digits, '_' and '-').",
@@ -90,6 +96,14 @@ def canonical_ip(value: object, field: str = "source.value") -> str:
     return text
 
 
+@functools.lru_cache(maxsize=4096)
+def _canonical_range_text(value: str) -> str | None:
+    try:
+        return canonical_range(value.strip())
+    except ValueError:
+        return None
+
+
 def canonical_network(value: object, field: str = "source.value") -> str:
     """The canonical text of a CIDR range (host bits cleared: ``10.0.0.7/8`` becomes ``10.0.0.0/8``)."""
     if not isinstance(value, str) or "/" not in value:
@@ -98,24 +112,31 @@ def canonical_network(value: object, field: str = "source.value") -> str:
             field=field,
             hint="Pass a range in CIDR notation, or use scope 'ip' for a single address.",
         )
-    try:
-        return canonical_range(value.strip())
-    except ValueError:
+    text = _canonical_range_text(value)
+    if text is None:
         raise InvalidIPError(
             f"Invalid IP range {value[:100]!r}.",
             field=field,
             hint="Pass a range in CIDR notation such as 192.0.2.0/24 or 2001:db8::/32.",
-        ) from None
+        )
+    return text
+
+
+@functools.lru_cache(maxsize=8192)
+def _is_canonical_timestamp(value: str) -> bool:
+    """True for ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` naming a real date and time (month 13 is refused)."""
+    if len(value) != 27 or _CANONICAL_TS.fullmatch(value) is None:
+        return False
+    try:
+        datetime.fromisoformat(value[:-1])
+    except ValueError:
+        return False
+    return True
 
 
 def _timestamp(value: object, field: str) -> str:
-    if isinstance(value, str) and _CANONICAL_TS.fullmatch(value):
-        try:
-            datetime.fromisoformat(value[:-1])  # a real date and time (month 13 is refused)
-        except ValueError:
-            pass  # fall through for the full error message
-        else:
-            return value
+    if isinstance(value, str) and _is_canonical_timestamp(value):
+        return value
     try:
         return format_rfc3339(parse_timestamp(value))  # type: ignore[arg-type]
     except ValueError as exc:
@@ -338,13 +359,111 @@ def validate_signal(signal: Signal | Mapping[str, Any], *, now: datetime | None 
     )
 
 
-def validate_signals(signals: Iterable[Signal | Mapping[str, Any]]) -> list[Signal]:
-    """Validate every signal first; a :class:`ValidationError` names the signal's index and the bad field."""
+def _short_text(value: object) -> bool:
+    return type(value) is str and len(value) <= _MAX_TEXT
+
+
+def _optional_text(value: object) -> bool:
+    """None, or a non-empty string short enough (what ``_text(...) or None`` leaves unchanged)."""
+    return value is None or (type(value) is str and 0 < len(value) <= _MAX_TEXT)
+
+
+def _canonical_coordinate(value: object, bound: float) -> bool:
+    return value is None or (type(value) is float and math.isfinite(value) and abs(value) <= bound)
+
+
+def _canonical_source(source: object) -> bool:
+    """True when ``_source`` would return an equal Source: a canonical ip (or range) scope and clean optional fields."""
+    if type(source) is not Source:
+        return False
+    value = source.value
+    if type(value) is not str:
+        return False
+    if source.scope == "ip":
+        if source.range is not None or _canonical_ip_text(value) != value:
+            return False
+        ip = source.ip  # validation fills a missing ip in with the value, and canonicalises a given one
+        if type(ip) is not str or (ip != value and _canonical_ip_text(ip) != ip):
+            return False
+    elif source.scope == "range":
+        if source.ip is not None or "/" not in value or _canonical_range_text(value) != value:
+            return False
+        if source.range != value:
+            return False
+    else:
+        return False
+    return (
+        (source.as_number is None or (type(source.as_number) is str and source.as_number != ""))
+        and _optional_text(source.as_name)
+        and _optional_text(source.cn)
+        and _canonical_coordinate(source.latitude, 90.0)
+        and _canonical_coordinate(source.longitude, 180.0)
+    )
+
+
+def _canonical_context(context: object) -> bool:
+    if context is None:
+        return True
+    if type(context) is not list or not context:
+        return False
+    for item in context:
+        if type(item) is not Context or type(item.key) is not str or not item.key or not _short_text(item.value):
+            return False
+    return True
+
+
+def is_canonical(signal: object) -> TypeGuard[Signal]:
+    """True when ``validate_signal(signal)`` would return a signal equal to ``signal`` (checked, not rebuilt).
+
+    The fast path of :func:`validate_signals` for what ``create_signal`` produced: every field is checked with the
+    same rules as the full validation (cached for scenario names, machine ids, IPs and timestamps), but no object
+    is built. Decision signals and anything not already in canonical form go through the full validation.
+    """
+    if type(signal) is not Signal or signal.sent is not False or signal.decisions is not None:
+        return False
+    created_at, start_at, stop_at = signal.created_at, signal.start_at, signal.stop_at
+    scenario, machine_id, uuid = signal.scenario, signal.machine_id, signal.uuid
+    return (
+        type(scenario) is str
+        and _good_scenario(scenario)
+        and type(machine_id) is str
+        and is_valid_machine_id(machine_id)
+        and type(created_at) is str
+        and _is_canonical_timestamp(created_at)
+        and type(start_at) is str
+        and _is_canonical_timestamp(start_at)
+        and type(stop_at) is str
+        and _is_canonical_timestamp(stop_at)
+        and stop_at >= start_at
+        and type(uuid) is str
+        and _CANONICAL_UUID.fullmatch(uuid) is not None
+        and _optional_text(signal.message)
+        and signal.message is not None
+        and _short_text(signal.scenario_hash)
+        and _short_text(signal.scenario_version)
+        and _optional_text(signal.scenario_trust)
+        and signal.scenario_trust is not None
+        and _optional_text(signal.kind)
+        and _canonical_source(signal.source)
+        and _canonical_context(signal.context)
+    )
+
+
+def validate_signals(signals: Iterable[Signal | Mapping[str, Any]], *, reuse: bool = False) -> list[Signal]:
+    """Validate every signal first; a :class:`ValidationError` names the signal's index and the bad field.
+
+    With ``reuse=True`` a signal already in canonical form (see :func:`is_canonical`, e.g. straight from
+    ``create_signal``) is returned itself instead of a copy: what ``add_signals`` does, since it hands the list to the
+    storage at once. The others are normalised copies, as always.
+    """
     if isinstance(signals, (Signal, Mapping)):
         signals = [signals]
     now = utcnow()
-    result = []
+    result: list[Signal] = []
     for index, signal in enumerate(signals):
+        if reuse and is_canonical(signal):
+            result.append(signal)
+            continue
         try:
             result.append(validate_signal(signal, now=now))
         except ValidationError as exc:
