@@ -158,3 +158,15 @@ def test_a_query_string_password_never_reaches_the_start_warning(caplog: pytest.
     assert "could not load the decisions" in caplog.text
     assert SECRET not in caplog.text and SECRET not in repr(engine)
     engine.close()
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [f"redis://:{SECRET}@127.0.0.1:notaport/0", f"redis://127.0.0.1:6379/0?password={SECRET}&socket_timeout=abc"],
+)
+def test_a_bad_redis_uri_is_a_configuration_error_without_the_password(uri: str) -> None:
+    from cscapi.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as info:
+        RemediationEngine(None, uri)
+    assert SECRET not in str(info.value) and SECRET not in repr(info.value)
