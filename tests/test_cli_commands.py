@@ -258,6 +258,7 @@ def test_push_to_unreachable_capi_keeps_signals_queued(capi_env: CliEnv) -> None
     result = capi_env.invoke(["signals", "push"], env=env)
     line = assert_user_error(result, 1, "were not sent", "connect error", "stay queued")
     assert "127.0.0.1" in line
+    assert "✓" not in result.output and "✗ machine" in result.stdout  # a failed push is never shown as a success
     assert [r["state"] for r in ok(capi_env.invoke(["signals", "list", "--json"]))] == ["queued"]
 
 
@@ -351,6 +352,15 @@ def test_decisions_check_invalid_ip_prints_no_answer(capi_env: CliEnv) -> None:
 
 
 def test_decisions_with_empty_cache_warns(capi_env: CliEnv) -> None:
+    from cscapi.remediation.stores import open_store
+
+    # no decision store file yet: said so (exit 2), and nothing is created
+    missing = capi_env.invoke(["decisions", "check", "203.0.113.1", "--json"])
+    assert_user_error(missing, 2, "decisions.db", "does not exist", "cscapi decisions refresh")
+    assert not capi_env.data_dir.exists()
+    # a store that exists but was never refreshed: answers, with a warning
+    capi_env.data_dir.mkdir(parents=True)
+    open_store(f"sqlite:///{capi_env.data_dir / 'decisions.db'}").close()
     result = capi_env.invoke(["decisions", "check", "203.0.113.1", "--json"])
     assert ok(result)[0]["origin"] == "clean"
     assert "decisions refresh" in result.stderr

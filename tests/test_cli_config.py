@@ -9,7 +9,7 @@ import pytest
 import tomllib
 
 import test_cli_support as support
-from cscapi.config import MIN_REFRESH_INTERVAL, load_settings, mask_uri, render_config_file
+from cscapi.config import MIN_REFRESH_INTERVAL, load_settings, render_config_file
 from test_cli_support import CliEnv, assert_user_error
 
 cli_env = support.cli_env
@@ -111,7 +111,7 @@ def test_secrets_are_masked_everywhere(cli_env: CliEnv) -> None:
         for secret in ("hunter2secret", "redispassword9", "attachmentkey-0123456789", "proxypass77"):
             assert secret not in output
     settings = json.loads(result_json.stdout)["settings"]
-    assert settings["storage"]["value"] == "postgresql+psycopg://alice:****@db.internal/cscapi"
+    assert settings["storage"]["value"] == "postgresql+psycopg://alice:***@db.internal/cscapi"
     assert settings["enroll_key"]["value"] == "****89"
     assert "alice" in result.output  # the user name stays, only the password goes
 
@@ -180,11 +180,12 @@ def test_load_settings_library_api(tmp_path) -> None:
     assert settings.refresh_interval - settings.refresh_jitter >= MIN_REFRESH_INTERVAL
 
 
-def test_mask_uri_keeps_everything_but_the_password() -> None:
-    assert mask_uri("mysql+pymysql://root:pw@127.0.0.1:3306/db?charset=utf8") == (
-        "mysql+pymysql://root:****@127.0.0.1:3306/db?charset=utf8"
-    )
-    assert mask_uri("sqlite:////var/lib/x.db") == "sqlite:////var/lib/x.db"
+def test_uris_keep_everything_but_the_password(cli_env: CliEnv) -> None:
+    env = {"CSCAPI_STORAGE": "mysql+pymysql://root:pw@127.0.0.1:3306/db?charset=utf8"}
+    settings = show(cli_env, extra_env=env)["settings"]
+    assert settings["storage"]["value"] == "mysql+pymysql://root:***@127.0.0.1:3306/db?charset=utf8"
+    settings = show(cli_env, extra_env={"CSCAPI_STORAGE": "sqlite:////var/lib/x.db"})["settings"]
+    assert settings["storage"]["value"] == "sqlite:////var/lib/x.db"
 
 
 def test_env_aliases_of_other_components(cli_env: CliEnv) -> None:

@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from cscapi.errors import ConfigurationError
+from cscapi.redact import mask_url
 
 __all__ = [
     "CAPI_DEV_URL",
@@ -31,7 +32,6 @@ __all__ = [
     "default_data_dir",
     "load_settings",
     "mask_secret",
-    "mask_uri",
     "render_config_file",
     "resolve_target",
     "validate_scenario",
@@ -105,7 +105,7 @@ def _check_url(value: str, name: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
-            f"invalid {name} {value!r}",
+            f"invalid {name} {mask_url(value)!r}",
             hint="Use emulator, dev, prod, or an http(s):// URL of a CAPI root such as http://127.0.0.1:8081/.",
         )
     return value if value.endswith("/") else value + "/"
@@ -236,7 +236,7 @@ def _check_machine_id(value: str) -> str:
 def _check_storage(value: str) -> str:
     if value and "://" not in value:
         raise ConfigurationError(
-            f"invalid storage URI {mask_uri(value)!r}",
+            f"invalid storage URI {mask_url(value)!r}",
             hint="Use a SQLAlchemy URL such as sqlite:////var/lib/cscapi/cscapi.db or postgresql+psycopg://user@host/db.",
         )
     return value
@@ -246,7 +246,7 @@ def _check_store(value: str) -> str:
     scheme = value.split("://", 1)[0].lower() if "://" in value else ""
     if scheme not in ("memory", "sqlite", "redis", "rediss", "unix"):
         raise ConfigurationError(
-            f"invalid decision store URI {mask_uri(value)!r}",
+            f"invalid decision store URI {mask_url(value)!r}",
             hint="Use memory://, sqlite:////path/decisions.db or redis://host:6379/0.",
         )
     return value
@@ -274,6 +274,7 @@ SETTINGS: tuple[Setting, ...] = (
         "str",
         "emulator",
         "Which CAPI to talk to: emulator (a local `cscapi emulator`), dev, prod, or the URL of a CAPI root.",
+        uri=True,
         check=_check_target,
     ),
     Setting(
@@ -282,6 +283,7 @@ SETTINGS: tuple[Setting, ...] = (
         "str",
         DEFAULT_EMULATOR_URL,
         'Where `target = "emulator"` points: the URL `cscapi emulator` listens on.',
+        uri=True,
         check=lambda v: _check_url(v, "emulator_url"),
     ),
     Setting(
@@ -421,30 +423,15 @@ def mask_secret(value: str) -> str:
     return "****" + value[-2:] if len(value) >= 12 else "****"
 
 
-def mask_uri(value: str) -> str:
-    """Hide the password of a URI (``postgresql://user:secret@host/db`` -> ``postgresql://user:****@host/db``)."""
-    if "://" not in value:
-        return value
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return value
-    if parts.password is None:
-        return value
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = netloc[0]
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit((parts.scheme, f"{user}:****@{netloc[1]}", parts.path, parts.query, parts.fragment))
-
-
 # ---- effective settings -------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(repr=False)
 class Settings:
     """The effective settings: ``values[name]`` and ``sources[name]`` (``file PATH``, ``env VAR``, ``flag``).
 
     Attribute access reads a value: ``settings.target``. ``config_path`` is the file that was read (or would be).
+    ``repr()`` and ``str()`` show every value as ``config show`` does: secrets and URL passwords masked.
     """
 
     values: dict[str, Any]
@@ -459,6 +446,15 @@ class Settings:
             return self.__dict__["values"][name]
         except KeyError:
             raise AttributeError(name) from None
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{spec.name}={self.display(spec.name)!r}" for spec in SETTINGS)
+        return f"Settings({shown}, config_path={str(self.config_path)!r})"
+
+    @property
+    def display_base_url(self) -> str:
+        """The CAPI root URL as printed: a password in it (or in its query string) masked."""
+        return mask_url(self.base_url)
 
     def source(self, name: str) -> str:
         """Where the value of ``name`` came from."""
@@ -512,7 +508,7 @@ class Settings:
             return f"{value:g}"
         text = str(value)
         if spec.uri:
-            text = mask_uri(text)
+            text = mask_url(text)
         if spec.secret and not spec.uri:
             text = mask_secret(text)
         return text
@@ -527,7 +523,7 @@ class Settings:
             elif spec.name == "decision_store":
                 value = self.decision_store_uri
             if mask and (spec.secret or spec.uri) and isinstance(value, str) and value:
-                value = mask_uri(value) if spec.uri else mask_secret(value)
+                value = mask_url(value) if spec.uri else mask_secret(value)
             out[spec.name] = {"value": value, "source": self.sources[spec.name]}
         return out
 

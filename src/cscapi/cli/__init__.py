@@ -22,7 +22,7 @@ __all__ = ["cli", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("cscapi.cli.cmd_init:init", "Write a commented config file (TOML)."),
     "config": ("cscapi.cli.cmd_config:config", "Show the effective configuration and where each value came from."),
-    "machines": ("cscapi.cli.cmd_machines:machines", "Register, list, inspect and enroll machines."),
+    "machines": ("cscapi.cli.cmd_machines:machines", "Register, list, inspect, enroll machines; clear a login ban."),
     "signals": ("cscapi.cli.cmd_signals:signals", "Queue, push, list and prune signals."),
     "decisions": ("cscapi.cli.cmd_decisions:decisions", "Refresh the decisions cache, check IPs, show stats."),
     "run": ("cscapi.cli.cmd_run:run", "Run the agent: push signals, refresh decisions, push metrics."),

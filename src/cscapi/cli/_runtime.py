@@ -23,29 +23,50 @@ if TYPE_CHECKING:
 FALLBACK_SCENARIOS = ("crowdsecurity/ssh-bf",)
 
 
-def _sqlite_parent(uri: str) -> Path | None:
+def _sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///path`` URI (None for other back ends and in-memory databases)."""
     if not uri.startswith("sqlite") or "///" not in uri:
         return None
     path = uri.split("///", 1)[1].split("?", 1)[0]
     if not path or path == ":memory:":
         return None
-    return Path(path).parent
+    return Path(path)
 
 
-def open_storage(settings: Settings) -> SQLStorage:
-    """The signal storage; the directory of a SQLite file is created (mode 0700) when missing."""
+def _require_file(path: Path | None, what: str, hint: str) -> None:
+    """A read-only command on a SQLite file that does not exist: say so instead of creating it."""
+    if path is not None and not path.is_file():
+        raise ConfigurationError(f"the {what} {path} does not exist", hint=hint)
+
+
+def _make_parent(path: Path | None, what: str, setting: str) -> None:
+    if path is None or path.parent.exists():
+        return
+    try:
+        path.parent.mkdir(parents=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot create the directory of the {what} {path.parent}: {exc.strerror}",
+            hint=f"Set {setting} to a writable location.",
+        ) from None
+
+
+def open_storage(settings: Settings, *, create: bool = True) -> SQLStorage:
+    """The signal storage. ``create``: make a missing SQLite file's directory (mode 0700); else a missing SQLite file
+    is a ``ConfigurationError`` (read-only commands never create files)."""
     from cscapi.sql_storage import SQLStorage
 
     uri = settings.storage_uri
-    parent = _sqlite_parent(uri)
-    if parent is not None and not parent.exists():
-        try:
-            parent.mkdir(parents=True, mode=0o700)
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot create the storage directory {parent}: {exc.strerror}",
-                hint="Set storage (--storage, CSCAPI_STORAGE) to a writable location.",
-            ) from None
+    path = _sqlite_path(uri)
+    if create:
+        _make_parent(path, "signal storage", "storage (--storage, CSCAPI_STORAGE)")
+    else:
+        _require_file(
+            path,
+            "signal storage",
+            "Check storage (--storage, CSCAPI_STORAGE); to start afresh run `cscapi init` then "
+            "`cscapi machines register`.",
+        )
     return SQLStorage(uri)
 
 
@@ -110,21 +131,37 @@ def require_machine_id(settings: Settings, storage: Any) -> str:
     return machine_id
 
 
-def open_engine(settings: Settings, client: Any, machine_id: str | None) -> Any:
-    """The remediation engine on the configured decision store."""
+def open_engine(
+    settings: Settings, client: Any, machine_id: str | None, *, create: bool = True, strict: bool = True
+) -> Any:
+    """The remediation engine on the configured decision store.
+
+    ``create``: make a missing SQLite file's directory; else a missing SQLite file is a ``ConfigurationError``.
+    ``strict``: a store that cannot be read raises ``DecisionStoreError`` (exit 6) instead of serving no decisions,
+    which would answer every IP "bypass/clean".
+    """
     from cscapi.remediation import RemediationEngine
 
     uri = settings.decision_store_uri
-    parent = _sqlite_parent(uri)
-    if parent is not None and not parent.exists():
-        parent.mkdir(parents=True, mode=0o700)
-    return RemediationEngine(client, store=uri, machine_id=machine_id, key_prefix=settings.decision_key_prefix)
+    path = _sqlite_path(uri)
+    if create:
+        _make_parent(path, "decision store", "decision_store (--decision-store, CSCAPI_DECISION_STORE)")
+    else:
+        _require_file(
+            path,
+            "decision store",
+            "Check decision_store (--decision-store, CSCAPI_DECISION_STORE); to fill it run `cscapi decisions refresh` "
+            "(after `cscapi init` and `cscapi machines register`).",
+        )
+    return RemediationEngine(
+        client, store=uri, machine_id=machine_id, key_prefix=settings.decision_key_prefix, strict=strict
+    )
 
 
 @contextlib.contextmanager
-def session(settings: Settings, **overrides: Any) -> Iterator[tuple[Any, CAPIClient]]:
-    """Open the storage and a client on it; close both afterwards."""
-    storage = open_storage(settings)
+def session(settings: Settings, *, create: bool = True, **overrides: Any) -> Iterator[tuple[Any, CAPIClient]]:
+    """Open the storage (see :func:`open_storage` for ``create``) and a client on it; close both afterwards."""
+    storage = open_storage(settings, create=create)
     try:
         client = open_client(settings, storage, **overrides)
         try:

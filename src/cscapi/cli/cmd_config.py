@@ -34,7 +34,7 @@ def show(app: AppContext) -> None:
             {
                 "config_file": str(settings.config_path),
                 "config_file_found": settings.config_found,
-                "capi_url": settings.base_url,
+                "capi_url": settings.display_base_url,
                 "settings": settings.as_dict(),
                 "warnings": settings.warnings,
                 "storage_encryption": encryption,
@@ -43,7 +43,7 @@ def show(app: AppContext) -> None:
         return
     found = "" if settings.config_found else " (not found: defaults apply; `cscapi init` creates it)"
     app.out.print(f"config file: {esc(settings.config_path)}{found}")
-    app.out.print(f"CAPI URL:    {esc(settings.base_url)}")
+    app.out.print(f"CAPI URL:    {esc(settings.display_base_url)}")
     app.out.print(f"secrets at rest in the storage: encryption {encryption}")
     rows = [(s.section, s.name, settings.display(s.name), settings.source(s.name)) for s in SETTINGS]
     app.out.table(["section", "setting", "value", "source"], rows)

@@ -19,27 +19,58 @@ def decisions() -> None:
 
 
 @contextlib.contextmanager
-def _engine(app: AppContext, *, need_machine: bool) -> Iterator[tuple[Any, Any, Any]]:
-    """(settings, client, engine) on the configured decision store, all closed afterwards."""
-    from cscapi.cli._runtime import open_engine, require_machine_id, session, stored_machine_id
-    from cscapi.errors import ConfigurationError
+def _engine(app: AppContext) -> Iterator[tuple[Any, Any, Any]]:
+    """(settings, client, engine) for a refresh: the storage, a client on it, the engine on the decision store."""
+    from cscapi.cli._runtime import open_engine, require_machine_id, session
 
     settings = app.settings()
-    if settings.decision_store_uri.startswith("memory:"):
-        raise ConfigurationError(
-            "the decision store memory:// lives inside one process, so the CLI cannot keep or read decisions in it",
-            hint="Use sqlite:///path/decisions.db or redis://host:6379/0 (decision_store, CSCAPI_DECISION_STORE).",
-        )
-    if need_machine:
-        settings.require_scenarios()
+    _refuse_memory(settings)
+    settings.require_scenarios()
     with session(settings) as (storage, client):
-        machine_id = require_machine_id(settings, storage) if need_machine else stored_machine_id(settings, storage)
+        machine_id = require_machine_id(settings, storage)
         source = _ProgressSource(client)
         engine = open_engine(settings, source, machine_id)
         try:
             yield settings, source, engine
         finally:
             engine.close()
+
+
+@contextlib.contextmanager
+def _reader(app: AppContext) -> Iterator[tuple[Any, Any]]:
+    """(settings, engine) for lookups only: no client, no signal storage, nothing created.
+
+    A missing SQLite decision store is a usage error (exit 2); one that cannot be read (Redis down, corrupt file) a
+    ``DecisionStoreError`` (exit 6): never "bypass/clean" answers from a store that was not read.
+    """
+    from cscapi.cli._runtime import open_engine
+    from cscapi.errors import DecisionStoreError
+
+    settings = app.settings()
+    _refuse_memory(settings)
+    hint = "Check that the decision store is reachable (decision_store, --decision-store, CSCAPI_DECISION_STORE)."
+    try:
+        engine = open_engine(settings, None, None, create=False, strict=True)
+    except DecisionStoreError as exc:
+        raise DecisionStoreError(exc.message, hint=hint) from None
+    try:
+        try:
+            engine.require_ready()
+        except DecisionStoreError as exc:
+            raise DecisionStoreError(exc.message, hint=hint) from None
+        yield settings, engine
+    finally:
+        engine.close()
+
+
+def _refuse_memory(settings: Any) -> None:
+    from cscapi.errors import ConfigurationError
+
+    if settings.decision_store_uri.startswith("memory:"):
+        raise ConfigurationError(
+            "the decision store memory:// lives inside one process, so the CLI cannot keep or read decisions in it",
+            hint="Use sqlite:///path/decisions.db or redis://host:6379/0 (decision_store, CSCAPI_DECISION_STORE).",
+        )
 
 
 class _ProgressSource:
@@ -105,9 +136,9 @@ def refresh(app: AppContext, force: bool) -> None:
     """
     from cscapi.errors import RefreshTooSoonError
 
-    with _engine(app, need_machine=True) as (settings, source, engine):
+    with _engine(app) as (settings, source, engine):
         try:
-            with app.out.progress(f"pulling the decisions stream from {settings.base_url}", total=None) as bar:
+            with app.out.progress(f"pulling the decisions stream from {settings.display_base_url}", total=None) as bar:
                 source.bar = bar
                 report = engine.refresh_decisions(force=force)
         except RefreshTooSoonError as exc:
@@ -184,7 +215,7 @@ def check(app: AppContext, ips: tuple[str, ...]) -> None:
 
     for ip in ips:
         canonical_ip(ip, "ip")  # every IP is checked before any answer is printed
-    with _engine(app, need_machine=False) as (_settings, _client, engine):
+    with _reader(app) as (_settings, engine):
         rows = []
         for ip in ips:
             answer = engine.get_ip_remediation(ip)
@@ -275,7 +306,7 @@ def stats(app: AppContext) -> None:
     """
     import time
 
-    with _engine(app, need_machine=False) as (settings, _client, engine):
+    with _reader(app) as (settings, engine):
         version, state = engine.store.load()
         store = settings.display("decision_store")
     if state is None:

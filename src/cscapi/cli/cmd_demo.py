@@ -89,10 +89,10 @@ def demo(app: AppContext, demo_target: str | None, data_dir: str | None, yes: bo
             from cscapi.errors import ConfigurationError
 
             raise ConfigurationError(
-                f"the demo would register a machine and send sample signals to {settings.base_url}",
+                f"the demo would register a machine and send sample signals to {settings.display_base_url}",
                 hint="Pass --yes to confirm (the signals come from documentation IP ranges).",
             )
-        click.confirm(f"Register a machine and send sample signals to {settings.base_url}?", abort=True)
+        click.confirm(f"Register a machine and send sample signals to {settings.display_base_url}?", abort=True)
 
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
@@ -130,7 +130,7 @@ class _Story:
         self.base = base
         self.embedded = embedded
         self.stack = stack
-        self.summary: dict[str, Any] = {"target": "embedded emulator" if embedded else settings.base_url}
+        self.summary: dict[str, Any] = {"target": "embedded emulator" if embedded else settings.display_base_url}
 
     def run(self) -> dict[str, Any]:
         out = self.out
@@ -151,7 +151,7 @@ class _Story:
 
     def start_capi(self) -> str:
         if not self.embedded:
-            self.out.step(f"1. Talk to the real CAPI at {self.settings.base_url}")
+            self.out.step(f"1. Talk to the real CAPI at {self.settings.display_base_url}")
             self.out.print(f"   databases in {esc(self.base)} (the machine is reused on the next run)")
             return str(self.settings.base_url)
         from cscapi.emulator import EmbeddedEmulator, EmulatorConfig
@@ -252,9 +252,14 @@ class _Story:
             received = len(self.emulator.admin.signals(machine_id=machine_id))
             self.summary["signals"]["received_by_capi"] = received
             line += f"; the emulator received {received}"
-        self.out.ok(line)
-        if report.failed_machines or counts.pending:
-            self.out.warn(f"{counts.pending} signal(s) still queued: {report.failed_machines}")
+        if report.failed_machines:  # never a ✓ for a push that failed
+            self.out.print(f"[red]✗[/red] {line}")
+            for failed, reason in report.failed_machines.items():
+                self.out.print(f"[red]✗[/red] machine {esc(failed)}: {esc(reason)}")
+        else:
+            self.out.ok(line)
+        if counts.pending:
+            self.out.warn(f"{counts.pending} signal(s) still queued (`cscapi signals push` retries them)")
         self.out.print(
             "   in the real CAPI, signals from thousands of machines build the community blocklist you pull next"
         )

@@ -83,14 +83,14 @@ def register(app: AppContext, machine_id: str | None, password_stdin: bool, new:
             "machine_id": machine.machine_id,
             "registered": bool(machine.registered),
             "newly_registered": created,
-            "capi": settings.base_url,
+            "capi": settings.display_base_url,
             "storage": settings.display("storage"),
         }
     if app.json_mode:
         app.out.emit_json(result)
         return
     if created:
-        app.out.ok(f"registered machine [bold]{machine.machine_id}[/bold] on {settings.base_url}")
+        app.out.ok(f"registered machine [bold]{machine.machine_id}[/bold] on {esc(settings.display_base_url)}")
     else:
         app.out.ok(f"machine [bold]{machine.machine_id}[/bold] is already registered (use --new for another)")
     app.out.print(f"  credentials stored in {esc(result['storage'])} (the password is never printed)")
@@ -109,7 +109,7 @@ def list_(app: AppContext) -> None:
     from cscapi.cli._runtime import open_storage
 
     settings = app.settings()
-    storage = open_storage(settings)
+    storage = open_storage(settings, create=False)
     try:
         rows = [_machine_row(m, storage.count_signals(m.machine_id)) for m in storage.list_machines()]
     finally:
@@ -160,7 +160,7 @@ def status(app: AppContext, machine_id: str | None, do_login: bool) -> None:
     settings = app.settings(machine_id=machine_id)
     if do_login:
         settings.require_scenarios()
-    with session(settings) as (storage, client):
+    with session(settings, create=False) as (storage, client):
         mid = require_machine_id(settings, storage)
         login_error = None
         if do_login:
@@ -172,7 +172,7 @@ def status(app: AppContext, machine_id: str | None, do_login: bool) -> None:
                 login_error = exc
         machine = storage.get_machine_by_id(mid)
         row = _machine_row(machine, storage.count_signals(mid))
-        row["capi"] = settings.base_url
+        row["capi"] = settings.display_base_url
         row["checked_with_capi"] = do_login and login_error is None
     if app.json_mode:
         app.out.emit_json(row)
@@ -203,6 +203,41 @@ def status(app: AppContext, machine_id: str | None, do_login: bool) -> None:
         )
     if login_error is not None:
         raise login_error
+
+
+@machines.command("clear-ban")
+@click.argument("machine_id")
+@json_option
+@pass_app
+def clear_ban(app: AppContext, machine_id: str) -> None:
+    """Forget a machine's stored login ban so that its next login is attempted at once (no network call).
+
+    After CAPI answers a login with a ban (403, about an hour), cscapi stores it and attempts no login until it ends:
+    retrying would only extend it. Use this when you know CAPI accepts the machine again (the ban ended early, or
+    you fixed the cause). CAPI's own ban is not lifted: a login it still refuses stores the ban again (exit 4).
+
+    \b
+    Example:
+      cscapi machines clear-ban 0123456789abcdef0123456789abcdef0123456789abcdef
+      cscapi machines status --login
+    """
+    from cscapi.cli._runtime import session
+    from cscapi.machines import validate_machine_id
+
+    validate_machine_id(machine_id)
+    settings = app.settings()
+    with session(settings, create=False) as (storage, client):
+        before = storage.get_machine_by_id(machine_id)
+        cleared = client.clear_login_ban(machine_id)
+    banned_until = before.login_banned_until if before is not None else None
+    result = {"machine_id": machine_id, "cleared": cleared, "was_banned_until": banned_until}
+    if app.json_mode:
+        app.out.emit_json(result)
+    elif cleared:
+        until = f" (it ran until {_when(banned_until)})" if banned_until is not None else ""
+        app.out.ok(f"cleared the stored login ban of machine {esc(machine_id)}{until}: its next login is attempted now")
+    else:
+        app.out.print(f"machine {esc(machine_id)} has no stored login ban: nothing to clear")
 
 
 @machines.command()

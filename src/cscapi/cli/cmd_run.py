@@ -96,7 +96,8 @@ def run(
         engine = None
         try:
             if refresh:
-                engine = open_engine(settings, client, machine_id)
+                # a long-running agent outlives a store outage: it logs it and serves the last decisions it read
+                engine = open_engine(settings, client, machine_id, strict=False)
             lock = AgentLock(storage, settings.storage_uri)
             agent = Agent(client, engine, config=config, machine_id=machine_id, lock=lock, logger=agent_log)
             if once:

@@ -181,44 +181,58 @@ def push(app: AppContext, keep_sent: bool) -> None:
             report = client.send_signals(prune_after_send=not keep_sent)
         after = storage.count_signals()
         now = utcnow()
-        cooling = {
-            m.machine_id: m.failing_until
+        held = {  # machines whose queued signals wait out the cool-down of an earlier failure (not tried now)
+            m.machine_id: (m.failing_until, m.failure_reason or "an earlier failure")
             for m in storage.list_machines()
-            if m.failing_until is not None and m.failing_until > now and storage.count_signals(m.machine_id).queued
+            if m.failing_until is not None
+            and m.failing_until > now
+            and m.machine_id not in report.failed_machines
+            and storage.count_signals(m.machine_id).queued
         }
     result = {
         "sent": report.sent,
         "quarantined": report.quarantined,
         "batches": report.batches,
         "failed_machines": report.failed_machines,
-        "cooling_down": cooling,
+        "cooling_down": {machine: until for machine, (until, _reason) in held.items()},
         "queue": {"queued": after.queued, "sent": after.sent, "quarantined": after.quarantined},
     }
+    failed = bool(report.failed_machines or held)
     if app.json_mode:
         app.out.emit_json(result)
     else:
-        if not before.pending and not report.sent and not report.quarantined:
+        line = f"sent {report.sent} signal(s) in {report.batches} request(s)"
+        if not before.pending and not report.sent and not report.quarantined and not failed:
             app.out.print("nothing queued")
+        elif failed:  # never a ✓ for a push that failed, even in part
+            app.out.print(line)
         else:
-            app.out.ok(f"sent {report.sent} signal(s) in {report.batches} request(s)")
+            app.out.ok(line)
         if report.quarantined:
             app.out.warn(
                 f"{report.quarantined} signal(s) refused by CAPI and quarantined "
                 "(`cscapi signals list --state quarantined`)"
             )
         for machine, reason in report.failed_machines.items():
-            app.out.warn(f"machine {machine}: {reason}")
-        for machine, until in cooling.items():
-            if machine not in report.failed_machines:
-                app.out.warn(
-                    f"machine {machine} failed recently: its signals wait until {until:%H:%M:%S} UTC, then are retried"
-                )
+            app.out.print(f"[red]✗[/red] machine {esc(machine)}: {esc(reason)} (its signals stay queued)")
+        for machine, (until, reason) in held.items():
+            app.out.print(
+                f"[red]✗[/red] machine {esc(machine)} failed recently ({esc(reason.rstrip('.'))}): "
+                f"its signals wait until {until:%H:%M:%S} UTC, then are retried"
+            )
     if report.failed_machines:
         machine, reason = next(iter(report.failed_machines.items()))
         raise CAPIError(
             f"signals of {len(report.failed_machines)} machine(s) were not sent "
             f"(machine {machine[:12]}…: {reason.rstrip('.')})",
             hint="They stay queued and are retried on the next push; check the CAPI URL and the network.",
+        )
+    if held:
+        machine, (until, _reason) = next(iter(held.items()))
+        raise CAPIError(
+            f"signals of {len(held)} machine(s) were not sent: they wait out the cool-down of a recent failure "
+            f"(machine {machine[:12]}…, until {until:%H:%M:%S} UTC)",
+            hint="They stay queued and are retried after the cool-down; `cscapi machines status` shows why.",
         )
 
 
@@ -243,7 +257,7 @@ def list_(app: AppContext, state: str, limit: int) -> None:
     from cscapi.cli._runtime import open_storage
 
     settings = app.settings()
-    storage = open_storage(settings)
+    storage = open_storage(settings, create=False)
     try:
         quarantined = storage.list_quarantined(limit=100000 if state == "all" else limit)
         reasons = {s.alert_id: reason for s, reason in quarantined}
