@@ -271,9 +271,13 @@ def test_created_signals_are_canonical_and_reused_as_they_are() -> None:
     assert validate_signals([whisper, ranged], reuse=True)[0] is whisper
     copies = validate_signals([whisper, ranged])
     assert copies == [whisper, ranged] and copies[0] is not whisper  # without reuse: copies, as before
-    banned = create_signal("192.0.2.1", "a/b", machine_id=MID, decision_type="ban")
-    assert not is_canonical(banned)  # decision signals take the full path
-    assert validate_signals([banned], reuse=True)[0] == banned
+    banned = create_signal("192.0.2.1", "a/b", machine_id=MID, decision_type="ban", duration="4h")
+    ranged_ban = create_signal("198.51.100.0/24", "a/b", machine_id=MID, decisions=[{"duration": "1h30m"}])
+    assert is_canonical(banned) and is_canonical(ranged_ban)
+    assert validate_signals([banned], reuse=True)[0] is banned
+    other_scope = validate_signal(Signal(scenario="a/b", source=Source(scope="username", value="root"), machine_id=MID))
+    assert not is_canonical(other_scope)  # rare scopes take the full path
+    assert validate_signals([other_scope], reuse=True) == [other_scope]
 
 
 def _mutations() -> list[tuple[str, object]]:
@@ -313,12 +317,46 @@ def _mutations() -> list[tuple[str, object]]:
     ]
 
 
-@pytest.mark.parametrize(("name", "value"), _mutations())
+def _decision_mutations() -> list[tuple[str, object]]:
+    return [
+        ("decisions", []),
+        ("decisions", ()),
+        ("decision.duration", "4 h"),
+        ("decision.duration", " 4h"),
+        ("decision.duration", "-4h"),
+        ("decision.duration", 3600),
+        ("decision.until", None),
+        ("decision.until", "2024-01-01 04:00:00"),
+        ("decision.uuid", None),
+        ("decision.uuid", "X"),
+        ("decision.scope", "IP"),
+        ("decision.scope", "range"),
+        ("decision.value", "192.0.2.001"),
+        ("decision.value", None),
+        ("decision.value", "2001:DB8::1"),
+        ("decision.id", None),
+        ("decision.id", True),
+        ("decision.simulated", None),
+        ("decision.simulated", "no"),
+        ("decision.type", ""),
+        ("decision.type", "b" * 5000),
+        ("decision.origin", None),
+        ("decision.scenario", ""),
+    ]
+
+
+@pytest.mark.parametrize(("name", "value"), _mutations() + _decision_mutations())
 def test_a_changed_canonical_signal_is_validated_in_full(name: str, value: object) -> None:
-    signal = create_signal("192.0.2.1", "a/b", "2024-01-01T00:00:00.000000Z", MID, context={"k": "v"})
+    signal = create_signal(
+        "192.0.2.1", "a/b", "2024-01-01T00:00:00.000000Z", MID, context={"k": "v"}, decision_type="ban", duration="4h"
+    )
+    assert is_canonical(signal)
     target: object = signal
     if name.startswith("source."):
         target, name = signal.source, name[len("source.") :]
+    elif name.startswith("decision."):
+        assert signal.decisions is not None
+        target, name = signal.decisions[0], name[len("decision.") :]
     setattr(target, name, value)
     assert not is_canonical(signal)
     try:
@@ -329,6 +367,9 @@ def test_a_changed_canonical_signal_is_validated_in_full(name: str, value: objec
         assert info.value.field == f"signals[0].{exc.field}"
     else:
         (got,) = validate_signals([signal], reuse=True)
+        if value is None and name == "uuid" and got.decisions and expected.decisions:  # a fresh uuid4 each time
+            assert uuid.UUID(got.decisions[0].uuid or "").version == 4
+            got.decisions[0].uuid = expected.decisions[0].uuid
         assert got == expected and got is not signal
 
 
@@ -372,3 +413,50 @@ def test_the_fast_path_accepts_only_what_full_validation_leaves_unchanged(
     except ValidationError:
         return
     assert is_canonical(normalised) == (normalised.source is not None and normalised.source.scope in ("ip", "range"))
+
+
+_decision_values = st.fixed_dictionaries(
+    {
+        "duration": st.sampled_from([None, "4h", " 4h", "-1s", "1h30m", "x", 60]),
+        "until": st.sampled_from([None, "", "2024-01-01T04:00:00.000000Z", "2024-01-01 04:00:00"]),
+        "uuid": st.sampled_from(
+            [None, "", "6f1f6a8e-5b1a-4b3e-9d43-0c5d1f7b1a11", "6F1F6A8E-5B1A-4B3E-9D43-0C5D1F7B1A11"]
+        ),
+        "scope": st.sampled_from([None, "ip", "Ip", "range", "username"]),
+        "value": st.sampled_from([None, "", "192.0.2.1", "192.0.2.0/24", "2001:DB8::1"]),
+        "id": st.sampled_from([None, 0, 7, True]),
+        "simulated": st.sampled_from([None, False, True, "no"]),
+        "type": st.sampled_from([None, "", "ban", "captcha"]),
+        "origin": st.sampled_from([None, "", "crowdsec", "cscli"]),
+        "scenario": st.sampled_from([None, "", "a/b", "c/d"]),
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ip=st.sampled_from(["192.0.2.1", "192.0.2.0/24"]), decisions=st.lists(_decision_values, max_size=3))
+def test_the_fast_path_agrees_with_full_validation_on_decisions(ip: str, decisions: list[dict[str, object]]) -> None:
+    signal = Signal(
+        scenario="a/b",
+        source=Source(value=ip),
+        machine_id=MID,
+        created_at="2024-01-01T00:00:00.000000Z",
+        decisions=[SignalDecision(**d) for d in decisions],  # type: ignore[arg-type]
+    )
+    if is_canonical(signal):
+        assert validate_signal(signal) == signal
+    try:
+        normalised = validate_signal(signal)
+    except ValidationError:
+        return
+    if is_canonical(normalised):
+        assert validate_signal(normalised) == normalised
+    for decision in normalised.decisions or []:  # a decision on the source itself is reused as it is
+        if decision.scope == normalised.source.scope:  # type: ignore[union-attr]
+            assert _decision_is_canonical(decision, normalised)
+
+
+def _decision_is_canonical(decision: SignalDecision, signal: Signal) -> bool:
+    from cscapi.signals import _canonical_decision
+
+    return _canonical_decision(decision, signal.source)  # type: ignore[arg-type]

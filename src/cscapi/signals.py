@@ -401,6 +401,47 @@ def _canonical_source(source: object) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _canonical_duration(value: str) -> bool:
+    """True for a Go duration ``_duration`` keeps as it is (no surrounding spaces, not negative)."""
+    if value != value.strip():
+        return False
+    try:
+        return parse_go_duration(value) >= 0
+    except ValueError:
+        return False
+
+
+def _canonical_decision(item: object, source: Source) -> bool:
+    """True when ``_decision`` would return an equal decision (all defaults already filled in)."""
+    if type(item) is not SignalDecision:
+        return False
+    scope, value, until, duration = item.scope, item.value, item.until, item.duration
+    if type(scope) is not str or scope != source.scope or type(value) is not str:
+        return False
+    if scope == "ip":
+        if _canonical_ip_text(value) != value:
+            return False
+    elif scope != "range" or "/" not in value or _canonical_range_text(value) != value:
+        return False
+    return (
+        type(duration) is str
+        and _canonical_duration(duration)
+        and type(until) is str
+        and _is_canonical_timestamp(until)
+        and type(item.uuid) is str
+        and _CANONICAL_UUID.fullmatch(item.uuid) is not None
+        and type(item.id) is int
+        and type(item.simulated) is bool
+        and _optional_text(item.type)
+        and item.type is not None
+        and _optional_text(item.scenario)
+        and item.scenario is not None
+        and _optional_text(item.origin)
+        and item.origin is not None
+    )
+
+
 def _canonical_context(context: object) -> bool:
     if context is None:
         return True
@@ -416,10 +457,10 @@ def is_canonical(signal: object) -> TypeGuard[Signal]:
     """True when ``validate_signal(signal)`` would return a signal equal to ``signal`` (checked, not rebuilt).
 
     The fast path of :func:`validate_signals` for what ``create_signal`` produced: every field is checked with the
-    same rules as the full validation (cached for scenario names, machine ids, IPs and timestamps), but no object
-    is built. Decision signals and anything not already in canonical form go through the full validation.
+    same rules as the full validation (cached for scenario names, machine ids, IPs, durations and timestamps), but
+    no object is built. Anything not already in canonical form goes through the full validation.
     """
-    if type(signal) is not Signal or signal.sent is not False or signal.decisions is not None:
+    if type(signal) is not Signal or signal.sent is not False:
         return False
     created_at, start_at, stop_at = signal.created_at, signal.start_at, signal.stop_at
     scenario, machine_id, uuid = signal.scenario, signal.machine_id, signal.uuid
@@ -446,7 +487,16 @@ def is_canonical(signal: object) -> TypeGuard[Signal]:
         and _optional_text(signal.kind)
         and _canonical_source(signal.source)
         and _canonical_context(signal.context)
+        and _canonical_decisions(signal.decisions, signal.source)  # type: ignore[arg-type]
     )
+
+
+def _canonical_decisions(decisions: object, source: Source) -> bool:
+    if decisions is None:
+        return True
+    if type(decisions) is not list or not decisions:
+        return False
+    return all(_canonical_decision(item, source) for item in decisions)
 
 
 def validate_signals(signals: Iterable[Signal | Mapping[str, Any]], *, reuse: bool = False) -> list[Signal]:
