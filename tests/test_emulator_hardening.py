@@ -500,3 +500,11 @@ def test_audit_request_over_tcp_is_a_400_error_response(capi_spec: dict[str, Any
         r = client.post("admin/decisions", content=body, headers={"Authorization": f"Bearer {ADMIN}"})
         assert r.status_code == 400
         assert emu.state.internal_errors == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("scope", [1, ["ip"], {"a": 1}, True])
+async def test_admin_decision_with_a_non_string_scope_is_400(http: Http, scope: Any) -> None:
+    """Found by the admin fuzz test: a numeric scope used to reach the 500 handler (AttributeError)."""
+    r = await http.admin("POST", "decisions", json={"decisions": [{"value": V, "scope": scope}]})
+    assert r.status_code == 400 and "decisions[0].scope must be a string" in r.json()["message"]

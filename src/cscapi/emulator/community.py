@@ -72,6 +72,8 @@ def normalise_value(value: str, scope: str | None = None) -> tuple[str, str]:
     text = value.strip() if isinstance(value, str) else ""
     if not text:
         raise ValueError("empty value")
+    if scope is not None and not isinstance(scope, str):
+        raise ValueError(f"scope must be a string, got {type(scope).__name__}")
     lowered = (scope or "").strip().lower()
     if lowered and lowered not in {"ip", "range"}:
         return text, lowered

@@ -614,6 +614,8 @@ class EmulatorState:
             for i, item in enumerate(items):
                 if not isinstance(item, dict):
                     raise ApiError(400, f"decisions[{i}] must be an object")
+                if item.get("scope") is not None and not isinstance(item["scope"], str):
+                    raise ApiError(400, f"decisions[{i}].scope must be a string such as ip or range")
                 try:
                     value, scope = normalise_value(item.get("value", ""), item.get("scope"))
                 except (ValueError, TypeError) as exc:
