@@ -211,3 +211,15 @@ def test_clear_ban_bad_input(capi_env: CliEnv) -> None:
     assert_user_error(capi_env.invoke(["machines", "clear-ban", "a" * 48]), 2, "cscapi init")  # no storage yet
     capi_env.invoke(["machines", "register"])
     assert_user_error(capi_env.invoke(["machines", "clear-ban", "a" * 48]), 2, "No machine")
+
+
+def test_init_reports_uris_masked_but_writes_them_whole(cli_env: CliEnv) -> None:
+    storage = "postgresql+psycopg://alice:INITPW12@127.0.0.1/db?password=INITQ34"
+    for mode in ([], ["--json"]):
+        result = cli_env.invoke(
+            [*mode, "--storage", storage, "init", "--force", "--target", "http://u:TPW56@127.0.0.1:9/"]
+        )
+        assert result.exit_code == 0, result.output
+        for secret in ("INITPW12", "INITQ34", "TPW56"):
+            assert secret not in result.output
+    assert storage in cli_env.config_path.read_text()  # the 0600 file holds the real value

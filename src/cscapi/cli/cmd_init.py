@@ -81,9 +81,12 @@ def init(
     env_path = os.environ.get("CSCAPI_CONFIG")
     path = Path(app.config_path or env_path or default_config_path()).expanduser()
     write_config_file(path, text, force=force)
+    from cscapi.redact import mask_url
+
+    shown = {name: mask_url(v) if specs[name].uri and isinstance(v, str) else v for name, v in values.items()}
     if app.json_mode:
-        app.out.emit_json({"path": str(path), "mode": "0600", "values": values})
+        app.out.emit_json({"path": str(path), "mode": "0600", "values": shown})
         return
     app.out.ok(f"wrote {esc(path)} (readable by you only)")
-    app.out.print(f"  target: {values['target']}; scenarios: {', '.join(values['scenarios'])}")
+    app.out.print(f"  target: {esc(shown['target'])}; scenarios: {', '.join(values['scenarios'])}")
     app.out.print("Next: [bold]cscapi config show[/bold], then [bold]cscapi machines register[/bold].")
