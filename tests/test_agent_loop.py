@@ -301,3 +301,36 @@ def test_an_unexpected_error_in_a_job_does_not_stop_the_agent(client: CAPIClient
     assert agent.health()["jobs"]["refresh"]["last_error"]
     agent._run_job(agent.jobs["push"])  # the other jobs go on
     assert agent.jobs["push"].last_error is None
+
+
+def test_health_reports_an_unreadable_decision_store(client: CAPIClient) -> None:
+    machine_id = client.register_machine().machine_id
+    # Redis down at start: the agent's engine (not strict) serves nothing yet, and the agent's health says so
+    engine = RemediationEngine(client, store="redis://127.0.0.1:1/0?password=AGENTPW9", machine_id=machine_id)
+    try:
+        agent = Agent(client, engine, machine_id=machine_id)
+        report = agent.health()
+        assert report["status"] == "stopped"  # not running yet; the store's state is reported all the same
+        store = report["decision_store"]
+        assert store["healthy"] is False and store["version"] is None
+        assert "127.0.0.1:1" in store["last_sync_error"]
+        agent._running = True  # what run() sets: the status a probe sees while the agent runs
+        assert agent.health()["status"] == "degraded"
+        line = agent.health_line()
+        assert "status=degraded" in line and "decision_store=unreadable" in line
+        assert "AGENTPW9" not in json.dumps(report) and "AGENTPW9" not in line
+    finally:
+        engine.close()
+
+
+def test_health_of_a_readable_store_is_ok(client: CAPIClient, tmp_path: Path) -> None:
+    machine_id = client.register_machine().machine_id
+    engine = RemediationEngine(client, store=f"sqlite:///{tmp_path / 'd.db'}", machine_id=machine_id)
+    try:
+        agent = Agent(client, engine, machine_id=machine_id)
+        agent._running = True
+        report = agent.health()
+        assert report["decision_store"] == {"healthy": True, "version": None, "last_sync_error": None}
+        assert report["status"] == "ok"
+    finally:
+        engine.close()

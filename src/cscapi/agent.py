@@ -528,7 +528,9 @@ class Agent:
         with contextlib.suppress(Exception):
             counts = self.client.storage.count_signals()
         failing = [j.name for j in self.jobs.values() if j.last_error]
-        status = "banned" if self.banned_until else ("degraded" if failing else "ok")
+        store = self._store_health()
+        unhealthy = store is not None and not store["healthy"]
+        status = "banned" if self.banned_until else ("degraded" if failing or unhealthy else "ok")
         if not self._running:
             status = "stopped"
         now = self.clock()
@@ -548,6 +550,7 @@ class Agent:
                 if counts is not None
                 else None
             ),
+            "decision_store": store,
             "jobs": {
                 j.name: {
                     "runs": j.runs,
@@ -562,6 +565,22 @@ class Agent:
             },
         }
 
+    def _store_health(self) -> dict[str, Any] | None:
+        """The remediation engine's view of its decision store (None without an engine that reports it).
+
+        An unreadable store leaves the engine serving the decisions it last read: the agent keeps running, and its
+        health says ``degraded`` with the reason, so a probe notices.
+        """
+        engine = self.engine
+        if engine is None or not hasattr(engine, "healthy"):
+            return None
+        error = getattr(engine, "last_sync_error", None)
+        return {
+            "healthy": bool(engine.healthy),
+            "version": getattr(engine, "version", None),
+            "last_sync_error": getattr(error, "message", None) or (str(error) if error is not None else None),
+        }
+
     def health_line(self) -> str:
         """The health report in one line, for logs."""
         report = self.health()
@@ -569,6 +588,9 @@ class Agent:
         parts = [f"status={report['status']}"]
         if queue:
             parts.append(f"queued={queue['queued']} sent={queue['sent']} quarantined={queue['quarantined']}")
+        store = report["decision_store"]
+        if store is not None and not store["healthy"]:
+            parts.append(f"decision_store=unreadable ({store['last_sync_error']})")
         for name, job in report["jobs"].items():
             parts.append(f"{name}: runs={job['runs']} failures={job['failures']} next_in={job['next_in_seconds']:g}s")
         if self.started_at:
