@@ -103,7 +103,8 @@ def test_same_uuid_is_queued_once_and_keep_sent_when_asked(api: Api, fake: FakeC
     assert len(fake.signals) == 4
     api.add_signals(signals(2, start=10))
     assert api.send_signals() == 2
-    assert storage.count_signals().sent == 4  # pruning deletes what this call sent, not the history kept before
+    counts = storage.count_signals()
+    assert counts.sent == 4 and counts.queued == 0  # pruning deletes what this call sent, not the history kept before
 
 
 def test_add_signals_validates_everything_first(api: Api, storage: SQLStorage) -> None:
@@ -620,18 +621,28 @@ def test_usage_metrics_and_decisions_delete(api: Api, fake: FakeCAPI) -> None:
 
 
 class CrashingStorage(SQLStorage):
-    """Fails ``mark_sent`` once: the process "crashed" between the POST and the mark."""
+    """Fails the first ``mark_sent`` or ``delete_signals``: the process "crashed" between the POST and the mark."""
 
     crashes = 1
 
-    def mark_sent(self, claim: Any, signal_ids: Any = None) -> int:
+    def _crash(self) -> None:
         if self.crashes:
             self.crashes -= 1
             raise RuntimeError("simulated crash")
+
+    def mark_sent(self, claim: Any, signal_ids: Any = None) -> int:
+        self._crash()
         return super().mark_sent(claim, signal_ids)
 
+    def delete_signals(self, signal_ids: Any) -> None:
+        self._crash()
+        super().delete_signals(signal_ids)
 
-def test_crash_between_post_and_mark_resends_never_loses(mode: str, tmp_path: Path, fake: FakeCAPI) -> None:
+
+@pytest.mark.parametrize("prune", [True, False])
+def test_crash_between_post_and_mark_resends_never_loses(
+    mode: str, tmp_path: Path, fake: FakeCAPI, prune: bool
+) -> None:
     from cscapi.errors import StorageError
 
     store = CrashingStorage(f"sqlite:///{tmp_path / 'crash.db'}")
@@ -639,13 +650,14 @@ def test_crash_between_post_and_mark_resends_never_loses(mode: str, tmp_path: Pa
     try:
         batch = signals(3)
         api.add_signals(batch)
-        with pytest.raises(StorageError, match="mark_sent"):
-            api.send_signals()
+        with pytest.raises(StorageError, match="delete_signals" if prune else "mark_sent"):
+            api.send_signals(prune_after_send=prune)
         assert len(fake.signals) == 3  # CAPI got them
         assert store.count_signals().queued == 3  # but they are still ours to send
-        assert api.send_signals() == 3
+        assert api.send_signals(prune_after_send=prune) == 3
         assert [s["uuid"] for s in fake.signals] == [s.uuid for s in batch] * 2  # resent (same uuids), never lost
-        assert store.count_signals().pending == 0
+        counts = store.count_signals()
+        assert counts.pending == 0 and counts.sent == (0 if prune else 3)
     finally:
         api.close()
         store.close()

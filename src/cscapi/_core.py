@@ -747,7 +747,8 @@ class Core:
             yield from self._store(self.storage.update_or_create_machine, machine)
 
     def send_signals(self, prune_after_send: bool = True, batch_size: int | None = None) -> Flow[SendReport]:
-        """Claim queued signals, POST them per machine in batches, mark sent after each 2xx.
+        """Claim queued signals, POST them per machine in batches, mark sent (or delete: ``prune_after_send``) after
+        each 2xx.
 
         Each claimed signal is handled at most once per call (the loop always ends). A 400 on a batch bisects it
         to quarantine only the refused signals; a machine that cannot log in or whose server keeps failing is
@@ -758,7 +759,6 @@ class Core:
         failed: dict[str, str] = {}
         batches: list[_Batch] = []
         seen: set[int] = set()
-        sent_ids: list[int] = []
         try:
             more = True
             while more:
@@ -779,7 +779,7 @@ class Core:
                 for machine_id, signals in groups.items():
                     if machine_id in failed:
                         continue
-                    error = yield from self._send_machine(machine_id, batch, signals, size, report, sent_ids)
+                    error = yield from self._send_machine(machine_id, batch, signals, size, report, prune_after_send)
                     if error is not None:
                         failed[machine_id] = error.message
                         if not isinstance(error, LoginBannedError):
@@ -796,8 +796,6 @@ class Core:
                         )
                     batch.settle(ids)
         report.failed_machines.update(failed)
-        if prune_after_send and sent_ids:  # delete what this call sent (legacy default), nothing else
-            yield from self._store(self.storage.delete_signals, sent_ids)
         self.log.info(
             "send_signals: %d sent, %d quarantined, %d POSTs, %d failing machines.",
             report.sent,
@@ -814,7 +812,7 @@ class Core:
         signals: list[Signal],
         size: int,
         report: SendReport,
-        sent_ids: list[int],
+        prune: bool,
     ) -> Flow[CAPIError | None]:
         try:
             machine = yield from self.login(machine_id)
@@ -839,9 +837,11 @@ class Core:
             report.batches += 1
             ids = [s.alert_id for s in part if s.alert_id is not None]
             if response.ok:
-                yield from self._store(self.storage.mark_sent, batch.claim, ids)
+                if prune:  # the legacy default: what CAPI accepted is deleted at once (one statement, not two)
+                    yield from self._store(self.storage.delete_signals, ids)
+                else:
+                    yield from self._store(self.storage.mark_sent, batch.claim, ids)
                 batch.settle(ids)
-                sent_ids.extend(ids)
                 report.sent += len(part)
                 if not cleared:
                     yield from self._clear_failing(machine_id)
