@@ -50,7 +50,7 @@ def test_demo_json(cli_env: CliEnv, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert len(summary["machine_id"]) == 48
-    assert summary["signals"] == {"queued": 4, "sent": 4, "batches": 1, "received_by_capi": 4}
+    assert summary["signals"] == {"queued": 4, "sent": 4, "batches": 1, "failed_machines": {}, "received_by_capi": 4}
     assert {c["origin"] for c in summary["checks"]} == {c["expected_origin"] for c in summary["checks"]}
     assert summary["refresh"]["lists"]["lists:demo-botnet"]["entries"] == 2
     assert (tmp_path / "demo" / "cscapi.db").exists() and (tmp_path / "demo" / "decisions.db").exists()
@@ -125,3 +125,18 @@ def test_demo_against_another_capi_url_reuses_its_machine(cli_env: CliEnv, emula
     assert again["refresh"] == {"skipped": "too soon", "decisions": again["refresh"]["decisions"]}
     human = cli_env.invoke(["demo", "--target", emulator.base_url, "--yes"])
     assert "1. Talk to the real CAPI at" in human.stdout and "reused and logged in" in human.stdout
+
+
+@pytest.mark.slow  # about 10 s: the client's retries with backoff on the 503s
+def test_demo_whose_push_fails_shows_no_check_mark_and_exits_1(cli_env: CliEnv, emulator) -> None:
+    emulator.admin.set_fault("signals", error_rate=1.0, error_status=503)
+    try:
+        result = cli_env.invoke(["demo", "--target", emulator.base_url, "--yes"])
+    finally:
+        emulator.admin.clear_fault("signals")
+    assert_user_error(result, 1, "signals were not sent", "503")
+    assert "✗ pushed 0 signals" in result.stdout and "✓ pushed" not in result.stdout
+    assert "✗ machine " in result.stdout
+    assert "still queued" in result.stderr
+    # the rest of the story still ran (decisions pulled, IPs checked)
+    assert "Done in" in result.stdout

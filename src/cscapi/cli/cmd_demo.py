@@ -108,8 +108,10 @@ def demo(app: AppContext, demo_target: str | None, data_dir: str | None, yes: bo
             base.mkdir(parents=True, exist_ok=True, mode=0o700)
         summary = _Story(app, settings, base, embedded, stack).run()
     summary["seconds"] = round(time.monotonic() - started, 2)
+    failed = summary["signals"]["failed_machines"]
     if app.json_mode:
         app.out.emit_json(summary)
+        _fail_if_not_sent(failed)
         return
     app.out.step(f"Done in {summary['seconds']:.1f} s.")
     if embedded and not data_dir:
@@ -118,6 +120,19 @@ def demo(app: AppContext, demo_target: str | None, data_dir: str | None, yes: bo
     app.out.print("  cscapi emulator              # a CAPI emulator in another terminal, or --target dev|prod")
     app.out.print("  cscapi machines register && cscapi run")
     app.out.print("Docs: README.md and docs/ (cli.md, configuration.md, remediation.md, emulator.md).")
+    _fail_if_not_sent(failed)
+
+
+def _fail_if_not_sent(failed: dict[str, str]) -> None:
+    """The demo went on after a failed push (to show the rest), but it did not succeed: exit 1."""
+    if failed:
+        from cscapi.errors import CAPIError
+
+        machine, reason = next(iter(failed.items()))
+        raise CAPIError(
+            f"the demo's signals were not sent (machine {machine[:12]}…: {reason.rstrip('.')})",
+            hint="They stay queued in the demo's storage; check the CAPI URL and the network, then run it again.",
+        )
 
 
 class _Story:
@@ -246,7 +261,12 @@ class _Story:
         self.out.ok(f"queued {queued} signals (each a 4 h ban decision) in the durable local queue")
         report = client.send_signals(prune_after_send=False)
         counts = storage.count_signals()
-        self.summary["signals"] = {"queued": queued, "sent": report.sent, "batches": report.batches}
+        self.summary["signals"] = {
+            "queued": queued,
+            "sent": report.sent,
+            "batches": report.batches,
+            "failed_machines": report.failed_machines,
+        }
         line = f"pushed {report.sent} signals in {report.batches} request(s)"
         if self.embedded:
             received = len(self.emulator.admin.signals(machine_id=machine_id))
