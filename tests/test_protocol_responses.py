@@ -334,3 +334,48 @@ def test_only_a_403_can_be_a_credentials_refusal() -> None:
     assert not is_credentials_refusal(resp(401, {"message": "invalid machine_id or password"}))
     assert not is_credentials_refusal(resp(403, raw=b"invalid machine_id or password"))  # not the JSON fields
     assert not is_credentials_refusal(resp(403, raw=b"[" * 100_000))
+
+
+def test_stream_values_are_canonicalised_by_the_shared_iputil() -> None:
+    from cscapi.iputil import canonical_address
+
+    values = [
+        " 192.0.2.1 ",  # surrounding spaces are stripped
+        "::FFFF:192.0.2.3",  # IPv4-mapped becomes IPv4
+        "2001:DB8:0:0::0001",
+        "01.2.3.4",  # leading zeros: refused (ambiguous octal)
+        "fe80::1%eth0",  # zone ids: refused
+        "1.2.3.4/32",  # a range under scope ip: refused
+        "",
+        7,
+        None,
+        "1.2.3.4\x00",
+    ]
+    data = {
+        "new": [
+            {"scenario": "a/b", "scope": "ip", "decisions": [{"value": v, "duration": "1h"} for v in values]},
+            {
+                "scenario": "a/b",
+                "scope": "range",
+                "decisions": [
+                    {"value": "::ffff:192.0.2.0/120", "duration": "1h"},
+                    {"value": "2001:DB8::1/32", "duration": "1h"},
+                    {"value": "192.0.2.0/33", "duration": "1h"},
+                    {"value": "192.0.2.1", "duration": "1h"},
+                ],
+            },
+        ],
+        "deleted": [{"scope": "ip", "decisions": ["::ffff:192.0.2.3", 5, "x"]}],
+    }
+    reasons: list[str] = []
+    stream = parse_stream(resp(200, data), on_skip=reasons.append)
+    assert [d.value for d in stream.new] == [
+        "192.0.2.1",
+        "192.0.2.3",
+        "2001:db8::1",
+        "192.0.2.0/24",
+        "2001:db8::/32",
+    ]
+    assert [d.value for d in stream.deleted] == ["192.0.2.3"]
+    assert stream.skipped == len(reasons) == 7 + 2 + 2
+    assert all(canonical_address(d.value) == d.value for d in stream.new if d.scope == "ip")
