@@ -779,3 +779,25 @@ def test_deeply_nested_json_answers_are_server_errors(api: Api, fake: FakeCAPI) 
     fake.script("/v3/decisions/stream", (400, deep))
     with pytest.raises(RequestRejectedError):
         api.get_decisions(M1)
+
+
+def test_a_long_send_reads_each_machine_once_not_per_claim_round(
+    mode: str, storage: SQLStorage, fake: FakeCAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = Api(mode, storage, make_config(fake, batch_size=10))
+    try:
+        api.add_signals(signals(200, M1))
+        api.login(M1)
+        reads: list[str] = []
+        original = storage.get_machine_by_id
+
+        def counting(machine_id: str) -> Any:
+            reads.append(machine_id)
+            return original(machine_id)
+
+        monkeypatch.setattr(storage, "get_machine_by_id", counting)
+        report = api.send_signals()  # 200 signals, 10 per POST, 40 per claim: 5 claim rounds, 20 POSTs
+        assert report == 200 and report.batches == 20
+        assert reads == [M1]
+    finally:
+        api.close()

@@ -759,6 +759,7 @@ class Core:
         failed: dict[str, str] = {}
         batches: list[_Batch] = []
         seen: set[int] = set()
+        machines: dict[str, Machine] = {}  # logged-in machines of this call: no storage read per claim round
         try:
             more = True
             while more:
@@ -779,7 +780,9 @@ class Core:
                 for machine_id, signals in groups.items():
                     if machine_id in failed:
                         continue
-                    error = yield from self._send_machine(machine_id, batch, signals, size, report, prune_after_send)
+                    error = yield from self._send_machine(
+                        machine_id, batch, signals, size, report, prune_after_send, machines
+                    )
                     if error is not None:
                         failed[machine_id] = error.message
                         if not isinstance(error, LoginBannedError):
@@ -813,13 +816,17 @@ class Core:
         size: int,
         report: SendReport,
         prune: bool,
+        machines: dict[str, Machine],
     ) -> Flow[CAPIError | None]:
+        machine = machines.get(machine_id)
         try:
-            machine = yield from self.login(machine_id)
+            if machine is None:  # the first round of this call for this machine: the stored token, or a login
+                machine = yield from self.login(machine_id)
         except StorageError:
             raise
         except CAPIError as exc:
             return exc
+        machines[machine_id] = machine
         cleared = not (machine.is_failing or machine.failing_until is not None)
         pending: list[Sequence[Signal]] = list(_chunks(signals, size))
         while pending:
@@ -833,7 +840,9 @@ class Core:
             except StorageError:
                 raise
             except CAPIError as exc:
+                machines.pop(machine_id, None)
                 return exc
+            machines[machine_id] = machine
             report.batches += 1
             ids = [s.alert_id for s in part if s.alert_id is not None]
             if response.ok:
@@ -846,6 +855,8 @@ class Core:
                 if not cleared:
                     yield from self._clear_failing(machine_id)
                     cleared = True
+                    machine = replace(machine, is_failing=False, failing_until=None, failure_reason=None)
+                    machines[machine_id] = machine
             elif response.status_code in (400, 413, 422):
                 if len(part) == 1:
                     error = error_for(response, "signals")
