@@ -52,7 +52,20 @@ def test_ipv4_mapped_forms_are_one_address() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", " 1.2.3.4", "1.2.3", "01.2.3.4", "256.1.1.1", "1.2.3.4/33", "::1/129", "1.2.3.4/", "x/8", "fe80::1%eth0"],
+    [
+        "",
+        " 1.2.3.4",
+        "1.2.3",
+        "01.2.3.4",
+        "256.1.1.1",
+        "1.2.3.4/33",
+        "::1/129",
+        "1.2.3.4/",
+        "x/8",
+        "fe80::1%eth0",
+        "10.0.0.0/\u0668",
+        "10.0.0.0/\uff18",
+    ],
 )
 def test_garbage_is_a_value_error(bad: str) -> None:
     with pytest.raises(ValueError):

@@ -33,7 +33,7 @@ def parse_range(text: str) -> tuple[int, int, int]:
     Raises ``ValueError`` on anything that is not ``address/prefix``.
     """
     address, _, prefix_text = text.partition("/")
-    if not prefix_text.isdigit() or len(prefix_text) > 3:
+    if not (prefix_text.isascii() and prefix_text.isdigit()) or len(prefix_text) > 3:
         raise ValueError("bad prefix length")
     prefix = int(prefix_text)
     try:
