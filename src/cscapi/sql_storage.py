@@ -22,7 +22,24 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, case, delete, exists, func, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    any_,
+    case,
+    cast,
+    delete,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import SQLAlchemyError
 
 from cscapi._sql import schema
@@ -60,6 +77,13 @@ _T = TypeVar("_T")
 def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _pg_ids(ids: Sequence[int]) -> ColumnElement[Any]:
+    """``ANY`` of one ``bigint[]`` parameter sent as array text: psycopg then parses a short statement with one
+    parameter instead of one bind per id (rendering and parsing those took up to half of a large send)."""
+    text = "{" + ",".join(map(str, ids)) + "}"
+    return any_(cast(literal(text), ARRAY(BigInteger)))
 
 
 def _describe(exc: SQLAlchemyError) -> str:
@@ -195,6 +219,17 @@ class SQLStorage(StorageInterface):
         engine = self._write_engine if write else self._read_engine
         with self._errors(operation), self._serial, engine.connect() as conn, conn.begin():
             yield conn
+
+    def _alert_id_in(self, ids: Sequence[int]) -> Iterator[ColumnElement[bool]]:
+        """``alert_id`` among ``ids``, as few conditions as the dialect allows: one array parameter on PostgreSQL,
+        ``IN`` lists of at most ``_CHUNK`` binds elsewhere. ``ids`` must be integers (see ``_ids``)."""
+        if not ids:
+            return
+        if self._backend == "postgresql":
+            yield _S.c.alert_id == _pg_ids(ids)
+            return
+        for chunk in _chunks(ids):
+            yield _S.c.alert_id.in_(chunk)
 
     def _run(self, operation: str, body: Callable[[Connection], _T]) -> _T:
         """Run ``body`` in a write transaction, retried a few times when the database reports a deadlock."""
@@ -366,10 +401,10 @@ class SQLStorage(StorageInterface):
         def claim(conn: Connection) -> list[Any]:
             found = [row for stmt in selects for row in conn.execute(stmt).all()]
             rows = sorted(found, key=lambda row: int(row[0]))[:limit]
-            for chunk in _chunks([row[0] for row in rows]):
+            for among in self._alert_id_in([int(row[0]) for row in rows]):
                 conn.execute(
                     update(_S)
-                    .where(_S.c.alert_id.in_(chunk))
+                    .where(among)
                     .values(
                         status=schema.CLAIMED,
                         claim_token=token,
@@ -394,8 +429,8 @@ class SQLStorage(StorageInterface):
 
         def apply(conn: Connection) -> int:
             count = 0
-            for chunk in _chunks(ids):
-                count += conn.execute(update(_S).where(held, _S.c.alert_id.in_(chunk)).values(**values)).rowcount
+            for among in self._alert_id_in(ids):
+                count += conn.execute(update(_S).where(held, among).values(**values)).rowcount
             return count
 
         return int(self._run(operation, apply)) if ids else 0
@@ -430,8 +465,8 @@ class SQLStorage(StorageInterface):
             if ids is None:
                 count = conn.execute(base.values(**values)).rowcount
             else:
-                for chunk in _chunks(ids):
-                    count += conn.execute(base.where(_S.c.alert_id.in_(chunk)).values(**values)).rowcount
+                for among in self._alert_id_in(ids):
+                    count += conn.execute(base.where(among).values(**values)).rowcount
         return int(count)
 
     def list_quarantined(self, limit: int = 100) -> list[tuple[Signal, str]]:
@@ -553,15 +588,15 @@ class SQLStorage(StorageInterface):
             values = {"status": schema.QUEUED, "sent_at": None}
         values.update(claim_token=None, claimed_until=None)
         with self._tx("updating signals") as conn:
-            for chunk in _chunks(ids):
-                conn.execute(update(_S).where(_S.c.alert_id.in_(chunk)).values(**values))
+            for among in self._alert_id_in(ids):
+                conn.execute(update(_S).where(among).values(**values))
 
     def delete_signals(self, signal_ids: Sequence[int]) -> None:
         """Delete the signals with these ``alert_id``s."""
         ids = _ids(signal_ids, "signal_ids") or []
         with self._tx("deleting signals") as conn:
-            for chunk in _chunks(ids):
-                conn.execute(delete(_S).where(_S.c.alert_id.in_(chunk)))
+            for among in self._alert_id_in(ids):
+                conn.execute(delete(_S).where(among))
 
     def delete_machines(self, machine_ids: Sequence[str]) -> None:
         """Delete these machines (their signals stay queued and their login locks are dropped)."""

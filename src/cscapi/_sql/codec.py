@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from cscapi.errors import StorageError, ValidationError
-from cscapi.models import Signal
+from cscapi.models import Signal, SignalDecision, Source
 
 from .schema import QUEUED, SENT
 
@@ -22,6 +22,9 @@ __all__ = ["check_length", "payload_of", "signal_from_row", "signal_row"]
 
 _LOCAL_FIELDS = ("sent", "alert_id")
 _LIMITS = {"uuid": 64, "machine_id": 128, "scenario": 255, "created_at": 64}
+# One encoder for every payload: json.dumps with non-default arguments would build a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_decode = json.JSONDecoder().decode
 
 
 def check_length(name: str, value: str | None, limit: int) -> None:
@@ -55,7 +58,7 @@ def payload_of(signal: Signal) -> str:
     if data.get("context") is not None:
         data["context"] = [_plain(c) for c in data["context"]]
     try:
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _encode(data)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"signal {signal.uuid!r} cannot be stored as JSON: {exc}", field="signal") from None
 
@@ -85,10 +88,28 @@ def signal_row(signal: Signal, now: datetime | str) -> dict[str, Any]:
     }
 
 
+def _rebuild(data: Any) -> Signal:
+    """The signal of a payload: built directly when it has exactly the shape ``payload_of`` writes (fast), else
+    through ``Signal.from_dict`` (older or foreign payloads: unknown keys ignored, nested values coerced)."""
+    if type(data) is not dict:
+        raise TypeError(f"the payload is a JSON {type(data).__name__}, not an object")
+    try:
+        fields = dict(data)
+        source = fields.get("source")
+        if type(source) is dict:
+            fields["source"] = Source(**source)
+        decisions = fields.get("decisions")
+        if type(decisions) is list:
+            fields["decisions"] = [SignalDecision(**d) for d in decisions]
+        return Signal(**fields)
+    except TypeError:  # an unknown key or a value of another shape
+        return Signal.from_dict(data)
+
+
 def signal_from_row(alert_id: int, payload: str, status: str) -> Signal:
     """Rebuild the stored signal, with its local fields."""
     try:
-        signal = Signal.from_dict(json.loads(payload))
+        signal = _rebuild(_decode(payload))
     except (TypeError, ValueError) as exc:
         raise StorageError(
             f"The stored signal with alert_id {alert_id} cannot be read ({type(exc).__name__}).",
