@@ -256,7 +256,7 @@ def test_push_to_unreachable_capi_keeps_signals_queued(capi_env: CliEnv) -> None
     ok(capi_env.invoke(["machines", "status", "--login", "--json"]))  # a valid token is now stored
     # the stored token is still valid, so the failure shows at the POST: the machine's signals stay queued
     result = capi_env.invoke(["signals", "push"], env=env)
-    line = assert_user_error(result, 1, "were not sent", "connect error", "stay queued")
+    line = assert_user_error(result, 3, "were not sent", "connect error", "stay queued")
     assert "127.0.0.1" in line
     assert "✓" not in result.output and "✗ machine" in result.stdout  # a failed push is never shown as a success
     assert [r["state"] for r in ok(capi_env.invoke(["signals", "list", "--json"]))] == ["queued"]

@@ -152,7 +152,7 @@ def test_push_failure_prints_crosses_not_a_check_mark(capi_env: CliEnv) -> None:
     assert capi_env.invoke(["machines", "status", "--login"]).exit_code == 0  # a valid token is cached
     env = {"CSCAPI_TARGET": unreachable_url(), "CSCAPI_MAX_RETRIES": "0", "CSCAPI_TIMEOUT": "2"}
     result = capi_env.invoke(["signals", "push"], env=env)
-    assert_user_error(result, 1, "were not sent")
+    assert_user_error(result, 3, "were not sent")  # CAPI unreachable: exit 3 (docs/cli.md)
     assert "✓" not in result.output
     assert f"✗ machine {data['machine_id']}" in result.stdout
     # right after, the machine waits out its cool-down: nothing is tried, and that is not a success either

@@ -25,6 +25,7 @@ from cscapi.errors import (
     CAPIError,
     ConfigurationError,
     LoginBannedError,
+    MachineCoolingDownError,
     RequestRejectedError,
     StorageError,
     ValidationError,
@@ -785,6 +786,7 @@ class Core:
                     )
                     if error is not None:
                         failed[machine_id] = error.message
+                        report.errors[machine_id] = error
                         if not isinstance(error, LoginBannedError):
                             yield from self._mark_failing(machine_id, error.message)
         finally:
@@ -799,6 +801,8 @@ class Core:
                         )
                     batch.settle(ids)
         report.failed_machines.update(failed)
+        held = yield from self._held_machines(set(failed))
+        report.errors.update(held)
         self.log.info(
             "send_signals: %d sent, %d quarantined, %d POSTs, %d failing machines.",
             report.sent,
@@ -807,6 +811,41 @@ class Core:
             len(failed),
         )
         return report
+
+    def _held_machines(self, tried: set[str]) -> Flow[dict[str, CAPIError]]:
+        """The machines whose queued signals the claim skipped (a cool-down or a login ban in force), each with the
+        typed reason: ``LoginBannedError``, ``AuthenticationError`` (a refused login), else ``MachineCoolingDownError``.
+
+        Best effort: a storage failure here is logged, it does not undo the sends already done.
+        """
+        held: dict[str, CAPIError] = {}
+        try:
+            now = yield from self._now()
+            machines = yield from self._store(self.storage.list_machines)
+            for machine in machines:
+                banned = machine.login_banned_until is not None and machine.login_banned_until > now
+                cooling = machine.failing_until is not None and machine.failing_until > now
+                if machine.machine_id in tried or not (banned or cooling):
+                    continue
+                counts = yield from self._store(self.storage.count_signals, machine.machine_id)
+                if not counts.queued:
+                    continue
+                try:
+                    self._check_ban(machine, now)
+                except CAPIError as exc:
+                    held[machine.machine_id] = exc
+                    continue
+                assert machine.failing_until is not None
+                reason = (machine.failure_reason or "an earlier failure").rstrip(".")
+                held[machine.machine_id] = MachineCoolingDownError(
+                    f"Machine {machine.machine_id} failed recently ({reason}): its {counts.queued} queued signal(s) "
+                    f"were not tried and wait until {machine.failing_until:%Y-%m-%d %H:%M:%S} UTC.",
+                    until=machine.failing_until,
+                    reason=reason,
+                )
+        except StorageError as exc:
+            self.log.warning("Could not list the machines waiting out a cool-down: %s", exc.message)
+        return held
 
     def _send_machine(
         self,

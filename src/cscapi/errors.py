@@ -17,6 +17,7 @@ __all__ = [
     "EnrollmentError",
     "InvalidIPError",
     "LoginBannedError",
+    "MachineCoolingDownError",
     "NotFoundError",
     "RateLimitedError",
     "RefreshInProgressError",
@@ -167,6 +168,25 @@ class LoginBannedError(AuthenticationError):
                 "queued signals are kept. Avoid restart loops and sharing credentials between hosts."
             )
         super().__init__(message, hint=hint, status_code=403)
+
+
+class MachineCoolingDownError(CAPIError):
+    """A machine's queued signals were not tried: it waits out the cool-down of an earlier failure until ``until``.
+
+    ``reason`` is the earlier failure, as stored on the machine. Nothing was lost: the signals stay queued.
+    """
+
+    def __init__(self, message: str, *, until: datetime, reason: str, hint: str | None = None) -> None:
+        if until.tzinfo is None:
+            until = until.replace(tzinfo=timezone.utc)
+        self.until = until
+        self.reason = reason
+        if hint is None:
+            hint = (
+                f"Its signals stay queued and are retried after {until.strftime('%Y-%m-%d %H:%M:%S UTC')}; "
+                "`cscapi machines status` shows why it failed."
+            )
+        super().__init__(message, hint=hint)
 
 
 class EnrollmentError(CAPIError):

@@ -13,7 +13,10 @@ import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cscapi.errors import CAPIError
 
 __all__ = [
     "AllowlistLink",
@@ -191,12 +194,19 @@ class QueueCounts:
 
 @dataclass
 class SendReport:
-    """What one ``send_signals`` run did. ``int(report)`` is the number accepted, as the legacy SDK returned."""
+    """What one ``send_signals`` run did. ``int(report)`` is the number accepted, as the legacy SDK returned.
+
+    ``failed_machines`` maps each machine whose signals could not be sent in this call to a message;
+    ``errors`` maps it to the typed ``cscapi.errors`` exception that stopped it (``TransportError``, ``ServerError``,
+    ``AuthenticationError``...), plus the machines whose queued signals were not tried because they wait out the
+    cool-down of an earlier failure (``MachineCoolingDownError``, or ``LoginBannedError`` while a login ban holds).
+    """
 
     sent: int = 0
     quarantined: int = 0
     failed_machines: dict[str, str] = field(default_factory=dict)
     batches: int = 0
+    errors: dict[str, CAPIError] = field(default_factory=dict)
 
     def __int__(self) -> int:
         return self.sent
@@ -208,15 +218,21 @@ class SendReport:
         if isinstance(other, int):
             return self.sent == other
         if isinstance(other, SendReport):
-            return (self.sent, self.quarantined, self.failed_machines, self.batches) == (
+            return (self.sent, self.quarantined, self.failed_machines, self.batches, _error_keys(self.errors)) == (
                 other.sent,
                 other.quarantined,
                 other.failed_machines,
                 other.batches,
+                _error_keys(other.errors),
             )
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def _error_keys(errors: Mapping[str, CAPIError]) -> dict[str, tuple[type[BaseException], str]]:
+    """Errors compared by type and text (exceptions compare by identity, which no caller means)."""
+    return {machine_id: (type(exc), str(exc)) for machine_id, exc in errors.items()}
 
 
 class EnrollStatus:

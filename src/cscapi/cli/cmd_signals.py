@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import click
@@ -166,8 +168,6 @@ def push(app: AppContext, keep_sent: bool) -> None:
       cscapi signals push --json
     """
     from cscapi.cli._runtime import session, stored_machine_id
-    from cscapi.errors import CAPIError
-    from cscapi.timeutil import utcnow
 
     settings = app.settings()
     settings.require_scenarios()
@@ -180,21 +180,15 @@ def push(app: AppContext, keep_sent: bool) -> None:
         with app.out.progress("pushing signals", total=None):
             report = client.send_signals(prune_after_send=not keep_sent)
         after = storage.count_signals()
-        now = utcnow()
-        held = {  # machines whose queued signals wait out the cool-down of an earlier failure (not tried now)
-            m.machine_id: (m.failing_until, m.failure_reason or "an earlier failure")
-            for m in storage.list_machines()
-            if m.failing_until is not None
-            and m.failing_until > now
-            and m.machine_id not in report.failed_machines
-            and storage.count_signals(m.machine_id).queued
-        }
+    # machines whose queued signals were not tried: they wait out an earlier failure's cool-down or a login ban
+    held = {m: exc for m, exc in report.errors.items() if m not in report.failed_machines}
     result = {
         "sent": report.sent,
         "quarantined": report.quarantined,
         "batches": report.batches,
         "failed_machines": report.failed_machines,
-        "cooling_down": {machine: until for machine, (until, _reason) in held.items()},
+        "cooling_down": {m: until for m, exc in held.items() if (until := _held_until(exc)) is not None},
+        "errors": {m: {"type": type(exc).__name__, "message": exc.message} for m, exc in report.errors.items()},
         "queue": {"queued": after.queued, "sent": after.sent, "quarantined": after.quarantined},
     }
     failed = bool(report.failed_machines or held)
@@ -215,25 +209,66 @@ def push(app: AppContext, keep_sent: bool) -> None:
             )
         for machine, reason in report.failed_machines.items():
             app.out.print(f"[red]✗[/red] machine {esc(machine)}: {esc(reason)} (its signals stay queued)")
-        for machine, (until, reason) in held.items():
-            app.out.print(
-                f"[red]✗[/red] machine {esc(machine)} failed recently ({esc(reason.rstrip('.'))}): "
-                f"its signals wait until {until:%H:%M:%S} UTC, then are retried"
-            )
-    if report.failed_machines:
-        machine, reason = next(iter(report.failed_machines.items()))
-        raise CAPIError(
-            f"signals of {len(report.failed_machines)} machine(s) were not sent "
-            f"(machine {machine[:12]}…: {reason.rstrip('.')})",
+        for machine, exc in held.items():
+            until = _held_until(exc)
+            why = getattr(exc, "reason", None) or exc.message
+            wait = f"its signals wait until {until:%H:%M:%S} UTC, then are retried" if until else "its signals wait"
+            app.out.print(f"[red]✗[/red] machine {esc(machine)} failed recently ({esc(why.rstrip('.'))}): {wait}")
+    if report.failed_machines or held:
+        _fail_push(app, report.failed_machines, held, report.errors)
+
+
+def _held_until(exc: Exception) -> datetime | None:
+    """When a held machine's signals are tried again (a cool-down's or a login ban's end)."""
+    until = getattr(exc, "until", None)
+    return until if isinstance(until, datetime) else None
+
+
+def push_exit_code(failures: Iterable[BaseException]) -> int:
+    """The exit code of a push that failed for some machines (docs/cli.md, "Exit codes").
+
+    3 when every failure says CAPI is unreachable or failing (network, 5xx, 429 after the retries), else 4 if a
+    machine is login-banned, 5 if CAPI refused credentials, else 1. Codes come from ``cscapi.cli._exit``.
+    """
+    from cscapi.cli import _exit
+    from cscapi.errors import LoginBannedError, RateLimitedError
+
+    errors = list(failures)
+    if not errors:
+        return _exit.FAILURE
+    # a 429 after every retry means the same thing for a push as a 5xx: CAPI cannot take the signals now
+    codes = [_exit.UNREACHABLE if isinstance(e, RateLimitedError) else _exit.code_for(e) for e in errors]
+    if all(code == _exit.UNREACHABLE for code in codes):
+        return _exit.UNREACHABLE
+    if any(isinstance(e, LoginBannedError) for e in errors):
+        return _exit.LOGIN_BANNED
+    if _exit.AUTHENTICATION in codes:
+        return _exit.AUTHENTICATION
+    return _exit.FAILURE
+
+
+def _fail_push(app: AppContext, failed: dict[str, str], held: dict[str, Any], errors: dict[str, Any]) -> None:
+    """Print the one-line error of a push that failed for some machines, then exit with ``push_exit_code``."""
+    from cscapi.cli import report_error
+    from cscapi.errors import CAPIError
+
+    if failed:
+        machine, reason = next(iter(failed.items()))
+        summary = CAPIError(
+            f"signals of {len(failed)} machine(s) were not sent (machine {machine[:12]}…: {reason.rstrip('.')})",
             hint="They stay queued and are retried on the next push; check the CAPI URL and the network.",
         )
-    if held:
-        machine, (until, _reason) = next(iter(held.items()))
-        raise CAPIError(
+    else:
+        machine, exc = next(iter(held.items()))
+        until = _held_until(exc)
+        at = f", until {until:%H:%M:%S} UTC" if until else ""
+        summary = CAPIError(
             f"signals of {len(held)} machine(s) were not sent: they wait out the cool-down of a recent failure "
-            f"(machine {machine[:12]}…, until {until:%H:%M:%S} UTC)",
+            f"(machine {machine[:12]}…{at})",
             hint="They stay queued and are retried after the cool-down; `cscapi machines status` shows why.",
         )
+    report_error(app, summary)
+    raise click.exceptions.Exit(push_exit_code(errors.values()))
 
 
 @signals.command("list")
