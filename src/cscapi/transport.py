@@ -10,6 +10,7 @@ config gives no ``transport``; tests set them (``monkeypatch``) to run unchanged
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import threading
 from dataclasses import dataclass
@@ -56,13 +57,30 @@ class TransportSettings:
         return kwargs
 
 
-def _response(resp: httpx.Response) -> Response:
+def _response(resp: httpx.Response, content: bytes | None = None) -> Response:
     return Response(
         status_code=resp.status_code,
         headers={k.lower(): v for k, v in resp.headers.items()},
-        content=resp.content,
+        content=resp.content if content is None else content,
         url=str(resp.request.url.copy_with(query=None)),
     )
+
+
+INLINE_DECODE_BYTES = 64 * 1024
+"""Async answers whose raw body is larger than this are joined and decompressed in a worker thread, not on the loop."""
+
+
+def _decode(resp: httpx.Response, chunks: list[bytes]) -> bytes:
+    """The raw (still ``Content-Encoding``-encoded) body chunks of ``resp``, joined and decoded exactly as httpx would.
+
+    httpx picks the decoders from the headers when a ``Response`` is built from content (gzip, deflate, br and zstd
+    when their packages are installed, several encodings in order, unknown ones left as they are), so building one
+    here applies its own semantics, off the event loop. Raises ``httpx.DecodingError`` on a corrupt body.
+    """
+    raw = b"".join(chunks)
+    if not resp.headers.get("content-encoding"):
+        return raw
+    return httpx.Response(resp.status_code, headers=resp.headers, content=raw).content
 
 
 def _failure(exc: httpx.HTTPError, url: str) -> NetworkFailure:
@@ -150,16 +168,31 @@ class AsyncTransport:
         return self._client
 
     async def send(self, request: Request) -> Response | NetworkFailure:
-        """Send and read the whole answer; a network failure is returned, not raised."""
+        """Send and read the whole answer; a network failure is returned, not raised.
+
+        The body is read raw, chunk by chunk (the loop runs between chunks); a large one (a startup decisions
+        stream is ~10 MB decompressed) is joined and decompressed in a worker thread, so the loop never stalls on it.
+        """
         client = self.client
         built = _build(client, request)
         try:
-            resp = await client.send(built, follow_redirects=request.follow_redirects)
+            resp = await client.send(built, follow_redirects=request.follow_redirects, stream=True)
+            if resp.is_stream_consumed:  # a body read before it reached us (an httpx.MockTransport answer)
+                await resp.aclose()
+                return _response(resp)
+            try:
+                chunks = [chunk async for chunk in resp.aiter_raw()]
+            finally:
+                await resp.aclose()
+            if sum(len(chunk) for chunk in chunks) <= INLINE_DECODE_BYTES:
+                content = _decode(resp, chunks)
+            else:
+                content = await asyncio.to_thread(_decode, resp, chunks)
         except _NOT_RETRYABLE as exc:
             raise ConfigurationError(f"Cannot send the {request.operation} request: {exc}.") from None
         except httpx.HTTPError as exc:
             return _failure(exc, request.url)
-        return _response(resp)
+        return _response(resp, content)
 
     async def aclose(self) -> None:
         if self._client is not None:

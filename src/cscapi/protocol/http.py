@@ -111,9 +111,21 @@ class NetworkFailure:
         return f"{self.kind} error ({self.detail})"
 
 
+PIECEWISE_JSON_BYTES = 256 * 1024
+"""Documents larger than this are parsed in pieces (``jsonchunks``): no single C call holds the GIL for long."""
+
+
 def loads_json(data: bytes | str) -> Any:
-    """``json.loads`` that raises ``ValueError`` (never ``RecursionError``) on a hostile, deeply nested document."""
+    """``json.loads`` that raises ``ValueError`` (never ``RecursionError``) on a hostile, deeply nested document.
+
+    A large document (a startup decisions stream) is parsed in many short steps, so that a worker thread parsing it
+    lets the event loop's thread run in between (one ``json.loads`` of 10 MB holds the GIL ~80 ms).
+    """
     try:
+        if len(data) > PIECEWISE_JSON_BYTES:
+            from cscapi.protocol.jsonchunks import loads_in_pieces
+
+            return loads_in_pieces(data)
         return json.loads(data)
     except RecursionError:
         raise ValueError("JSON nested too deeply to read") from None

@@ -22,6 +22,7 @@ from cscapi.errors import (
 )
 from cscapi.iputil import canonical_address, canonical_range
 from cscapi.models import AllowlistLink, BlocklistLink, DecisionStream, DeletedDecision, EnrollStatus, StreamDecision
+from cscapi.protocol.gcpause import without_gc
 from cscapi.protocol.http import NetworkFailure, Response, safe_url
 from cscapi.protocol.retry import parse_retry_after
 from cscapi.timeutil import parse_go_duration
@@ -310,6 +311,7 @@ def _optional_str(item: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+@without_gc  # ~100k acyclic objects: collector passes would only stall every thread (see gcpause)
 def parse_stream(response: Response, *, startup: bool = False, on_skip: SkipHook | None = None) -> DecisionStream:
     """A :class:`DecisionStream` from a 2xx ``GET /v3/decisions/stream`` answer (empty or null parts allowed)."""
     data = parse_json_object(response, "decisions stream") if response.content.strip() else {}
