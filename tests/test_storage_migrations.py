@@ -36,11 +36,11 @@ def query(url: str, sql: str) -> list[Any]:
 
 def test_new_database_gets_the_current_version(database_url: str) -> None:
     with SQLStorage(database_url) as storage:
-        assert storage.schema_version == migrations.CURRENT_VERSION == 1
+        assert storage.schema_version == migrations.CURRENT_VERSION == 2
         assert storage.schema_version_found == 0
-    assert [row[0] for row in query(database_url, "SELECT version FROM schema_version")] == [1]
+    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2]
     with SQLStorage(database_url) as storage:  # reopening: nothing to do
-        assert storage.schema_version_found == 1
+        assert storage.schema_version_found == 2
 
 
 def test_a_newer_database_is_refused_and_left_untouched(database_url: str) -> None:
@@ -58,16 +58,19 @@ def test_an_older_database_is_upgraded_step_by_step(database_url: str, monkeypat
     with SQLStorage(database_url) as storage:
         storage.add_signals(make_signals(3))
 
-    def v2(conn: Any, ctx: migrations.MigrationContext) -> None:
+    def probe(conn: Any, ctx: migrations.MigrationContext) -> None:
         conn.execute(text("CREATE TABLE v2_probe (id INTEGER PRIMARY KEY)"))
         conn.execute(text("INSERT INTO v2_probe (id) SELECT alert_id FROM signals"))
 
-    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, migrations.Migration(2, "probe", v2)])
+    now = migrations.CURRENT_VERSION
+    monkeypatch.setattr(
+        migrations, "MIGRATIONS", [*migrations.MIGRATIONS, migrations.Migration(now + 1, "probe", probe)]
+    )
     with SQLStorage(database_url) as storage:
-        assert storage.schema_version_found == 1
-        assert storage.schema_version == 2
+        assert storage.schema_version_found == now
+        assert storage.schema_version == now + 1
         assert storage.count_signals() == QueueCounts(queued=3)
-    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2]
+    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [*range(1, now + 2)]
     assert len(query(database_url, "SELECT id FROM v2_probe")) == 3
 
 
@@ -78,15 +81,54 @@ def test_a_failing_step_leaves_the_version_unchanged(database_url: str, monkeypa
         conn.execute(text("CREATE TABLE half_done (id INTEGER PRIMARY KEY)"))
         conn.execute(text("SELECT no_such_column FROM signals"))
 
-    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, migrations.Migration(2, "broken", broken)])
+    now = migrations.CURRENT_VERSION
+    broken_step = migrations.Migration(now + 1, "broken", broken)
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, broken_step])
     with pytest.raises(StorageError) as info:
         SQLStorage(database_url)
     assert "opening the storage failed" in str(info.value)
-    assert [row[0] for row in query(database_url, "SELECT version FROM schema_version")] == [1]
+    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [*range(1, now + 1)]
     if not database_url.startswith("mysql"):  # MariaDB commits DDL implicitly; the others roll it back
         engine = create_engine(database_url)
         assert not inspect(engine).has_table("half_done")
         engine.dispose()
+
+
+def signal_indexes(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        return {str(index["name"]) for index in inspect(engine).get_indexes("signals")}
+    finally:
+        engine.dispose()
+
+
+def test_version_2_drops_the_claim_token_index_of_a_version_1_database(database_url: str) -> None:
+    with SQLStorage(database_url) as storage:
+        storage.add_signals(make_signals(4))
+    assert "ix_signals_claim_token" not in signal_indexes(database_url)  # a new database never has it
+    # Rebuild a version 1 database as version 1 created it: with the index, without the version 2 row.
+    run_sql(
+        database_url,
+        "CREATE INDEX ix_signals_claim_token ON signals (claim_token)",
+        "DELETE FROM schema_version WHERE version = 2",
+    )
+    assert "ix_signals_claim_token" in signal_indexes(database_url)
+    with SQLStorage(database_url) as storage:
+        assert storage.schema_version_found == 1
+        claim = storage.claim_signals(3, lease_seconds=60)
+        assert len(claim.signals) == 3
+        assert storage.mark_sent(claim) == 3
+        assert storage.count_signals() == QueueCounts(queued=1, sent=3)
+    assert "ix_signals_claim_token" not in signal_indexes(database_url)
+    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2]
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            ctx = migrations.MigrationContext(engine=engine, encrypt_secret=lambda c, v: v)
+            migrations._v2(conn, ctx)  # idempotent: MariaDB may re-run it after a crash between DDL and the version
+    finally:
+        engine.dispose()
+    assert "ix_signals_claim_token" not in signal_indexes(database_url)
 
 
 # ---- the legacy cscapi 0.7.0 database -----------------------------------------------------------------------------

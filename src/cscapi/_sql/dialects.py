@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import stat
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -129,6 +131,25 @@ def _create_private_sqlite_file(url: URL) -> None:
     os.close(fd)
 
 
+def _enable_wal(cursor: Any) -> None:
+    """Switch the database file to WAL (persistent: usually already done). The switch needs a moment of exclusive
+    access and SQLite reports "database is locked" at once, without waiting, when several connections open a new
+    file together: retry it for up to the busy timeout."""
+    import sqlite3  # only SQLite connections get here (a Python built without sqlite3 may still use PostgreSQL)
+
+    if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(random.uniform(0.001, 0.01))
+
+
 def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     """Per-connection SQLite setup: we issue BEGIN ourselves, WAL, relaxed fsync, foreign keys, busy wait."""
     # Let SQLAlchemy's "begin" event (below) open transactions, so DDL and BEGIN IMMEDIATE behave as written.
@@ -136,7 +157,7 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:

@@ -99,7 +99,7 @@ signals = Table(
     Column("created_at", String(64), nullable=True),
     Column("payload", _LONG_TEXT, nullable=False),
     Column("status", String(16), nullable=False, default=QUEUED),
-    Column("claim_token", String(64), nullable=True, index=True),
+    Column("claim_token", String(64), nullable=True),  # no index: claims are updated by alert_id (see v2)
     Column("claimed_until", UTCDateTime(), nullable=True),
     Column("sent_at", UTCDateTime(), nullable=True),
     Column("quarantine_reason", Text(), nullable=True),
