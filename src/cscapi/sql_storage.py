@@ -43,7 +43,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import SQLAlchemyError
 
 from cscapi._sql import schema
-from cscapi._sql.bulk import PG_BULK_INSERT, json_batches
+from cscapi._sql.bulk import PG_BULK_INSERT, json_batches, placeholder, raw_insert, raw_lookup, row_tuples
 from cscapi._sql.codec import check_length, signal_from_row, signal_row
 from cscapi._sql.dialects import (
     build_engine,
@@ -146,6 +146,7 @@ class SQLStorage(StorageInterface):
         self._box: SecretBox | None = None
         self.engine: Engine = build_engine(self._url, engine_options)
         self._backend = self.engine.dialect.name
+        self._mark = placeholder(str(getattr(self.engine.dialect.dbapi, "paramstyle", "")))
         # preserve_rowcount: SQLAlchemy 2.1 only keeps rowcount for UPDATE/DELETE unless asked (INSERT IGNORE counts).
         self._read_engine = self.engine.execution_options(preserve_rowcount=True)
         self._write_engine = self.engine.execution_options(preserve_rowcount=True, cscapi_write=True)
@@ -361,7 +362,14 @@ class SQLStorage(StorageInterface):
                     ids[uuid] = int(alert_id)
             added = len(ids)
             missing = [row["uuid"] for row in rows if row["uuid"] not in ids]
-        else:  # SQLite, MariaDB: executemany (PyMySQL folds it into multi-row INSERTs; MariaDB's JSON_TABLE was slower)
+        elif self._mark is not None:  # SQLite, MariaDB: the driver's executemany on tuples (see cscapi._sql.bulk)
+            added = conn.exec_driver_sql(raw_insert(self._backend, self._mark), row_tuples(rows)).rowcount
+            uuids = [row["uuid"] for row in rows]
+            for chunk in _chunks(uuids):
+                for uuid, alert_id in conn.exec_driver_sql(raw_lookup(self._mark, len(chunk)), tuple(chunk)):
+                    ids[uuid] = int(alert_id)
+            return int(added), ids
+        else:  # another driver: SQLAlchemy's executemany (PyMySQL folds it into multi-row INSERTs)
             added = conn.execute(stmt, rows).rowcount
             missing = [row["uuid"] for row in rows]
         for chunk in _chunks(missing):
