@@ -16,6 +16,8 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 def _instance(cls: type) -> cscapi.errors.CAPIError:
     if cls is cscapi.errors.LoginBannedError:
         return cls("x", until=datetime.now(timezone.utc))
+    if cls is cscapi.errors.MachineCoolingDownError:
+        return cls("x", until=datetime.now(timezone.utc), reason="503")
     if cls is cscapi.errors.RefreshTooSoonError:
         return cls("x", next_allowed_at=datetime.now(timezone.utc))
     return cls("x")

@@ -249,26 +249,31 @@ def push_exit_code(failures: Iterable[BaseException]) -> int:
 
 def _fail_push(app: AppContext, failed: dict[str, str], held: dict[str, Any], errors: dict[str, Any]) -> None:
     """Print the one-line error of a push that failed for some machines, then exit with ``push_exit_code``."""
-    from cscapi.cli import report_error
+    from cscapi.cli import _exit, report_error
     from cscapi.errors import CAPIError
 
+    code = push_exit_code(errors.values())
     if failed:
         machine, reason = next(iter(failed.items()))
+        todo = {
+            _exit.LOGIN_BANNED: "wait for the ban to lift, do not retry in a loop",
+            _exit.AUTHENTICATION: "check the machine's credentials (`cscapi machines status`)",
+        }.get(code, "check the CAPI URL and the network")
         summary = CAPIError(
             f"signals of {len(failed)} machine(s) were not sent (machine {machine[:12]}…: {reason.rstrip('.')})",
-            hint="They stay queued and are retried on the next push; check the CAPI URL and the network.",
+            hint=f"They stay queued and are retried on the next push; {todo}.",
         )
     else:
         machine, exc = next(iter(held.items()))
         until = _held_until(exc)
         at = f", until {until:%H:%M:%S} UTC" if until else ""
+        wait = "a login ban" if code == _exit.LOGIN_BANNED else "the cool-down of a recent failure"
         summary = CAPIError(
-            f"signals of {len(held)} machine(s) were not sent: they wait out the cool-down of a recent failure "
-            f"(machine {machine[:12]}…{at})",
+            f"signals of {len(held)} machine(s) were not sent: they wait out {wait} (machine {machine[:12]}…{at})",
             hint="They stay queued and are retried after the cool-down; `cscapi machines status` shows why.",
         )
     report_error(app, summary)
-    raise click.exceptions.Exit(push_exit_code(errors.values()))
+    raise click.exceptions.Exit(code)
 
 
 @signals.command("list")
