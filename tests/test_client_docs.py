@@ -75,3 +75,17 @@ def test_method_fragments_run(emu: Any, namespace: dict[str, Any]) -> None:
         exec(compile(block(marker), "docs/client.md", "exec"), namespace)
     assert namespace["added"] == 1 and namespace["later"].not_modified
     assert namespace["ranged"].source.scope == "range" and namespace["ban"].decisions
+
+
+def test_send_report_errors_example(emu: Any, namespace: dict[str, Any], capsys: Any) -> None:
+    client, mid = namespace["client"], namespace["mid"]
+    client.add_signals([create_signal("192.0.2.10", "crowdsecurity/ssh-bf", machine_id=mid)])
+    client.login(mid)
+    emu.admin.set_fault("signals", error_rate=1.0, error_status=503)
+    try:
+        exec(compile(block("for failed_id, error in report.errors.items():"), "docs/client.md", "exec"), namespace)
+    finally:
+        emu.admin.clear_faults()
+    assert f"{mid}: CAPI unreachable or failing" in capsys.readouterr().out
+    exec(compile(block("for failed_id, error in report.errors.items():"), "docs/client.md", "exec"), namespace)
+    assert f"{mid}: not tried, waits until" in capsys.readouterr().out
