@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cscapi.protocol.gcpause import gc_paused
+from cscapi.gcpause import gc_paused
 from cscapi.protocol.http import PIECEWISE_JSON_BYTES, loads_json
 from cscapi.protocol.jsonchunks import loads_in_pieces
 

@@ -20,9 +20,9 @@ from cscapi.errors import (
     ServerError,
     TransportError,
 )
+from cscapi.gcpause import without_gc
 from cscapi.iputil import canonical_address, canonical_range
 from cscapi.models import AllowlistLink, BlocklistLink, DecisionStream, DeletedDecision, EnrollStatus, StreamDecision
-from cscapi.protocol.gcpause import without_gc
 from cscapi.protocol.http import NetworkFailure, Response, safe_url
 from cscapi.protocol.retry import parse_retry_after
 from cscapi.timeutil import parse_go_duration

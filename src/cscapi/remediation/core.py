@@ -18,9 +18,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cscapi.errors import RefreshInProgressError, RefreshTooSoonError
+from cscapi.gcpause import without_gc
 from cscapi.models import AllowlistLink, BlocklistLink, DecisionStream, LinkDownload
 from cscapi.redact import mask_url
-from cscapi.remediation._gc import without_gc
 from cscapi.remediation.index import Index, Policy, build_index
 from cscapi.remediation.models import ListOutcome, ListStatus, RefreshReport
 from cscapi.remediation.parsing import ParseTally, canonical_value, parse_allowlist, parse_blocklist

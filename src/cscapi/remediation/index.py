@@ -26,8 +26,8 @@ from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Any
 
 from cscapi.errors import ConfigurationError, InvalidIPError
+from cscapi.gcpause import without_gc
 from cscapi.remediation._chunks import CHUNK, slices, yield_gil
-from cscapi.remediation._gc import without_gc
 from cscapi.remediation.models import Remediation
 from cscapi.remediation.parsing import MAPPED_PREFIX, parse_range
 from cscapi.remediation.state import State

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 
+from cscapi.gcpause import without_gc
 from cscapi.iputil import MAPPED_PREFIX, parse_range
 from cscapi.iputil import canonical_address as _canonical_address
-from cscapi.remediation._gc import without_gc
 from cscapi.timeutil import parse_timestamp
 
 __all__ = [

@@ -13,8 +13,8 @@ import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cscapi.gcpause import without_gc
 from cscapi.remediation._chunks import CHUNK, yield_gil
-from cscapi.remediation._gc import without_gc
 
 __all__ = [
     "FORMAT",

@@ -1,4 +1,4 @@
-"""Pause the cyclic garbage collector while a large, acyclic result is built (a parsed decisions stream).
+"""Pause the cyclic garbage collector while a large, acyclic result is built (a parsed stream, an index, a state).
 
 Parsing 100k decisions allocates a few hundred thousand dicts and strings; each generation-2 pass they trigger holds
 the GIL 30-60 ms and frees nothing (there are no cycles), stalling every other thread, the event loop's included.
