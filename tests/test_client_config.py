@@ -200,3 +200,17 @@ def test_transport_reuses_one_connection_pool() -> None:
     transport = SyncTransport(TransportSettings(user_agent="ua"))
     assert transport.client is transport.client
     transport.close()
+
+
+@pytest.mark.parametrize("client_class", ["sync", "async"])
+def test_clients_refuse_wrong_storage_or_config(client_class: str, tmp_path: Path) -> None:
+    from cscapi.aio import AsyncCAPIClient
+
+    cls: Any = CAPIClient if client_class == "sync" else AsyncCAPIClient
+    storage = SQLStorage(f"sqlite:///{tmp_path / 'c.db'}")
+    config = CAPIClientConfig(scenarios=["crowdsecurity/ssh-bf"], base_url="http://127.0.0.1:9/")
+    with pytest.raises(ConfigurationError, match="CAPIClientConfig"):
+        cls(storage, {"scenarios": ["crowdsecurity/ssh-bf"]})  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="StorageInterface"):
+        cls("sqlite:///c.db", config)  # type: ignore[arg-type]
+    storage.close()

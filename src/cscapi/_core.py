@@ -279,6 +279,12 @@ class Core:
     """The flows of the client, bound to one storage and one configuration. Holds no I/O handle."""
 
     def __init__(self, storage: StorageInterface, config: CAPIClientConfig) -> None:
+        from cscapi.client import CAPIClientConfig  # client.py imports this module: a local import, no cycle
+
+        if not isinstance(config, CAPIClientConfig):
+            raise ConfigurationError("config must be a CAPIClientConfig.")
+        if not isinstance(storage, StorageInterface):
+            raise ConfigurationError("storage must implement cscapi.storage.StorageInterface (e.g. SQLStorage).")
         self.storage = storage
         self.config = config
         self.log: logging.Logger = config.logger

@@ -13,7 +13,6 @@ from typing import Any
 
 from cscapi._core import Core, Flow, T, run_async
 from cscapi.client import CAPIClientConfig
-from cscapi.errors import ConfigurationError
 from cscapi.models import DecisionStream, EnrollOutcome, LinkDownload, Machine, SendReport, Signal
 from cscapi.storage import StorageInterface
 from cscapi.timeutil import utcnow
@@ -26,14 +25,10 @@ class AsyncCAPIClient:
     """Share signals with CAPI and pull its decisions from asyncio code. See ``CAPIClient`` for each method."""
 
     def __init__(self, storage: StorageInterface, config: CAPIClientConfig) -> None:
-        if not isinstance(config, CAPIClientConfig):
-            raise ConfigurationError("config must be a CAPIClientConfig.")
-        if not isinstance(storage, StorageInterface):
-            raise ConfigurationError("storage must implement cscapi.storage.StorageInterface (e.g. SQLStorage).")
+        self._core = Core(storage, config)  # validates both arguments
         self.storage = storage
         self.config = config
         self.logger = config.logger
-        self._core = Core(storage, config)
         self._transport = AsyncTransport(config.transport_settings())
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self._clock: Callable[[], datetime] = utcnow

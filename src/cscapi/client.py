@@ -213,14 +213,10 @@ class CAPIClient:
     """
 
     def __init__(self, storage: StorageInterface, config: CAPIClientConfig) -> None:
-        if not isinstance(config, CAPIClientConfig):
-            raise ConfigurationError("config must be a CAPIClientConfig.")
-        if not isinstance(storage, StorageInterface):
-            raise ConfigurationError("storage must implement cscapi.storage.StorageInterface (e.g. SQLStorage).")
+        self._core = Core(storage, config)  # validates both arguments
         self.storage = storage
         self.config = config
         self.logger = config.logger
-        self._core = Core(storage, config)
         self._transport = SyncTransport(config.transport_settings())
         self._sleep: Callable[[float], None] = time.sleep
         self._clock: Callable[[], datetime] = utcnow
