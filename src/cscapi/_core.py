@@ -39,7 +39,7 @@ from cscapi.machines import (
     token_is_usable,
     validate_machine_id,
 )
-from cscapi.models import EnrollOutcome, EnrollStatus, LinkDownload, Machine, SendReport, Signal
+from cscapi.models import EnrollOutcome, EnrollStatus, LinkDownload, Machine, SendReport, SendTally, Signal
 from cscapi.protocol import (
     Endpoints,
     NetworkFailure,
@@ -762,7 +762,7 @@ class Core:
         marked failing for ``failing_cooldown`` and its signals go back to the queue.
         """
         size = _batch_size(self.config.batch_size if batch_size is None else batch_size)
-        report = SendReport()
+        report = SendTally()  # frozen into an (int) SendReport at the end
         failed: dict[str, str] = {}
         batches: list[_Batch] = []
         seen: set[int] = set()
@@ -816,7 +816,7 @@ class Core:
             report.batches,
             len(failed),
         )
-        return report
+        return report.report()
 
     def _held_machines(self, tried: set[str]) -> Flow[dict[str, CAPIError]]:
         """The machines whose queued signals the claim skipped (a cool-down or a login ban in force), each with the
@@ -859,7 +859,7 @@ class Core:
         batch: _Batch,
         signals: list[Signal],
         size: int,
-        report: SendReport,
+        report: SendTally,
         prune: bool,
         machines: dict[str, Machine],
     ) -> Flow[CAPIError | None]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,7 @@ __all__ = [
     "Machine",
     "QueueCounts",
     "SendReport",
+    "SendTally",
     "Signal",
     "SignalDecision",
     "Source",
@@ -192,15 +193,109 @@ class QueueCounts:
         return self.queued + self.claimed
 
 
-@dataclass
-class SendReport:
-    """What one ``send_signals`` run did. ``int(report)`` is the number accepted, as the legacy SDK returned.
+class SendReport(int):
+    """What one ``send_signals`` run did. It *is* the number of signals accepted, an ``int``, as in the legacy SDK.
 
-    ``failed_machines`` maps each machine whose signals could not be sent in this call to a message;
-    ``errors`` maps it to the typed ``cscapi.errors`` exception that stopped it (``TransportError``, ``ServerError``,
-    ``AuthenticationError``...), plus the machines whose queued signals were not tried because they wait out the
-    cool-down of an earlier failure (``MachineCoolingDownError``, or ``LoginBannedError`` while a login ban holds).
+    ``n + 1``, ``n > 0``, ``sum(...)``, ``f"{n:d}"``, ``json.dumps({"sent": n})``, ``hash(n)`` and
+    ``isinstance(n, int)`` work as with the legacy ``int``; ``str(n)`` is the number, ``repr(n)`` the details.
+    ``sent``, ``quarantined`` and ``batches`` (POSTs made) are counts; ``failed_machines`` maps each machine whose
+    signals could not be sent in this call to a message; ``errors`` maps it to the typed ``cscapi.errors``
+    exception that stopped it (``TransportError``, ``ServerError``, ``AuthenticationError``...), plus the machines
+    whose queued signals were not tried because they wait out the cool-down of an earlier failure
+    (``MachineCoolingDownError``, or ``LoginBannedError`` while a login ban holds).
+
+    Immutable like an ``int`` (its attributes cannot be set; the two dicts are the report's own copies).
+    Compared with a number it is its count; compared with another report, counts, ``failed_machines`` and the
+    errors' types and texts must all match. Copies and pickles keep every detail.
     """
+
+    quarantined: int
+    failed_machines: dict[str, str]
+    batches: int
+    errors: dict[str, CAPIError]
+
+    def __new__(
+        cls,
+        sent: int = 0,
+        quarantined: int = 0,
+        failed_machines: Mapping[str, str] | None = None,
+        batches: int = 0,
+        errors: Mapping[str, CAPIError] | None = None,
+    ) -> SendReport:
+        for name, value in (("sent", sent), ("quarantined", quarantined), ("batches", batches)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise TypeError(f"SendReport.{name} must be a non-negative int, not {value!r}")
+        self = super().__new__(cls, sent)
+        self.__dict__.update(
+            quarantined=int(quarantined),
+            failed_machines=dict(failed_machines or {}),
+            batches=int(batches),
+            errors=dict(errors or {}),
+        )
+        return self
+
+    @property
+    def sent(self) -> int:
+        """How many signals CAPI accepted (a plain ``int``)."""
+        return int(self)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"SendReport is immutable (like the int it is): cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"SendReport is immutable (like the int it is): cannot delete {name!r}")
+
+    def __str__(self) -> str:
+        return int.__repr__(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"SendReport(sent={int(self)}, quarantined={self.quarantined}, failed_machines={self.failed_machines!r}, "
+            f"batches={self.batches}, errors={self.errors!r})"
+        )
+
+    def _key(self) -> tuple[Any, ...]:
+        return (int(self), self.quarantined, self.failed_machines, self.batches, _error_keys(self.errors))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SendReport):
+            return self._key() == other._key()
+        return int.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = int.__hash__  # equal reports have equal counts, so equal hashes
+
+    def __copy__(self) -> SendReport:
+        return SendReport(int(self), self.quarantined, self.failed_machines, self.batches, self.errors)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        errors = {m: (type(e), e.args, dict(e.__dict__)) for m, e in self.errors.items()}
+        return (_rebuild_report, (int(self), self.quarantined, dict(self.failed_machines), self.batches, errors))
+
+
+def _rebuild_report(
+    sent: int,
+    quarantined: int,
+    failed_machines: dict[str, str],
+    batches: int,
+    errors: dict[str, tuple[type[CAPIError], tuple[Any, ...], dict[str, Any]]],
+) -> SendReport:
+    """Unpickle a report. Errors are rebuilt without calling their ``__init__`` (some take keyword-only values)."""
+    rebuilt: dict[str, CAPIError] = {}
+    for machine_id, (kind, args, state) in errors.items():
+        error = kind.__new__(kind)
+        error.args = args
+        error.__dict__.update(state)
+        rebuilt[machine_id] = error
+    return SendReport(sent, quarantined, failed_machines, batches, rebuilt)
+
+
+@dataclass
+class SendTally:
+    """The mutable counts a ``send_signals`` run builds up; :meth:`report` freezes them into a :class:`SendReport`."""
 
     sent: int = 0
     quarantined: int = 0
@@ -208,26 +303,9 @@ class SendReport:
     batches: int = 0
     errors: dict[str, CAPIError] = field(default_factory=dict)
 
-    def __int__(self) -> int:
-        return self.sent
-
-    def __index__(self) -> int:
-        return self.sent
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, int):
-            return self.sent == other
-        if isinstance(other, SendReport):
-            return (self.sent, self.quarantined, self.failed_machines, self.batches, _error_keys(self.errors)) == (
-                other.sent,
-                other.quarantined,
-                other.failed_machines,
-                other.batches,
-                _error_keys(other.errors),
-            )
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
+    def report(self) -> SendReport:
+        """The immutable report of these counts."""
+        return SendReport(self.sent, self.quarantined, self.failed_machines, self.batches, self.errors)
 
 
 def _error_keys(errors: Mapping[str, CAPIError]) -> dict[str, tuple[type[BaseException], str]]:
@@ -309,35 +387,85 @@ class AllowlistLink:
     updated_at: str | None = None
 
 
-@dataclass
-class DecisionStream:
-    """The parsed answer of ``GET /v3/decisions/stream``.
+class DecisionStream(dict[str, Any]):
+    """The answer of ``GET /v3/decisions/stream``: a ``dict`` of the JSON as received, plus its typed reading.
 
-    ``skipped`` counts stream items that could not be read (each logged with its reason). ``raw`` keeps the JSON
-    as received, and ``stream["new"]`` reads it, so code written for the legacy SDK's raw dict keeps working.
+    As a dict it is what the legacy SDK returned (``stream["new"]``, ``json.dumps(stream)``, ``len``, ``items()``,
+    ``isinstance(stream, dict)``); it shares the parsed JSON, it does not copy it. The typed parts are attributes,
+    read once when the answer arrived (changing the dict does not change them): ``new`` (flattened
+    :class:`StreamDecision`), ``deleted``, ``blocklists``, ``allowlists``, ``skipped`` (stream items that could not
+    be read, each logged with its reason) and ``startup``. Equality, ``copy.copy``, ``dict(stream)`` and
+    ``stream.copy()`` are a dict's (``copy()`` gives a plain dict); pickles and ``copy.copy`` keep the attributes.
     """
 
-    new: list[StreamDecision] = field(default_factory=list)
-    deleted: list[DeletedDecision] = field(default_factory=list)
-    blocklists: list[BlocklistLink] = field(default_factory=list)
-    allowlists: list[AllowlistLink] = field(default_factory=list)
-    skipped: int = 0
-    startup: bool = False
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    __slots__ = ("allowlists", "blocklists", "deleted", "new", "skipped", "startup")
 
-    def __getitem__(self, key: str) -> Any:
-        return self.raw[key]
+    new: list[StreamDecision]
+    deleted: list[DeletedDecision]
+    blocklists: list[BlocklistLink]
+    allowlists: list[AllowlistLink]
+    skipped: int
+    startup: bool
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """Read a key of the raw JSON, like ``dict.get``."""
-        return self.raw.get(key, default)
+    def __init__(
+        self,
+        raw: Mapping[str, Any] | None = None,
+        *,
+        new: list[StreamDecision] | None = None,
+        deleted: list[DeletedDecision] | None = None,
+        blocklists: list[BlocklistLink] | None = None,
+        allowlists: list[AllowlistLink] | None = None,
+        skipped: int = 0,
+        startup: bool = False,
+    ) -> None:
+        super().__init__(raw or {})  # the top-level keys only: the lists inside are shared, not copied
+        self.new = new if new is not None else []
+        self.deleted = deleted if deleted is not None else []
+        self.blocklists = blocklists if blocklists is not None else []
+        self.allowlists = allowlists if allowlists is not None else []
+        self.skipped = skipped
+        self.startup = startup
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.raw)
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The JSON as received (the stream itself: it is that dict)."""
+        return self
 
-    def keys(self) -> Any:
-        """The keys of the raw JSON."""
-        return self.raw.keys()
+    def __repr__(self) -> str:
+        return (
+            f"DecisionStream(new={len(self.new)}, deleted={len(self.deleted)}, blocklists={len(self.blocklists)}, "
+            f"allowlists={len(self.allowlists)}, skipped={self.skipped}, startup={self.startup}, keys={list(self)})"
+        )
+
+    def __copy__(self) -> DecisionStream:
+        return DecisionStream(
+            self,
+            new=self.new,
+            deleted=self.deleted,
+            blocklists=self.blocklists,
+            allowlists=self.allowlists,
+            skipped=self.skipped,
+            startup=self.startup,
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        typed = (self.new, self.deleted, self.blocklists, self.allowlists, self.skipped, self.startup)
+        return (_rebuild_stream, (dict(self), *typed))
+
+
+def _rebuild_stream(
+    raw: dict[str, Any],
+    new: list[StreamDecision],
+    deleted: list[DeletedDecision],
+    blocklists: list[BlocklistLink],
+    allowlists: list[AllowlistLink],
+    skipped: int,
+    startup: bool,
+) -> DecisionStream:
+    """Unpickle a stream."""
+    return DecisionStream(
+        raw, new=new, deleted=deleted, blocklists=blocklists, allowlists=allowlists, skipped=skipped, startup=startup
+    )
 
 
 @dataclass(frozen=True)
