@@ -155,6 +155,29 @@ def test_expired_lease_is_reclaimed_and_the_first_holder_cannot_mark_it(storage:
     assert storage.count_signals() == QueueCounts(sent=3)
 
 
+def test_claim_mixing_queued_and_expired_respects_limit_and_age(storage: SQLStorage) -> None:
+    """Queued and lease-expired signals interleaved: each claim takes exactly ``limit`` of them, the oldest first,
+    across both kinds, and never one whose lease still runs (on every back end: PostgreSQL claims in one statement)."""
+    signals = make_signals(12)
+    storage.add_signals(signals)
+    every = ids(signals)
+    first = storage.claim_signals(limit=12, lease_seconds=0.2)
+    assert ids(first.signals) == every
+    assert storage.release_claim(first, every[1::2]) == 6  # odd positions queued again, even ones left to expire
+    deadline = time.monotonic() + 30
+    while storage.count_signals() != QueueCounts(queued=12):  # the 0.2 s lease runs out (counted as queued)
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    a = storage.claim_signals(limit=5, lease_seconds=60)
+    assert ids(a.signals) == every[:5]
+    b = storage.claim_signals(limit=4, lease_seconds=60)  # a's live leases are skipped
+    assert ids(b.signals) == every[5:9]
+    c = storage.claim_signals(limit=100, lease_seconds=60)
+    assert ids(c.signals) == every[9:]
+    assert len(storage.claim_signals(limit=100, lease_seconds=60)) == 0
+    assert storage.count_signals() == QueueCounts(claimed=12)
+
+
 def test_mark_sent_subset_then_release_the_rest(storage: SQLStorage) -> None:
     signals = make_signals(4)
     storage.add_signals(signals)
