@@ -90,7 +90,10 @@ def test_store_contract(store_uri: tuple[str, dict[str, Any]]) -> None:
         store.set_meta("k", "v")
         assert store.get_meta("k") == "v" and store.get_meta("missing") is None
         store.clear()
-        assert store.version() is None and store.load() == (None, None) and not store.is_dirty()
+        # a shared store keeps a "cleared" version with no state (so that a vanished version means LOST)
+        cleared = store.version()
+        assert (cleared is None) if not store.shared else cleared.startswith("cleared-")
+        assert store.load() == (cleared, None) and not store.is_dirty()
         assert store.counters() == {("CAPI", "ban"): 3, ("clean", "bypass"): 5}  # clear keeps the usage counters
         assert store.acquire_lock("t5", 30)  # and drops the lock
     finally:
@@ -197,9 +200,13 @@ def test_redis_keys_stay_under_the_prefix_and_clear_never_touches_others(redis_u
         engine.refresh_decisions()
         engine.update_metrics_origins_count("CAPI", "ban")
         ours = {k.decode() for k in r.scan_iter(match=redis_prefix + "x:*")}
-        assert ours >= {redis_prefix + "x:state", redis_prefix + "x:counters"}
+        assert ours >= {redis_prefix + "x:#state", redis_prefix + "x:#counters"}
         engine.clear_cache()
-        assert {k.decode() for k in r.scan_iter(match=redis_prefix + "x:*")} == {redis_prefix + "x:counters"}
+        assert {k.decode() for k in r.scan_iter(match=redis_prefix + "x:*")} == {
+            redis_prefix + "x:#counters",
+            redis_prefix + "x:#state",  # the "cleared" version: emptied on purpose, not lost
+            redis_prefix + "x:#migrated",
+        }
         assert all(r.get(k) == b"mine, not cscapi's" for k in foreign)
         engine.close()
     finally:
@@ -446,9 +453,9 @@ def test_redis_pubsub_propagates_a_refresh_long_before_the_next_poll(redis_url: 
     reader = RemediationEngine(None, redis_url, key_prefix=redis_prefix, sync_interval_ms=30_000)
     try:
         deadline = time.monotonic() + 5
-        while r.pubsub_numsub(redis_prefix + "events")[0][1] < 1 and time.monotonic() < deadline:
+        while r.pubsub_numsub(redis_prefix + "#events")[0][1] < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert r.pubsub_numsub(redis_prefix + "events")[0][1] == 1  # the reader's sync thread listens
+        assert r.pubsub_numsub(redis_prefix + "#events")[0][1] == 1  # the reader's sync thread listens
         writer.client.streams.append(stream([decision("1.2.3.4")]))  # type: ignore[attr-defined]
         writer.refresh_decisions()
         while reader.version != writer.version and time.monotonic() < deadline + 5:
@@ -462,7 +469,7 @@ def test_redis_pubsub_propagates_a_refresh_long_before_the_next_poll(redis_url: 
         started = time.monotonic()
         reader.close()  # does not wait for the 30 s poll interval
         assert time.monotonic() - started < 5
-        assert r.pubsub_numsub(redis_prefix + "events")[0][1] == 0
+        assert r.pubsub_numsub(redis_prefix + "#events")[0][1] == 0
     finally:
         reader.close()
         writer.close()
@@ -492,7 +499,7 @@ def test_a_forked_worker_subscribes_on_its_own_connection(redis_url: str, redis_
     import redis
 
     r = redis.Redis.from_url(redis_url)
-    channel = redis_prefix + "events"
+    channel = redis_prefix + "#events"
     engine = RemediationEngine(None, redis_url, key_prefix=redis_prefix, sync_interval_ms=30_000)
     deadline = time.monotonic() + 5
     while r.pubsub_numsub(channel)[0][1] < 1 and time.monotonic() < deadline:
@@ -513,4 +520,215 @@ def test_a_forked_worker_subscribes_on_its_own_connection(redis_url: str, redis_
         if child.is_alive():
             child.terminate()
         engine.close()
+        r.close()
+
+
+# ---- faults: a lost store, an abandoned refresh, neighbouring prefixes ---------------------------------------
+
+
+def _wait(predicate: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(predicate())
+
+
+def _lose(uri: str, kw: dict[str, Any]) -> None:
+    """What a Redis restart without data (or a flush, or an eviction) or a replaced SQLite file does to the store."""
+    if uri.startswith("sqlite"):
+        import sqlite3
+
+        path = Path(uri[len("sqlite:///") :])
+        fresh = path.with_name("fresh.db")
+        sqlite3.connect(fresh).close()
+        fresh.replace(path)
+        for suffix in ("-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+    else:
+        import redis
+
+        r = redis.Redis.from_url(uri)
+        keys = list(r.scan_iter(match=kw["key_prefix"] + "*"))  # only this test's keys: never FLUSHDB
+        if keys:
+            r.delete(*keys)
+        r.close()
+
+
+def test_a_lost_store_is_not_an_empty_one(shared_uri: tuple[str, dict[str, Any]]) -> None:
+    """Workers keep their last good index, say they are unhealthy (and why), and so does an engine started now."""
+    uri, kw = shared_uri
+    src = FakeSource()
+    src.streams.append(stream([decision("1.2.3.4")]))
+    writer = RemediationEngine(src, uri, sync_interval_ms=0, **kw)
+    reader = RemediationEngine(None, uri, sync_interval_ms=50, **kw)
+    try:
+        writer.refresh_decisions()
+        assert _wait(lambda: reader.get_ip_remediation("1.2.3.4").remediation == "ban")
+        _lose(uri, kw)
+        assert _wait(lambda: not reader.healthy)
+        assert reader.store_lost and "lost its decisions" in reader.last_sync_error.message  # type: ignore[union-attr]
+        time.sleep(0.3)  # several sync rounds later, still serving the last good index
+        assert reader.get_ip_remediation("1.2.3.4").remediation == "ban" and reader.version == writer.version
+        with pytest.raises(DecisionStoreError, match="lost"):
+            reader.require_ready()
+        # a process starting now (e.g. `cscapi decisions check`) is told too, not handed "bypass" for everyone
+        with pytest.raises(DecisionStoreError, match="lost"):
+            RemediationEngine(None, uri, sync_interval_ms=0, strict=True, **kw)
+        # the next refresh (a startup pull: the dirty mark went with the rest) heals every worker
+        src.streams.append(stream([decision("5.6.7.8")]))
+        writer.refresh_decisions(force=True)
+        assert src.startups() == [True, True]
+        assert _wait(lambda: reader.healthy and reader.get_ip_remediation("5.6.7.8").remediation == "ban")
+        assert not reader.store_lost and reader.get_ip_remediation("1.2.3.4") == CLEAN
+        fresh = RemediationEngine(None, uri, sync_interval_ms=0, strict=True, **kw)
+        assert fresh.healthy
+        fresh.close()
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_a_cleared_store_is_empty_not_lost(shared_uri: tuple[str, dict[str, Any]]) -> None:
+    uri, kw = shared_uri
+    src = FakeSource()
+    src.streams.append(stream([decision("1.2.3.4")]))
+    writer = RemediationEngine(src, uri, sync_interval_ms=0, **kw)
+    reader = RemediationEngine(None, uri, sync_interval_ms=50, **kw)
+    try:
+        writer.refresh_decisions()
+        assert _wait(lambda: reader.get_ip_remediation("1.2.3.4").remediation == "ban")
+        writer.clear_cache()
+        assert _wait(lambda: reader.get_ip_remediation("1.2.3.4") == CLEAN)
+        time.sleep(0.2)
+        assert reader.healthy and not reader.store_lost and reader.version is None
+    finally:
+        reader.close()
+        writer.close()
+
+
+class _Interrupting(FakeSource):
+    """A pull interrupted by Ctrl-C (KeyboardInterrupt): the driver leaves the flow mid-refresh."""
+
+    def get_decisions(self, *args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+
+def test_an_abandoned_refresh_releases_the_lock(shared_uri: tuple[str, dict[str, Any]]) -> None:
+    import sys
+
+    uri, kw = shared_uri
+    ignored: list[Any] = []
+    previous, sys.unraisablehook = sys.unraisablehook, ignored.append
+    engine = RemediationEngine(_Interrupting(), uri, sync_interval_ms=0, **kw)
+    store = open_store(uri, **kw)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            engine.refresh_decisions()
+        assert store.acquire_lock("someone-else", 30)  # free at once, not after lock_ttl (300 s)
+        store.release_lock("someone-else")
+        import gc
+
+        gc.collect()
+        assert not [u for u in ignored if "GeneratorExit" in str(u.exc_value)]
+    finally:
+        sys.unraisablehook = previous
+        store.close()
+        engine.close()
+
+
+def test_a_cancelled_async_refresh_releases_the_lock(shared_uri: tuple[str, dict[str, Any]]) -> None:
+    import asyncio
+
+    from cscapi.remediation import AsyncRemediationEngine
+
+    uri, kw = shared_uri
+
+    class Hanging:
+        async def get_decisions(self, *args: Any, **kwargs: Any) -> Any:
+            await asyncio.Event().wait()
+
+        async def default_machine_id(self) -> str:
+            return "m" * 48
+
+    async def scenario() -> None:
+        engine = AsyncRemediationEngine(Hanging(), uri, sync_interval_ms=0, **kw)
+        try:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(engine.refresh_decisions(), 0.5)
+        finally:
+            await engine.aclose()
+
+    asyncio.run(scenario())
+    store = open_store(uri, **kw)
+    try:
+        assert store.acquire_lock("someone-else", 30)
+    finally:
+        store.close()
+
+
+def test_closing_the_refresh_flow_mid_pull_yields_nothing() -> None:
+    """The flow's lock release is never a `yield` in a `finally`: closing it mid-refresh is clean."""
+    import logging
+
+    from cscapi.remediation.core import FlowContext, refresh_flow
+    from cscapi.remediation.index import Policy
+
+    ctx = FlowContext(Policy(("ban", "captcha", "bypass"), "bypass", "normal_bouncing"), logging.getLogger("t"),
+                      time.time, "m" * 48, True, True, 5400.0, 300.0)  # fmt: skip
+    flow = refresh_flow(ctx, False)
+    answers = {"acquire_lock": True, "load": (None, None), "is_dirty": False, "mark_dirty": None}
+    op = next(flow)
+    while op.name != "get_decisions":
+        op = flow.send(answers[op.name])
+    flow.close()  # raised "generator ignored GeneratorExit" when the release was a yield in a finally
+
+
+def test_redis_prefixes_are_delimited(redis_url: str, redis_prefix: str) -> None:
+    """Prefix ``a:`` never reaches tenant ``a:x:``'s keys (clear used to SCAN ``a:*``)."""
+    import redis
+
+    from cscapi.remediation.stores.redis import namespace
+
+    src_a, src_ax = FakeSource(), FakeSource()
+    src_a.streams.append(stream([decision("1.1.1.1")]))
+    src_ax.streams.append(stream([decision("2.2.2.2")]))
+    a = RemediationEngine(src_a, redis_url, key_prefix=redis_prefix + "a:", sync_interval_ms=0)
+    ax = RemediationEngine(src_ax, redis_url, key_prefix=redis_prefix + "a:x:", sync_interval_ms=0)
+    r = redis.Redis.from_url(redis_url)
+    try:
+        a.refresh_decisions()
+        ax.refresh_decisions()
+        ax.update_metrics_origins_count("CAPI", "ban", 4)
+        before = {k for k in r.scan_iter(match=redis_prefix + "a:x:*")}
+        a.clear_cache()
+        assert {k for k in r.scan_iter(match=redis_prefix + "a:x:*")} == before
+        ax.sync()
+        assert ax.healthy and ax.get_ip_remediation("2.2.2.2").remediation == "ban"
+        assert ax.get_origins_count() == {"CAPI": {"ban": 4}}
+        # no namespace is a prefix of another's keys, whatever the prefixes hold
+        prefixes = ["a:", "a:x:", "a:#", "a:\\#", "a:\\", "a:#x", "a", "a:meta:"]
+        spaces = [namespace(p) for p in prefixes]
+        for p, ns in zip(prefixes, spaces):
+            for q, other in zip(prefixes, spaces):
+                if p != q:
+                    assert not (other + "state").startswith(ns), (p, q)
+    finally:
+        a.close()
+        ax.close()
+        r.close()
+
+
+def test_redis_old_key_layout_is_read_once(redis_url: str, redis_prefix: str) -> None:
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    r.hset(redis_prefix + "state", mapping={"version": "v-old", "blob": encode_state(sample_state())})
+    r.hset(redis_prefix + "counters", '["CAPI","ban"]', 7)
+    try:
+        engine = RemediationEngine(None, redis_url, key_prefix=redis_prefix, sync_interval_ms=0)
+        assert engine.version == "v-old" and engine.get_ip_remediation("1.2.3.4").remediation == "ban"
+        assert engine.get_origins_count() == {"CAPI": {"ban": 7}}
+        assert engine.store.is_dirty()  # the next pull is a startup pull
+        engine.close()
+    finally:
         r.close()

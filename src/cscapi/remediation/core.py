@@ -311,9 +311,13 @@ def refresh_flow(ctx: FlowContext, force: bool) -> Generator[Op, Any, tuple[Refr
             "startup" if startup else "delta", report.new, report.deleted, len(outcomes), report.skipped,
             index.decisions,
         )  # fmt: skip
-        return report, index
-    finally:
+    except Exception:
+        # never a yield in a `finally`: a driver that abandons the flow (KeyboardInterrupt, a cancelled task) closes
+        # it with GeneratorExit, which must not yield; the engine then releases the lock it saw taken itself
         yield store("release_lock", token)
+        raise
+    yield store("release_lock", token)
+    return report, index
 
 
 def prune_state(state: State, now: float) -> tuple[State, int]:
@@ -346,12 +350,15 @@ def prune_flow(ctx: FlowContext) -> Generator[Op, Any, tuple[int, Index | None]]
         raise RefreshInProgressError("another worker is refreshing the decisions right now")
     try:
         _version, loaded = yield store("load")
-        if loaded is None:
-            return 0, None
-        pruned, removed = yield compute(prune_state, loaded, ctx.clock())
-        version = new_version()
-        index: Index = yield compute(build_index, pruned, ctx.policy, version, ctx.clock())
-        yield store("commit", pruned, version, token, False)
-        return removed, index
-    finally:
+        index: Index | None = None
+        removed = 0
+        if loaded is not None:
+            pruned, removed = yield compute(prune_state, loaded, ctx.clock())
+            version = new_version()
+            index = yield compute(build_index, pruned, ctx.policy, version, ctx.clock())
+            yield store("commit", pruned, version, token, False)
+    except Exception:  # no yield in a `finally`: see refresh_flow
         yield store("release_lock", token)
+        raise
+    yield store("release_lock", token)
+    return removed, index

@@ -6,6 +6,7 @@ sans-I/O flows in ``core.py``. ``get_ip_remediation`` is the same synchronous, I
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -30,6 +31,12 @@ R = TypeVar("R")
 DEFAULT_LOGGER = logging.getLogger("cscapi.remediation")
 _LAST_PUSH = "last_metrics_push"
 _NOTIFY_SLICE = 0.25
+_LOST = "lost"
+_LOST_HINT = (
+    "The store held decisions and now holds none (Redis restarted without its data, was flushed or evicted the key; "
+    "the SQLite file was replaced): this worker keeps serving the decisions it had until a refresh commits again "
+    "(`cscapi run` re-pulls at once; otherwise run `cscapi decisions refresh --force`)."
+)
 _NEVER_LOADED_HINT = (
     "Nothing is loaded yet: every lookup answers bypass/clean until the store can be read; check that it is reachable."
 )
@@ -141,6 +148,9 @@ class _EngineBase(Generic[C]):
         self._sync_thread: threading.Thread | None = None
         self._closed = False
         self._last_sync_error: DecisionStoreError | None = None
+        self._lost: str | None = None
+        self._held_locks: set[str] = set()
+        self._held_guard = threading.Lock()
         self.last_synced_at: float | None = None
         if self.store.shared:
             try:
@@ -215,8 +225,9 @@ class _EngineBase(Generic[C]):
 
     @property
     def version(self) -> str | None:
-        """The store version the index was built from (None before any refresh)."""
-        return self._index.version
+        """The store version the index was built from (None before any refresh, and after a clear)."""
+        version = self._index.version
+        return None if version is None or version.startswith("cleared-") else version
 
     @property
     def healthy(self) -> bool:
@@ -227,6 +238,14 @@ class _EngineBase(Generic[C]):
         (then the engine serves the decisions it had). Recovers by itself when a later sync succeeds.
         """
         return self._last_sync_error is None
+
+    @property
+    def store_lost(self) -> bool:
+        """True when the store held a version and now holds none (LOST, not empty): see ``last_sync_error``.
+
+        Lookups keep answering from the last good index; cleared by the next commit (a refresh by any worker).
+        """
+        return self._lost is not None
 
     @property
     def last_sync_error(self) -> DecisionStoreError | None:
@@ -275,11 +294,33 @@ class _EngineBase(Generic[C]):
     def _sync(self) -> bool:
         with self._sync_lock:
             current = self.store.version()
-            if current == self._index.version or (current is not None and current == self._committing):
-                return False
             if current is None:
-                self._index = empty_index()
-                return True
+                had = self._index.version
+                marker = None if had is not None else self.store.get_meta(_LOST)
+                if had is None and not marker:
+                    self._lost = None
+                    return False
+                # A store that had a version and now has none was LOST (a restart without data, a flush, an
+                # eviction, a replaced file), not emptied: `clear()` leaves a "cleared" version. Keep serving the
+                # last good index, say so, and leave a mark so that engines starting now know it too.
+                if had is not None and not marker:
+                    with contextlib.suppress(Exception):
+                        self.store.set_meta(_LOST, had)
+                if self._lost is None:
+                    self._logger.error(
+                        "decision store %s lost its decisions (had version %s, now empty); still serving the last "
+                        "good ones until the next refresh",
+                        self.store.uri,
+                        had or marker,
+                    )
+                self._lost = had or marker
+                raise DecisionStoreError(
+                    f"decision store {self.store.uri} lost its decisions (had version {self._lost}, now empty)",
+                    hint=_LOST_HINT,
+                )
+            self._lost = None
+            if current == self._index.version or current == self._committing:
+                return False
             version, state = self.store.load()
             if version == self._index.version:
                 return False
@@ -308,6 +349,7 @@ class _EngineBase(Generic[C]):
         if index is not None:
             with self._sync_lock:
                 self._index = index
+                self._lost = None
                 self._last_sync_error = None
                 self.last_synced_at = self._clock()
             self._renew_horizon(index)
@@ -324,7 +366,38 @@ class _EngineBase(Generic[C]):
     def _run_store(self, op: Op) -> Any:
         if op.name == "commit":
             self._committing = op.args[1]
-        return getattr(self.store, op.name)(*op.args)
+        elif op.name == "release_lock":
+            with self._held_guard:
+                self._held_locks.discard(op.args[0])
+        result = getattr(self.store, op.name)(*op.args)
+        if op.name == "acquire_lock" and result:
+            with self._held_guard:
+                self._held_locks.add(op.args[0])
+        elif op.name == "commit" and self.store.get_meta(_LOST):
+            self.store.set_meta(_LOST, "")  # a fresh state is in: the store is no longer lost
+        return result
+
+    def release_locks(self) -> int:
+        """Release every refresh lock this engine holds right now (from any thread); returns how many.
+
+        For a shutdown that abandons a refresh in flight: its commit then fails (the lock is gone) and another worker
+        may refresh at once instead of waiting ``lock_ttl``. Store errors are logged, never raised.
+        """
+        with self._held_guard:
+            tokens, self._held_locks = list(self._held_locks), set()
+        for token in tokens:
+            try:
+                self.store.release_lock(token)
+            except Exception as exc:
+                self._logger.warning("could not release the refresh lock (it lapses by itself): %s", exc)
+        return len(tokens)
+
+    def _abandon(self, flow: Generator[Op, Any, Any]) -> None:
+        """A flow left before its end (KeyboardInterrupt, cancellation): close it (it yields nothing on
+        GeneratorExit) and release the lock it took."""
+        with contextlib.suppress(Exception):
+            flow.close()
+        self.release_locks()
 
     # ---- counters ------------------------------------------------------------------------------------------
 
@@ -365,6 +438,9 @@ class _EngineBase(Generic[C]):
     def _clear_local(self) -> None:
         with self._sync_lock:
             self.store.clear()
+            if self.store.get_meta(_LOST):
+                self.store.set_meta(_LOST, "")  # emptied on purpose: not lost
+            self._lost = None
             self._index = empty_index()
             self._last_sync_error = None
             self.last_synced_at = self._clock()
@@ -376,6 +452,7 @@ class _EngineBase(Generic[C]):
         thread, self._sync_thread = self._sync_thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+        self.release_locks()  # a refresh still running in another thread loses its lock (its commit fails)
         self.store.close()
 
     def __repr__(self) -> str:
@@ -394,21 +471,28 @@ class RemediationEngine(_EngineBase[DecisionSource | None]):
     def _drive(self, flow: Generator[Op, Any, R]) -> R:
         value: Any = None
         error: BaseException | None = None
-        while True:
-            try:
-                op = flow.throw(error) if error is not None else flow.send(value)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            error = None
-            try:
-                if op.target == "store":
-                    value = self._run_store(op)
-                elif op.target == "client":
-                    value = getattr(self.client, op.name)(*op.args, **(op.kwargs or {}))
-                else:
-                    value = op.args[0](*op.args[1:])
-            except Exception as exc:
-                value, error = None, exc
+        try:
+            while True:
+                try:
+                    op = flow.throw(error) if error is not None else flow.send(value)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+                error = None
+                try:
+                    if op.target == "store":
+                        value = self._run_store(op)
+                    elif op.target == "client":
+                        value = getattr(self.client, op.name)(*op.args, **(op.kwargs or {}))
+                    else:
+                        value = op.args[0](*op.args[1:])
+                except Exception as exc:
+                    value, error = None, exc
+        except BaseException:
+            if (
+                getattr(flow, "gi_frame", None) is not None
+            ):  # left mid-flow (KeyboardInterrupt, SystemExit): no lock stays held
+                self._abandon(flow)
+            raise
 
     def refresh_decisions(self, force: bool = False) -> RefreshReport:
         """Pull the decisions stream and every list, and swap in the new index (see ``RefreshReport``).
@@ -473,21 +557,32 @@ class AsyncRemediationEngine(_EngineBase[AsyncDecisionSource | None]):
     async def _drive(self, flow: Generator[Op, Any, R]) -> R:
         value: Any = None
         error: BaseException | None = None
-        while True:
-            try:
-                op = flow.throw(error) if error is not None else flow.send(value)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            error = None
-            try:
-                if op.target == "store":
-                    value = await _to_thread(self._run_store, op)
-                elif op.target == "client":
-                    value = await getattr(self.client, op.name)(*op.args, **(op.kwargs or {}))
-                else:
-                    value = await _to_thread(op.args[0], *op.args[1:])
-            except Exception as exc:
-                value, error = None, exc
+        try:
+            while True:
+                try:
+                    op = flow.throw(error) if error is not None else flow.send(value)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+                error = None
+                try:
+                    if op.target == "store":
+                        value = await _to_thread(self._run_store, op)
+                    elif op.target == "client":
+                        value = await getattr(self.client, op.name)(*op.args, **(op.kwargs or {}))
+                    else:
+                        value = await _to_thread(op.args[0], *op.args[1:])
+                except Exception as exc:
+                    value, error = None, exc
+        except BaseException:
+            if (
+                getattr(flow, "gi_frame", None) is not None
+            ):  # cancelled mid-flow: release the lock off the loop, even if cancelled again
+                import asyncio
+
+                release = asyncio.ensure_future(_to_thread(self._abandon, flow))
+                with contextlib.suppress(BaseException):  # cancelled again: the release still completes in its thread
+                    await asyncio.shield(release)
+            raise
 
     async def refresh_decisions(self, force: bool = False) -> RefreshReport:
         """See :meth:`RemediationEngine.refresh_decisions`."""

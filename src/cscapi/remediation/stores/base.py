@@ -30,7 +30,11 @@ class DecisionStore(ABC):
 
     @abstractmethod
     def version(self) -> str | None:
-        """The current version stamp, or None when the store holds no state. Cheap: called every ~250 ms."""
+        """The current version stamp, or None when the store holds no state. Cheap: called every ~250 ms.
+
+        A shared store's :meth:`clear` leaves a ``cleared-...`` version with no state, so that a version turning into
+        None means the state was LOST (a Redis restart without data, a flush, an eviction, a replaced file).
+        """
 
     @abstractmethod
     def load(self) -> tuple[str | None, State | None]:
@@ -81,7 +85,7 @@ class DecisionStore(ABC):
 
     @abstractmethod
     def clear(self) -> None:
-        """Forget the decision state (and the lock and marks); usage counters are kept."""
+        """Forget the decision state (and the lock and marks); usage counters and meta are kept."""
 
     def wait_change(self, timeout: float) -> bool:
         """Block up to ``timeout`` seconds for a notification that a new version was committed; True if one came.

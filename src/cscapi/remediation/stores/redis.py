@@ -1,12 +1,16 @@
 """``redis://host:port/db``: the decision state shared by every worker of every host.
 
-Every key lives under ``key_prefix`` (default ``cscapi:``): ``<p>state`` (a hash holding ``version`` and the
-serialised ``blob``, written together by one Lua script that first checks the refresh lock's token), ``<p>dirty``,
-``<p>lock`` (``SET NX PX``, released by a token-checked Lua script), ``<p>counters`` (a hash updated with
-``HINCRBY``) and ``<p>meta:*``. ``clear`` deletes only those keys (``SCAN`` + ``UNLINK``), never the database.
-Each commit (and ``clear``) publishes on the ``<p>events`` channel: the sync thread of every worker subscribes to
-it and reloads at once, polling the version as well in case a notification is lost.
-The ``redis`` package is imported only when this store is used.
+Every key lives under the namespace ``<p>#`` where ``<p>`` is ``key_prefix`` (default ``cscapi:``) with ``\\`` and
+``#`` escaped by a backslash: ``<p>#state`` (a hash holding ``version`` and the serialised ``blob``, written together
+by one Lua script that first checks the refresh lock's token), ``<p>#dirty``, ``<p>#lock`` (``SET NX PX``, released by
+a token-checked Lua script), ``<p>#counters`` (a hash updated with ``HINCRBY``) and ``<p>#meta:*``. The first bare
+``#`` ends the namespace, so no prefix's namespace is a prefix of another's keys (``a:`` never reaches ``a:x:``'s).
+``clear`` deletes only that namespace (``SCAN`` + ``UNLINK``), never the database. Each commit (and ``clear``)
+publishes on the ``<p>#events`` channel: the sync thread of every worker subscribes to it and reloads at once,
+polling the version as well in case a notification is lost. Keys of the 0.7 layout (``<p>state``, ``<p>counters``,
+...) are copied once into the new namespace by the first engine that finds it empty (then marked dirty, so the next
+pull is a startup pull); they are never deleted automatically. The ``redis`` package is imported only when this store
+is used.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import contextlib
 import json
 import os
 import re
+import time
+import uuid
 from typing import Any
 
 from cscapi.errors import ConfigurationError, DecisionStoreError
-from cscapi.redact import mask_url
+from cscapi.redact import mask_url, scrub
 from cscapi.remediation.state import State, StateFormatError, decode_state, encode_state
 from cscapi.remediation.stores.base import Counters, DecisionStore, log
 
@@ -44,8 +50,29 @@ return 1
 """
 
 
+_MIGRATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[7]) == 1 then return 0 end
+redis.call('SET', KEYS[7], '1')
+local v = redis.call('HMGET', KEYS[2], 'version', 'blob')
+if not v[1] or not v[2] then return 0 end
+redis.call('HSET', KEYS[1], 'version', v[1], 'blob', v[2])
+redis.call('SET', KEYS[5], '1')
+if redis.call('EXISTS', KEYS[3]) == 0 and redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('HSET', KEYS[3], unpack(redis.call('HGETALL', KEYS[4])))
+end
+local last = redis.call('GET', KEYS[6])
+if last then redis.call('SET', KEYS[8], last) end
+return 1
+"""
+
+
 def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def namespace(key_prefix: str) -> str:
+    """The delimited namespace of ``key_prefix``: ``\\`` and ``#`` escaped, then a bare ``#`` (``cscapi:#``)."""
+    return key_prefix.replace("\\", "\\\\").replace("#", "\\#") + "#"
 
 
 class RedisStore(DecisionStore):
@@ -71,23 +98,45 @@ class RedisStore(DecisionStore):
                 uri, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
             )
         except ValueError as exc:
-            raise ConfigurationError(f"bad Redis URI {self.uri!r}: {exc}") from None
-        self.k_state = key_prefix + "state"
-        self.k_lock = key_prefix + "lock"
-        self.k_dirty = key_prefix + "dirty"
-        self.k_counters = key_prefix + "counters"
-        self.k_events = key_prefix + "events"
+            raise ConfigurationError(f"bad Redis URI {self.uri!r}: {scrub(str(exc), uri)}") from None
+        ns = self.namespace = namespace(key_prefix)
+        self.k_state = ns + "state"
+        self.k_lock = ns + "lock"
+        self.k_dirty = ns + "dirty"
+        self.k_counters = ns + "counters"
+        self.k_events = ns + "events"
+        self.k_meta = ns + "meta:"
         self._commit = self._redis.register_script(_COMMIT)
         self._release = self._redis.register_script(_RELEASE)
         self._decr = self._redis.register_script(_DECR)
+        self._migrate = self._redis.register_script(_MIGRATE)
+        self._migrated = False
         self._pubsub: Any = None
         self._pubsub_pid = 0
+
+    def _migrate_once(self) -> None:
+        """Copy a 0.7-layout state (``<prefix>state``, counters, last push) into the namespace, once, if it is empty."""
+        if self._migrated:
+            return
+        p = self.prefix
+        keys = [self.k_state, p + "state", self.k_counters, p + "counters", self.k_dirty]
+        keys += [p + "meta:last_metrics_push", self.namespace + "migrated", self.k_meta + "last_metrics_push"]
+        if self._migrate(keys=keys, args=[]):
+            log.warning(
+                "decision store %s: copied the state of the old key layout (%sstate) into %sstate; the next pull is "
+                "a startup pull; delete the old keys once every worker runs this version",
+                self.uri,
+                p,
+                self.namespace,
+            )
+        self._migrated = True
 
     def _fail(self, exc: BaseException) -> DecisionStoreError:
         return DecisionStoreError(f"Redis decision store {self.uri} failed: {type(exc).__name__}: {exc}")
 
     def version(self) -> str | None:
         try:
+            self._migrate_once()
             raw = self._redis.hget(self.k_state, "version")
         except self._errors as exc:
             raise self._fail(exc) from exc
@@ -95,11 +144,14 @@ class RedisStore(DecisionStore):
 
     def load(self) -> tuple[str | None, State | None]:
         try:
+            self._migrate_once()
             version, blob = self._redis.hmget(self.k_state, ["version", "blob"])
         except self._errors as exc:
             raise self._fail(exc) from exc
-        if version is None or blob is None:
+        if version is None:
             return None, None
+        if not blob:  # a cleared store: a version, no state
+            return version.decode(), None
         try:
             return version.decode(), decode_state(blob)
         except StateFormatError as exc:
@@ -182,24 +234,25 @@ class RedisStore(DecisionStore):
 
     def get_meta(self, key: str) -> str | None:
         try:
-            raw = self._redis.get(self.prefix + "meta:" + key)
+            raw = self._redis.get(self.k_meta + key)
         except self._errors as exc:
             raise self._fail(exc) from exc
         return None if raw is None else raw.decode()
 
     def set_meta(self, key: str, value: str) -> None:
         try:
-            self._redis.set(self.prefix + "meta:" + key, value)
+            self._redis.set(self.k_meta + key, value)
         except self._errors as exc:
             raise self._fail(exc) from exc
 
     def clear(self) -> None:
-        """UNLINK every key under the prefix except the usage counters and meta (SCAN, never FLUSHDB)."""
-        keep = {self.k_counters.encode()}
-        meta = (self.prefix + "meta:").encode()
+        """UNLINK every key of the namespace except the usage counters and meta (SCAN, never FLUSHDB), then leave a
+        "cleared" version (no state): other workers then know the store was emptied on purpose, not lost."""
+        keep = {self.k_counters.encode(), (self.namespace + "migrated").encode()}
+        meta = self.k_meta.encode()
         try:
             batch: list[bytes] = []
-            for key in self._redis.scan_iter(match=_glob_escape(self.prefix) + "*", count=500):
+            for key in self._redis.scan_iter(match=_glob_escape(self.namespace) + "*", count=500):
                 if key in keep or key.startswith(meta):
                     continue
                 batch.append(key)
@@ -208,6 +261,9 @@ class RedisStore(DecisionStore):
                     batch = []
             if batch:
                 self._redis.unlink(*batch)
+            # the 0.7 layout's own keys, by exact name (never a pattern: it would reach a longer prefix's keys)
+            self._redis.unlink(self.prefix + "state", self.prefix + "lock", self.prefix + "dirty")
+            self._redis.hset(self.k_state, "version", f"cleared-{time.time_ns():x}-{uuid.uuid4().hex[:12]}")
             self._redis.publish(self.k_events, "clear")
         except self._errors as exc:
             raise self._fail(exc) from exc

@@ -11,6 +11,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,13 +66,28 @@ class SQLiteStore(DecisionStore):
 
     # ---- connection handling --------------------------------------------------------------------------------
 
+    def _file_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        file_id = self._file_id()
+        if conn is not None and getattr(self._local, "file_id", None) != file_id:
+            # the file was replaced or deleted under us: an open connection would keep reading the old one forever
+            log.warning("decision store %s: the file was replaced; reopening it", self.path)
+            if getattr(self._local, "pid", None) == os.getpid():
+                conn.close()
+            conn = None
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
             conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn, self._local.pid = conn, os.getpid()
+            conn.executescript(_SCHEMA)
+            self._local.conn, self._local.pid, self._local.file_id = conn, os.getpid(), self._file_id()
         return conn
 
     def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -104,6 +120,8 @@ class SQLiteStore(DecisionStore):
         row = self._run(lambda c: c.execute("SELECT version, blob FROM cscapi_state WHERE id = 1").fetchone())
         if row is None:
             return None, None
+        if not row[1]:  # a cleared store: a version, no state
+            return str(row[0]), None
         try:
             return str(row[0]), decode_state(row[1])
         except StateFormatError as exc:
@@ -184,8 +202,14 @@ class SQLiteStore(DecisionStore):
         )
 
     def clear(self) -> None:
+        # a "cleared" version with no state: other workers know the store was emptied on purpose, not lost
+        cleared = f"cleared-{time.time_ns():x}-{uuid.uuid4().hex[:12]}"
         with self._tx() as c:
-            c.execute("DELETE FROM cscapi_state")
+            c.execute(
+                "INSERT INTO cscapi_state (id, version, blob) VALUES (1, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET version = excluded.version, blob = excluded.blob",
+                (cleared, b""),
+            )
             c.execute("DELETE FROM cscapi_kv WHERE key IN ('lock', 'dirty')")
 
     def close(self) -> None:
