@@ -108,16 +108,45 @@ def test_processes_log_in_once(tmp_path: Path) -> None:
     assert len(logins) == 1
 
 
+class _WatchedStorage(SQLStorage):
+    """A real SQLStorage that notes which threads asked for the login lock, and makes the lock's winner wait (after
+    its lock is committed) until ``waiters`` threads have asked: every waiter has then started its login."""
+
+    def __init__(self, url: str, waiters: int) -> None:
+        super().__init__(url)
+        self.askers: set[int] = set()
+        self.all_asked = threading.Event()
+        self._waiters = waiters
+        self._guard = threading.Lock()
+        self.armed = False  # set once the set-up is done: only the workers' calls count
+
+    def acquire_login_lock(self, machine_id: str, holder: str, ttl_seconds: float) -> bool:
+        acquired = super().acquire_login_lock(machine_id, holder, ttl_seconds)
+        if not self.armed:
+            return acquired
+        with self._guard:
+            self.askers.add(threading.get_ident())
+            if len(self.askers) >= self._waiters:
+                self.all_asked.set()
+        if acquired and not self.all_asked.is_set():
+            assert self.all_asked.wait(timeout=60), "the other threads never asked for the login lock"
+        return acquired
+
+
 def test_waiting_threads_share_a_failed_login_instead_of_retrying_it(tmp_path: Path, capi_spec: dict[str, Any]) -> None:
+    """The design: a caller that started waiting for the login lock before another caller's login failed shares that
+    failure instead of trying again. The lock's winner is held until all 6 threads wait, so all of them started
+    before the failure (no timing accident: a thread scheduled late used to try a login of its own)."""
     from cscapi.errors import ServerError
 
-    fake = FakeCAPI(capi_spec=capi_spec, login_delay=0.1)
-    storage = SQLStorage(f"sqlite:///{tmp_path / 'failing.db'}")
+    fake = FakeCAPI(capi_spec=capi_spec)
+    storage = _WatchedStorage(f"sqlite:///{tmp_path / 'failing.db'}", waiters=6)
     setup = CAPIClient(storage, make_config(fake))
     setup.register_machine(M1)
     setup.close()
     fake.script("/v3/watchers/login", *([503] * 100))
     client = CAPIClient(storage, make_config(fake, retry_delay=0.01, max_retries=2))
+    storage.armed = True
     barrier = threading.Barrier(6)
     errors: list[BaseException] = []
 
@@ -132,8 +161,50 @@ def test_waiting_threads_share_a_failed_login_instead_of_retrying_it(tmp_path: P
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=30)
+        t.join(timeout=120)
     client.close()
     storage.close()
+    assert storage.all_asked.is_set()
     assert len(errors) == 6 and all(isinstance(e, ServerError) for e in errors)
     assert fake.count("/v3/watchers/login") == 3  # one caller's 1 try + 2 retries; the 5 others shared its error
+
+
+def test_threads_refused_the_same_stale_token_log_in_once(tmp_path: Path) -> None:
+    """6 threads sharing one client get a 401 on the same revoked token at once: ONE fresh login serves them all
+    (the others find the stored token already replaced), not one login per caller."""
+    from cscapi.emulator import EmbeddedEmulator, EmulatorConfig, LoginRateLimit
+
+    config = EmulatorConfig(seed=1, community_size=10, login_rate_limit=LoginRateLimit(enabled=False))
+    with EmbeddedEmulator(config) as emu:
+        storage = SQLStorage(f"sqlite:///{tmp_path / 'stale.db'}")
+        client = CAPIClient(storage, make_config(None, base_url=emu.base_url, send_metrics_after_login=False))
+        client.register_machine(M1)
+        first = client.login(M1).token
+        assert len(emu.admin.logins(M1)) == 1
+        assert emu.admin.expire_tokens(M1) == 1
+        barrier = threading.Barrier(6)
+        errors: list[BaseException] = []
+
+        def worker() -> None:
+            barrier.wait()
+            try:
+                client.send_metrics(M1)  # sends the stored (revoked) token: 401, then a login, then a retry
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        logins = emu.admin.logins(M1)
+        metrics = emu.admin.metrics(M1)
+        requests = emu.admin.requests()
+        machine = storage.get_machine_by_id(M1)
+        client.close()
+        storage.close()
+    assert not errors, errors
+    assert len(logins) == 2  # the first one, then exactly one for the 6 refused callers
+    assert machine is not None and machine.token not in (None, first)
+    assert len(metrics) == 6  # each caller's request went through once, with the fresh token
+    assert requests["metrics"]["401"] == 6  # every caller was refused first
