@@ -78,12 +78,12 @@ def _timeout(value: object) -> None:
 
 
 def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    from cscapi.redact import mask_url  # the password as any parser reads it ('/', '?', '#' in it) and query secrets
+
+    parts = urlsplit(mask_url(url))
+    if "@" not in parts.netloc:
+        return parts.geturl()
+    host = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
 
 

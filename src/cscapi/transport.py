@@ -38,6 +38,18 @@ class TransportSettings:
     transport: httpx.BaseTransport | None = None
     async_transport: httpx.AsyncBaseTransport | None = None
 
+    def __repr__(self) -> str:
+        """Every field, with the password of the proxy URL masked."""
+        from dataclasses import fields
+
+        from cscapi.redact import mask_url
+
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            shown.append(f"{f.name}={mask_url(value) if f.name == 'proxy' and value else value!r}")
+        return f"TransportSettings({', '.join(shown)})"
+
     def client_kwargs(self) -> dict[str, Any]:
         verify = self.verify
         if isinstance(verify, str):

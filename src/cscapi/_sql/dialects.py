@@ -172,10 +172,32 @@ def _sqlite_on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
+ENGINE_LOGGING_NAME = "cscapi"
+"""Our engines log as ``sqlalchemy.engine.Engine.cscapi`` (statements at INFO, parameters hidden, never rows)."""
+
+
+def _drop_debug(record: logging.LogRecord) -> bool:
+    """Filter of our engines' logger: SQLAlchemy logs each result row at DEBUG, secrets included."""
+    return record.levelno > logging.DEBUG
+
+
+def _quiet_rows(engine: Engine) -> None:
+    """Keep result rows of ``engine`` out of the logs even when ``sqlalchemy.engine`` is at DEBUG.
+
+    The filter sits on this engine's own named logger (``logging_name``), so other engines and the logging
+    configuration of the process are untouched; SQL statements still log at INFO with their parameters hidden.
+    """
+    named = getattr(engine.logger, "logger", engine.logger)  # echo=... wraps the named logger in an InstanceLogger
+    if isinstance(named, logging.Logger) and _drop_debug not in named.filters:
+        named.addFilter(_drop_debug)
+
+
 def build_engine(url: URL, engine_options: Mapping[str, Any] | None = None) -> Engine:
     """Create the engine for ``url`` with per-dialect defaults; ``engine_options`` override them."""
     backend = url.get_backend_name()
-    options: dict[str, Any] = {"hide_parameters": True}  # never echo bound values (tokens) in errors
+    # hide_parameters: never echo bound values (tokens) in errors or INFO logs; logging_name: our own engine logger,
+    # whose DEBUG records (result rows: plaintext tokens of an unencrypted storage) _drop_debug filters out.
+    options: dict[str, Any] = {"hide_parameters": True, "logging_name": ENGINE_LOGGING_NAME}
     if backend == "sqlite":
         options["connect_args"] = {"check_same_thread": False}
         if is_memory_sqlite(url):
@@ -210,6 +232,7 @@ def build_engine(url: URL, engine_options: Mapping[str, Any] | None = None) -> E
         ) from None
     except (ArgumentError, TypeError) as exc:
         raise ConfigurationError(f"Invalid storage engine options for {mask_url(url)}: {exc}") from None
+    _quiet_rows(engine)
     if backend == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)

@@ -13,6 +13,7 @@ from typing import Any
 
 from cscapi._version import __version__
 from cscapi.errors import ValidationError
+from cscapi.redact import mask_url
 
 __all__ = [
     "DEFAULT_GZIP_THRESHOLD",
@@ -133,7 +134,7 @@ def loads_json(data: bytes | str) -> Any:
 
 def safe_url(url: str) -> str:
     """``url`` without its query string or user info, for logs and messages (signed link URLs carry secrets there)."""
-    base, _, query = url.partition("?")
+    base, _, query = mask_url(url).partition("?")  # a password may hold '/' or '?': mask it first
     scheme, sep, rest = base.partition("://")
     if sep and "@" in rest.split("/", 1)[0]:
         rest = "***@" + rest.split("@", 1)[1]
