@@ -61,7 +61,7 @@ from cscapi.protocol import (
     token_expiry,
 )
 from cscapi.signals import validate_scenarios, validate_signals
-from cscapi.storage import Claim, StorageInterface
+from cscapi.storage import Claim, StorageInterface, check_storage
 from cscapi.timeutil import utcnow
 
 if TYPE_CHECKING:
@@ -283,8 +283,7 @@ class Core:
 
         if not isinstance(config, CAPIClientConfig):
             raise ConfigurationError("config must be a CAPIClientConfig.")
-        if not isinstance(storage, StorageInterface):
-            raise ConfigurationError("storage must implement cscapi.storage.StorageInterface (e.g. SQLStorage).")
+        check_storage(storage)  # IncompatibleStorageError (a ConfigurationError) says why and what to do
         self.storage = storage
         self.config = config
         self.log: logging.Logger = config.logger
@@ -924,8 +923,13 @@ class Core:
                 return error_for(response, "signals")
         return None
 
-    def prune_failing_machines_signals(self) -> Flow[int]:
-        """Delete the queued signals of machines that are failing right now; returns how many."""
+    def prune_failing_machines_signals(self, batch_size: int = 1000) -> Flow[int]:
+        """Delete the queued signals of machines that are failing right now; returns how many.
+
+        ``batch_size`` (the legacy argument) is how many signals are read per storage call.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigurationError(f"batch_size must be a positive integer, not {batch_size!r}.")
         now = yield from self._now()
         machines = yield from self._store(self.storage.list_machines)
         failing = {
@@ -937,7 +941,7 @@ class Core:
             return 0
         deleted = 0
         offset = 0
-        page = 1000
+        page = batch_size
         while True:
             signals = yield from self._store(self.storage.get_signals, page, offset, False, None)
             if not signals:

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from cscapi._core import Core, Flow, T, run_async
-from cscapi.client import CAPIClientConfig
+from cscapi.client import SIGNAL_BATCH_LIMIT, CAPIClientConfig
 from cscapi.models import DecisionStream, EnrollOutcome, LinkDownload, Machine, SendReport, Signal
 from cscapi.storage import StorageInterface
 from cscapi.timeutil import utcnow
@@ -41,12 +41,12 @@ class AsyncCAPIClient:
         return await self._run(self._core.add_signals(signals))
 
     async def send_signals(self, prune_after_send: bool = True, batch_size: int | None = None) -> SendReport:
-        """Send every queued signal; ``int(report)`` is the number accepted."""
+        """Send every queued signal; the report is an ``int`` (the number accepted) with details as attributes."""
         return await self._run(self._core.send_signals(prune_after_send, batch_size))
 
-    async def prune_failing_machines_signals(self) -> int:
-        """Delete the queued signals of machines that are failing right now."""
-        return await self._run(self._core.prune_failing_machines_signals())
+    async def prune_failing_machines_signals(self, batch_size: int = SIGNAL_BATCH_LIMIT) -> int:
+        """Delete the queued signals of machines that are failing right now; returns how many."""
+        return await self._run(self._core.prune_failing_machines_signals(batch_size))
 
     async def get_decisions(
         self,
@@ -57,7 +57,7 @@ class AsyncCAPIClient:
         community_pull: bool = True,
         additional_pull: bool = True,
     ) -> DecisionStream:
-        """Pull the decisions stream as ``main_machine_id``."""
+        """Pull the decisions stream as ``main_machine_id``: a ``dict`` of the JSON, typed parts as attributes."""
         return await self._run(
             self._core.get_decisions(
                 main_machine_id,

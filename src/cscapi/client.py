@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from cscapi._core import MAX_BATCH_SIZE, Core, Flow, T, run_sync
+from cscapi._version import __version__ as __version__
 from cscapi.errors import ConfigurationError, ValidationError
 from cscapi.machines import validate_machine_id_prefix
 from cscapi.models import DecisionStream, EnrollOutcome, LinkDownload, Machine, SendReport, Signal
@@ -29,7 +30,27 @@ from cscapi.storage import StorageInterface
 from cscapi.timeutil import utcnow
 from cscapi.transport import SyncTransport, TransportSettings
 
-__all__ = ["BASE_URL_ENV", "MAX_LATENCY_OFFSET", "CAPIClient", "CAPIClientConfig"]
+__all__ = [
+    "BASE_URL_ENV",
+    "CAPI_BASE_DEV_URL",
+    "CAPI_BASE_URL",
+    "MAX_LATENCY_OFFSET",
+    "SIGNAL_BATCH_LIMIT",
+    "CAPIClient",
+    "CAPIClientConfig",
+]
+
+# Legacy 0.7.0 module constants, kept so that code importing them runs unchanged.
+CAPI_BASE_URL = PROD_URL + "v3"
+CAPI_BASE_DEV_URL = DEV_URL + "v3"
+CAPI_WATCHER_REGISTER_ENDPOINT = "/watchers"
+CAPI_WATCHER_LOGIN_ENDPOINT = "/watchers/login"
+CAPI_ENROLL_ENDPOINT = "/watchers/enroll"
+CAPI_SIGNALS_ENDPOINT = "/signals"
+CAPI_DECISIONS_ENDPOINT = "/decisions/stream"
+CAPI_METRICS_ENDPOINT = "/metrics"
+SIGNAL_BATCH_LIMIT = 5000
+"""The legacy default ``batch_size``: signals read per storage call (at most 250 still go in one POST)."""
 
 BASE_URL_ENV = "CSCAPI_BASE_URL"
 """When ``base_url`` is not set, this environment variable (if set) gives the CAPI root: point unchanged code at the
@@ -231,12 +252,15 @@ class CAPIClient:
         return self._run(self._core.add_signals(signals))
 
     def send_signals(self, prune_after_send: bool = True, batch_size: int | None = None) -> SendReport:
-        """Send every queued signal (≤ ``batch_size`` per POST, 250 at most); ``int(report)`` is the number accepted."""
+        """Send every queued signal (≤ ``batch_size`` per POST, 250 at most).
+
+        The report is an ``int``, the number accepted, as in 0.7.0; its attributes say what happened per machine.
+        """
         return self._run(self._core.send_signals(prune_after_send, batch_size))
 
-    def prune_failing_machines_signals(self) -> int:
-        """Delete the queued signals of machines that are failing right now; returns how many."""
-        return self._run(self._core.prune_failing_machines_signals())
+    def prune_failing_machines_signals(self, batch_size: int = SIGNAL_BATCH_LIMIT) -> int:
+        """Delete the queued signals of machines that are failing right now; returns how many (an ``int``)."""
+        return self._run(self._core.prune_failing_machines_signals(batch_size))
 
     # ---- decisions -----------------------------------------------------------------------------------------
 
@@ -249,7 +273,10 @@ class CAPIClient:
         community_pull: bool = True,
         additional_pull: bool = True,
     ) -> DecisionStream:
-        """Pull the decisions stream as ``main_machine_id`` (registered and logged in as needed)."""
+        """Pull the decisions stream as ``main_machine_id`` (registered and logged in as needed).
+
+        The result is a ``dict`` of the JSON as received, as in 0.7.0, with its typed reading as attributes.
+        """
         return self._run(
             self._core.get_decisions(
                 main_machine_id,

@@ -7,27 +7,41 @@ and adds the queue operations the client really uses: ``add_signals`` (idempoten
 PostgreSQL and MariaDB/MySQL.
 
 Every method is blocking; the async client runs them in a worker thread, never on the event loop.
+
+A class written for 0.7.0 (only the legacy methods) can still be instantiated, but the client refuses it
+(:class:`IncompatibleStorageError`: it has no atomic claim). ``LegacyStorageAdapter`` (``cscapi.legacy_storage``)
+runs one under the client in a single process.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABCMeta, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from cscapi.errors import ConfigurationError
 from cscapi.models import Context, Machine, QueueCounts, Signal, SignalDecision, Source
 
+if TYPE_CHECKING:
+    from cscapi.legacy_storage import LegacyStorageAdapter
+
 __all__ = [
+    "LEGACY_METHODS",
+    "QUEUE_METHODS",
     "Claim",
     "ContextModel",
     "DecisionModel",
+    "IncompatibleStorageError",
+    "LegacyStorageAdapter",
     "MachineModel",
     "QueueCounts",
+    "ReceivedDecision",
     "SignalModel",
     "SourceModel",
     "StorageInterface",
+    "check_storage",
 ]
 
 # The legacy names, kept so that code written for cscapi 0.7.0 imports unchanged.
@@ -36,6 +50,115 @@ SourceModel = Source
 DecisionModel = SignalDecision
 ContextModel = Context
 MachineModel = Machine
+
+
+@dataclass
+class ReceivedDecision:
+    """The legacy 0.7.0 annotation of a stream decision (kept importable; the client returns a ``DecisionStream``)."""
+
+    Duration: str | None
+    Value: str | None
+    Scenario: str | None
+    Scope: str | None
+
+
+LEGACY_METHODS = (
+    "get_signals",
+    "get_machine_by_id",
+    "update_or_create_machine",
+    "update_or_create_signal",
+    "mass_update_signals",
+    "delete_signals",
+    "delete_machines",
+)
+"""The abstract methods of the 0.7.0 ``StorageInterface``."""
+
+QUEUE_METHODS = frozenset(
+    {
+        "add_signals",
+        "claim_signals",
+        "mark_sent",
+        "release_claim",
+        "quarantine",
+        "requeue_quarantined",
+        "list_quarantined",
+        "count_signals",
+        "prune",
+        "list_machines",
+        "acquire_login_lock",
+        "release_login_lock",
+    }
+)
+"""What a storage must implement on top of :data:`LEGACY_METHODS` since 1.0 (leased claims, login locks...)."""
+
+
+class IncompatibleStorageError(ConfigurationError):
+    """The storage given to the client cannot keep the queue's guarantees (e.g. a class written for 0.7.0)."""
+
+    default_hint = (
+        "Use cscapi.sql_storage.SQLStorage (SQLite, PostgreSQL, MariaDB/MySQL), or, when a single process sends, "
+        "wrap a 0.7.0 storage: CAPIClient(LegacyStorageAdapter(your_storage), config). "
+        "See the README, 'Migrating from cscapi 0.7.0'."
+    )
+
+
+_WHY_LEGACY = (
+    "cscapi 1.0 sends signals through a queue with leased claims (claim_signals, mark_sent, release_claim, ...) so "
+    "that concurrent senders never send a signal twice and a signal is marked sent only after CAPI accepted it; "
+    "a 0.7.0 storage has no atomic claim, so that cannot hold across threads or processes."
+)
+
+
+class _StorageMeta(ABCMeta):
+    """ABCMeta that lets a class implementing exactly the 0.7.0 methods be instantiated (and marks it legacy).
+
+    Such a class gets a clear :class:`IncompatibleStorageError` from the client, and can be wrapped in
+    ``LegacyStorageAdapter``; a class implementing only part of the 1.0 queue stays abstract, as usual.
+    """
+
+    def __new__(mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **kwargs: Any) -> _StorageMeta:
+        cls = super().__new__(mcls, name, bases, namespace, **kwargs)
+        abstract = {
+            n
+            for n in (*LEGACY_METHODS, *QUEUE_METHODS)
+            if getattr(getattr(cls, n, None), "__isabstractmethod__", False)
+        }
+        legacy = abstract == QUEUE_METHODS  # every 0.7.0 method implemented, none of the 1.0 queue's
+        missing = set(cls.__abstractmethods__) | abstract
+        cls.__abstractmethods__ = frozenset(missing - QUEUE_METHODS if legacy else missing)
+        cls._cscapi_legacy_shaped = legacy  # type: ignore[attr-defined]
+        return cls
+
+
+def _not_implemented(storage: object, method: str) -> NoReturn:
+    raise IncompatibleStorageError(
+        f"{type(storage).__name__} does not implement {method}(): it implements only the cscapi 0.7.0 storage "
+        f"methods. {_WHY_LEGACY}"
+    )
+
+
+def check_storage(storage: object) -> StorageInterface:
+    """Return ``storage`` if the client can use it, else raise :class:`IncompatibleStorageError` saying why."""
+    if isinstance(storage, StorageInterface) and not getattr(type(storage), "_cscapi_legacy_shaped", False):
+        return storage
+    if all(callable(getattr(storage, name, None)) for name in LEGACY_METHODS):
+        missing = sorted(name for name in QUEUE_METHODS if not callable(getattr(storage, name, None)))
+        if isinstance(storage, StorageInterface):
+            missing = sorted(QUEUE_METHODS)
+        raise IncompatibleStorageError(
+            f"{type(storage).__name__} is a cscapi 0.7.0 storage: it lacks {', '.join(missing)}. {_WHY_LEGACY}"
+        )
+    raise IncompatibleStorageError(
+        f"storage must implement cscapi.storage.StorageInterface (e.g. SQLStorage), not {type(storage).__name__}."
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LegacyStorageAdapter":  # lazily: the adapter module imports this one
+        from cscapi.legacy_storage import LegacyStorageAdapter
+
+        return LegacyStorageAdapter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -54,7 +177,7 @@ class Claim:
         return len(self.signals)
 
 
-class StorageInterface(ABC):
+class StorageInterface(metaclass=_StorageMeta):
     """What the client needs from a storage back end. Implementations must be safe for threads and processes."""
 
     # ---- legacy 0.7.0 surface ----------------------------------------------------------------------------
@@ -104,6 +227,7 @@ class StorageInterface(ABC):
 
         Sets ``alert_id`` on each signal object that was stored.
         """
+        _not_implemented(self, "add_signals")
 
     @abstractmethod
     def claim_signals(
@@ -117,40 +241,49 @@ class StorageInterface(ABC):
         Expired leases count as queued. ``machine_ids`` restricts the claim to those machines. Concurrent callers,
         in threads or processes, never get the same signal (``FOR UPDATE SKIP LOCKED`` where the database has it).
         """
+        _not_implemented(self, "claim_signals")
 
     @abstractmethod
     def mark_sent(self, claim: Claim, signal_ids: Sequence[int] | None = None) -> int:
         """Mark claimed signals sent (all of the claim's by default). Returns how many were marked."""
+        _not_implemented(self, "mark_sent")
 
     @abstractmethod
     def release_claim(self, claim: Claim, signal_ids: Sequence[int] | None = None) -> int:
         """Put claimed signals back in the queue (all of the claim's by default). Returns how many."""
+        _not_implemented(self, "release_claim")
 
     @abstractmethod
     def quarantine(self, claim: Claim, signal_ids: Sequence[int], reason: str) -> int:
         """Set claimed signals aside with the server's ``reason``; never sent again unless requeued. Returns a count."""
+        _not_implemented(self, "quarantine")
 
     @abstractmethod
     def requeue_quarantined(self, signal_ids: Sequence[int] | None = None) -> int:
         """Put quarantined signals back in the queue (all by default). Returns how many."""
+        _not_implemented(self, "requeue_quarantined")
 
     @abstractmethod
     def list_quarantined(self, limit: int = 100) -> list[tuple[Signal, str]]:
         """Quarantined signals with their reasons, oldest first."""
+        _not_implemented(self, "list_quarantined")
 
     @abstractmethod
     def count_signals(self, machine_id: str | None = None) -> QueueCounts:
         """How many signals are queued, claimed, sent and quarantined (for one machine, or all)."""
+        _not_implemented(self, "count_signals")
 
     @abstractmethod
     def prune(self, *, sent_before: datetime | None = None, quarantined: bool = False) -> int:
         """Delete sent signals (all, or those sent before ``sent_before``) and, if asked, quarantined ones."""
+        _not_implemented(self, "prune")
 
     # ---- machines ----------------------------------------------------------------------------------------
 
     @abstractmethod
     def list_machines(self) -> list[Machine]:
         """Every stored machine, ordered by creation."""
+        _not_implemented(self, "list_machines")
 
     @abstractmethod
     def acquire_login_lock(self, machine_id: str, holder: str, ttl_seconds: float) -> bool:
@@ -158,14 +291,16 @@ class StorageInterface(ABC):
 
         Returns False at once when someone else holds a live lock (never blocks). Creates no machine row.
         """
+        _not_implemented(self, "acquire_login_lock")
 
     @abstractmethod
     def release_login_lock(self, machine_id: str, holder: str) -> None:
         """Release the login lock if ``holder`` still holds it."""
+        _not_implemented(self, "release_login_lock")
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections; the default does nothing."""
 
     def __enter__(self) -> StorageInterface:
