@@ -84,8 +84,15 @@ def test_enroll(capi_env: CliEnv, emulator) -> None:
     rows = ok(capi_env.invoke(["machines", "enroll", "--key", "goodkey123", "--name", "web-1", "--tag", "t", "--json"]))
     assert rows[0]["ok"] is True and rows[0]["status"] in ("enrolled", "already_enrolled")
     assert_user_error(capi_env.invoke(["machines", "enroll"]), 2, "attachment key")
-    result = capi_env.invoke(["machines", "enroll", "--key", "wrongkey999"])
-    assert_user_error(result, 1, "not enrolled")
+    # the emulator accepts any well-formed key unless told to accept only the listed ones
+    only_listed = getattr(emulator.admin, "only_listed_attachment_keys", lambda _on: None)
+    only_listed(True)
+    try:
+        result = capi_env.invoke(["machines", "enroll", "--key", "wrongkey999", "--overwrite"])
+    finally:
+        only_listed(False)
+    # the hint covers the console and the emulator's behaviour (any well-formed key, unless only listed ones)
+    assert_user_error(result, 1, "not enrolled", "console", "emulator", "/admin/attachment-keys")
 
 
 def test_unreachable_capi_is_one_line_exit_3(cli_env: CliEnv) -> None:
@@ -133,7 +140,7 @@ def test_signals_add_from_flags_push_list_prune(capi_env: CliEnv, emulator) -> N
 
     pruned = ok(capi_env.invoke(["signals", "prune", "--sent-before", "1h", "--json"]))
     assert pruned["deleted"] == 0 and pruned["sent"] == 1  # sent just now: kept
-    pruned = ok(capi_env.invoke(["signals", "prune", "--json"]))
+    pruned = ok(capi_env.invoke(["signals", "prune", "--sent", "--json"]))
     assert pruned["deleted"] == 1 and pruned["sent"] == 0
 
 
@@ -185,7 +192,7 @@ def test_signals_add_rejects_bad_lines_and_stores_nothing(capi_env: CliEnv, tmp_
         '{"ip": "203.0.113.4", "scenario": "crowdsecurity/ssh-bf", "decision": "ban", "duration": "forever"}\n'
     )
     result = capi_env.invoke(["signals", "add", "--file", str(path), "--json"])
-    line = assert_user_error(result, 2, "6 of 7 line(s) rejected", "Nothing was queued", "--skip-invalid")
+    line = assert_user_error(result, 2, "6 of 7 lines rejected", "Nothing was queued", "--skip-invalid")
     assert "line 2" in line
     report = json.loads(result.stdout)
     assert [r["line"] for r in report["rejected"]] == [2, 3, 4, 5, 6, 7]
@@ -494,8 +501,8 @@ def test_csv_ragged_rows_and_empty_header(capi_env: CliEnv, tmp_path) -> None:
     ragged = tmp_path / "r.csv"
     ragged.write_text("ip,scenario\n203.0.113.1,crowdsecurity/ssh-bf\n203.0.113.2,crowdsecurity/ssh-bf,extra\n")
     result = capi_env.invoke(["signals", "add", "--file", str(ragged), "--json"])
-    assert_user_error(result, 2, "1 of 2 line(s) rejected", "line 3")
-    assert json.loads(result.stdout)["rejected"] == [{"line": 3, "reason": "1 more value(s) than header columns"}]
+    assert_user_error(result, 2, "1 of 2 lines rejected", "line 3")
+    assert json.loads(result.stdout)["rejected"] == [{"line": 3, "reason": "1 more value than header columns"}]
     empty = tmp_path / "e.csv"
     empty.write_text("")
     assert_user_error(capi_env.invoke(["signals", "add", "--file", str(empty)]), 2, "no header row")

@@ -26,7 +26,7 @@ class CliEnv:
     runner: CliRunner
 
     def invoke(self, args: Sequence[str], *, env: dict[str, str] | None = None, input: str | None = None) -> Result:
-        return self.runner.invoke(cli, list(args), env=env, input=input, catch_exceptions=True)
+        return self.runner.invoke(cli, list(args), env=env, input=input, catch_exceptions=True, prog_name="cscapi")
 
 
 @pytest.fixture

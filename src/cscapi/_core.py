@@ -293,6 +293,7 @@ class Core:
             base_delay=config.retry_delay,
             max_delay=config.max_backoff,
             max_retry_after=config.max_retry_after,
+            fail_fast_connect=config.fail_fast_connect,
         )
         self.scenarios = list(config.scenarios)
         self._config_scenarios = frozenset(self.scenarios)

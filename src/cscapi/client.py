@@ -139,6 +139,9 @@ class CAPIClientConfig:
     max_backoff: float = 60.0
     max_retry_after: float = 120.0
     login_lock_ttl: float = 60.0
+    #: Interactive use (the ``cscapi`` commands): no retry after a connection error on a request's first try, nor
+    #: after a refused connection on loopback (nothing listens: say so at once). False keeps the backoff.
+    fail_fast_connect: bool = False
 
     def __post_init__(self) -> None:
         try:

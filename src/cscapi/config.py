@@ -244,10 +244,17 @@ def _check_storage(value: str) -> str:
 
 def _check_store(value: str) -> str:
     scheme = value.split("://", 1)[0].lower() if "://" in value else ""
-    if scheme not in ("memory", "sqlite", "redis", "rediss", "unix"):
+    if scheme == "memory":
+        # the CLI's commands and the agent are separate processes: a per-process store would hold nothing they share
+        raise ConfigurationError(
+            "the decision store memory:// lives inside one process, so the command line and the agent cannot share it",
+            hint="Use sqlite:////path/decisions.db (one host) or redis://host:6379/0 (many hosts); memory:// is for "
+            "a RemediationEngine inside your own program.",
+        )
+    if scheme not in ("sqlite", "redis", "rediss", "unix"):
         raise ConfigurationError(
             f"invalid decision store URI {mask_url(value)!r}",
-            hint="Use memory://, sqlite:////path/decisions.db or redis://host:6379/0.",
+            hint="Use sqlite:////path/decisions.db or redis://host:6379/0.",
         )
     return value
 
@@ -347,7 +354,8 @@ SETTINGS: tuple[Setting, ...] = (
         "storage",
         "str",
         "",
-        "The decisions cache: memory://, sqlite:///path or redis://host/0. Empty: sqlite in the data directory.",
+        "The decisions cache shared with your workers: sqlite:///path or redis://host/0. Empty: sqlite in the data "
+        "directory.",
         uri=True,
         check=lambda v: _check_store(v) if v else v,
     ),
@@ -710,7 +718,7 @@ def write_config_file(path: Path, text: str, *, force: bool = False) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
+        fd = _create_private(tmp)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.chmod(tmp, stat.S_IRUSR | stat.S_IWUSR)
@@ -719,6 +727,25 @@ def write_config_file(path: Path, text: str, *, force: bool = False) -> None:
         raise ConfigurationError(
             f"cannot write {path}: {exc.strerror}", hint="Choose another path with --config."
         ) from None
+
+
+def _create_private(tmp: Path) -> int:
+    """Create ``tmp`` anew (O_EXCL|O_NOFOLLOW, mode 0600) and return its descriptor: a file or symlink planted there
+    is never followed nor written through. A stale regular file (an earlier write that crashed) is replaced once."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    mode = stat.S_IRUSR | stat.S_IWUSR
+    try:
+        return os.open(tmp, flags, mode)
+    except FileExistsError:
+        info = os.lstat(tmp)
+        if not stat.S_ISREG(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+            raise ConfigurationError(
+                f"refusing to write the config file through {tmp}: it exists and is not a file of yours "
+                f"({'a symbolic link' if stat.S_ISLNK(info.st_mode) else 'owned by someone else or not a file'})",
+                hint=f"Remove {tmp} (nothing of cscapi's is in it), then run the command again.",
+            ) from None
+        os.unlink(tmp)
+        return os.open(tmp, flags, mode)
 
 
 def setting_names() -> Iterable[str]:

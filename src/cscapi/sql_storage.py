@@ -663,6 +663,12 @@ class SQLStorage(StorageInterface):
             rows = conn.execute(select(_M).order_by(_M.c.created_at, _M.c.machine_id)).all()
         return [self._machine_from_row(row) for row in rows]
 
+    def machine_ids(self) -> list[str]:
+        """The stored machines' ids, oldest first, without reading their secrets (works without the encryption key)."""
+        with self._tx("listing machines", write=False) as conn:
+            rows = conn.execute(select(_M.c.machine_id).order_by(_M.c.created_at, _M.c.machine_id)).all()
+        return [str(row.machine_id) for row in rows]
+
     def update_or_create_machine(self, machine: Machine) -> bool:
         """Store every field of the machine (secrets encrypted when a key is set); True when it was created."""
         if not isinstance(machine, Machine) or not machine.machine_id:

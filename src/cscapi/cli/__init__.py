@@ -30,11 +30,40 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("cscapi.cli.cmd_demo:demo", "Show the whole flow end to end against an embedded emulator."),
 }
 
+#: Raised (click >= 8.2) for a group called without a subcommand: its message is the help itself.
+_NO_ARGS_IS_HELP: type[click.UsageError] = getattr(click.exceptions, "NoArgsIsHelpError", click.UsageError)
+
 EPILOG = "Exit codes: " + ", ".join(f"{code} {label}" for code, label in _exit.LABELS.items()) + " (docs/cli.md)."
 
 
 class RootGroup(LazyGroup):
-    """The root group: turns errors into one line and an exit code, whichever subcommand raised them."""
+    """The root group: turns errors into one line and an exit code, whichever subcommand raised them.
+
+    Usage errors too (click's own, from parsing, and ``click.UsageError`` raised by a command) are printed in the
+    documented style, ``error: what is wrong. What to do.``, with exit code 2, instead of click's ``Error:`` block.
+    """
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("standalone_mode", True):
+            return super().main(*args, **kwargs)
+        try:
+            result = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click.UsageError as exc:
+            if _NO_ARGS_IS_HELP is not click.UsageError and isinstance(
+                exc, _NO_ARGS_IS_HELP
+            ):  # `cscapi` or `cscapi signals` alone: the help, as click does
+                click.echo(exc.format_message(), err=True)
+            else:
+                show_usage_error(exc)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            _print_error(exc.format_message(), "")
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(_exit.FAILURE)
+        # without standalone mode click returns the exit code of ``ctx.exit(code)`` instead of exiting
+        sys.exit(result if isinstance(result, int) else _exit.OK)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -50,16 +79,39 @@ class RootGroup(LazyGroup):
         return None  # pragma: no cover - ctx.exit raises
 
 
+#: What to do when nothing answered: the commands fail at once on a refused connection (``fail_fast_connect``).
+UNREACHABLE_HINT = (
+    "Nothing answered there: start the emulator (`cscapi emulator`, in another terminal) or check the CAPI URL "
+    "(--target, CSCAPI_TARGET, CSCAPI_BASE_URL; `cscapi config show`) and the network."
+)
+
+
+def _print_error(message: str, hint: str) -> None:
+    from cscapi.cli._output import clean
+
+    text = clean(message.strip())
+    text += ("" if text.endswith((".", "?", "!")) else ".") + (f" {hint}" if hint else "")
+    click.secho(f"error: {text}", err=True, fg="red")
+
+
+def show_usage_error(exc: click.UsageError) -> None:
+    """``error: <what is wrong>. Run `cscapi ... --help` for the options.`` on stderr (exit code 2 follows)."""
+    path = exc.ctx.command_path if exc.ctx is not None else "cscapi"
+    _print_error(exc.format_message(), f"Run `{path} --help` for the options and examples.")
+
+
 def report_error(app: AppContext, exc: BaseException) -> int:
     """Print ``exc`` as one line (plus a traceback with ``--debug``) and return its exit code."""
-    from cscapi.errors import CAPIError
+    from cscapi.errors import CAPIError, TransportError
 
     if app.debug:
         import traceback
 
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     if isinstance(exc, CAPIError):
-        text = exc.message.rstrip(".") + (f". {exc.hint}" if exc.hint else "")
+        # a plain network failure (the subclasses, TLS or a deadline, keep their own advice)
+        hint = UNREACHABLE_HINT if type(exc) is TransportError else exc.hint
+        text = exc.message.rstrip(".") + (f". {hint}" if hint else "")
         code = _exit.code_for(exc)
     elif isinstance(exc, ModuleNotFoundError):
         text = f"a dependency is missing ({exc.name}). Install the extras: pip install 'cscapi[all]'"

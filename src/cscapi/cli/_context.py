@@ -9,7 +9,7 @@ from typing import Any, TypeVar, cast
 
 import click
 
-from cscapi.cli._output import Output
+from cscapi.cli._output import Output, clean
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -99,7 +99,7 @@ class _EchoHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = self.format(record)
+            text = clean(self.format(record), keep_newlines=True)  # messages often carry a server's text
             click.echo(f"{record.levelname.lower()}: {text}" if self.level_prefix else text, err=True)
         except Exception:  # pragma: no cover - logging must never raise
             self.handleError(record)

@@ -8,6 +8,25 @@ from typing import Any
 import click
 
 
+def _one_line(command: click.Command) -> str:
+    """A command's whole one-line help: its ``short_help``, else its docstring's first sentence, never cut."""
+    return command.get_short_help_str(limit=10_000)
+
+
+class FullHelpGroup(click.Group):
+    """A group whose command list shows each command's whole first sentence (click cuts them at 45 characters)."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, _one_line(command)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
 class LazyGroup(click.Group):
     """Subcommands given as ``{name: ("module:attribute", "one-line help")}``; imported on first use.
 
@@ -39,7 +58,7 @@ class LazyGroup(click.Group):
             else:
                 command = super().get_command(ctx, name)
                 if command is not None and not command.hidden:
-                    rows.append((name, command.get_short_help_str(formatter.width)))
+                    rows.append((name, _one_line(command)))
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -33,15 +34,45 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+#: Characters a terminal may act on: C0 controls (but tab), DEL, C1 controls (0x9b is a one-byte CSI), line and
+#: paragraph separators, and the bidirectional overrides that reorder what is shown.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_CONTROL_KEEP_NEWLINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+#: The same characters, except the C0 ones that JSON escapes already.
+_JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def clean(value: Any, *, keep_newlines: bool = False) -> str:
+    """``value`` as text safe for a terminal: control characters (ESC, OSC, BEL, C1, bidi overrides ...) are shown
+    escaped (``\\x1b``), never sent raw. Every text the CLI prints that came from outside (a server, a file, a
+    database) goes through here, so a hostile answer cannot retitle, clear or rewrite the terminal."""
+    text = value if isinstance(value, str) else str(value)
+    pattern = _CONTROL_KEEP_NEWLINES if keep_newlines else _CONTROL
+    return pattern.sub(_escape, text) if pattern.search(text) else text
+
+
 def esc(value: Any) -> str:
-    """``value`` as text that rich prints literally (square brackets in names, reasons or paths are not markup)."""
-    text = str(value)
+    """``value`` as text that rich prints literally: no markup (square brackets in names, reasons or paths) and no
+    terminal control characters (see :func:`clean`)."""
+    text = clean(value)
     return text.replace("[", "\\[") if "[" in text else text
 
 
+def plural(count: int, one: str, many: str | None = None) -> str:
+    """``1 signal``, ``2 signals``: a count with its noun (``many`` for irregular plurals)."""
+    return f"{count} {one if count == 1 else (many or one + 's')}"
+
+
 def to_json(data: Any) -> str:
-    """Serialise for ``--json``: datetimes as RFC 3339, dataclasses as dicts."""
-    return json.dumps(data, indent=2, default=_json_default, ensure_ascii=False)
+    """Serialise for ``--json``: datetimes as RFC 3339, dataclasses as dicts; C1 and bidi controls escaped too (JSON
+    escapes the C0 ones), so piping the JSON to a terminal is as safe as the tables."""
+    text = json.dumps(data, indent=2, default=_json_default, ensure_ascii=False)
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) if _JSON_UNSAFE.search(text) else text
 
 
 class Progress:
@@ -132,7 +163,7 @@ class Output:
 
     def note(self, text: str) -> None:
         """A secondary line, on stderr, also in ``--json`` mode (it does not pollute stdout). Printed literally."""
-        self.err_console.print(text, style="dim", markup=False)
+        self.err_console.print(clean(text), style="dim", markup=False)
 
     def warn(self, text: str) -> None:
         """A warning line on stderr; ``text`` is printed literally (it often carries a server's reason)."""
@@ -140,7 +171,8 @@ class Output:
 
     def error(self, text: str) -> None:
         """One line on stderr, markup disabled (messages come from errors, not from us)."""
-        self.err_console.print("error: " + text.replace("\n", " "), markup=False, style="red", soft_wrap=True)
+        line = clean(text.replace("\r\n", " ").replace("\n", " "))
+        self.err_console.print("error: " + line, markup=False, style="red", soft_wrap=True)
 
     def table(
         self,
@@ -183,18 +215,24 @@ class Output:
         self.console.print(table)
 
     @contextlib.contextmanager
-    def progress(self, description: str, total: int | None = None) -> Iterator[Progress]:
-        """A transient rich progress bar on stderr (a no-op when not interactive)."""
+    def progress(
+        self, description: str, total: int | None = None, *, counted: bool | None = None
+    ) -> Iterator[Progress]:
+        """A transient rich progress bar on stderr (a no-op when not interactive).
+
+        ``counted`` (default: a total is given) shows a bar and ``done/total``; otherwise a spinner.
+        """
         if not self.interactive:
             yield Progress(None, None)
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as RichProgress
 
+        # an unknown total is a spinner, never "0/?"; a total set later (update) shows the count from then on
+        columns = [BarColumn(), MofNCompleteColumn()] if (counted or total is not None) else [SpinnerColumn()]
         bar = RichProgress(
             TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
+            *columns,
             TimeElapsedColumn(),
             console=self.err_console,
             transient=True,

@@ -82,7 +82,12 @@ def client_config(
 
     chosen = list(scenarios or settings.scenarios or FALLBACK_SCENARIOS)
     verify: bool | str = settings.verify_tls
-    if settings.verify_tls and settings.ca_bundle:
+    if not settings.verify_tls and settings.ca_bundle:
+        raise ConfigurationError(
+            "verify_tls is off and ca_bundle is set: the CA bundle would be silently ignored.",
+            hint="Keep verify_tls on to verify with ca_bundle, or clear ca_bundle to turn verification off.",
+        )
+    if settings.ca_bundle:
         verify = settings.ca_bundle
     options: dict[str, Any] = {
         "scenarios": chosen,
@@ -102,28 +107,39 @@ def client_config(
 
 
 def open_client(settings: Settings, storage: Any, **overrides: Any) -> CAPIClient:
-    """A ``CAPIClient`` on ``storage`` for the configured target."""
+    """A ``CAPIClient`` on ``storage`` for the configured target (with the library's retries, as the agent wants)."""
     from cscapi.client import CAPIClient
 
     return CAPIClient(storage, client_config(settings, **overrides))
 
 
-def stored_machine_id(settings: Settings, storage: Any) -> str | None:
+def _machine_ids(storage: Any, secrets: bool) -> list[str]:
+    """The stored machines' ids; ``secrets=False`` reads no password (works without ``CSCAPI_STORAGE_KEY``)."""
+    if not secrets and hasattr(storage, "machine_ids"):
+        return list(storage.machine_ids())
+    return [m.machine_id for m in storage.list_machines()]
+
+
+def stored_machine_id(settings: Settings, storage: Any, *, secrets: bool = True) -> str | None:
     """The configured machine, else the first stored one, else None (nothing is registered)."""
     if settings.machine_id:
         return str(settings.machine_id)
-    machines = storage.list_machines()
-    return machines[0].machine_id if machines else None
+    ids = _machine_ids(storage, secrets)
+    return ids[0] if ids else None
 
 
-def require_machine_id(settings: Settings, storage: Any) -> str:
-    """Like :func:`stored_machine_id`, but a ``ConfigurationError`` saying what to do when there is none."""
-    machine_id = stored_machine_id(settings, storage)
+def require_machine_id(settings: Settings, storage: Any, *, secrets: bool = True) -> str:
+    """Like :func:`stored_machine_id`, but a ``ConfigurationError`` saying what to do when there is none.
+
+    ``secrets=False``: only the id is needed (queuing signals), so no stored secret is decrypted.
+    """
+    machine_id = stored_machine_id(settings, storage, secrets=secrets)
     if machine_id is None:
         raise ConfigurationError(
             "no machine is registered in this storage", hint="Run `cscapi machines register` first."
         )
-    if storage.get_machine_by_id(machine_id) is None:
+    known = machine_id in _machine_ids(storage, secrets) if not secrets else storage.get_machine_by_id(machine_id)
+    if not known:
         raise ConfigurationError(
             f"machine {machine_id} is not in the storage {settings.display('storage')}",
             hint="Register it with `cscapi machines register --machine-id ...`, or fix machine_id.",
@@ -160,7 +176,12 @@ def open_engine(
 
 @contextlib.contextmanager
 def session(settings: Settings, *, create: bool = True, **overrides: Any) -> Iterator[tuple[Any, CAPIClient]]:
-    """Open the storage (see :func:`open_storage` for ``create``) and a client on it; close both afterwards."""
+    """Open the storage (see :func:`open_storage` for ``create``) and a client on it; close both afterwards.
+
+    The client is an interactive command's: a connection error on a first try, or a refused connection on
+    loopback, fails at once (``fail_fast_connect``) instead of backing off for half a minute.
+    """
+    overrides.setdefault("fail_fast_connect", True)
     storage = open_storage(settings, create=create)
     try:
         client = open_client(settings, storage, **overrides)

@@ -6,6 +6,9 @@ A line is either a full signal object (with a ``source``) or the flat form::
      "created_at": "2026-11-21T22:01:03Z", "message": "...", "context": {"user": "root"}}
 
 CSV files have a header row with the same flat names; ``context.KEY`` columns become context items.
+
+A line without a ``uuid`` gets one derived from its content (and the machine): adding the same file twice queues
+its signals once, the second time they are counted as already queued.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +48,14 @@ FLAT_FIELDS = (
     "cn",
 )
 FORMATS = ("jsonl", "csv")
+#: Namespace of the uuids derived from a line's content (uuid5), so that re-adding a file is idempotent.
+LINE_UUID_NAMESPACE = uuid.UUID("5f0c1d2e-6a3b-5c4d-8e9f-0a1b2c3d4e5f")
+
+
+def line_uuid(item: Mapping[str, Any], machine_id: str | None) -> str:
+    """A stable uuid for an input line that has none: the same content for the same machine gives the same uuid."""
+    content = json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return str(uuid.uuid5(LINE_UUID_NAMESPACE, f"{machine_id or ''}\n{content}"))
 
 
 @dataclass
@@ -86,6 +98,8 @@ def build_signal(item: Mapping[str, Any], default_machine_id: str | None) -> Any
     if "source" in item:
         data = dict(item)
         data.setdefault("machine_id", default_machine_id)
+        if not data.get("uuid"):
+            data["uuid"] = line_uuid(item, data["machine_id"])
         return validate_signal(data)
     unknown = sorted(set(item) - set(FLAT_FIELDS))
     if unknown:
@@ -118,11 +132,19 @@ def build_signal(item: Mapping[str, Any], default_machine_id: str | None) -> Any
         kwargs["scope"] = scope
     decision = item.get("decision") or None
     duration = item.get("duration") or None
+    if duration and not decision:
+        raise ValidationError(
+            "duration without decision (a signal without a decision is a whisper, which has no duration)",
+            field="duration",
+        )
+    machine_id = item.get("machine_id") or default_machine_id
+    if "uuid" not in kwargs:
+        kwargs["uuid"] = line_uuid(item, machine_id)
     return create_signal(
         str(ip),
         str(scenario),
         item.get("created_at") or None,
-        item.get("machine_id") or default_machine_id,
+        machine_id,
         context=item.get("context") or None,
         decision_type=decision,
         duration=duration,
@@ -156,7 +178,8 @@ def _csv_items(stream: IO[str]) -> Iterator[tuple[int, Any]]:
         )
     for row in reader:
         if None in row:
-            yield reader.line_num, ValueError(f"{len(row[None])} more value(s) than header columns")
+            extra = len(row[None])
+            yield reader.line_num, ValueError(f"{extra} more {'value' if extra == 1 else 'values'} than header columns")
             continue
         item: dict[str, Any] = {}
         context: dict[str, str] = {}
@@ -185,8 +208,15 @@ def parse_stream(
     try:
         _parse_into(result, stream, fmt, default_machine_id, on_line)
     except UnicodeDecodeError:
+        if not result.lines:
+            raise ConfigurationError(
+                "the input is not a text file (its first line is not UTF-8)",
+                hint="Give a JSON-lines or CSV file in UTF-8 (convert it first if it is text in another encoding).",
+            ) from None
+        lines = f"{result.lines} readable {'line' if result.lines == 1 else 'lines'}"
         raise ConfigurationError(
-            f"the input is not UTF-8 text (after line {result.lines})", hint="Convert it to UTF-8 first."
+            f"the input is not UTF-8 text: a byte after its first {lines} is not UTF-8",
+            hint="Convert it to UTF-8 first.",
         ) from None
     except csv.Error as exc:
         raise ConfigurationError(f"the CSV input is malformed after line {result.lines}: {exc}") from None
@@ -229,6 +259,23 @@ def open_input(path: str) -> IO[str]:
         return open(path, encoding="utf-8-sig", newline="")
     except OSError as exc:
         raise ConfigurationError(f"cannot read {path}: {exc.strerror}", hint="Check the path.") from None
+
+
+def check_text_file(path: str) -> None:
+    """A ``ConfigurationError`` for a file that is plainly not text (a NUL byte in its first 8 KiB); stdin is
+    checked as it is read."""
+    if path == "-":
+        return
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8192)
+    except OSError:
+        return  # open_input says why it cannot be read
+    if b"\x00" in head:
+        raise ConfigurationError(
+            f"{path} is not a text file (it contains NUL bytes)",
+            hint="Give a JSON-lines (.jsonl) or CSV (.csv) file in UTF-8.",
+        )
 
 
 def count_lines(path: str) -> int | None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import click
 
 from cscapi.cli._context import AppContext, json_option, pass_app
+from cscapi.cli._lazy import FullHelpGroup
 from cscapi.cli._output import esc
 
 
-@click.group()
+@click.group(cls=FullHelpGroup)
 def config() -> None:
     """Inspect the configuration (flags > CSCAPI_* environment > config file > defaults)."""
 

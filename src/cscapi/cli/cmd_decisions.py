@@ -10,10 +10,11 @@ from typing import Any
 import click
 
 from cscapi.cli._context import AppContext, json_option, pass_app
-from cscapi.cli._output import esc
+from cscapi.cli._lazy import FullHelpGroup
+from cscapi.cli._output import esc, plural
 
 
-@click.group()
+@click.group(cls=FullHelpGroup)
 def decisions() -> None:
     """The decisions cache (community blocklist, subscribed blocklists, allowlists)."""
 
@@ -138,7 +139,8 @@ def refresh(app: AppContext, force: bool) -> None:
 
     with _engine(app) as (settings, source, engine):
         try:
-            with app.out.progress(f"pulling the decisions stream from {settings.display_base_url}", total=None) as bar:
+            pulling = f"pulling the decisions stream from {settings.display_base_url}"
+            with app.out.progress(pulling, total=None, counted=True) as bar:  # the lists' count comes with it
                 source.bar = bar
                 report = engine.refresh_decisions(force=force)
         except RefreshTooSoonError as exc:
@@ -181,21 +183,23 @@ def refresh(app: AppContext, force: bool) -> None:
                 item["status"], item["status"]
             )
             extra = f": {item['reason']} (previous content kept)" if item["reason"] else ""
-            skipped = f", {item['skipped']} unreadable line(s) skipped" if item["skipped"] else ""
-            entries = f"{item['entries']} {'entry' if item['entries'] == 1 else 'entries'}"
+            skipped = f", {plural(item['skipped'], 'unreadable line')} skipped" if item["skipped"] else ""
+            entries = plural(item["entries"], "entry", "entries")
             app.out.print(f"{mark} {item['kind']} {esc(item['name'])}: {detail}, {entries}{skipped}{esc(extra)}")
         for name in report.removed_lists:
             app.out.print(f"  list {esc(name)} is no longer offered by CAPI: dropped")
         if report.skipped:
             reasons = ", ".join(f"{k}: {v}" for k, v in report.skipped_reasons.items())
-            app.out.warn(f"{report.skipped} stream item(s) could not be used ({reasons})")
-        app.out.print(f"{report.decisions} decisions cached in {esc(settings.display('decision_store'))}")
+            app.out.warn(f"{plural(report.skipped, 'stream item')} could not be used ({reasons})")
+        from cscapi.cli.cmd_demo import stored_counts
+
+        app.out.print(f"{stored_counts(report)} cached in {esc(settings.display('decision_store'))}")
     failed = [item for item in lists if item["status"] == "failed"]
     if failed:
         from cscapi.errors import CAPIError
 
         raise CAPIError(
-            f"{len(failed)} list(s) could not be downloaded: {', '.join(i['name'] for i in failed)}",
+            f"{plural(len(failed), 'list')} could not be downloaded: {', '.join(i['name'] for i in failed)}",
             hint="Their previous content is still enforced; the next refresh retries them.",
         )
 

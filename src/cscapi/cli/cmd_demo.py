@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from cscapi.cli._context import AppContext, json_option, pass_app
-from cscapi.cli._output import esc
+from cscapi.cli._output import esc, plural
 
 SCENARIOS = ["crowdsecurity/ssh-bf", "crowdsecurity/http-probing"]
 BLOCKLIST = "demo-botnet"
@@ -258,7 +258,7 @@ class _Story:
             for d in detections
         ]
         queued = client.add_signals(signals)
-        self.out.ok(f"queued {queued} signals (each a 4 h ban decision) in the durable local queue")
+        self.out.ok(f"queued {plural(queued, 'signal')} (each a 4 h ban decision) in the durable local queue")
         report = client.send_signals(prune_after_send=False)
         counts = storage.count_signals()
         self.summary["signals"] = {
@@ -267,7 +267,7 @@ class _Story:
             "batches": report.batches,
             "failed_machines": report.failed_machines,
         }
-        line = f"pushed {report.sent} signals in {report.batches} request(s)"
+        line = f"pushed {plural(report.sent, 'signal')} in {plural(report.batches, 'request')}"
         if self.embedded:
             received = len(self.emulator.admin.signals(machine_id=machine_id))
             self.summary["signals"]["received_by_capi"] = received
@@ -279,7 +279,7 @@ class _Story:
         else:
             self.out.ok(line)
         if counts.pending:
-            self.out.warn(f"{counts.pending} signal(s) still queued (`cscapi signals push` retries them)")
+            self.out.warn(f"{plural(counts.pending, 'signal')} still queued (`cscapi signals push` retries them)")
         self.out.print(
             "   in the real CAPI, signals from thousands of machines build the community blocklist you pull next"
         )
@@ -311,10 +311,10 @@ class _Story:
             mark = "[green]✓[/green]" if outcome.ok else "[red]✗[/red]"
             self.out.print(
                 f"{mark} {outcome.kind} '{esc(outcome.name)}': {outcome.status.replace('_', ' ')}, "
-                f"{_plural(outcome.entries, 'entry', 'entries')}"
+                f"{plural(outcome.entries, 'entry', 'entries')}"
             )
         self.out.print(
-            f"   {report.decisions} decisions stored in {self.base / 'decisions.db'}: every worker process of your "
+            f"   {stored_counts(report)} stored in {self.base / 'decisions.db'}: every worker process of your "
             "application reads them from there"
         )
         return engine
@@ -363,8 +363,12 @@ def _log_message(line: str) -> str:
     return line
 
 
-def _plural(count: int, one: str, many: str) -> str:
-    return f"{count} {one if count == 1 else many}"
+def stored_counts(report: Any) -> str:
+    """``1003 decisions and 1 allowlist entry``: what a refresh left in the store, allowlist entries counted apart
+    (``report.decisions`` counts both)."""
+    allowed = sum(o.entries for o in report.lists.values() if o.kind == "allowlist")
+    text = plural(max(0, report.decisions - allowed), "decision")
+    return text + (f" and {plural(allowed, 'allowlist entry', 'allowlist entries')}" if allowed else "")
 
 
 def _shorten(text: str, width: int) -> str:

@@ -8,10 +8,11 @@ from typing import Any
 import click
 
 from cscapi.cli._context import AppContext, json_option, pass_app
-from cscapi.cli._output import esc
+from cscapi.cli._lazy import FullHelpGroup
+from cscapi.cli._output import esc, plural
 
 
-@click.group()
+@click.group(cls=FullHelpGroup)
 def machines() -> None:
     """Machines ("security engines"): credentials kept in the signal storage, one token each."""
 
@@ -75,7 +76,11 @@ def register(app: AppContext, machine_id: str | None, password_stdin: bool, new:
                 created = True
         else:
             before = {m.machine_id for m in existing}
-            machine = client.register_machine(machine_id, password)
+            try:
+                machine = client.register_machine(machine_id, password)
+            except Exception:
+                _forget_failed_registration(storage, before, generated=machine_id is None, own_password=password)
+                raise
             created = machine.machine_id not in before or not any(
                 m.registered for m in existing if m.machine_id == machine.machine_id
             )
@@ -94,6 +99,24 @@ def register(app: AppContext, machine_id: str | None, password_stdin: bool, new:
     else:
         app.out.ok(f"machine [bold]{machine.machine_id}[/bold] is already registered (use --new for another)")
     app.out.print(f"  credentials stored in {esc(result['storage'])} (the password is never printed)")
+
+
+def _forget_failed_registration(storage: Any, before: set[str], *, generated: bool, own_password: str | None) -> None:
+    """After a failed ``register``, drop the machine it created, so that no half-registered machine is left behind.
+
+    The library stores the password before sending it (an id/password pair must never change once CAPI may have seen
+    it). Dropping it is safe when nobody else depends on the pair: a generated id (CAPI may keep an orphan, which is
+    harmless), or a password the user gave and still has. A chosen id with a generated password is kept: if CAPI
+    registered it, only the stored password can log in (`cscapi machines register` retries with it).
+    """
+    if not generated and own_password is None:
+        return
+    try:
+        added = [m for m in storage.list_machines() if m.machine_id not in before and not m.registered]
+        if added:
+            storage.delete_machines([m.machine_id for m in added])
+    except Exception:  # the original error matters more; a leftover machine is retried by the next register
+        return
 
 
 @machines.command("list")
@@ -135,6 +158,15 @@ def list_(app: AppContext) -> None:
     )
 
 
+def _token_note(asked: bool, checked: bool, error: Any) -> str:
+    """What ``status --login`` did about the token: logged in now, or reused it without asking CAPI."""
+    if not asked or error is not None:
+        return ""
+    if checked:
+        return " (checked with CAPI: logged in now)"
+    return " (still valid, reused: no request sent, to spare CAPI's login rate limit)"
+
+
 def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else ""
 
@@ -163,17 +195,21 @@ def status(app: AppContext, machine_id: str | None, do_login: bool) -> None:
     with session(settings, create=False) as (storage, client):
         mid = require_machine_id(settings, storage)
         login_error = None
+        logged_in = False
         if do_login:
             from cscapi.errors import LoginBannedError
 
+            before = storage.get_machine_by_id(mid)
             try:
-                client.login(mid)
+                after = client.login(mid)
+                # a still-valid token is reused without a request: then nothing was checked with CAPI
+                logged_in = before is None or after.token != before.token
             except LoginBannedError as exc:
                 login_error = exc
         machine = storage.get_machine_by_id(mid)
         row = _machine_row(machine, storage.count_signals(mid))
         row["capi"] = settings.display_base_url
-        row["checked_with_capi"] = do_login and login_error is None
+        row["checked_with_capi"] = logged_in
     if app.json_mode:
         app.out.emit_json(row)
     else:
@@ -183,7 +219,7 @@ def status(app: AppContext, machine_id: str | None, do_login: bool) -> None:
                 ("machine id", row["machine_id"]),
                 ("CAPI", row["capi"]),
                 ("registered", "yes" if row["registered"] else "no"),
-                ("token", row["token"] + (" (checked with CAPI)" if row["checked_with_capi"] else "")),
+                ("token", row["token"] + _token_note(do_login, row["checked_with_capi"], login_error)),
                 (
                     "login ban",
                     f"banned until {_when(row['login_banned_until'])}" if row["login_banned_until"] else "none",
@@ -275,18 +311,65 @@ def enroll(
     with session(settings) as (storage, client):
         ids = list(machine_ids) or [require_machine_id(settings, storage)]
         outcomes = client.enroll_machines(ids, name, key, list(tags), overwrite)
+        organizations = {o.machine_id: _record_enrollment(app, client, o) for o in outcomes if o.ok}
     rows = [
-        {"machine_id": o.machine_id, "status": o.status, "ok": o.ok, "reason": o.reason, "url": o.url} for o in outcomes
+        {
+            "machine_id": o.machine_id,
+            "status": o.status,
+            "ok": o.ok,
+            "reason": o.reason,
+            "url": o.url,
+            "organization_id": organizations.get(o.machine_id),
+        }
+        for o in outcomes
     ]
     if app.json_mode:
         app.out.emit_json(rows)
     else:
         app.out.table(
             ["machine id", "status", "detail"],
-            [(r["machine_id"], str(r["status"]).replace("_", " "), r["reason"] or r["url"] or "") for r in rows],
+            [
+                (
+                    r["machine_id"],
+                    str(r["status"]).replace("_", " "),
+                    r["reason"] or r["url"] or (f"organisation {r['organization_id']}" if r["organization_id"] else ""),
+                )
+                for r in rows
+            ],
         )
     failed = [r for r in rows if not r["ok"]]
     if failed:
         from cscapi.errors import EnrollmentError
 
-        raise EnrollmentError(f"{len(failed)} of {len(rows)} machines were not enrolled: {failed[0]['reason']}")
+        raise EnrollmentError(
+            f"{len(failed)} of {plural(len(rows), 'machine')} not enrolled: {failed[0]['reason']}",
+            hint=ENROLL_HINT,
+        )
+
+
+#: What to do when an enrollment is refused, for CrowdSec's console and for the emulator.
+ENROLL_HINT = (
+    "Copy the attachment key again from the CrowdSec console (Security Engines > Enroll). Against the cscapi "
+    "emulator: it accepts any key of letters and digits, unless it was told to accept only listed keys (admin API "
+    "PUT /admin/attachment-keys); then add yours with POST /admin/attachment-keys or `cscapi emulator "
+    "--attachment-key KEY`."
+)
+
+
+def _record_enrollment(app: AppContext, client: Any, outcome: Any) -> str | None:
+    """After a successful enrollment, log in once more so the stored token (hence `machines status` and `list`)
+    carries the organisation at once; returns it (None while CAPI has not attached one yet).
+
+    One extra login per enrollment: enrolling is rare, and CAPI only tells the organisation through a new token.
+    """
+    from cscapi.errors import CAPIError
+
+    try:
+        machine = client.login(outcome.machine_id, force=True)
+    except CAPIError as exc:  # the enrollment itself succeeded: say why the status may lag, do not fail
+        app.out.warn(
+            f"machine {outcome.machine_id} is enrolled, but logging in again to record it failed ({exc.message}); "
+            "`cscapi machines status` shows it after the next login"
+        )
+        return None
+    return str(machine.organization_id) if machine.organization_id else None

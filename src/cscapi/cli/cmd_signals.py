@@ -9,10 +9,11 @@ from typing import Any
 import click
 
 from cscapi.cli._context import AppContext, json_option, pass_app
-from cscapi.cli._output import esc
+from cscapi.cli._lazy import FullHelpGroup
+from cscapi.cli._output import esc, plural
 
 
-@click.group()
+@click.group(cls=FullHelpGroup)
 def signals() -> None:
     """The signal queue: add (validated, all or nothing), push, list, prune."""
 
@@ -36,7 +37,9 @@ def _signal_row(signal: Any, state: str) -> dict[str, Any]:
 @click.option("--ip", metavar="IP", help="The attacker's IP (or a CIDR range) for one signal.")
 @click.option("--scenario", metavar="AUTHOR/NAME", help="The scenario it triggered (one signal).")
 @click.option("--decision", "decision_type", metavar="TYPE", help="Also a decision, e.g. ban (default: a whisper).")
-@click.option("--duration", metavar="DURATION", help="The decision's duration, a Go duration such as 4h.")
+@click.option(
+    "--duration", metavar="DURATION", help="The decision's duration, a Go duration such as 4h (needs --decision)."
+)
 @click.option("--message", metavar="TEXT", help="The signal's message.")
 @click.option("--created-at", metavar="TIME", help="When it happened (RFC 3339; default now).")
 @click.option("--context", "contexts", multiple=True, metavar="KEY=VALUE", help="Context metadata (repeat).")
@@ -83,13 +86,20 @@ def add(
         raise click.UsageError("give either --file or --ip/--scenario/..., not both")
     if not path and not (ip and scenario):
         raise click.UsageError("give --ip and --scenario for one signal, or --file for many")
+    if duration and not decision_type:
+        raise click.UsageError(
+            "--duration needs --decision: a signal without one is a whisper, which has no duration; "
+            "give --decision ban --duration 4h for a ban, or drop --duration for a whisper"
+        )
     settings = app.settings()
+    # Queuing needs no secret: the machine is looked up without decrypting its password (no CSCAPI_STORAGE_KEY needed).
     with session(settings) as (storage, client):
-        machine_id = require_machine_id(settings, storage)
+        machine_id = require_machine_id(settings, storage, secrets=False)
         if path:
             from cscapi.cli import _signal_input as reader
 
             kind = reader.detect_format(path, fmt)
+            reader.check_text_file(path)
             total = reader.count_lines(path)
             stream = reader.open_input(path)
             try:
@@ -126,7 +136,7 @@ def add(
             rejected, lines = [], 1
         stored = 0
         if valid and (not rejected or skip_invalid):
-            with app.out.progress(f"queuing {len(valid)} signal(s) in one transaction", total=None):
+            with app.out.progress(f"queuing {plural(len(valid), 'signal')} in one transaction", total=None):
                 stored = client.add_signals(valid)
         counts = storage.count_signals()
     report = {
@@ -148,36 +158,48 @@ def add(
                 app.out.print(f"... and {len(rejected) - 200} more (use --json for all)")
         if stored or not rejected or skip_invalid:
             dup = f" ({report['duplicates']} already queued)" if report["duplicates"] else ""
-            app.out.ok(f"queued {stored} signal(s){dup}; {counts.queued} waiting to be pushed (`cscapi signals push`)")
+            app.out.ok(
+                f"queued {plural(stored, 'signal')}{dup}; {counts.queued} waiting to be pushed (`cscapi signals push`)"
+            )
     if rejected and not skip_invalid:
+        first = rejected[0]
         raise ValidationError(
-            f"{len(rejected)} of {lines} line(s) rejected (first: line {rejected[0].line}: {rejected[0].reason})",
+            f"{len(rejected)} of {plural(lines, 'line')} rejected (first: line {first.line}: {first.reason})",
             hint="Nothing was queued. Fix those lines, or pass --skip-invalid to queue the valid ones.",
         )
 
 
 @signals.command()
 @click.option("--keep-sent/--prune-sent", default=True, help="Keep sent signals for `signals list` (default).")
+@click.option(
+    "--now",
+    "now",
+    is_flag=True,
+    help="Try machines cooling down after a recent failure at once (clears their cool-down; not a login ban).",
+)
 @json_option
 @pass_app
-def push(app: AppContext, keep_sent: bool) -> None:
+def push(app: AppContext, keep_sent: bool, now: bool) -> None:
     """Send every queued signal to CAPI now (the agent does this every push_interval).
 
     \b
     Example:
       cscapi signals push --json
+      cscapi signals push --now        # CAPI is back: do not wait out the cool-down of the last failure
     """
     from cscapi.cli._runtime import session, stored_machine_id
 
     settings = app.settings()
     settings.require_scenarios()
     with session(settings) as (storage, client):
+        if now:
+            _clear_cooldowns(storage)
         before = storage.count_signals()
         machine_id = stored_machine_id(settings, storage)
         if before.pending and machine_id is not None and storage.count_signals(machine_id).pending:
             # Log in first (a valid token is reused): an unreachable CAPI or a ban is reported as such.
             client.login(machine_id)
-        with app.out.progress("pushing signals", total=None):
+        with app.out.progress(f"pushing {plural(before.pending, 'queued signal')}", total=None):
             report = client.send_signals(prune_after_send=not keep_sent)
         after = storage.count_signals()
     # machines whose queued signals were not tried: they wait out an earlier failure's cool-down or a login ban
@@ -195,7 +217,7 @@ def push(app: AppContext, keep_sent: bool) -> None:
     if app.json_mode:
         app.out.emit_json(result)
     else:
-        line = f"sent {report.sent} signal(s) in {report.batches} request(s)"
+        line = f"sent {plural(report.sent, 'signal')} in {plural(report.batches, 'request')}"
         if not before.pending and not report.sent and not report.quarantined and not failed:
             app.out.print("nothing queued")
         elif failed:  # never a ✓ for a push that failed, even in part
@@ -204,7 +226,7 @@ def push(app: AppContext, keep_sent: bool) -> None:
             app.out.ok(line)
         if report.quarantined:
             app.out.warn(
-                f"{report.quarantined} signal(s) refused by CAPI and quarantined "
+                f"{plural(report.quarantined, 'signal')} refused by CAPI and quarantined "
                 "(`cscapi signals list --state quarantined`)"
             )
         for machine, reason in report.failed_machines.items():
@@ -216,6 +238,24 @@ def push(app: AppContext, keep_sent: bool) -> None:
             app.out.print(f"[red]✗[/red] machine {esc(machine)} failed recently ({esc(why.rstrip('.'))}): {wait}")
     if report.failed_machines or held:
         _fail_push(app, report.failed_machines, held, report.errors)
+
+
+def _clear_cooldowns(storage: Any) -> int:
+    """Forget the cool-down of every machine failing after an earlier push (``push --now``); login bans and refused
+    credentials are kept (``machines clear-ban`` is for those). Returns how many machines were cleared."""
+    from dataclasses import replace
+
+    from cscapi._core import LOGIN_REFUSED
+
+    cleared = 0
+    for machine in storage.list_machines():
+        if not (machine.is_failing or machine.failing_until):
+            continue
+        if (machine.failure_reason or "").startswith(LOGIN_REFUSED):
+            continue  # a refused login: retrying at once counts against the machine on CAPI's side
+        storage.update_or_create_machine(replace(machine, is_failing=False, failing_until=None, failure_reason=None))
+        cleared += 1
+    return cleared
 
 
 def _held_until(exc: Exception) -> datetime | None:
@@ -258,9 +298,10 @@ def _fail_push(app: AppContext, failed: dict[str, str], held: dict[str, Any], er
         todo = {
             _exit.LOGIN_BANNED: "wait for the ban to lift, do not retry in a loop",
             _exit.AUTHENTICATION: "check the machine's credentials (`cscapi machines status`)",
-        }.get(code, "check the CAPI URL and the network")
+        }.get(code, "check the CAPI URL and the network (for the local emulator: is `cscapi emulator` running?)")
+        why = reason.rstrip(".")
         summary = CAPIError(
-            f"signals of {len(failed)} machine(s) were not sent (machine {machine[:12]}…: {reason.rstrip('.')})",
+            f"signals of {plural(len(failed), 'machine')} were not sent (machine {machine[:12]}…: {why})",
             hint=f"They stay queued and are retried on the next push; {todo}.",
         )
     else:
@@ -268,9 +309,15 @@ def _fail_push(app: AppContext, failed: dict[str, str], held: dict[str, Any], er
         until = _held_until(exc)
         at = f", until {until:%H:%M:%S} UTC" if until else ""
         wait = "a login ban" if code == _exit.LOGIN_BANNED else "the cool-down of a recent failure"
+        retry = (
+            "`cscapi signals push --now` retries at once if CAPI is back"
+            if code != _exit.LOGIN_BANNED
+            else "wait for the ban to lift"
+        )
+        machines = plural(len(held), "machine")
         summary = CAPIError(
-            f"signals of {len(held)} machine(s) were not sent: they wait out {wait} (machine {machine[:12]}…{at})",
-            hint="They stay queued and are retried after the cool-down; `cscapi machines status` shows why.",
+            f"signals of {machines} were not sent: they wait out {wait} (machine {machine[:12]}…{at})",
+            hint=f"They stay queued and are retried after it; {retry}; `cscapi machines status` shows why.",
         )
     report_error(app, summary)
     raise click.exceptions.Exit(code)
@@ -284,7 +331,9 @@ def _fail_push(app: AppContext, failed: dict[str, str], held: dict[str, Any], er
     show_default=True,
     help="Which signals.",
 )
-@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@click.option(
+    "--limit", type=click.IntRange(1, 100000), default=50, show_default=True, help="Show at most this many signals."
+)
 @json_option
 @pass_app
 def list_(app: AppContext, state: str, limit: int) -> None:
@@ -342,29 +391,46 @@ def list_(app: AppContext, state: str, limit: int) -> None:
 
 
 @signals.command()
-@click.option("--sent-before", metavar="AGE|TIME", help="Only sent signals older than this (24h, 7d or RFC 3339).")
-@click.option("--quarantined", is_flag=True, help="Also delete quarantined signals.")
-@click.option("--failing-machines", is_flag=True, help="Also delete queued signals of machines failing right now.")
+@click.option("--sent", "sent", is_flag=True, help="Delete every sent signal.")
+@click.option("--sent-before", metavar="AGE|TIME", help="Delete sent signals older than this (24h, 7d or RFC 3339).")
+@click.option("--quarantined", is_flag=True, help="Delete quarantined signals.")
+@click.option("--failing-machines", is_flag=True, help="Delete the queued signals of machines failing right now.")
 @click.option(
     "--requeue-quarantined", is_flag=True, help="Instead of deleting, put quarantined signals back in the queue."
 )
 @json_option
 @pass_app
 def prune(
-    app: AppContext, sent_before: str | None, quarantined: bool, failing_machines: bool, requeue_quarantined: bool
+    app: AppContext,
+    sent: bool,
+    sent_before: str | None,
+    quarantined: bool,
+    failing_machines: bool,
+    requeue_quarantined: bool,
 ) -> None:
-    """Delete sent signals (and, if asked, quarantined ones); queued signals are kept.
+    """Delete what each flag names (sent, quarantined, failing machines' signals); nothing else is touched.
 
     \b
     Examples:
       cscapi signals prune --sent-before 7d
+      cscapi signals prune --quarantined
       cscapi signals prune --requeue-quarantined
     """
+    from datetime import datetime, timezone
+
     from cscapi.cli._runtime import open_client, open_storage
 
-    if requeue_quarantined and (sent_before or quarantined or failing_machines):
+    deleting = sent or bool(sent_before) or quarantined or failing_machines
+    if requeue_quarantined and deleting:
         raise click.UsageError("--requeue-quarantined cannot be combined with the delete options")
+    if not requeue_quarantined and not deleting:
+        raise click.UsageError(
+            "say what to prune: --sent, --sent-before AGE, --quarantined, --failing-machines or --requeue-quarantined"
+        )
     cutoff = _parse_age(sent_before) if sent_before else None
+    if not (sent or sent_before):
+        # storage.prune always deletes sent signals before a cut-off: one before any signal was sent deletes none
+        cutoff = datetime(1970, 1, 2, tzinfo=timezone.utc)
     settings = app.settings()
     storage = open_storage(settings)
     try:
@@ -372,7 +438,9 @@ def prune(
         if requeue_quarantined:
             result["requeued"] = storage.requeue_quarantined()
         else:
-            result["deleted"] = storage.prune(sent_before=cutoff, quarantined=quarantined)
+            result["deleted"] = 0
+            if sent or sent_before or quarantined:
+                result["deleted"] = storage.prune(sent_before=cutoff, quarantined=quarantined)
             if failing_machines:
                 client = open_client(settings, storage)
                 try:
@@ -387,10 +455,10 @@ def prune(
         app.out.emit_json(result)
         return
     if requeue_quarantined:
-        app.out.ok(f"put {result['requeued']} quarantined signal(s) back in the queue")
+        app.out.ok(f"put {plural(result['requeued'], 'quarantined signal')} back in the queue")
     else:
         extra = f" and {result['deleted_failing']} of failing machines" if failing_machines else ""
-        app.out.ok(f"deleted {result['deleted']} signal(s){extra}")
+        app.out.ok(f"deleted {plural(result['deleted'], 'signal')}{extra}")
     app.out.print(f"{counts.queued} queued, {counts.sent} sent, {counts.quarantined} quarantined")
 
 

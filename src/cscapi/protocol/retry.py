@@ -13,7 +13,7 @@ from datetime import datetime
 from cscapi.protocol.http import NetworkFailure, Response
 from cscapi.timeutil import parse_http_date, utcnow
 
-__all__ = ["RETRYABLE_STATUSES", "RetryPolicy", "is_retryable", "parse_retry_after"]
+__all__ = ["RETRYABLE_STATUSES", "RetryPolicy", "is_refused_on_loopback", "is_retryable", "parse_retry_after"]
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 """Statuses worth another try: rate limited, or the server (or a gateway before it) failing."""
@@ -24,6 +24,15 @@ def is_retryable(result: Response | NetworkFailure) -> bool:
     if isinstance(result, NetworkFailure):
         return True
     return result.status_code in RETRYABLE_STATUSES
+
+
+def is_refused_on_loopback(failure: NetworkFailure) -> bool:
+    """True for a connection refused by a loopback address: nothing listens there, waiting will not change that."""
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(failure.url).hostname or "").lower()
+    loopback = host == "localhost" or host == "::1" or host.startswith("127.")
+    return loopback and "refused" in failure.detail.lower()
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -51,6 +60,9 @@ class RetryPolicy:
 
     The n-th retry (0-based) waits a random time in ``[0, min(max_delay, base_delay * 2**n)]`` (full jitter), or the
     server's ``Retry-After`` when it asks for longer, capped at ``max_retry_after``.
+
+    ``fail_fast_connect`` (interactive commands): a connection error on the first try, or a connection refused on
+    loopback at any try, is not retried; timeouts and 429/5xx still are.
     """
 
     max_retries: int = 3
@@ -58,9 +70,13 @@ class RetryPolicy:
     max_delay: float = 60.0
     max_retry_after: float = 120.0
     rand: Callable[[], float] = field(default=random.random, repr=False)
+    fail_fast_connect: bool = False
 
     def should_retry(self, result: Response | NetworkFailure, attempt: int) -> bool:
         """Whether to retry after ``attempt`` retries already made (0 for the first try)."""
+        fast = self.fail_fast_connect and isinstance(result, NetworkFailure) and result.kind == "connect"
+        if fast and (attempt == 0 or is_refused_on_loopback(result)):  # type: ignore[arg-type]
+            return False
         return attempt < self.max_retries and is_retryable(result)
 
     def delay(self, attempt: int, result: Response | NetworkFailure | None = None) -> float:

@@ -201,7 +201,7 @@ def refresh_flow(ctx: FlowContext, force: bool) -> Generator[Op, Any, tuple[Refr
             if now < next_at:
                 raise RefreshTooSoonError(
                     f"decisions were pulled {now - loaded.last_pull:.0f} s ago; CAPI's minimum interval is "
-                    f"{ctx.min_refresh_interval:.0f} s",
+                    f"{ctx.min_refresh_interval:.0f} s.",
                     next_allowed_at=datetime.fromtimestamp(next_at, timezone.utc),
                 )
         startup = loaded is None or bool(dirty)
