@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -12,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,6 +47,88 @@ def storage(tmp_path: Path) -> Iterator[SQLStorage]:
 def client(emu: EmbeddedEmulator, storage: SQLStorage) -> Iterator[CAPIClient]:
     with CAPIClient(storage, CAPIClientConfig(scenarios=SCENARIOS, base_url=emu.base_url, max_retries=0)) as c:
         yield c
+
+
+class DripServer:
+    """A hostile CAPI on loopback: answers every request with headers announcing 1 MB, then one byte a second.
+
+    A per-read timeout never fires on it: only a total deadline (or abandoning the call) ends a request.
+    """
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/"
+        self.requests = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.requests += 1
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: Any) -> None:
+        try:
+            conn.settimeout(5)
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+            while not self._stop.wait(1.0):
+                conn.sendall(b" ")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def drip() -> Iterator[DripServer]:
+    server = DripServer()
+    yield server
+    server.close()
+
+
+@contextlib.contextmanager
+def running(agent: Agent) -> Iterator[threading.Thread]:
+    """Run the agent in a daemon thread; always stopped and joined, so a failing test never leaves it running."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            agent.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="test-agent", daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        agent.stop()
+        thread.join(timeout=agent.config.stop_timeout + 5)
+        assert not thread.is_alive(), "the agent did not stop within stop_timeout"
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
+    """Poll ``predicate`` until it is true (True) or ``timeout`` passes (False); each call counts once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 def queue(client: CAPIClient, machine_id: str, *ips: str) -> None:
@@ -121,17 +205,11 @@ def test_loop_stops_gracefully_and_releases_the_lock(client: CAPIClient, storage
         lock=AgentLock(storage, uri),
         config=AgentConfig(push_metrics=False),
     )
-    thread = threading.Thread(target=agent.run)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while agent.jobs["push"].runs == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    # while it runs, nobody else may run on this storage
-    with pytest.raises(AlreadyRunningError):
-        AgentLock(storage, uri).acquire()
-    agent.stop()
-    thread.join(timeout=10)
-    assert not thread.is_alive()
+    with running(agent):
+        assert wait_for(lambda: agent.jobs["push"].runs > 0 and agent.running_job is None)
+        # while it runs, nobody else may run on this storage
+        with pytest.raises(AlreadyRunningError):
+            AgentLock(storage, uri).acquire()
     assert storage.count_signals().sent == 1
     other = AgentLock(storage, uri)
     other.acquire()  # released on stop
@@ -184,9 +262,7 @@ def test_health_endpoint_serves_json_on_loopback(client: CAPIClient) -> None:
     port = int(unreachable_url().rsplit(":", 1)[1].strip("/"))
     machine_id = client.register_machine().machine_id
     agent = Agent(client, None, machine_id=machine_id, config=AgentConfig(health_port=port, push_metrics=False))
-    thread = threading.Thread(target=agent.run)
-    thread.start()
-    try:
+    with running(agent):
         body = None
         deadline = time.monotonic() + 10
         while body is None and time.monotonic() < deadline:
@@ -201,9 +277,6 @@ def test_health_endpoint_serves_json_on_loopback(client: CAPIClient) -> None:
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=2)
         assert info.value.code == 404
-    finally:
-        agent.stop()
-        thread.join(timeout=10)
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
 
@@ -330,7 +403,148 @@ def test_health_of_a_readable_store_is_ok(client: CAPIClient, tmp_path: Path) ->
         agent = Agent(client, engine, machine_id=machine_id)
         agent._running = True
         report = agent.health()
-        assert report["decision_store"] == {"healthy": True, "version": None, "last_sync_error": None}
+        assert report["decision_store"] == {"healthy": True, "lost": False, "version": None, "last_sync_error": None}
         assert report["status"] == "ok"
     finally:
         engine.close()
+
+
+# ---- faults: a hung job, a lapsed lease, a lost decision store, idle health clients ---------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def lease_storage(request: pytest.FixtureRequest) -> Iterator[tuple[SQLStorage, str]]:
+    url = str(request.getfixturevalue(f"{request.param}_url"))
+    storage = SQLStorage(url)
+    yield storage, url
+    storage.close()
+
+
+def test_renew_notices_a_takeover_after_the_lease_lapsed(lease_storage: tuple[SQLStorage, str]) -> None:
+    storage, url = lease_storage
+    first = AgentLock(storage, url, ttl_seconds=0.5, lease=True)
+    second = AgentLock(storage, url, ttl_seconds=30, lease=True)
+    first.acquire()
+    try:
+        with pytest.raises(AlreadyRunningError):
+            second.acquire()
+        # first stalls past its lease: second takes the storage over
+        assert wait_for(lambda: _try_acquire(second), timeout=10)
+        with pytest.raises(AlreadyRunningError, match="took over"):
+            first.renew()
+        first.release()  # must not remove the lease second now holds
+        with pytest.raises(AlreadyRunningError):
+            AgentLock(storage, url, ttl_seconds=30, lease=True).acquire()
+    finally:
+        second.release()
+        first.release()
+
+
+def _try_acquire(lock: AgentLock) -> bool:
+    try:
+        lock.acquire()
+    except AlreadyRunningError:
+        return False
+    return True
+
+
+@pytest.mark.postgres
+def test_a_hung_job_never_lets_a_second_agent_in_and_stop_is_bounded(
+    postgres_url: str, drip: DripServer, emu: EmbeddedEmulator
+) -> None:
+    """The lease is renewed by its own thread while a job hangs on a server dripping a byte a second; stop() returns
+    within stop_timeout, abandoning the job, and releases the lease."""
+    storage = SQLStorage(postgres_url)
+    other_storage = SQLStorage(postgres_url)
+    with CAPIClient(storage, CAPIClientConfig(scenarios=SCENARIOS, base_url=emu.base_url, max_retries=0)) as c:
+        machine_id = c.register_machine().machine_id  # registered for real; then CAPI turns into a drip
+    hung = CAPIClient(storage, CAPIClientConfig(scenarios=SCENARIOS, base_url=drip.base_url, max_retries=0))
+    lock = AgentLock(storage, postgres_url, ttl_seconds=1.0)
+    config = AgentConfig(push_metrics=True, stop_timeout=5, stall_after=1)
+    agent = Agent(hung, None, machine_id=machine_id, lock=lock, config=config)
+    try:
+        with running(agent) as thread:
+            assert wait_for(lambda: drip.requests > 0 and agent.running_job is not None)
+            started = time.monotonic()
+            while time.monotonic() - started < 4:  # four lease lifetimes
+                with pytest.raises(AlreadyRunningError):
+                    AgentLock(other_storage, postgres_url, ttl_seconds=1.0).acquire()
+                time.sleep(0.2)
+            health = agent.health()
+            assert health["status"] == "degraded" and health["running"]["job"] in ("push", "metrics")
+            assert any("longer than stall_after" in r for r in health["reasons"]), health["reasons"]
+            stop_at = time.monotonic()
+            agent.stop()
+            thread.join(timeout=config.stop_timeout + 5)
+            assert not thread.is_alive()
+            assert time.monotonic() - stop_at <= config.stop_timeout + 0.5
+        assert agent.abandoned in ("push", "metrics")
+        other = AgentLock(other_storage, postgres_url, ttl_seconds=30)
+        other.acquire()  # released at stop, not after the ttl
+        other.release()
+    finally:
+        hung.close()
+        other_storage.close()
+        storage.close()
+
+
+def test_a_lost_decision_store_is_pulled_again_at_once_then_not_before_the_minimum(
+    client: CAPIClient, redis_url: str, redis_prefix: str
+) -> None:
+    import redis
+
+    machine_id = client.register_machine().machine_id
+    engine = RemediationEngine(
+        client, store=redis_url, key_prefix=redis_prefix, machine_id=machine_id, sync_interval_ms=50
+    )
+    agent = Agent(client, engine, machine_id=machine_id, config=AgentConfig(push_metrics=False, repull_min_interval=60))
+    r = redis.Redis.from_url(redis_url)
+
+    def lose() -> None:  # what a Redis restart without data does to this prefix (never FLUSHDB: a shared server)
+        keys = list(r.scan_iter(match=redis_prefix + "*"))
+        if keys:
+            r.delete(*keys)
+
+    try:
+        with running(agent):
+            assert wait_for(lambda: agent.jobs["refresh"].runs == 1 and engine.version is not None)
+            first = engine.version
+            lose()
+            assert wait_for(lambda: agent.repulls == 1)
+            assert wait_for(lambda: agent.jobs["refresh"].runs == 2 and engine.healthy)
+            assert engine.version != first and not engine.store_lost
+            lose()  # lost again within repull_min_interval: no second pull, but it shows
+            assert wait_for(lambda: engine.store_lost)
+            health = agent.health()
+            assert health["status"] == "degraded" and health["decision_store"]["lost"]
+            assert any("lost its decisions" in reason for reason in health["reasons"])
+            time.sleep(2.5)  # the loop looks every second: it would have pulled by now
+            assert agent.repulls == 1 and agent.jobs["refresh"].runs == 2
+    finally:
+        r.close()
+        engine.close()
+
+
+def test_health_endpoint_stays_bounded_under_idle_sockets(client: CAPIClient, free_tcp_port: int) -> None:
+    import socket
+
+    machine_id = client.register_machine().machine_id
+    agent = Agent(
+        client, None, machine_id=machine_id, config=AgentConfig(health_port=free_tcp_port, push_metrics=False)
+    )
+    idle: list[socket.socket] = []
+    try:
+        with running(agent):
+            assert wait_for(lambda: agent.health_server is not None)
+            before = threading.active_count()
+            for _ in range(300):
+                idle.append(socket.create_connection(("127.0.0.1", free_tcp_port), timeout=5))
+            idle[0].sendall(b"GET /hea")  # a slow client, never finishing its request
+            with urllib.request.urlopen(f"http://127.0.0.1:{free_tcp_port}/health", timeout=10) as response:
+                assert response.status == 200 and json.loads(response.read())["machine_id"] == machine_id
+            assert threading.active_count() <= before + 3  # the pushes' worker thread, at most; not one per socket
+            server = agent.health_server
+            assert server is not None and server.open_connections <= server.max_connections
+    finally:
+        for sock in idle:
+            sock.close()

@@ -42,8 +42,9 @@ def test_run_refuses_bad_settings(capi_env: CliEnv) -> None:
     capi_env.invoke(["machines", "register"])
     assert_user_error(capi_env.invoke(["run", "--push-interval", "1"]), 2, "push_interval")
     assert_user_error(capi_env.invoke(["run", "--refresh-interval", "600"]), 2, "refresh_interval")
-    assert_user_error(capi_env.invoke(["--decision-store", "memory://", "run", "--once"]), 2, "--no-refresh")
-    result = capi_env.invoke(["--decision-store", "memory://", "run", "--once", "--no-refresh", "--no-metrics"])
+    assert_user_error(capi_env.invoke(["--decision-store", "memory://", "run", "--once"]), 2, "memory://")
+    assert_user_error(capi_env.invoke(["run", "--stop-timeout", "0.5"]), 2, "--stop-timeout")
+    result = capi_env.invoke(["run", "--once", "--no-refresh", "--no-metrics"])
     assert result.exit_code == 0, result.output
 
 

@@ -9,9 +9,13 @@ One :class:`Agent` per signal storage (enforced by :class:`AgentLock`). It wakes
 * write a health line (and, with ``health_port``, serve a JSON health report on 127.0.0.1).
 
 Each action logs exactly one line. A failure is logged and retried at the job's next slot; a login ban pauses every
-CAPI call until it ends; a 429 waits for the server's ``Retry-After``. :meth:`Agent.stop` (called from a SIGTERM or
-SIGINT handler) lets the batch in flight finish, then returns: a batch abandoned by a hard kill is safe too, since its
-claim's lease runs out and the signals are sent again, never lost.
+CAPI call until it ends; a 429 waits for the server's ``Retry-After``.
+
+Jobs run in a worker thread, so that nothing a job does can hold the agent: :meth:`Agent.stop` (called from a SIGTERM
+or SIGINT handler) lets the job in flight finish for up to ``stop_timeout - 3`` seconds, then abandons it, releases
+every lock (the engine's refresh lock, the agent's lock or lease) and returns, within ``stop_timeout`` (10 s) in all.
+An abandoned batch is safe: its claim's lease runs out and the signals are sent again, never lost. A job running past
+``stall_after`` makes the health ``degraded``; the agent's lease is renewed by its own thread, whatever the jobs do.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ __all__ = ["Agent", "AgentConfig", "AgentLock", "HealthServer"]
 #: CAPI's documented minimum between two decision pulls (1 h 30).
 MIN_REFRESH_SECONDS = 5400.0
 _LEASE_KEY = "cscapi-agent"
+_WAKE = 1.0  # the loop looks at the stop flag, a finished job and a lost decision store at least this often
+_RELEASE_RESERVE = 3.0  # of stop_timeout, kept for releasing the locks after the job in flight is abandoned
 
 
 @dataclass
@@ -66,6 +72,12 @@ class AgentConfig:
     push_metrics: bool = True
     keep_sent: float = 86400.0
     prune_interval: float = 3600.0
+    stop_timeout: float = 10.0
+    """Seconds from a stop request (SIGTERM) to :meth:`Agent.run` returning, locks released, whatever the job does."""
+    stall_after: float = 300.0
+    """A job running longer than this makes the health ``degraded`` (HTTP 503) with the reason."""
+    repull_min_interval: float = 900.0
+    """Minimum seconds between two re-pulls caused by a LOST decision store (so a flapping store cannot hammer CAPI)."""
 
     def __post_init__(self) -> None:
         if not 10 <= self.push_interval <= 600:
@@ -83,6 +95,15 @@ class AgentConfig:
             raise ConfigurationError(f"batch_size must be between 1 and 250, not {self.batch_size}")
         if not 0 <= self.health_port <= 65535:
             raise ConfigurationError(f"health_port must be between 0 and 65535, not {self.health_port}")
+        if not 1 <= self.stop_timeout <= 300:
+            raise ConfigurationError(f"stop_timeout must be between 1 and 300 seconds, not {self.stop_timeout:g}")
+        if self.stall_after <= 0:
+            raise ConfigurationError("stall_after must be > 0 seconds")
+        if self.repull_min_interval < 60:
+            raise ConfigurationError(
+                f"repull_min_interval must be at least 60 seconds, not {self.repull_min_interval:g}",
+                hint="It bounds how often a lost decision store makes the agent pull from CAPI again.",
+            )
 
 
 # ---- single instance ----------------------------------------------------------------------------------------------
@@ -97,14 +118,24 @@ class AgentLock:
     crash).
     """
 
-    def __init__(self, storage: Any, storage_uri: str, *, ttl_seconds: float = 120.0, lock_dir: Path | None = None):
+    def __init__(
+        self,
+        storage: Any,
+        storage_uri: str,
+        *,
+        ttl_seconds: float = 120.0,
+        lock_dir: Path | None = None,
+        lease: bool | None = None,
+    ):
         self.storage = storage
         self.storage_uri = storage_uri
         self.ttl = ttl_seconds
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
-        self.path = self._lock_path(storage_uri, lock_dir)
+        # lease=True takes a database lease even on SQLite (a storage shared through a network file system)
+        self.path = None if lease else self._lock_path(storage_uri, lock_dir)
         self._fd: int | None = None
         self._lease_until = 0.0
+        self._mutex = threading.Lock()
 
     @staticmethod
     def _lock_path(uri: str, lock_dir: Path | None) -> Path | None:
@@ -146,25 +177,36 @@ class AgentLock:
         self._lease_until = time.monotonic() + self.ttl
 
     def renew(self) -> None:
-        """Keep a database lease alive (a no-op for file locks); raises if another agent took it over."""
-        if self.path is not None or time.monotonic() < self._lease_until - self.ttl / 2:
-            return
-        try:
-            self.storage.release_login_lock(_LEASE_KEY, self.holder)
-            renewed = self.storage.acquire_login_lock(_LEASE_KEY, self.holder, self.ttl)
-        except StorageError:
-            if time.monotonic() < self._lease_until:
-                return  # the database is briefly unreachable: the lease still holds, try again after the next job
-            raise AlreadyRunningError(
-                "the agent's lease on the storage ran out while the database was unreachable",
-                hint="Another agent may have taken over; restart this one once the database is back.",
-            ) from None
-        if not renewed:
-            raise AlreadyRunningError("another agent took over this storage's lease")
-        self._lease_until = time.monotonic() + self.ttl
+        """Keep a database lease alive (a no-op for file locks); raises if another agent took it over.
+
+        Called by the agent's lease thread every ``ttl / 4`` seconds; renews once half the lease is used.
+        """
+        with self._mutex:
+            if self.path is not None or not self._lease_until or time.monotonic() < self._lease_until - self.ttl / 2:
+                return
+            try:
+                # releasing first removes only OUR row: a lease another agent took after ours lapsed stays theirs,
+                # and the acquire below then fails
+                self.storage.release_login_lock(_LEASE_KEY, self.holder)
+                renewed = self.storage.acquire_login_lock(_LEASE_KEY, self.holder, self.ttl)
+            except StorageError:
+                if time.monotonic() < self._lease_until:
+                    return  # the database is briefly unreachable: the lease still holds, try again soon
+                raise AlreadyRunningError(
+                    "the agent's lease on the storage ran out while the database was unreachable",
+                    hint="Another agent may have taken over; restart this one once the database is back.",
+                ) from None
+            if not renewed:
+                self._lease_until = 0.0  # not ours any more: release() must not touch it
+                raise AlreadyRunningError("another agent took over this storage's lease")
+            self._lease_until = time.monotonic() + self.ttl
 
     def release(self) -> None:
         """Give the lock back (idempotent)."""
+        with self._mutex:
+            self._release()
+
+    def _release(self) -> None:
         if self._fd is not None:
             import fcntl
 
@@ -182,45 +224,172 @@ class AgentLock:
 
 
 class HealthServer:
-    """A tiny JSON health endpoint on loopback (``GET /`` or ``/health``): 200 when healthy, 503 when not."""
+    """A tiny JSON health endpoint on loopback (``GET /`` or ``/health``): 200 when ``ok``, 503 otherwise.
 
-    def __init__(self, report: Callable[[], dict[str, Any]], port: int, host: str = "127.0.0.1") -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    One thread and a selector, whatever the clients do: at most ``max_connections`` sockets are open (a new one evicts
+    the oldest), each gets ``client_timeout`` seconds in all to send its request line and headers (at most 8 KiB), and
+    the answer is written without blocking. Idle or slow clients cannot pile up threads or starve a probe.
+    """
+
+    MAX_REQUEST = 8192
+
+    def __init__(
+        self,
+        report: Callable[[], dict[str, Any]],
+        port: int,
+        host: str = "127.0.0.1",
+        *,
+        max_connections: int = 64,
+        client_timeout: float = 5.0,
+    ) -> None:
+        import selectors
 
         if host not in ("127.0.0.1", "::1", "localhost"):
             raise ConfigurationError(f"the health endpoint only listens on loopback, not {host!r}")
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?")[0] not in ("/", "/health", "/healthz"):
-                    self.send_error(404)
-                    return
-                body = report()
-                data = json.dumps(body, default=str).encode()
-                self.send_response(200 if body.get("status") == "ok" else 503)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
+        self._report = report
+        self.max_connections = max_connections
+        self.client_timeout = client_timeout
         try:
-            self.server = ThreadingHTTPServer((host, port), Handler)
+            self._listener = socket.create_server(
+                (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET
+            )
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot serve health on {host}:{port}: {exc.strerror}", hint="Choose another --health-port."
             ) from None
-        self.server.daemon_threads = True
-        self.port = int(self.server.server_address[1])
-        self._thread = threading.Thread(target=self.server.serve_forever, name="cscapi-health", daemon=True)
+        self._listener.setblocking(False)
+        self.port = int(self._listener.getsockname()[1])
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ, None)
+        # socket -> [deadline, bytes received, bytes left to send or None while reading]
+        self._conns: dict[socket.socket, list[Any]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="cscapi-health", daemon=True)
         self._thread.start()
 
+    def _serve(self) -> None:
+        import selectors
+
+        while not self._stop.is_set():
+            for key, events in self._selector.select(timeout=0.25):
+                sock: socket.socket = key.fileobj  # type: ignore[assignment]
+                if sock is self._listener:
+                    self._accept()
+                elif sock in self._conns:
+                    try:
+                        if events & selectors.EVENT_READ:
+                            self._read(sock)
+                        elif events & selectors.EVENT_WRITE:
+                            self._write(sock)
+                    except OSError:
+                        self._drop(sock)
+            now = time.monotonic()
+            for sock in [s for s, state in self._conns.items() if state[0] < now]:
+                self._drop(sock)  # idle or too slow
+        for sock in list(self._conns):
+            self._drop(sock)
+        self._selector.close()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        import selectors
+
+        for _ in range(64):
+            try:
+                sock, _addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if len(self._conns) >= self.max_connections:
+                self._drop(min(self._conns, key=lambda c: self._conns[c][0]))  # the oldest goes
+            sock.setblocking(False)
+            self._conns[sock] = [time.monotonic() + self.client_timeout, b"", None]
+            self._selector.register(sock, selectors.EVENT_READ, None)
+
+    def _read(self, sock: socket.socket) -> None:
+        state = self._conns[sock]
+        chunk = sock.recv(4096)
+        if not chunk:
+            self._drop(sock)
+            return
+        state[1] += chunk
+        if b"\r\n\r\n" not in state[1] and b"\n\n" not in state[1]:
+            if len(state[1]) > self.MAX_REQUEST:
+                self._respond(sock, 431, {"error": "request header fields too large"})
+            return
+        line = state[1].split(b"\n", 1)[0].decode("latin-1").split()
+        if len(line) < 2:
+            self._respond(sock, 400, {"error": "bad request"})
+        elif line[0] not in ("GET", "HEAD"):
+            self._respond(sock, 405, {"error": "only GET"})
+        elif line[1].split("?")[0] not in ("/", "/health", "/healthz"):
+            self._respond(sock, 404, {"error": "not found"})
+        else:
+            try:
+                body = self._report()
+            except Exception as exc:  # a health report that fails is itself a health signal
+                body = {"status": "degraded", "reasons": [f"health report failed: {type(exc).__name__}"]}
+            self._respond(sock, 200 if body.get("status") == "ok" else 503, body, head=line[0] == "HEAD")
+
+    def _respond(self, sock: socket.socket, status: int, body: dict[str, Any], head: bool = False) -> None:
+        import selectors
+        from http import HTTPStatus
+
+        data = json.dumps(body, default=str).encode()
+        reason = HTTPStatus(status).phrase
+        header = (
+            f"HTTP/1.0 {status} {reason}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        self._conns[sock][2] = header + (b"" if head else data)
+        self._selector.modify(sock, selectors.EVENT_WRITE, None)
+        self._write(sock)
+
+    def _write(self, sock: socket.socket) -> None:
+        state = self._conns[sock]
+        try:
+            sent = sock.send(state[2])
+        except (BlockingIOError, InterruptedError):
+            return
+        state[2] = state[2][sent:]
+        if not state[2]:
+            self._drop(sock)
+
+    def _drop(self, sock: socket.socket) -> None:
+        self._conns.pop(sock, None)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._selector.unregister(sock)
+        with contextlib.suppress(OSError):
+            sock.close()
+
+    @property
+    def open_connections(self) -> int:
+        """Client sockets open right now (never more than ``max_connections``)."""
+        return len(self._conns)
+
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._stop.set()
         self._thread.join(timeout=5)
+
+
+def _bounded(func: Callable[[], Any], seconds: float, what: str, log: logging.Logger) -> None:
+    """Call ``func`` in a daemon thread and wait at most ``seconds`` (a hung database must not hold the exit)."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            func()
+        except Exception as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="cscapi-agent-release", daemon=True)
+    thread.start()
+    thread.join(timeout=seconds)
+    if thread.is_alive():
+        log.warning("%s did not finish within %.1f s; exiting anyway (it lapses by itself)", what, seconds)
+    elif errors:
+        log.warning("%s failed: %s", what, errors[0])
 
 
 # ---- the agent ----------------------------------------------------------------------------------------------------
@@ -266,11 +435,20 @@ class Agent:
         self.rng = rng or random.SystemRandom()
         self.clock = clock
         self._stop = threading.Event()
+        self._abandon = threading.Event()
+        self._stop_requested: float | None = None
         self._running = False
         self.started_at: datetime | None = None
         self.banned_until: datetime | None = None
         self.in_flight: str | None = None
         self.health_server: HealthServer | None = None
+        self.running_job: str | None = None
+        self._job_started: float | None = None
+        self.abandoned: str | None = None
+        """The job abandoned at the last stop (it outlived ``stop_timeout``), or None."""
+        self.lost_lock: AlreadyRunningError | None = None
+        self._last_repull = float("-inf")
+        self.repulls = 0
         now = clock()
         self.jobs: dict[str, _Job] = {"push": _Job("push", now)}
         if self.config.refresh_decisions and engine is not None:
@@ -283,25 +461,55 @@ class Agent:
     # ---- control ----------------------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the loop to return after the action in flight (safe to call from a signal handler or a thread)."""
+        """Ask the loop to return: the job in flight gets until ``stop_timeout - 3`` s after this call, then is
+        abandoned; :meth:`run` returns, locks released, within ``stop_timeout`` (safe from a signal handler)."""
+        if self._stop_requested is None:
+            self._stop_requested = time.monotonic()
         self._stop.set()
+
+    def abandon(self) -> None:
+        """Stop now, without waiting for the job in flight (a second SIGTERM); locks are still released."""
+        self.stop()
+        self._abandon.set()
+
+    @property
+    def stop_deadline(self) -> float | None:
+        """``time.monotonic()`` by which :meth:`run` returns after a stop request (None before one)."""
+        if self._stop_requested is None:
+            return None
+        return self._stop_requested + self.config.stop_timeout
 
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 
     def run(self, *, max_iterations: int | None = None) -> None:
-        """Run until :meth:`stop` (or ``max_iterations`` actions, for tests). Takes and releases the lock."""
+        """Run until :meth:`stop` (or ``max_iterations`` actions, for tests). Takes and releases the lock.
+
+        Raises :class:`AlreadyRunningError` (after releasing everything) if another agent took the lease over.
+        """
         if self.lock is not None:
             self.lock.acquire()
         self._running = True
         self.started_at = utcnow()
+        keeper_stop = threading.Event()
+        keeper = None
         try:
+            if self.lock is not None and self.lock.path is None:
+                keeper = threading.Thread(
+                    target=self._keep_lease, args=(keeper_stop,), name="cscapi-agent-lease", daemon=True
+                )
+                keeper.start()
             if self.config.health_port:
                 self.health_server = HealthServer(self.health, self.config.health_port)
                 self.log.info("health endpoint on http://127.0.0.1:%d/health", self.health_server.port)
             if self.machine_id is None:
-                self.machine_id = self._call("machine", self.client.default_machine_id)
+                done, value = self._in_worker("machine", lambda: self._call("machine", self.client.default_machine_id))
+                if not done:
+                    return
+                if isinstance(value, BaseException):
+                    raise value
+                self.machine_id = value
             self.log.info(
                 "agent started for machine %s: push every %s, refresh every %s ± %s, metrics every %s (lock: %s)",
                 self.machine_id,
@@ -313,24 +521,112 @@ class Agent:
             )
             iterations = 0
             while not self._stop.is_set():
+                self._check_lost_store()
                 job = min(self.jobs.values(), key=lambda j: j.due)
                 delay = job.due - self.clock()
-                if delay > 0 and self._stop.wait(delay):
+                if delay > 0:
+                    if self._stop.wait(min(delay, _WAKE)):
+                        break
+                    continue
+                done, _ = self._in_worker(job.name, lambda job=job: self._run_job(job))  # type: ignore[misc]
+                if not done:
                     break
-                self._run_job(job)
                 iterations += 1
                 if max_iterations is not None and iterations >= max_iterations:
                     break
-                if self.lock is not None:
-                    self.lock.renew()
             self.log.info("agent stopped after %d actions", sum(j.runs for j in self.jobs.values()))
         finally:
             self._running = False
-            if self.health_server is not None:
-                self.health_server.close()
-                self.health_server = None
-            if self.lock is not None:
-                self.lock.release()
+            keeper_stop.set()
+            self._release_all(keeper)
+        if self.lost_lock is not None:
+            raise self.lost_lock
+
+    # ---- bounded work and shutdown ----------------------------------------------------------------------------
+
+    def _in_worker(self, what: str, func: Callable[[], Any]) -> tuple[bool, Any]:
+        """Run ``func`` in a daemon thread; (True, its result or exception), or (False, None) if it was abandoned
+        because a stop request outlived its grace (``stop_timeout - 3`` s) or :meth:`abandon` was called."""
+        result: list[Any] = []
+
+        def target() -> None:
+            try:
+                result.append(func())
+            except BaseException as exc:  # handed back to the loop
+                result.append(exc)
+
+        worker = threading.Thread(target=target, name=f"cscapi-agent-{what}", daemon=True)
+        self.running_job, self._job_started = what, time.monotonic()
+        worker.start()
+        try:
+            while True:
+                worker.join(timeout=0.1)
+                if not worker.is_alive():
+                    return True, result[0] if result else None
+                if self._abandon.is_set():
+                    break
+                if self._stop_requested is not None:
+                    grace = max(0.0, self.config.stop_timeout - _RELEASE_RESERVE)
+                    if time.monotonic() - self._stop_requested >= grace:
+                        break
+        finally:
+            self.running_job, self._job_started = None, None
+        self.abandoned = what
+        waited = time.monotonic() - (self._stop_requested or time.monotonic())
+        self.log.warning(
+            "stopping: abandoned the %s in flight after %.1f s (queued signals it claimed are sent again later)",
+            what,
+            waited,
+        )
+        return False, None
+
+    def _keep_lease(self, stop: threading.Event) -> None:
+        """Renew the agent's lease every ``ttl / 4`` s, whatever the jobs do; a takeover stops the agent at once."""
+        assert self.lock is not None
+        interval = max(0.05, self.lock.ttl / 4)
+        while not stop.wait(interval):
+            try:
+                self.lock.renew()
+            except AlreadyRunningError as exc:
+                self.lost_lock = exc
+                self.log.error("%s: stopping now (the job in flight is abandoned)", exc.message)
+                self.abandon()
+                return
+            except Exception as exc:  # a bug must not end the renewals silently
+                self.log.warning("lease renewal failed (retried in %.0f s): %s", interval, exc)
+
+    def _release_all(self, keeper: threading.Thread | None) -> None:
+        """Close the health endpoint and release the engine's refresh lock and the agent's lock, each bounded so
+        that the whole stop fits in ``stop_timeout``."""
+        deadline = self.stop_deadline or (time.monotonic() + self.config.stop_timeout)
+
+        def left() -> float:
+            return max(0.2, deadline - time.monotonic() - 0.5)
+
+        if keeper is not None:
+            keeper.join(timeout=min(1.0, left()))
+        if self.health_server is not None:
+            _bounded(self.health_server.close, left(), "closing the health endpoint", self.log)
+            self.health_server = None
+        release_locks = getattr(self.engine, "release_locks", None)
+        if self.abandoned and callable(release_locks):
+            _bounded(release_locks, left(), "releasing the decision store's refresh lock", self.log)
+        if self.lock is not None:
+            _bounded(self.lock.release, left(), "releasing the agent lock", self.log)
+
+    def _check_lost_store(self) -> None:
+        """A LOST decision store (it had a version, now has none) is pulled again at once, then at most every
+        ``repull_min_interval`` seconds while it keeps being lost."""
+        job = self.jobs.get("refresh")
+        if job is None or not getattr(self.engine, "store_lost", False):
+            return
+        now = time.monotonic()
+        if now - self._last_repull < self.config.repull_min_interval:
+            return
+        self._last_repull = now
+        self.repulls += 1
+        job.due = self.clock()
+        self.log.warning("the decision store lost its decisions: pulling them again now (a startup pull)")
 
     # ---- jobs -------------------------------------------------------------------------------------------------
 
@@ -523,22 +819,37 @@ class Agent:
     # ---- health -----------------------------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        """A JSON-able health report: ``status`` is ``ok``, ``degraded`` (a job failing) or ``banned``."""
+        """A JSON-able health report: ``status`` is ``ok``, ``degraded`` (a job failing or running past
+        ``stall_after``, the decision store unreadable or lost, a stop under way), ``banned`` or ``stopped``;
+        ``reasons`` says why it is not ``ok``."""
         counts: Any = None
         with contextlib.suppress(Exception):
             counts = self.client.storage.count_signals()
-        failing = [j.name for j in self.jobs.values() if j.last_error]
+        reasons = [f"{j.name} failing: {j.last_error}" for j in self.jobs.values() if j.last_error]
         store = self._store_health()
-        unhealthy = store is not None and not store["healthy"]
-        status = "banned" if self.banned_until else ("degraded" if failing or unhealthy else "ok")
+        if store is not None and store.get("lost"):
+            reasons.append(f"decision store lost its decisions: {store['last_sync_error']}")
+        elif store is not None and not store["healthy"]:
+            reasons.append(f"decision store unreadable: {store['last_sync_error']}")
+        running, started = self.running_job, self._job_started
+        running_for = None if started is None else round(time.monotonic() - started, 1)
+        if running is not None and running_for is not None and running_for > self.config.stall_after:
+            reasons.append(
+                f"{running} running for {running_for:g} s (longer than stall_after, {self.config.stall_after:g} s)"
+            )
+        if self.stopping and self._running:
+            reasons.append("stopping")
+        status = "banned" if self.banned_until else ("degraded" if reasons else "ok")
         if not self._running:
             status = "stopped"
         now = self.clock()
         return {
             "status": status,
+            "reasons": reasons,
             "machine_id": self.machine_id,
             "started_at": format_rfc3339(self.started_at) if self.started_at else None,
             "in_flight": self.in_flight,
+            "running": None if running is None else {"job": running, "seconds": running_for},
             "login_banned_until": format_rfc3339(self.banned_until) if self.banned_until else None,
             "queue": (
                 {
@@ -577,6 +888,7 @@ class Agent:
         error = getattr(engine, "last_sync_error", None)
         return {
             "healthy": bool(engine.healthy),
+            "lost": bool(getattr(engine, "store_lost", False)),
             "version": getattr(engine, "version", None),
             "last_sync_error": getattr(error, "message", None) or (str(error) if error is not None else None),
         }
@@ -586,6 +898,8 @@ class Agent:
         report = self.health()
         queue = report["queue"] or {}
         parts = [f"status={report['status']}"]
+        if report["reasons"]:
+            parts.append(f"reasons=[{'; '.join(report['reasons'])}]")
         if queue:
             parts.append(f"queued={queue['queued']} sent={queue['sent']} quarantined={queue['quarantined']}")
         store = report["decision_store"]

@@ -21,6 +21,24 @@ if TYPE_CHECKING:
 @click.option("--no-refresh", is_flag=True, help="Only push signals and metrics; do not pull decisions.")
 @click.option("--no-metrics", is_flag=True, help="Do not push metrics.")
 @click.option("--once", is_flag=True, help="Do every job once and exit (for cron or a first check).")
+@click.option(
+    "--stop-timeout",
+    type=click.FloatRange(1, 300),
+    default=10.0,
+    show_default=True,
+    envvar="CSCAPI_STOP_TIMEOUT",
+    metavar="SECONDS",
+    help="After SIGTERM/SIGINT, exit within N s (the job in flight is abandoned if needed; locks released).",
+)
+@click.option(
+    "--stall-after",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    envvar="CSCAPI_STALL_AFTER",
+    metavar="SECONDS",
+    help="Health says degraded (HTTP 503) while a job runs longer than N s.",
+)
 @json_option
 @pass_app
 def run(
@@ -33,12 +51,15 @@ def run(
     no_refresh: bool,
     no_metrics: bool,
     once: bool,
+    stop_timeout: float,
+    stall_after: float,
 ) -> None:
     """Run the agent until SIGTERM/SIGINT: push signals, refresh decisions with jitter, push metrics, log health.
 
-    One agent per signal storage (a lock file next to a SQLite database, a lease row in a shared one). On the
-    first SIGTERM/SIGINT the batch in flight finishes and the agent exits 0; a second one abandons it (its
-    signals are sent again later: the queue's lease makes that safe).
+    One agent per signal storage (a lock file next to a SQLite database, a lease row in a shared one, renewed by
+    its own thread). On the first SIGTERM/SIGINT the job in flight may finish for up to --stop-timeout minus 3 s,
+    then is abandoned; the agent releases its locks and exits 0 within --stop-timeout. A second signal abandons
+    the job at once (exit 130). Abandoned signals are sent again later: the queue's lease makes that safe.
 
     \b
     Examples:
@@ -86,10 +107,14 @@ def run(
         health_port=settings.health_port,
         refresh_decisions=refresh,
         push_metrics=not no_metrics,
+        stop_timeout=stop_timeout,
+        stall_after=stall_after,
     )
     from cscapi.cli._runtime import open_client
 
     storage = open_storage(settings)
+    agent: Agent | None = None
+    deadline: float | None = None
     try:
         machine_id = require_machine_id(settings, storage)
         client = open_client(settings, storage, logger=logging.getLogger("cscapi.client"))
@@ -112,16 +137,31 @@ def run(
                 return
             _run_until_signal(agent)
         finally:
+            deadline = agent.stop_deadline if agent is not None else None
             if engine is not None:
-                engine.close()
-            client.close()
+                _close_by(engine.close, deadline)
+            _close_by(client.close, deadline)
     finally:
-        storage.close()
+        _close_by(storage.close, deadline)
         _HANDLER.service_format(False)
 
 
+def _close_by(close: Any, deadline: float | None) -> None:
+    """Close now; after a stop request, give up at ``deadline`` (a job abandoned in flight may hold a connection)."""
+    import threading
+    import time
+
+    if deadline is None:
+        close()
+        return
+    thread = threading.Thread(target=close, name="cscapi-close", daemon=True)
+    thread.start()
+    thread.join(timeout=max(0.1, deadline - time.monotonic()))
+
+
 def _run_until_signal(agent: Agent) -> None:
-    """Run the agent in this thread; the first SIGTERM/SIGINT stops it gracefully, a second one abandons the batch."""
+    """Run the agent in this thread; the first SIGTERM/SIGINT stops it (bounded by ``stop_timeout``), a second one
+    abandons the job in flight at once (exit 130)."""
     import signal as sig
     import threading as th
 
@@ -129,15 +169,19 @@ def _run_until_signal(agent: Agent) -> None:
 
     def on_signal(signum: int, _frame: object) -> None:
         received["count"] += 1
+        running = agent.in_flight or agent.running_job
         if received["count"] == 1:
             what = (
-                f" (finishing the {agent.in_flight} in flight; signal again to abandon it)" if agent.in_flight else ""
+                f" (finishing the {running} in flight for up to {max(0.0, agent.config.stop_timeout - 3):g} s; "
+                "signal again to abandon it)"
+                if running
+                else ""
             )
             agent.log.info("received %s: stopping%s", sig.Signals(signum).name, what)
             agent.stop()
         else:
             agent.log.warning("second signal: abandoning the batch in flight (its signals are resent later)")
-            raise KeyboardInterrupt
+            agent.abandon()
 
     previous: dict[sig.Signals, Any] = {}
     if th.current_thread() is th.main_thread():
@@ -148,3 +192,5 @@ def _run_until_signal(agent: Agent) -> None:
     finally:
         for name, handler in previous.items():
             sig.signal(name, handler)
+    if received["count"] > 1:
+        raise KeyboardInterrupt  # exit 130: stopped by a second signal
