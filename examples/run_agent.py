@@ -28,10 +28,15 @@ def main() -> None:
     logging.getLogger("cscapi").setLevel(logging.WARNING)  # the library's own lines; the agent logs one per action
     logging.getLogger("cscapi.agent").setLevel(logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    with capi_url(args.base_url) as (base_url, _emulator), tempfile.TemporaryDirectory() as tmp:
+    scenarios = ["crowdsecurity/ssh-bf"]  # CAPI tailors the community list to the scenarios a machine declares
+    # (an embedded emulator generates its list from these scenarios)
+    with (
+        capi_url(args.base_url, community_scenarios=scenarios) as (base_url, _emulator),
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         uri = f"sqlite:///{Path(tmp) / 'cscapi.db'}"
         storage = SQLStorage(uri)
-        client = CAPIClient(storage, CAPIClientConfig(scenarios=["crowdsecurity/ssh-bf"], base_url=base_url))
+        client = CAPIClient(storage, CAPIClientConfig(scenarios=scenarios, base_url=base_url))
         engine = RemediationEngine(client, store=f"sqlite:///{Path(tmp) / 'decisions.db'}")
         machine_id = client.default_machine_id()
         # Your application queues signals whenever it detects something; the agent ships them.

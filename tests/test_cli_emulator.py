@@ -25,7 +25,18 @@ def test_bad_emulator_option_is_a_usage_error(cli_env: CliEnv) -> None:
 
 def test_emulator_serves_the_cli_and_stops_on_sigterm(cli_env: CliEnv, free_tcp_port: int) -> None:
     proc = subprocess.Popen(
-        [CSCAPI, "emulator", "--port", str(free_tcp_port), "--seed", "3", "--community-size", "25"],
+        [
+            CSCAPI,
+            "emulator",
+            "--port",
+            str(free_tcp_port),
+            "--seed",
+            "3",
+            "--community-size",
+            "25",
+            "--community-scenario",  # the list is tailored to the scenarios the client declares: generate it so
+            "crowdsecurity/ssh-bf",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

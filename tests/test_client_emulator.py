@@ -18,7 +18,7 @@ from cscapi.errors import AuthenticationError, LoginBannedError
 from cscapi.models import EnrollStatus
 from cscapi.sql_storage import SQLStorage
 from cscapi.utils import create_signal, generate_machine_id_from_key
-from test_client_support import make_config
+from test_client_support import SCENARIOS, make_config
 
 M1 = generate_machine_id_from_key("emu-1", prefix="emu")
 M2 = generate_machine_id_from_key("emu-2", prefix="emu")
@@ -28,7 +28,15 @@ M2 = generate_machine_id_from_key("emu-2", prefix="emu")
 def emu() -> Iterator[Any]:
     from cscapi.emulator import EmbeddedEmulator, EmulatorConfig
 
-    config = EmulatorConfig(seed=7, community_size=200, attachment_keys=("goodkey123",))
+    # the community list is tailored to the scenarios a login declares: generate it from the ones the client sends;
+    # only the listed attachment key is accepted (the emulator accepts any well-formed key by default)
+    config = EmulatorConfig(
+        seed=7,
+        community_size=200,
+        attachment_keys=("goodkey123",),
+        only_listed_attachment_keys=True,
+        community_scenarios=SCENARIOS,
+    )
     with EmbeddedEmulator(config) as server:
         yield server
 

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from cscapi.emulator import EmulatorConfig, LoginRateLimit, create_app
+from cscapi.emulator.community import ALL_SCENARIOS as _ALL
 
 pytestmark = pytest.mark.anyio
 
@@ -117,7 +118,11 @@ class Capi:
         assert r.status_code == 200, r.text
         r = await self.post(
             f"/{api}/watchers/login",
-            {"machine_id": machine_id, "password": password, "scenarios": scenarios or []},
+            {
+                "machine_id": machine_id,
+                "password": password,
+                "scenarios": ALL_SCENARIOS if scenarios is None else scenarios,
+            },
             success="LoginResponse",
         )
         assert r.status_code == 200, r.text
@@ -128,6 +133,10 @@ class Capi:
         r = await self.get(f"/{api}/decisions/stream", token=token, params=params, success=success)
         assert r.status_code == 200, r.text
         return dict(r.json())
+
+
+#: Every scenario the generated list and admin-added decisions use: lists are tailored to the login's scenarios.
+ALL_SCENARIOS = list(_ALL)
 
 
 def emulator_config(**kw: Any) -> EmulatorConfig:
@@ -286,6 +295,7 @@ async def test_token_with_forged_signature_is_401(capi: Capi) -> None:
 
 
 async def test_enroll_statuses_and_organization_id(capi: Capi) -> None:
+    capi.state.set_only_listed_keys(True)
     token = await capi.register_login()
     r = await capi.post("/v3/watchers/enroll", {"attachment_key": "nope"}, token=token)
     assert r.status_code == 403
@@ -707,7 +717,7 @@ async def test_login_rate_limit_bans_for_an_hour(capi_spec: dict[str, Any], vali
 
 async def test_login_rate_limit_retry_extends_ban_and_per_ip(capi_spec: dict[str, Any], validate_against: Any) -> None:
     clock = Clock()
-    limit = LoginRateLimit(threshold=1, per="ip")
+    limit = LoginRateLimit(threshold=1, per="ip", retry_extends_ban=True)
     app = create_app(emulator_config(clock=clock, login_rate_limit=limit))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         c = Capi(client, app, capi_spec, validate_against)

@@ -12,12 +12,13 @@ import pytest
 from cscapi.aio import AsyncCAPIClient
 from cscapi.client import CAPIClient, CAPIClientConfig
 from cscapi.emulator import EmbeddedEmulator, EmulatorConfig, LoginRateLimit, create_app
+from cscapi.emulator.community import ALL_SCENARIOS
 from cscapi.errors import AuthenticationError
 from cscapi.models import EnrollStatus
 from cscapi.sql_storage import SQLStorage
 from cscapi.utils import create_signal, generate_machine_id_from_key
 
-SCENARIOS = ["crowdsecurity/ssh-bf", "crowdsecurity/http-probing"]
+SCENARIOS = sorted(ALL_SCENARIOS)  # the community list is tailored to the login's scenarios: declare them all
 M1 = generate_machine_id_from_key("emulator-client-host-1")
 M2 = generate_machine_id_from_key("emulator-client-host-2")
 
@@ -104,6 +105,7 @@ def test_decisions_stream_deltas_and_links(fresh: EmbeddedEmulator, tmp_path: Pa
 def test_enroll_outcomes(fresh: EmbeddedEmulator, tmp_path: Path) -> None:
     with make_client(tmp_path, fresh.base_url) as client:
         client.register_machine(M1)
+        fresh.admin.only_listed_attachment_keys(True)  # (any well-formed key is accepted by default)
         (bad,) = client.enroll_machines([M1], "web", "wrongkey", ["t"])
         assert bad.status == EnrollStatus.FAILED
         (ok,) = client.enroll_machines([M1], "web", "goodkey", ["t"])

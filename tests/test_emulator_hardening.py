@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from cscapi.emulator import EmulatorConfig, LoginRateLimit, create_app
+from cscapi.emulator.community import ALL_SCENARIOS
 from cscapi.emulator.jsonlimits import MAX_JSON_DEPTH, JSONTooDeep, depth_exceeds, loads_limited
 from cscapi.errors import ConfigurationError
 
@@ -55,7 +56,8 @@ class Http:
     async def register_login(self, machine_id: str = MID, password: str = "pw") -> str:
         r = await self.request("POST", "/v3/watchers", json={"machine_id": machine_id, "password": password})
         assert r.status_code == 200, r.text
-        r = await self.request("POST", "/v3/watchers/login", json={"machine_id": machine_id, "password": password})
+        body = {"machine_id": machine_id, "password": password, "scenarios": [*ALL_SCENARIOS, "x/y"]}
+        r = await self.request("POST", "/v3/watchers/login", json=body)  # the list is tailored to these
         assert r.status_code == 200, r.text
         return str(r.json()["token"])
 
@@ -388,7 +390,8 @@ async def test_decisions_running_out_one_after_the_other(capi_spec: dict[str, An
         clock.now += 3600
         assert _deleted(await _stream(http, token)) == [V]
         # v2 (flat, per decision) follows the same rule
-        r = await http.request("POST", "/v2/watchers/login", json={"machine_id": MID, "password": "pw"})
+        login = {"machine_id": MID, "password": "pw", "scenarios": [SSH, HTTP]}  # the list is tailored to these
+        r = await http.request("POST", "/v2/watchers/login", json=login)
         v2 = r.json()["token"]
         await http.admin("POST", "decisions", json={"decisions": items})
         await http.request("GET", "/v2/decisions/stream", params={"startup": "true"}, headers={"Authorization": v2})

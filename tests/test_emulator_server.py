@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from cscapi.emulator import EmbeddedEmulator, EmulatorAdminClient, EmulatorAdminError, EmulatorConfig, LoginRateLimit
+from cscapi.emulator.community import ALL_SCENARIOS
 
 MID = "e" * 48
 SIGNAL = {
@@ -54,7 +55,8 @@ def fresh(emu: EmbeddedEmulator) -> Iterator[EmbeddedEmulator]:
 
 def login(client: httpx.Client, machine_id: str = MID, password: str = "pw") -> str:
     client.post("v3/watchers", json={"machine_id": machine_id, "password": password})
-    r = client.post("v3/watchers/login", json={"machine_id": machine_id, "password": password})
+    body = {"machine_id": machine_id, "password": password, "scenarios": [*ALL_SCENARIOS, "a/b"]}
+    r = client.post("v3/watchers/login", json=body)  # the community list is tailored to these
     assert r.status_code == 200, r.text
     return str(r.json()["token"])
 
@@ -203,6 +205,7 @@ def test_admin_machines_tokens_bans_and_keys(fresh: EmbeddedEmulator) -> None:
         assert admin.expire_tokens(MID) == 1
         r = client.post("v3/signals", headers=h, json=[])
         assert r.status_code == 401
+        admin.only_listed_attachment_keys(True)  # (any well-formed key is accepted by default)
         assert (
             client.post(
                 "v3/watchers/enroll", headers={"Authorization": login(client)}, json={"attachment_key": "newkey"}

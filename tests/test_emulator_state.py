@@ -247,9 +247,9 @@ def test_sqlite_state_survives_a_restart(tmp_path: Path) -> None:
     s1.add_signals(m, [{"uuid": "u1", "scenario": "s"}, {"uuid": "u2", "scenario": "s"}], "v3")
     s1.record_payload("metrics", m, {"bouncers": [], "machines": []}, "v3")
     s1.stream_v3(m, startup=True, community_pull=True, additional_pull=True, base_url="http://x/")
-    gone = next(iter(s1.decisions))[1]
+    gone = next(k for k in s1.decisions if k[2] == "crowdsecurity/ssh-bf")[1]  # the list is tailored to ssh-bf
     s1.remove_decisions([gone])
-    s1.add_decisions([{"value": "192.0.2.250", "duration": "1h"}])
+    s1.add_decisions([{"value": "192.0.2.250", "duration": "1h", "scenario": "crowdsecurity/ssh-bf"}])
     s1.publish_blocklist("bl", ["192.0.2.1"])
     s1.publish_allowlist("al", ["192.0.2.2"])
     snapshot = sorted(s1.decisions)
@@ -475,6 +475,7 @@ def test_tombstones_are_pruned_once_every_machine_has_seen_them(monkeypatch: pyt
     state = EmulatorState(EmulatorConfig(community_size=10))
     a, b = state.register("a" * 48, "p"), state.register("b" * 48, "p")
     for m in (a, b):
+        m.scenarios = sorted({d.scenario for d in state.decisions.values()})  # as a login declaring them does
         state.stream_v3(m, startup=True, community_pull=True, additional_pull=True, base_url="http://x/")
     values = [v for _, v, _ in list(state.decisions)[:5]]
     state.remove_decisions(values)
@@ -524,11 +525,15 @@ def _ops() -> Any:
     )
 
 
-def test_delta_pulls_keep_a_client_in_sync_with_the_server() -> None:
+def test_delta_pulls_keep_a_client_in_sync_with_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
     """With several scenarios' decisions per value: after every pull the client holds exactly the server's live
     values, with each live decision's own expiry; a decision removed while its value has others may linger on the
     client (deleted lists values, protocol §6.2) but never outlives the value's last decision on the server."""
     from hypothesis import given, settings
+
+    import cscapi.emulator.state as state_mod
+
+    monkeypatch.setattr(state_mod, "_SCRYPT_N", 2)  # 300 registrations: the password hash is not under test here
 
     @settings(max_examples=300, deadline=None)
     @given(ops=_ops())
@@ -536,6 +541,7 @@ def test_delta_pulls_keep_a_client_in_sync_with_the_server() -> None:
         clock = Clock()
         state = EmulatorState(EmulatorConfig(community_size=0, clock=clock, snapshot_cache=False))
         m = state.register("c" * 48, "pw")
+        m.scenarios = sorted(_SCENARIOS)  # as a login declaring them does
         local: dict[str, dict[str, float]] = {}
         for op, value, scenario, n in [*ops, ("pull", "", None, 0)]:
             if op == "add":

@@ -26,7 +26,8 @@ SCENARIOS = ["crowdsecurity/ssh-bf", "crowdsecurity/http-probing"]
 def emu() -> Iterator[Any]:
     from cscapi.emulator import EmbeddedEmulator, EmulatorConfig
 
-    with EmbeddedEmulator(EmulatorConfig(seed=3, community_size=300)) as server:
+    # the community list is tailored to the scenarios a login declares: generate it from the ones the client sends
+    with EmbeddedEmulator(EmulatorConfig(seed=3, community_size=300, community_scenarios=SCENARIOS)) as server:
         yield server
 
 

@@ -23,16 +23,22 @@ def emulator(app: AppContext, args: tuple[str, ...]) -> None:
     """
     import logging
 
-    from cscapi.emulator.server import build_parser, config_from_args, serve
+    from cscapi.emulator.server import admin_token_from, build_parser, config_from_args, serve
 
-    parser = build_parser()
-    parser.prog = "cscapi emulator"
+    parser = build_parser(prog="cscapi emulator")
     try:
         parsed = parser.parse_args(list(args))
     except SystemExit as exc:  # --help (0) or a usage error (2): argparse already printed why
         raise click.exceptions.Exit(int(exc.code or 0)) from None
     logging.basicConfig(level=getattr(logging, parsed.log_level.upper()), format="%(levelname)s %(name)s: %(message)s")
     config = config_from_args(parsed)
-    code = serve(config, parsed.host, parsed.port, access_log=parsed.access_log, log_level=parsed.log_level)
+    code = serve(
+        config,
+        parsed.host,
+        parsed.port,
+        access_log=parsed.access_log,
+        log_level=parsed.log_level,
+        token_source=admin_token_from(parsed)[1],
+    )
     if code:
         raise click.exceptions.Exit(code)

@@ -216,6 +216,10 @@ class EmulatorAdminClient:
         """Accept one more enrollment attachment key."""
         self._call("POST", "attachment-keys", json={"key": key})
 
+    def only_listed_attachment_keys(self, only_listed: bool = True) -> None:
+        """Accept only the listed attachment keys (``True``), or any well-formed key again (``False``)."""
+        self._call("PUT", "attachment-keys", json={"only_listed": only_listed})
+
     def reset(self) -> None:
         """Forget everything and start again from the emulator's configuration."""
         self._call("POST", "reset")

@@ -9,6 +9,7 @@ import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -47,9 +48,9 @@ def check_admin(state: EmulatorState, request: Request) -> None:
 _ADMIN_MAX_BODY = 64 * 1024 * 1024  # admin bodies publish whole lists: larger than CAPI's, still bounded
 
 
-async def _json_body(request: Request) -> Any:
+async def _json_body(request: Request, timeout: float | None = None) -> Any:
     """The admin request's JSON body (gzip accepted, nesting bounded); an empty body reads as ``{}``."""
-    return await read_json(request, _ADMIN_MAX_BODY, empty={})
+    return await read_json(request, _ADMIN_MAX_BODY, empty={}, timeout=timeout)
 
 
 def _object(body: Any) -> dict[str, Any]:
@@ -104,7 +105,7 @@ async def post_machine(state: EmulatorState, request: Request) -> Any:
     machine_id, password = body.get("machine_id"), body.get("password")
     if not isinstance(machine_id, str) or not machine_id.isalnum() or not isinstance(password, str) or not password:
         raise ApiError(400, "machine_id (letters and digits) and password (non-empty) are required")
-    m = state.register(machine_id, password)
+    m = await run_in_threadpool(state.register, machine_id, password)
     return m.public(None)
 
 
@@ -132,6 +133,15 @@ async def post_attachment_key(state: EmulatorState, request: Request) -> Any:
         raise ApiError(400, "key must be ASCII letters and digits")
     state.add_attachment_key(key)
     return {"message": "attachment key added"}
+
+
+async def put_attachment_keys(state: EmulatorState, request: Request) -> Any:
+    only_listed = _object(await _json_body(request)).get("only_listed")
+    if not isinstance(only_listed, bool):
+        raise ApiError(400, "only_listed must be true or false")
+    state.set_only_listed_keys(only_listed)
+    with state.lock:
+        return {"only_listed": state.only_listed_keys, "listed": len(state.attachment_keys)}
 
 
 def _records(kind: str) -> AdminHandler:
@@ -276,6 +286,7 @@ def admin_routes(state: EmulatorState) -> list[Route]:
         ("/admin/tokens/expire", post_expire_tokens, "POST"),
         ("/admin/enrollments", get_enrollments, "GET"),
         ("/admin/attachment-keys", post_attachment_key, "POST"),
+        ("/admin/attachment-keys", put_attachment_keys, "PUT"),
         ("/admin/metrics", _records("metrics"), "GET"),
         ("/admin/usage-metrics", _records("usage_metrics"), "GET"),
         ("/admin/decisions-deleted", _records("decisions_delete"), "GET"),

@@ -16,6 +16,7 @@ from http import HTTPStatus
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,7 +24,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cscapi.emulator.admin_api import admin_routes
-from cscapi.emulator.bodies import read_json
+from cscapi.emulator.bodies import BodyBudget, read_json
 from cscapi.emulator.config import EmulatorConfig
 from cscapi.emulator.responses import dumps, error_response, json_response
 from cscapi.emulator.state import ApiError, EmulatorState, MachineRecord, rfc3339_seconds
@@ -198,13 +199,16 @@ class _Endpoints:
         self.v_sync = validator_for("DecisionsSyncRequest")
         self.v_metrics = validator_for("MetricsRequest")
         self.v_usage = validator_for("AllMetrics", "lapi")
+        self.budget = BodyBudget(self.cfg.max_inflight_body_bytes)
 
     @staticmethod
     def api_of(request: Request) -> str:
         return "v2" if request.url.path.startswith("/v2/") else "v3"
 
     async def body(self, request: Request) -> Any:
-        return await read_json(request, self.cfg.max_body_bytes, drop_null=True)
+        return await read_json(
+            request, self.cfg.max_body_bytes, drop_null=True, timeout=self.cfg.body_timeout, budget=self.budget
+        )
 
     def machine(self, request: Request) -> MachineRecord:
         return self.state.authenticate(request.headers.get("authorization"))
@@ -212,14 +216,17 @@ class _Endpoints:
     async def register(self, request: Request) -> Response:
         body = await self.body(request)
         check(self.v_register, body)
-        self.state.register(body["machine_id"], body["password"], self.api_of(request))
+        # password hashing is slow on purpose: off the event loop, so other requests are served meanwhile
+        await run_in_threadpool(self.state.register, body["machine_id"], body["password"], self.api_of(request))
         return json_response(200, {"message": "OK"})
 
     async def login(self, request: Request) -> Response:
         body = await self.body(request)
         check(self.v_login, body)
         client_ip = request.client.host if request.client else "unknown"
-        token, expires = self.state.login(body["machine_id"], body["password"], body.get("scenarios") or [], client_ip)
+        token, expires = await run_in_threadpool(
+            self.state.login, body["machine_id"], body["password"], body.get("scenarios") or [], client_ip
+        )
         return json_response(200, {"code": 200, "expire": rfc3339_seconds(expires), "token": token})
 
     async def enroll(self, request: Request) -> Response:
@@ -236,7 +243,7 @@ class _Endpoints:
     async def reset(self, request: Request) -> Response:
         body = await self.body(request)
         check(self.v_reset, body)
-        self.state.reset_password(body["machine_id"], body["password"])
+        await run_in_threadpool(self.state.reset_password, body["machine_id"], body["password"])
         return json_response(200, {"message": "OK"})
 
     async def signals(self, request: Request) -> Response:

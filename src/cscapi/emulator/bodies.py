@@ -3,15 +3,64 @@ nesting-bounded, and every problem an ``ApiError`` (400, 413 or 415) saying what
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import zlib
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from cscapi.emulator.jsonlimits import JSONTooDeep, loads_limited
 from cscapi.emulator.state import ApiError
 
-__all__ = ["decode_json", "read_json"]
+__all__ = ["BodyBudget", "decode_json", "read_json"]
+
+
+class BodyBudget:
+    """The request-body bytes all requests together may hold while their bodies arrive: many slow senders then get
+    503 instead of growing the emulator's memory without bound (each body alone is bounded by ``max_bytes``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        """Reserve ``n`` bytes; False (nothing reserved) when that would go over the limit."""
+        with self._lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        """Release bytes reserved with :meth:`take`."""
+        with self._lock:
+            self.used -= n
+
+
+async def _read_body(request: Request, max_bytes: int, budget: BodyBudget | None) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            if size + len(chunk) > max_bytes:
+                raise ApiError(413, "request body too large", f"at most {max_bytes} bytes")
+            if budget is not None and not budget.take(len(chunk)):
+                raise ApiError(
+                    503,
+                    "emulator busy: too many request bodies arriving at once",
+                    "retry in a few seconds",
+                    {"Retry-After": "5", "Connection": "close"},
+                )
+            size += len(chunk)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "client disconnected before sending the whole body") from None
+    finally:
+        if budget is not None:
+            budget.give(size)
+    return b"".join(chunks)
 
 
 def decode_json(raw: bytes, *, drop_null: bool = False) -> Any:
@@ -26,11 +75,21 @@ def decode_json(raw: bytes, *, drop_null: bool = False) -> Any:
         raise ApiError(400, "malformed JSON body", str(exc)) from None
 
 
-async def read_json(request: Request, max_bytes: int, *, drop_null: bool = False, empty: Any = None) -> Any:
+async def read_json(
+    request: Request,
+    max_bytes: int,
+    *,
+    drop_null: bool = False,
+    empty: Any = None,
+    timeout: float | None = None,
+    budget: BodyBudget | None = None,
+) -> Any:
     """The JSON body (gzip accepted), bounded by ``max_bytes`` before and after decompression; ``ApiError`` 400/413/415.
 
     With ``drop_null``, ``null`` object members are removed as the body is parsed (they count as absent).
-    An empty body is a 400, unless ``empty`` is given: it is then returned instead.
+    An empty body is a 400, unless ``empty`` is given: it is then returned instead. A body not all received
+    within ``timeout`` seconds is a 408 (and the connection is closed); ``budget`` bounds the bytes all requests
+    hold at once (503 beyond).
     """
     length = request.headers.get("content-length")
     if length is not None:
@@ -39,14 +98,12 @@ async def read_json(request: Request, max_bytes: int, *, drop_null: bool = False
                 raise ApiError(413, "request body too large", f"at most {max_bytes} bytes")
         except ValueError:
             raise ApiError(400, "invalid Content-Length header") from None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise ApiError(413, "request body too large", f"at most {max_bytes} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    try:
+        raw = await asyncio.wait_for(_read_body(request, max_bytes, budget), timeout)
+    except asyncio.TimeoutError:
+        raise ApiError(
+            408, "request body too slow", f"send the whole body within {timeout:g} s", {"Connection": "close"}
+        ) from None
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding in {"gzip", "x-gzip"}:
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)

@@ -11,6 +11,7 @@ import ipaddress
 import itertools
 import random
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,15 @@ from cscapi.emulator.jsonlimits import loads_limited
 from cscapi.errors import ConfigurationError
 from cscapi.timeutil import parse_go_duration
 
-__all__ = ["SCENARIOS", "SeedDecision", "generate_community", "load_community_file", "normalise_value"]
+__all__ = [
+    "ALL_SCENARIOS",
+    "DEFAULT_SCENARIO",
+    "SCENARIOS",
+    "SeedDecision",
+    "generate_community",
+    "load_community_file",
+    "normalise_value",
+]
 
 #: Realistic hub scenarios with rough weights (SSH brute force dominates the real community blocklist).
 SCENARIOS: tuple[tuple[str, int], ...] = (
@@ -41,6 +50,12 @@ SCENARIOS: tuple[tuple[str, int], ...] = (
     ("crowdsecurity/telnet-bf", 3),
     ("crowdsecurity/iptables-scan-multi_ports", 6),
 )
+
+#: The scenario of a decision loaded or added without one.
+DEFAULT_SCENARIO = "crowdsecurity/community-blocklist"
+#: Every scenario a generated list or a scenario-less decision carries: a login declaring these gets the whole
+#: community list although it is tailored to the login's scenarios (tests and demos).
+ALL_SCENARIOS: tuple[str, ...] = (*(name for name, _ in SCENARIOS), DEFAULT_SCENARIO)
 
 _DURATIONS_H = (24, 48, 72, 96, 168)
 _V4_POOLS = (
@@ -104,8 +119,17 @@ def _uuid4(rng: random.Random) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def generate_community(size: int, seed: int) -> list[SeedDecision]:
-    """``size`` decisions, the same for the same seed: ~80 % IPv4, 8 % IPv6 addresses, 7 % IPv4 and 5 % IPv6 ranges."""
+def generate_community(size: int, seed: int, scenarios: Sequence[str] | None = None) -> list[SeedDecision]:
+    """``size`` decisions, the same for the same seed: ~80 % IPv4, 8 % IPv6 addresses, 7 % IPv4 and 5 % IPv6 ranges.
+
+    Scenarios are drawn from the realistic weighted set, or only from ``scenarios`` when given (same values and
+    durations for the same seed either way).
+    """
+    names, cumulative = _SCENARIO_NAMES, _SCENARIO_CUM
+    if scenarios:
+        weights = dict(SCENARIOS)
+        names = list(dict.fromkeys(scenarios))
+        cumulative = list(itertools.accumulate(weights.get(n, 5) for n in names))
     rng = random.Random(seed)
     n_v6 = size * 8 // 100
     n_r4 = size * 7 // 100
@@ -153,13 +177,13 @@ def generate_community(size: int, seed: int) -> list[SeedDecision]:
             net6 = ipaddress.IPv6Network((_V6_DOC + (block << 80) + (rng.getrandbits(16) << 64), prefix), strict=False)
             values.append((str(net6), "range"))
     out: list[SeedDecision] = []
-    total_weight = _SCENARIO_CUM[-1]
+    total_weight = cumulative[-1]
     durations = [h * 3600 for h in _DURATIONS_H]
     rand = rng.random
     for value, scope in values:
         total = durations[int(rand() * len(durations))]
         remaining = float(int(total * (0.05 + 0.95 * rand())))
-        scenario = _SCENARIO_NAMES[bisect.bisect_right(_SCENARIO_CUM, rand() * total_weight)]
+        scenario = names[min(bisect.bisect_right(cumulative, rand() * total_weight), len(names) - 1)]
         out.append(SeedDecision(value, scope, scenario, remaining, _uuid4(rng)))
     return out
 
@@ -172,7 +196,7 @@ def _entry(value: Any, scope: Any, scenario: Any, duration: Any, where: str, rng
     except ValueError as exc:
         raise ConfigurationError(f"{where}: {value!r} is not an IP address or range ({exc})") from None
     if scenario is None:
-        scenario = "crowdsecurity/community-blocklist"
+        scenario = DEFAULT_SCENARIO
     if not isinstance(scenario, str) or not scenario:
         raise ConfigurationError(f"{where}: 'scenario' must be a non-empty string")
     try:

@@ -116,8 +116,9 @@ class LoginRateLimit:
 
     The threshold depends on the machine: enrolled or not, sharing signals or not (the strictest documented
     numbers by default). ``per`` is ``"machine"`` (each machine counted alone) or ``"ip"`` (the source address,
-    as the real CAPI does for free accounts). While banned, each new attempt restarts the ban when
-    ``retry_extends_ban`` is set, as one version of CrowdSec's documentation says.
+    as the real CAPI does for free accounts). A ban ends at a fixed time: attempts while banned are refused without
+    moving it, so an engine that retries every 30 minutes recovers on its own. ``retry_extends_ban`` makes each
+    attempt restart the ban instead, as one draft of CrowdSec's documentation says.
     """
 
     enabled: bool = True
@@ -128,7 +129,7 @@ class LoginRateLimit:
     threshold_enrolled: int = 10
     threshold_enrolled_sharing: int = 20
     per: str = "machine"
-    retry_extends_ban: bool = True
+    retry_extends_ban: bool = False
 
     def __post_init__(self) -> None:
         if self.per not in {"machine", "ip"}:
@@ -169,22 +170,32 @@ class EmulatorConfig:
     """Everything the emulator can be told at start. All of it can also be changed at run time via the admin API.
 
     Community blocklist: ``community_file`` (one value per line, or JSON) if given, else ``community_size``
-    generated decisions, reproducible from ``seed``. ``blocklists`` / ``allowlists`` are published lists:
+    generated decisions, reproducible from ``seed``, their scenarios drawn from a realistic set or only from
+    ``community_scenarios`` (e.g. the scenarios a demo's client declares, since the list is tailored to them).
+    ``blocklists`` / ``allowlists`` are published lists:
     ``{"name": ..., "content": [values], "remediation": "ban", "scope": "ip", "duration": "24h"}`` and
     ``{"name": ..., "description": ..., "items": [{"value": ..., "description"?, "expiration"?}]}``.
     ``state_path``: ``None`` keeps state in memory; a file path keeps it in SQLite across restarts.
     ``snapshot_cache``: full (startup) stream answers are built once per list change and reused for up to
     ``snapshot_max_age`` seconds (durations then read up to that much long); ``False`` rebuilds every answer.
-    ``tailor_to_scenarios``: each machine only gets the community decisions of the scenarios it sent at login,
-    as the real CAPI tailors the list (off by default: every machine gets the whole list).
+    ``tailor_to_scenarios`` (on by default): each machine only gets the community decisions of the scenarios it
+    sent at login, as the real CAPI tailors the list; ``False`` gives every machine the whole list.
+    Slow or many clients (the server, not the in-process app): at most ``max_connections`` open connections
+    (more get 503), ``header_timeout`` seconds to send a request's headers, ``body_timeout`` for its body (408
+    after), ``keep_alive_timeout`` idle seconds between requests, and at most ``max_inflight_body_bytes`` of
+    request bodies buffered at once across all requests (503 with ``Retry-After`` beyond).
+    Enrollment accepts any well-formed attachment key (the swagger's ``^[a-zA-Z0-9]+$``) unless
+    ``only_listed_attachment_keys`` is set: then only ``attachment_keys`` (and keys the admin API adds) are accepted.
     ``clock`` replaces ``time.time`` (tests only; not settable from a file).
     """
 
     seed: int = 0
     community_size: int = 1000
     community_file: str | None = None
+    community_scenarios: Sequence[str] | None = None
     token_lifetime: float = 3600.0
     attachment_keys: Sequence[str] = field(default=(), repr=False)  # secrets, like the admin token
+    only_listed_attachment_keys: bool = False
     login_rate_limit: LoginRateLimit = field(default_factory=LoginRateLimit)
     admin_token: str = field(default_factory=_random_admin_token, repr=False)
     state_path: str | None = None
@@ -195,7 +206,12 @@ class EmulatorConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     snapshot_cache: bool = True
     snapshot_max_age: float = 5.0
-    tailor_to_scenarios: bool = False
+    tailor_to_scenarios: bool = True
+    max_connections: int = 512
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive_timeout: int = 5
+    max_inflight_body_bytes: int = 64 * 1024 * 1024
     clock: Callable[[], float] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -207,6 +223,12 @@ class EmulatorConfig:
         for key in self.attachment_keys:
             if not isinstance(key, str) or not key.isalnum() or not key.isascii():
                 raise ConfigurationError("attachment keys must be non-empty ASCII letters and digits")
+        if self.community_scenarios is not None:
+            if isinstance(self.community_scenarios, str) or not all(
+                isinstance(n, str) and n for n in self.community_scenarios
+            ):
+                raise ConfigurationError("community_scenarios must be a list of scenario names")
+            self.community_scenarios = tuple(self.community_scenarios)
         faults: dict[str, FaultSpec] = {}
         for endpoint, spec in dict(self.faults).items():
             if endpoint != "*" and endpoint not in ENDPOINTS:
@@ -224,6 +246,14 @@ class EmulatorConfig:
             raise ConfigurationError(f"max_batch must be a positive integer, got {self.max_batch!r}")
         if not isinstance(self.max_body_bytes, int) or self.max_body_bytes < 1024:
             raise ConfigurationError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes!r}")
+        for name in ("max_connections", "keep_alive_timeout", "max_inflight_body_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("header_timeout", "body_timeout"):
+            value = getattr(self, name)
+            if not _number(value) or not 0 < value <= 3600:
+                raise ConfigurationError(f"{name} must be more than 0 and at most 3600 seconds, got {value!r}")
         if not self.admin_token or not isinstance(self.admin_token, str):
             raise ConfigurationError("admin_token must be a non-empty string")
 

@@ -16,7 +16,83 @@ from cscapi.emulator.config import EmulatorConfig
 from cscapi.emulator.state import EmulatorState
 from cscapi.errors import ConfigurationError
 
-__all__ = ["EmbeddedEmulator"]
+__all__ = ["EmbeddedEmulator", "guarded_h11_protocol", "is_loopback_host", "uvicorn_config"]
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` only listens on this machine (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def guarded_h11_protocol(header_timeout: float) -> type[Any]:
+    """uvicorn's h11 protocol, plus a deadline for request headers: a connection that has not sent a whole request
+    head ``header_timeout`` seconds after connecting (or after its previous answer) is closed. uvicorn itself only
+    times out connections idle after an answer, so a client that connects and sends nothing (or a byte a minute)
+    would otherwise hold its connection forever."""
+    import asyncio
+
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+        _waiting_for: object = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_timer()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._header_timer is not None and self.cycle is not self._waiting_for:
+                self._disarm_header_timer()  # a request head arrived
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+                self._arm_header_timer()
+
+        def _arm_header_timer(self) -> None:
+            self._disarm_header_timer()
+            self._waiting_for = self.cycle
+            self._header_timer = self.loop.call_later(header_timeout, self._headers_too_slow)
+
+        def _disarm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self.cycle is self._waiting_for and not self.transport.is_closing():
+                self.transport.close()  # no request started since the timer was armed
+
+    return GuardedH11Protocol
+
+
+def uvicorn_config(app: Any, config: EmulatorConfig, **options: Any) -> Any:
+    """The uvicorn settings every emulator server uses: connection cap, keep-alive and header timeouts (the body
+    deadline and the in-flight body budget are enforced by the app itself)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        lifespan="off",
+        http=guarded_h11_protocol(config.header_timeout),
+        limit_concurrency=config.max_connections,
+        timeout_keep_alive=config.keep_alive_timeout,
+        **options,
+    )
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -103,14 +179,13 @@ class EmbeddedEmulator:
         sock = bind_socket(self.host, self.port)
         self.port = int(sock.getsockname()[1])
         # log_config=None: leave the host's logging configuration alone (uvicorn's loggers propagate to the root).
-        config = uvicorn.Config(
+        config = uvicorn_config(
             self.app,
+            self.config,
             log_level="warning",
             access_log=self.access_log,
-            lifespan="off",
             log_config=None,
             timeout_graceful_shutdown=1,
-            timeout_keep_alive=5,
         )
         server = uvicorn.Server(config)
         self._server = server

@@ -7,11 +7,22 @@ start. Every call happens under the state's lock, on one connection shared acros
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
+import stat
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["SQLiteStore"]
+from cscapi.errors import ConfigurationError
+
+__all__ = ["FORMAT_VERSION", "SQLiteStore"]
+
+log = logging.getLogger("cscapi.emulator")
+
+#: Version of the file layout, kept in the marker table ``cscapi_emulator``. A file without that table is only
+#: adopted when it is empty, or is a state file written before the marker existed (exactly our tables and columns).
+FORMAT_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -27,6 +38,48 @@ CREATE TABLE IF NOT EXISTS records (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind 
 """
 
 _TABLES = ("meta", "machines", "signals", "decisions", "tombstones", "lists", "records")
+_MARKER = "cscapi_emulator"
+#: The columns of every table of a state file written before the marker table (0.7.0), to recognise one.
+_LEGACY_COLUMNS = {
+    "meta": {"key", "value"},
+    "machines": {"machine_id", "body"},
+    "signals": {"seq", "machine_id", "body"},
+    "decisions": {"scope", "value", "scenario", "body"},
+    "tombstones": {"scope", "value", "scenario", "body"},
+    "lists": {"kind", "id", "body"},
+    "records": {"seq", "kind", "body"},
+}
+
+
+def _create_private(path: str) -> None:
+    """Create ``path`` empty with mode 0600 (it will hold the token-signing secret); an existing file is left
+    alone here (its mode is only tightened once it is known to be an emulator state file)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise ConfigurationError(f"cannot create the emulator state file {path}: {exc.strerror}") from None
+    os.close(fd)
+
+
+def _tighten_mode(path: str) -> None:
+    """Drop group and other permissions of a state file written by an older emulator (0644 by default)."""
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISREG(mode) and mode & 0o077:
+            os.chmod(path, stat.S_IMODE(mode) & 0o700)
+            log.warning("emulator state file %s was readable by others: its mode is now %o", path, mode & 0o700)
+    except OSError as exc:
+        log.warning("could not restrict the permissions of emulator state file %s: %s", path, exc.strerror)
+
+
+def _not_a_state(path: str, why: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"{path} is not a cscapi emulator state file ({why}); refusing to use it",
+        hint="Give --state a new file name (it is created) or a file an earlier emulator run created; "
+        "never a client's database such as cscapi.db.",
+    )
 
 
 def _dump(value: Any) -> str:
@@ -38,11 +91,54 @@ class SQLiteStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(_SCHEMA)
-        self._migrate_decision_keys()
+        _create_private(path)
+        try:
+            self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise ConfigurationError(f"cannot open the emulator state file {path}: {exc}") from None
+        try:
+            self._check_marker()
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.executescript(_SCHEMA)
+            self._migrate_decision_keys()
+            self.conn.execute(f"CREATE TABLE IF NOT EXISTS {_MARKER} (format_version INTEGER NOT NULL)")
+            if self.conn.execute(f"SELECT count(*) FROM {_MARKER}").fetchone()[0] == 0:
+                self.conn.execute(f"INSERT INTO {_MARKER} (format_version) VALUES (?)", (FORMAT_VERSION,))
+        except BaseException:
+            self.conn.close()
+            raise
+        _tighten_mode(path)
+
+    def _check_marker(self) -> None:
+        """Refuse a file that is not an emulator state: not SQLite, another program's database, or a newer format.
+
+        An empty file (or an empty SQLite database) is fine, and so is a state file from before the marker table.
+        """
+        try:
+            tables = {name for (name,) in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            raise _not_a_state(self.path, f"not an SQLite database: {exc}") from None
+        tables.discard("sqlite_sequence")
+        if not tables:
+            return
+        if _MARKER in tables:
+            row = self.conn.execute(f"SELECT max(format_version) FROM {_MARKER}").fetchone()
+            version = row[0] if row else None
+            if not isinstance(version, int) or version > FORMAT_VERSION:
+                raise _not_a_state(self.path, f"format version {version!r}; this emulator reads up to {FORMAT_VERSION}")
+            return
+        foreign = sorted(tables - set(_TABLES))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise _not_a_state(self.path, f"it has tables the emulator never writes: {shown}")
+        for table in tables:
+            columns = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+            expected = _LEGACY_COLUMNS[table]
+            if columns != expected and not (
+                table in {"decisions", "tombstones"} and columns == expected - {"scenario"}
+            ):
+                raise _not_a_state(self.path, f"table {table} has columns {', '.join(sorted(columns))}")
 
     def _migrate_decision_keys(self) -> None:
         """Files written before decisions were keyed by scenario (one decision per value): add the column, in place."""
@@ -148,7 +244,7 @@ class SQLiteStore:
 
     def wipe(self) -> None:
         """Delete everything (admin reset)."""
-        self._tx([(f"DELETE FROM {table}", ()) for table in _TABLES])
+        self._tx([(f"DELETE FROM {table}", ()) for table in _TABLES])  # the marker table stays
 
     # ---- reads -----------------------------------------------------------------------------------------------
 

@@ -16,48 +16,143 @@ if TYPE_CHECKING:
 # Building the parser (``cscapi emulator --help``) must stay instant: everything heavier than argparse (the config
 # module, the state, Starlette, uvicorn, jsonschema) is imported inside the functions that run the server.
 
-__all__ = ["build_parser", "config_from_args", "main", "serve"]
+__all__ = ["ADMIN_TOKEN_ENV", "build_parser", "config_from_args", "main", "serve"]
+
+#: Environment variable read for the admin token when neither ``--admin-token`` nor ``--admin-token-file`` is given.
+ADMIN_TOKEN_ENV = "CSCAPI_EMULATOR_ADMIN_TOKEN"  # noqa: S105 - a variable name, not a secret
+
+_DESCRIPTION = """\
+  Start the local CAPI emulator: a CrowdSec Central API (CAPI v3 and legacy v2)
+  for development and tests, listening on loopback. Nothing in it contacts the
+  network. Flags override the --config file; docs/emulator.md has the details.
+
+  Example:
+    cscapi emulator --port 8081 --seed 1 --state /tmp/capi.db
+    CSCAPI_TARGET=emulator cscapi machines register    # in another terminal
+    cscapi emulator --admin-token-file token.txt --host 0.0.0.0 --port 18081
+"""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line flags."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse help laid out like the rest of the (click) CLI: ``Usage:``, description, example, ``Options:``."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30, width=80)
+
+    def add_usage(self, usage: Any, actions: Any, groups: Any, prefix: str | None = None) -> None:
+        super().add_usage(usage, actions, groups, "Usage: " if prefix is None else prefix)
+
+
+def build_parser(prog: str = "python -m cscapi.emulator") -> argparse.ArgumentParser:
+    """The command-line flags (standard library only, so ``--help`` answers at once)."""
     p = argparse.ArgumentParser(
-        prog="python -m cscapi.emulator",
-        description="A local CrowdSec Central API (CAPI v3 and legacy v2) for development and tests.",
+        prog=prog,
+        usage="%(prog)s [OPTIONS]",
+        description=_DESCRIPTION,
+        formatter_class=_HelpFormatter,
+        add_help=False,
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8081, help="port to listen on; 0 picks a free one (default 8081)")
-    p.add_argument("--config", metavar="FILE", help="JSON or TOML file of settings (flags override it)")
-    p.add_argument("--seed", type=int, help="seed of the generated community blocklist (default 0)")
-    p.add_argument("--community-size", type=int, help="number of generated community decisions (default 1000)")
-    p.add_argument("--community-file", metavar="FILE", help="load the community blocklist from a file instead")
-    p.add_argument("--state", metavar="FILE", help="keep state in this SQLite file (survives restarts)")
-    p.add_argument("--admin-token", help="token of the admin API (default: random, printed at start)")
-    p.add_argument("--token-lifetime", type=float, help="login token lifetime in seconds (default 3600)")
-    p.add_argument("--no-login-rate-limit", action="store_true", help="turn the login rate limit off")
-    p.add_argument(
+    p._optionals.title = "Options"
+    add = p.add_argument
+    add(
+        "--host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="Address to listen on (default 127.0.0.1; warns if not loopback).",
+    )
+    add("--port", type=int, default=8081, metavar="N", help="Port to listen on; 0 picks a free one (default 8081).")
+    add("--config", metavar="FILE", help="JSON or TOML file of settings.")
+    add("--seed", type=int, metavar="N", help="Seed of the generated community blocklist and of faults (default 0).")
+    add("--community-size", type=int, metavar="N", help="Number of generated community decisions (default 1000).")
+    add("--community-file", metavar="FILE", help="Load the community blocklist from this file instead.")
+    add(
+        "--community-scenario",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="Generate the community list from this scenario only (repeatable; default: a realistic mix).",
+    )
+    add("--state", metavar="FILE", help="Keep state in this SQLite file (created 0600; survives restarts).")
+    add(
+        "--admin-token",
+        metavar="TOKEN",
+        help=f"Admin API token; visible in `ps`, prefer --admin-token-file or ${ADMIN_TOKEN_ENV} "
+        "(default: random, printed at start).",
+    )
+    add("--admin-token-file", metavar="FILE", help="Read the admin API token from this file (first line).")
+    add("--token-lifetime", type=float, metavar="SECONDS", help="Login token lifetime (default 3600).")
+    add("--no-login-rate-limit", action="store_true", help="Turn the login rate limit off.")
+    add(
         "--attachment-key",
         action="append",
         default=None,
         metavar="KEY",
-        help="an enrollment attachment key to accept (repeatable)",
+        help="An enrollment attachment key to list (repeatable).",
     )
-    p.add_argument(
+    add(
+        "--only-listed-attachment-keys",
+        action="store_true",
+        help="Accept only listed attachment keys (default: any well-formed key, letters and digits).",
+    )
+    add(
         "--fault",
         action="append",
         default=None,
-        metavar="ENDPOINT:key=value[,...]",
-        help="inject a fault, e.g. signals:error_rate=0.5,error_status=503 (repeatable)",
+        metavar="SPEC",
+        help="Inject a fault, ENDPOINT:key=value[,...], e.g. signals:error_rate=0.5 (repeatable).",
     )
-    p.add_argument("--max-batch", type=int, help="most signals accepted per POST (default 250)")
-    p.add_argument(
-        "--tailor-to-scenarios",
+    add("--max-batch", type=int, metavar="N", help="Most signals accepted per POST (default 250).")
+    add(
+        "--no-tailor-to-scenarios",
         action="store_true",
-        help="give each machine only the community decisions of the scenarios it logged in with",
+        help="Give every machine the whole community list (default: only the scenarios it logged in with).",
     )
-    p.add_argument("--access-log", action="store_true", help="log every request")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add("--tailor-to-scenarios", action="store_true", help=argparse.SUPPRESS)  # the default since 0.8; kept
+    add("--max-connections", type=int, metavar="N", help="Most open connections; more get 503 (default 512).")
+    add("--access-log", action="store_true", help="Log every request.")
+    add(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        metavar="LEVEL",
+        help="debug, info, warning or error (default info).",
+    )
+    add("-h", "--help", action="help", help="Show this message and exit.")
     return p
+
+
+def _read_token_file(path: str) -> str:
+    from cscapi.errors import ConfigurationError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.readline().strip()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the admin token file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"the admin token file {path} is not UTF-8 text") from None
+    if not token:
+        raise ConfigurationError(f"the admin token file {path} is empty", hint="Write the token on its first line.")
+    return token
+
+
+def admin_token_from(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The admin token the flags and environment give, and where it came from when that should keep it off the
+    start-up banner (a file or the environment; ``""`` for ``--admin-token``, or when none is given: ``None``).
+
+    Precedence: ``--admin-token``, ``--admin-token-file``, ``$CSCAPI_EMULATOR_ADMIN_TOKEN`` (then the config
+    file's ``admin_token``, then a random one).
+    """
+    import os
+
+    if args.admin_token:
+        return args.admin_token, ""  # already on the command line: the banner may show it
+    if args.admin_token_file:
+        return _read_token_file(args.admin_token_file), args.admin_token_file
+    env = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
+    if env:
+        return env, f"${ADMIN_TOKEN_ENV}"
+    return None, ""
 
 
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
@@ -70,15 +165,24 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         ("community_size", "community_size"),
         ("community_file", "community_file"),
         ("state", "state_path"),
-        ("admin_token", "admin_token"),
         ("token_lifetime", "token_lifetime"),
         ("max_batch", "max_batch"),
+        ("max_connections", "max_connections"),
     ):
         value = getattr(args, flag)
         if value is not None:
             data[key] = value
-    if args.tailor_to_scenarios:
+    token, _source = admin_token_from(args)
+    if token is not None:
+        data["admin_token"] = token
+    if args.no_tailor_to_scenarios:
+        data["tailor_to_scenarios"] = False
+    elif args.tailor_to_scenarios:
         data["tailor_to_scenarios"] = True
+    if args.community_scenario:
+        data["community_scenarios"] = list(args.community_scenario)
+    if args.only_listed_attachment_keys:
+        data["only_listed_attachment_keys"] = True
     if args.attachment_key:
         data["attachment_keys"] = [*data.get("attachment_keys", []), *args.attachment_key]
     if args.fault:
@@ -114,23 +218,38 @@ def serve(
     access_log: bool = False,
     log_level: str = "info",
     out: TextIO | None = None,
+    token_source: str = "",
 ) -> int:
-    """Run until SIGINT/SIGTERM; prints the base URL and the admin token first. Returns the exit code (0)."""
+    """Run until SIGINT/SIGTERM; prints the base URL (and the admin token, unless ``token_source`` says where the
+    operator gave it) first. Returns the exit code (0)."""
     import signal
 
     import uvicorn
 
     from cscapi.emulator.app import create_app
-    from cscapi.emulator.embedded import base_url_for, bind_socket
+    from cscapi.emulator.embedded import base_url_for, bind_socket, is_loopback_host, uvicorn_config
 
     out = out or sys.stdout
     app = create_app(config)
     state = app.state.emulator
-    sock = bind_socket(host, port)
+    try:
+        sock = bind_socket(host, port)
+    except BaseException:
+        state.close()
+        raise
     real_port = int(sock.getsockname()[1])
     base_url = base_url_for(host, real_port)
+    if not is_loopback_host(host):
+        print(
+            f"warning: listening on {host}, reachable from other hosts: the emulator has no TLS, weak defaults "
+            "and an admin API that can reset everything; use it on trusted networks only (--host 127.0.0.1 "
+            "keeps it local)",
+            file=sys.stderr,
+            flush=True,
+        )
     print(f"cscapi emulator listening on {base_url} (give this URL to the client: base_url={base_url!r})", file=out)
-    print(f"admin API: {base_url}admin/  token: {config.admin_token}", file=out)
+    shown = f"(from {token_source})" if token_source else config.admin_token
+    print(f"admin API: {base_url}admin/  token: {shown}", file=out)
     persisted = f"state in {config.state_path}" if config.state_path else "state in memory"
     limit = "on" if config.login_rate_limit.enabled else "off"
     print(
@@ -138,9 +257,7 @@ def serve(
         file=out,
         flush=True,
     )
-    uv_config = uvicorn.Config(
-        app, log_level=log_level, access_log=access_log, lifespan="off", timeout_graceful_shutdown=3
-    )
+    uv_config = uvicorn_config(app, config, log_level=log_level, access_log=access_log, timeout_graceful_shutdown=3)
     server = uvicorn.Server(uv_config)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that was in place
     # before it started: make that a no-op so the process exits with status 0 instead of dying from the signal.
@@ -166,7 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
-        return serve(config, args.host, args.port, access_log=args.access_log, log_level=args.log_level)
+        return serve(
+            config,
+            args.host,
+            args.port,
+            access_log=args.access_log,
+            log_level=args.log_level,
+            token_source=admin_token_from(args)[1],
+        )
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

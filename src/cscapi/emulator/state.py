@@ -24,7 +24,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from cscapi.emulator.community import SeedDecision, generate_community, load_community_file, normalise_value
+from cscapi.emulator.community import (
+    DEFAULT_SCENARIO,
+    SeedDecision,
+    generate_community,
+    load_community_file,
+    normalise_value,
+)
 from cscapi.emulator.config import MAX_SECONDS, EmulatorConfig, FaultSpec
 from cscapi.emulator.persistence import SQLiteStore
 from cscapi.emulator.tokens import InvalidToken, decode_jwt, encode_jwt
@@ -50,6 +56,8 @@ _MAX_LOGINS_KEPT = 1000
 _BAD_CREDENTIALS = "invalid machine_id or password"
 _NOT_REGISTERED = "machine not registered: invalid machine_id or password"
 _TOMBSTONE_PRUNE_AT = 50_000
+#: A v2 list entry is sent again when the engine's copy would expire within this (LAPI's 2 h pull + 15 min).
+_V2_REFRESH_MARGIN = 2 * 3600 + 15 * 60
 
 
 def _int_duration(seconds: int) -> str:
@@ -109,13 +117,48 @@ def decision_seconds(raw: Any, where: str) -> float:
     return seconds
 
 
+#: scrypt cost of machine passwords: N=2**13, r=8, p=1 (8 MiB and some 10-40 ms per hash). Slow enough that a
+#: leaked state file does not give the passwords away cheaply, fast enough for test suites that log in often.
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**13, 8, 1
+#: At most two hashes at once (8 MiB each): a burst of logins queues instead of multiplying the memory.
+_KDF_SLOTS = threading.BoundedSemaphore(2)
+
+
+def _scrypt(password: str, salt: str, n: int, r: int, p: int) -> str:
+    with _KDF_SLOTS:
+        key = hashlib.scrypt(
+            password.encode(), salt=bytes.fromhex(salt), n=n, r=r, p=p, maxmem=256 * 1024 * 1024, dklen=32
+        )
+    return f"scrypt${n}${r}${p}${key.hex()}"
+
+
 def _hash_password(password: str, salt: str) -> str:
-    return hashlib.sha256(f"{salt}:{password}".encode()).hexdigest()
+    """``scrypt$N$r$p$hex`` of the password with this machine's salt (hex)."""
+    return _scrypt(password, salt, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)
+
+
+def _password_matches(password: str, salt: str, stored: str) -> bool:
+    """Constant-time check of a candidate against a stored hash: scrypt, or the salted SHA-256 of older files."""
+    if stored.startswith("scrypt$"):
+        try:
+            _, n, r, p, _hex = stored.split("$")
+            candidate = _scrypt(password, salt, int(n), int(r), int(p))
+        except ValueError:
+            return False
+    else:  # written by an emulator before 0.8 (sha256 of "salt:password"); upgraded at the next good login
+        candidate = hashlib.sha256(f"{salt}:{password}".encode()).hexdigest()
+    return hmac.compare_digest(candidate, stored)
+
+
+def _new_password_hash(password: str) -> tuple[str, str]:
+    """A fresh ``(salt, hash)`` for a password."""
+    salt = secrets.token_hex(16)
+    return salt, _hash_password(password, salt)
 
 
 @dataclass
 class MachineRecord:
-    """One registered machine. ``password_hash`` is salted SHA-256; the password itself is never kept."""
+    """One registered machine. ``password_hash`` is scrypt with a per-machine salt; the password is never kept."""
 
     machine_id: str
     password_salt: str = field(repr=False)
@@ -131,15 +174,22 @@ class MachineRecord:
     last_pull_at: float | None = None
     signals_count: int = 0
     api: str = "v3"
+    #: v2 only: each published-list entry already sent inline (JSON ``[list, scope, value, remediation, duration]``)
+    #: with when it was sent, so later pulls send only changes, and removals as ``deleted`` entries.
+    v2_list_entries: dict[str, float] = field(default_factory=dict, repr=False)
 
     def check_password(self, password: str) -> bool:
-        """Constant-time comparison of a candidate password."""
-        return hmac.compare_digest(_hash_password(password, self.password_salt), self.password_hash)
+        """Constant-time comparison of a candidate password (slow: a key derivation)."""
+        return _password_matches(password, self.password_salt, self.password_hash)
 
     def set_password(self, password: str) -> None:
-        """Replace the password (a new salt each time)."""
-        self.password_salt = secrets.token_hex(8)
-        self.password_hash = _hash_password(password, self.password_salt)
+        """Replace the password (a new salt each time; slow: a key derivation)."""
+        self.password_salt, self.password_hash = _new_password_hash(password)
+
+    @property
+    def legacy_hash(self) -> bool:
+        """Whether the password is still stored as the fast salted SHA-256 of older emulators."""
+        return not self.password_hash.startswith("scrypt$")
 
     def public(self, banned_until: float | None) -> dict[str, Any]:
         """What the admin API shows: no password material."""
@@ -214,6 +264,7 @@ class EmulatorState:
         self.fault_rng = random.Random(config.seed ^ 0x5EED)
         self.faults: dict[str, FaultSpec] = {k: FaultSpec.from_dict(v.to_dict()) for k, v in config.faults.items()}
         self.attachment_keys: set[str] = set(config.attachment_keys)
+        self.only_listed_keys = bool(config.only_listed_attachment_keys)
         self.request_counts: Counter[tuple[str, int]] = Counter()
         self.internal_errors = 0
         self.early_tokens: dict[str, float] = {}
@@ -255,7 +306,7 @@ class EmulatorState:
         if cfg.community_file:
             seeds = load_community_file(cfg.community_file, cfg.seed)
         else:
-            seeds = generate_community(cfg.community_size, cfg.seed)
+            seeds = generate_community(cfg.community_size, cfg.seed, cfg.community_scenarios)
         now = self.clock()
         if self._store is not None:
             self._store.wipe()
@@ -301,6 +352,8 @@ class EmulatorState:
         """Forget everything and start again from the configuration (community list regenerated from the seed)."""
         with self.lock:
             self.faults = {k: FaultSpec.from_dict(v.to_dict()) for k, v in self.config.faults.items()}
+            self.attachment_keys = set(self.config.attachment_keys)
+            self.only_listed_keys = bool(self.config.only_listed_attachment_keys)
             self.request_counts.clear()
             self.early_tokens.clear()
             self.internal_errors = 0
@@ -327,15 +380,19 @@ class EmulatorState:
 
     def register(self, machine_id: str, password: str, api: str = "v3") -> MachineRecord:
         """Create a machine; 409 if the id is taken."""
+        taken = ApiError(
+            409,
+            f"machine {machine_id} is already registered",
+            "register a new machine id, or log in with the existing credentials",
+        )
         with self.lock:
             if machine_id in self.machines:
-                raise ApiError(
-                    409,
-                    f"machine {machine_id} is already registered",
-                    "register a new machine id, or log in with the existing credentials",
-                )
-            m = MachineRecord(machine_id, "", "", self.clock(), api=api)
-            m.set_password(password)
+                raise taken
+        salt, hashed = _new_password_hash(password)  # slow: outside the lock, so other requests go on
+        with self.lock:
+            if machine_id in self.machines:
+                raise taken
+            m = MachineRecord(machine_id, salt, hashed, self.clock(), api=api)
             self.machines[machine_id] = m
             self._save_machine(m)
             return m
@@ -343,10 +400,14 @@ class EmulatorState:
     def reset_password(self, machine_id: str, password: str) -> None:
         """``/watchers/reset``: new password, and every token issued before is revoked."""
         with self.lock:
+            if machine_id not in self.machines:
+                raise ApiError(404, f"machine {machine_id} not found")
+        salt, hashed = _new_password_hash(password)  # slow: outside the lock
+        with self.lock:
             m = self.machines.get(machine_id)
             if m is None:
                 raise ApiError(404, f"machine {machine_id} not found")
-            m.set_password(password)
+            m.password_salt, m.password_hash = salt, hashed
             m.token_generation += 1
             self._save_machine(m)
 
@@ -354,7 +415,10 @@ class EmulatorState:
         return machine_id if self.config.login_rate_limit.per == "machine" else f"ip:{client_ip}"
 
     def login(self, machine_id: str, password: str, scenarios: list[str], client_ip: str) -> tuple[str, float]:
-        """Check the rate limit and the credentials, then issue a token; returns ``(token, expires_at)``."""
+        """Check the rate limit and the credentials, then issue a token; returns ``(token, expires_at)``.
+
+        The password check (a slow key derivation) runs outside the lock, so other requests are not held up.
+        """
         with self.lock:
             now = self.clock()
             rl = self.config.login_rate_limit
@@ -380,8 +444,15 @@ class EmulatorState:
                 self._save_limits()
             if m is None:
                 raise ApiError(403, _NOT_REGISTERED, "register the machine (POST /v3/watchers) before logging in")
-            if not m.check_password(password):
+            salt, stored = m.password_salt, m.password_hash
+        matches = _password_matches(password, salt, stored)
+        upgrade = _new_password_hash(password) if matches and m.legacy_hash else None
+        with self.lock:
+            if not matches or self.machines.get(machine_id) is not m or m.password_hash != stored:
                 raise ApiError(403, _BAD_CREDENTIALS, "the password does not match the one registered")
+            if upgrade is not None:
+                m.password_salt, m.password_hash = upgrade
+            now = self.clock()
             m.scenarios = sorted(set(scenarios))
             m.logins.append(now)
             del m.logins[:-_MAX_LOGINS_KEPT]
@@ -466,17 +537,22 @@ class EmulatorState:
             return len(targets)
 
     def enroll(self, m: MachineRecord, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        """``/watchers/enroll``: 403 on an unknown key, 200 if already enrolled (no overwrite), else 202."""
+        """``/watchers/enroll``: 200 if already enrolled (no overwrite), else 202.
+
+        Any well-formed key (letters and digits, as the swagger's ``EnrollRequest`` says) is accepted, unless
+        ``only_listed_keys`` is set: then a key not in ``attachment_keys`` is a 403.
+        """
         key = body.get("attachment_key")
+        if not isinstance(key, str) or not key.isascii() or not key.isalnum():
+            raise ApiError(400, "invalid EnrollRequest: attachment_key must be ASCII letters and digits")
         with self.lock:
-            if not isinstance(key, str) or key not in self.attachment_keys:
-                if not self.attachment_keys:
-                    raise ApiError(
-                        403,
-                        "attachment key refused",
-                        "no attachment key is configured on the emulator (start it with --attachment-key)",
-                    )
-                raise ApiError(403, "attachment key refused", "unknown attachment key")
+            if self.only_listed_keys and key not in self.attachment_keys:
+                raise ApiError(
+                    403,
+                    "attachment key refused",
+                    "unknown attachment key (the emulator only accepts listed keys: --attachment-key, "
+                    "or POST /admin/attachment-keys)",
+                )
             if m.enrollment is not None and not body.get("overwrite"):
                 return 200, {"message": "machine already enrolled"}
             now = self.clock()
@@ -522,6 +598,11 @@ class EmulatorState:
         """Accept one more attachment key (run time; not persisted)."""
         with self.lock:
             self.attachment_keys.add(key)
+
+    def set_only_listed_keys(self, only_listed: bool) -> None:
+        """Accept only listed attachment keys (``True``) or any well-formed one (``False``); run time only."""
+        with self.lock:
+            self.only_listed_keys = only_listed
 
     # ---- signals and payloads --------------------------------------------------------------------------------
 
@@ -620,7 +701,7 @@ class EmulatorState:
                     value, scope = normalise_value(item.get("value", ""), item.get("scope"))
                 except (ValueError, TypeError) as exc:
                     raise ApiError(400, f"decisions[{i}].value: not an IP address or range ({exc})") from None
-                scenario = item.get("scenario") or "crowdsecurity/community-blocklist"
+                scenario = item.get("scenario") or DEFAULT_SCENARIO
                 if not isinstance(scenario, str):
                     raise ApiError(400, f"decisions[{i}].scenario must be a string")
                 seconds = decision_seconds(item.get("duration", 86400.0), f"decisions[{i}].duration")
@@ -926,21 +1007,64 @@ class EmulatorState:
                     )
                 m.last_pull_version = self.version
             if additional_pull:
-                for bl in self.blocklists.values():
-                    for line in bl["content"]:
-                        new.append(
-                            {
-                                "origin": "lists",
-                                "type": bl["remediation"],
-                                "scope": bl["scope"].capitalize(),
-                                "value": line,
-                                "scenario": bl["name"],
-                                "duration": bl["duration"],
-                            }
-                        )
+                self._v2_list_changes(m, startup, now, new, deleted)
             m.last_pull_at = now
             self._save_machine(m)
             return json.dumps({"new": new, "deleted": deleted}, separators=(",", ":")).encode()
+
+    def _v2_list_changes(
+        self, m: MachineRecord, startup: bool, now: float, new: list[dict[str, Any]], deleted: list[dict[str, Any]]
+    ) -> None:
+        """Published-list entries for a v2 pull, inline (v2 has no links): only what changed since this machine's
+        previous pull (everything with ``startup``), and a ``deleted`` entry for each value no list holds any more.
+
+        An entry already sent is sent again once the engine's copy (``duration`` from when it was sent) would run
+        out before the next pull (LAPI pulls every 2 h; 15 min of margin, as LAPI refetches v3 links).
+        """
+        current: dict[str, tuple[dict[str, Any], str]] = {}
+        for bl in self.blocklists.values():
+            for line in bl["content"]:
+                key = json.dumps([bl["name"], bl["scope"], line, bl["remediation"], bl["duration"]])
+                current.setdefault(key, (bl, line))
+        held = {(bl["scope"].lower(), line) for bl, line in current.values()}
+        sent = m.v2_list_entries
+        reported: set[tuple[str, str, str]] = set()
+        for key in [k for k in sent if k not in current]:
+            del sent[key]
+            name, scope, value, remediation, _duration = json.loads(key)
+            # 1.4.6 deletes every `lists` decision on the value: only once no list holds it any more
+            if (scope.lower(), value) in held or (scope.lower(), value, remediation) in reported:
+                continue
+            reported.add((scope.lower(), value, remediation))
+            deleted.append(
+                {
+                    "origin": "lists",
+                    "type": remediation,
+                    "scope": scope.capitalize(),
+                    "value": value,
+                    "scenario": name,
+                    "duration": "0s",
+                    "simulated": False,
+                }
+            )
+        for key, (bl, line) in current.items():
+            sent_at = sent.get(key)
+            if not startup and sent_at is not None:
+                seconds = parse_go_duration(bl["duration"])
+                if sent_at + seconds - _V2_REFRESH_MARGIN > now:
+                    continue
+            sent[key] = now
+            new.append(
+                {
+                    "origin": "lists",
+                    "type": bl["remediation"],
+                    "scope": bl["scope"].capitalize(),
+                    "value": line,
+                    "scenario": bl["name"],
+                    "duration": bl["duration"],
+                    "simulated": False,
+                }
+            )
 
     # ---- published lists -------------------------------------------------------------------------------------
 
