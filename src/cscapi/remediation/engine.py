@@ -303,10 +303,10 @@ class _EngineBase(Generic[C]):
                 # A store that had a version and now has none was LOST (a restart without data, a flush, an
                 # eviction, a replaced file), not emptied: `clear()` leaves a "cleared" version. Keep serving the
                 # last good index, say so, and leave a mark so that engines starting now know it too.
-                if had is not None and not marker:
+                if had is not None and self._lost is None:
                     with contextlib.suppress(Exception):
                         self.store.set_meta(_LOST, had)
-                if self._lost is None:
+                if self._lost is None and had is not None:
                     self._logger.error(
                         "decision store %s lost its decisions (had version %s, now empty); still serving the last "
                         "good ones until the next refresh",
