@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -154,3 +155,57 @@ def test_sigterm_finishes_or_abandons_the_batch_in_flight(capi_env: CliEnv, emul
         assert [r["state"] for r in rows] == ["queued"]
         counts = json.loads(capi_env.invoke(["machines", "status", "--json"]).stdout)["signals"]
         assert counts["queued"] + counts["claimed"] == 1 and counts["sent"] == 0
+
+
+@pytest.mark.slow
+def test_sigterm_exits_within_the_bound_when_capi_hangs(capi_env: CliEnv, free_tcp_port: int) -> None:
+    """CAPI drips a byte a second: health turns 503 past --stall-after; one SIGTERM ends the agent within
+    --stop-timeout, exit 0, the refresh abandoned and its decision-store lock released (not held for lock_ttl)."""
+    from cscapi.remediation import open_store
+    from test_agent_loop import DripServer
+
+    capi_env.invoke(["machines", "register"])  # against the emulator; then CAPI turns into a drip
+    drip = DripServer()
+    env = {**os.environ, "CSCAPI_TARGET": drip.base_url, "CSCAPI_HEALTH_PORT": str(free_tcp_port)}
+    cscapi = Path(sys.executable).with_name("cscapi")
+    proc = subprocess.Popen(
+        [str(cscapi), "run", "--no-metrics", "--stall-after", "1", "--stop-timeout", "5"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        health: dict[str, object] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("stall_after" in r for r in health.get("reasons", [])):  # type: ignore[attr-defined]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{free_tcp_port}/health", timeout=5) as response:
+                    health = json.loads(response.read())
+            except urllib.error.HTTPError as exc:  # 503: degraded
+                assert exc.code == 503
+                health = json.loads(exc.read())
+            except OSError:
+                pass
+            time.sleep(0.2)
+        assert health.get("status") == "degraded", health
+        assert health["running"] == {"job": "refresh", "seconds": health["running"]["seconds"]}  # type: ignore[index]
+        assert drip.requests >= 1
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        _out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        drip.close()
+    assert proc.returncode == 0, err
+    print(f"exit {took:.2f} s after SIGTERM")
+    assert took <= 5 + 3, (took, err)  # the bound, plus the interpreter's exit on a loaded machine
+    assert "abandoned the refresh in flight" in err and "Traceback" not in err
+    store = open_store(f"sqlite:///{capi_env.data_dir / 'decisions.db'}")
+    try:
+        assert store.acquire_lock("next-agent", 30)  # the refresh lock was released, not left for lock_ttl
+    finally:
+        store.close()
