@@ -155,6 +155,89 @@ def test_a_bad_signal_is_isolated_and_quarantined(api: Api, fake: FakeCAPI, stor
     assert api.send_signals() == 2
 
 
+def _legacy_unvalidated(n: int, start: int) -> list[Any]:
+    """Signals an older caller queued through the 0.7.0 ``update_or_create_signal`` (no validation): no
+    ``start_at``, which CAPI requires. They pass nothing of the client's checks at send time either."""
+    out = signals(n, start=start)
+    for signal in out:
+        signal.start_at = None
+    return out
+
+
+def test_a_refused_batch_is_split_and_only_the_refused_signals_quarantined_by_the_emulator(
+    mode: str, storage: SQLStorage
+) -> None:
+    """End to end against the emulator (which answers 400 naming the invalid item): the batch is bisected, the two
+    signals the emulator refuses are quarantined with its reason, the 15 others are received exactly once."""
+    from cscapi.emulator import EmbeddedEmulator, EmulatorConfig, LoginRateLimit
+
+    config = EmulatorConfig(seed=1, community_size=10, login_rate_limit=LoginRateLimit(enabled=False))
+    with EmbeddedEmulator(config) as emu:
+        api = Api(mode, storage, make_config(None, base_url=emu.base_url))
+        good = signals(15)
+        bad = _legacy_unvalidated(2, start=100)
+        api.add_signals(good[:7])
+        storage.update_or_create_signal(bad[0])
+        api.add_signals(good[7:12])
+        storage.update_or_create_signal(bad[1])
+        api.add_signals(good[12:])
+        report = api.send_signals()
+        inbox = emu.admin.signals()
+        posts = emu.admin.requests()["signals"]
+        quarantined = storage.list_quarantined()
+        api.add_signals(signals(2, start=200))  # the queue is not blocked, the quarantined ones stay aside
+        again = api.send_signals()
+        api.close()
+    assert report.sent == 15 and report.quarantined == 2 and report.failed_machines == {}
+    assert sorted(r["signal"]["uuid"] for r in inbox) == sorted(str(s.uuid) for s in good)
+    assert sorted(str(q.uuid) for q, _ in quarantined) == sorted(str(s.uuid) for s in bad)
+    for _, reason in quarantined:
+        assert reason.startswith("400 invalid signal") and "start_at" in reason
+    # bisection: at most 2 POSTs per level of halving per refused signal (2 * 2 * ceil(log2 17) + 1), not 1 per signal
+    assert posts["400"] >= 2 and sum(posts.values()) <= 21
+    assert again.sent == 2 and again.quarantined == 0
+
+
+def test_the_fake_and_the_emulator_answer_signals_posts_alike(capi_spec: dict[str, Any]) -> None:
+    """The statuses the send path relies on, from the fake CAPI and from the emulator: 200 for a valid batch, a 400
+    ``ErrorResponse`` whose message says ``invalid signal`` for a batch with one refused item (the client bisects),
+    400 for more than 250 items, 401 without a valid token (the client logs in again)."""
+    from cscapi.emulator import EmbeddedEmulator, EmulatorConfig, LoginRateLimit
+    from cscapi.protocol.wire import signals_to_wire
+
+    fake = FakeCAPI(capi_spec=capi_spec)
+    machine, password = M1, "a-password"
+    good = signals_to_wire(signals(3))
+    fake_bad = signals_to_wire(signals(1, scenario=fake.bad_scenario, start=50))  # what the fake refuses
+    emulator_bad = signals_to_wire(_legacy_unvalidated(1, start=50))  # what the emulator refuses
+    many = signals_to_wire(signals(251))
+
+    def answers(http: httpx.Client, bad: list[dict[str, Any]]) -> list[tuple[int, bool, str]]:
+        assert http.post("v3/watchers", json={"machine_id": machine, "password": password}).status_code == 200
+        login = http.post("v3/watchers/login", json={"machine_id": machine, "password": password, "scenarios": []})
+        auth = {"Authorization": f"Bearer {login.json()['token']}"}
+        out = []
+        for body, headers in [
+            (good, auth),
+            (good[:1] + bad + good[1:], auth),
+            (many, auth),
+            (good, {"Authorization": "Bearer not-a-token"}),
+        ]:
+            r = http.post("v3/signals", json=body, headers=headers)
+            shape = r.status_code == 200 or (isinstance(r.json(), dict) and "message" in r.json())
+            out.append((r.status_code, shape, str(r.json().get("message", ""))[:14]))
+        return out
+
+    with httpx.Client(transport=fake.transport, base_url="http://capi.test/") as http:
+        from_fake = answers(http, fake_bad)
+    config = EmulatorConfig(seed=1, community_size=10, login_rate_limit=LoginRateLimit(enabled=False))
+    with EmbeddedEmulator(config) as emu, httpx.Client(base_url=emu.base_url, trust_env=False) as http:
+        from_emulator = answers(http, emulator_bad)
+    assert [(status, shape) for status, shape, _ in from_fake] == [(200, True), (400, True), (400, True), (401, True)]
+    assert [(status, shape) for status, shape, _ in from_emulator] == [(s, sh) for s, sh, _ in from_fake]
+    assert from_fake[1][2] == from_emulator[1][2] == "invalid signal"
+
+
 # ---- retries and failing machines -------------------------------------------------------------------------
 
 
