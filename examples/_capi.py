@@ -1,4 +1,5 @@
-"""Shared by the examples: the CAPI to talk to, an embedded emulator unless ``--base-url`` (or ``$CAPI_URL``) is given.
+"""Shared by the examples: the CAPI to talk to, an embedded emulator unless ``--base-url`` (or ``$CSCAPI_BASE_URL``,
+the variable the library and the CLI read too) is given.
 
 Not an example itself; each example imports ``capi_url`` from here so that it runs with no account and no network.
 """
@@ -12,13 +13,19 @@ from collections.abc import Iterator
 from typing import Any
 
 
-def arguments(description: str) -> argparse.Namespace:
+def arguments(description: str, *, data_dir: bool = False) -> argparse.Namespace:
+    """``--base-url`` (default ``$CSCAPI_BASE_URL``), and ``--data-dir`` when the example keeps files."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--base-url",
-        default=os.environ.get("CAPI_URL"),
-        help="a CAPI root URL (default: start an embedded emulator; https://api.crowdsec.net/ is the real one)",
+        default=os.environ.get("CSCAPI_BASE_URL"),
+        help="a CAPI root URL (default: $CSCAPI_BASE_URL, else an embedded emulator; https://api.crowdsec.net/ is the "
+        "real one)",
     )
+    if data_dir:
+        parser.add_argument(
+            "--data-dir", help="keep the databases here, to run it again (default: a temporary directory)"
+        )
     return parser.parse_args()
 
 

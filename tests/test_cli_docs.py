@@ -20,6 +20,8 @@ def _instance(cls: type) -> cscapi.errors.CAPIError:
         return cls("x", until=datetime.now(timezone.utc), reason="503")
     if cls is cscapi.errors.RefreshTooSoonError:
         return cls("x", next_allowed_at=datetime.now(timezone.utc))
+    if cls.__name__ == "ResponseTooLargeError":
+        return cls("x", limit="max_response_bytes", max_bytes=1)
     return cls("x")
 
 
@@ -39,6 +41,15 @@ def test_every_setting_is_documented() -> None:
     text = (DOCS / "configuration.md").read_text()
     for spec in SETTINGS:
         assert f"| `{spec.name}` |" in text and f"`{spec.env}`" in text, spec.name
+
+
+def test_readme_and_ci_run_the_same_test_command() -> None:
+    """.ci/run runs exactly the README's "Run the tests" command (what CI checks is what users are told to run)."""
+    root = DOCS.parent
+    readme = (root / "README.md").read_text()
+    command = readme.split("Run the tests", 1)[1].split("```bash", 1)[1].split("```", 1)[0].strip()
+    ci_lines = [line.strip() for line in (root / ".ci" / "run").read_text().splitlines()]
+    assert command in ci_lines, command
 
 
 def test_every_command_and_exit_code_is_in_cli_md() -> None:

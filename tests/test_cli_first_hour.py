@@ -492,3 +492,13 @@ def test_config_writer_follows_no_planted_symlink(cli_env: CliEnv, tmp_path: Pat
     tmp.write_text("stale")
     assert cli_env.invoke(["init"]).exit_code == 0
     assert cli_env.config_path.stat().st_mode & 0o777 == 0o600 and not tmp.exists()
+
+
+def test_demo_says_how_to_reach_cscapi_outside_an_active_venv(cli_env: CliEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # the README installs into .venv without activating it
+    result = cli_env.invoke(["demo"])
+    assert result.exit_code == 0, result.output
+    if sys.prefix != sys.base_prefix:  # the tests run in the project's venv
+        assert f"source {sys.prefix}/bin/activate" in result.stdout

@@ -114,7 +114,10 @@ def report_error(app: AppContext, exc: BaseException) -> int:
         text = exc.message.rstrip(".") + (f". {hint}" if hint else "")
         code = _exit.code_for(exc)
     elif isinstance(exc, ModuleNotFoundError):
-        text = f"a dependency is missing ({exc.name}). Install the extras: pip install 'cscapi[all]'"
+        text = (
+            f"a dependency is missing ({exc.name}). Install the extras: pip install -e '.[all]' in a clone of cscapi "
+            "(pip install 'cscapi[all]' once 1.0 is on PyPI)"
+        )
         code = _exit.USAGE
     else:
         text = f"unexpected {type(exc).__name__}: {exc}. Run again with --debug for the traceback, and report it"

@@ -116,11 +116,25 @@ def demo(app: AppContext, demo_target: str | None, data_dir: str | None, yes: bo
     app.out.step(f"Done in {summary['seconds']:.1f} s.")
     if embedded and not data_dir:
         app.out.print("The emulator and the temporary databases are gone. To keep going:")
+    activate = _activate_hint()
+    if activate:
+        app.out.print(f"  {esc(activate)}")
     app.out.print("  cscapi init                  # write ~/.config/cscapi/config.toml (target, scenarios, stores)")
     app.out.print("  cscapi emulator              # a CAPI emulator in another terminal, or --target dev|prod")
     app.out.print("  cscapi machines register && cscapi run")
     app.out.print("Docs: README.md and docs/ (cli.md, configuration.md, remediation.md, emulator.md).")
     _fail_if_not_sent(failed)
+
+
+def _activate_hint() -> str:
+    """``source .venv/bin/activate ...`` when ``cscapi`` is not on the PATH (installed in a virtual environment that
+    is not active, as the README's first command does), else ""."""
+    import shutil
+
+    if shutil.which("cscapi") is not None or sys.prefix == sys.base_prefix:
+        return ""
+    activate = Path(sys.prefix) / "bin" / "activate"
+    return f"source {activate}      # cscapi is not on your PATH yet (or call {Path(sys.prefix) / 'bin' / 'cscapi'})"
 
 
 def _fail_if_not_sent(failed: dict[str, str]) -> None:
