@@ -34,7 +34,9 @@ def test_quick_start_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.chdir(tmp_path)  # it writes cscapi.db in the current directory
     exec(compile(block("EmbeddedEmulator(EmulatorConfig(seed=1"), "docs/client.md", "exec"), {})
     out = capsys.readouterr().out
-    assert "2 accepted" in out and "50 community decisions" in out
+    # the emulator tailors its community list of 50 to the declared scenarios, as CAPI does
+    found = re.search(r"^(\d+) community decisions$", out, flags=re.M)
+    assert "2 accepted" in out and found is not None and 0 < int(found.group(1)) <= 50
     assert (tmp_path / "cscapi.db").exists()
 
 
@@ -75,6 +77,16 @@ def test_method_fragments_run(emu: Any, namespace: dict[str, Any]) -> None:
         exec(compile(block(marker), "docs/client.md", "exec"), namespace)
     assert namespace["added"] == 1 and namespace["later"].not_modified
     assert namespace["ranged"].source.scope == "range" and namespace["ban"].decisions
+
+
+def test_legacy_and_typed_results_example(emu: Any, namespace: dict[str, Any], capsys: Any) -> None:
+    """The results are the 0.7.0 int and dict, with the typed details beside them."""
+    namespace["client"].add_signals([create_signal("192.0.2.11", "crowdsecurity/ssh-bf", machine_id=namespace["mid"])])
+    emu.admin.add_decisions([{"value": f"198.51.100.{i}", "scenario": "crowdsecurity/ssh-bf"} for i in (1, 2, 3)])
+    exec(compile(block('json.dumps({"sent": report})'), "docs/client.md", "exec"), namespace)
+    first, second = capsys.readouterr().out.splitlines()
+    assert first == '1 accepted in 1 POSTs {"sent": 1}'
+    assert second.startswith("True ") and second.endswith(" decisions") and int(second.split()[1]) >= 3
 
 
 def test_send_report_errors_example(emu: Any, namespace: dict[str, Any], capsys: Any) -> None:
