@@ -33,6 +33,20 @@ def service_unavailable(what: str, why: object) -> None:
     pytest.skip(message)
 
 
+def require_module(name: str) -> Any:
+    """Import an optional dependency (e.g. ``cryptography``): skip locally when it is missing, fail in CI, like a
+    service. Works at module level too (then the whole file is skipped, or fails to collect in CI)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        message = f"the optional dependency {name!r} is not installed ({exc})"
+        if IN_CI:
+            pytest.fail(f"{message}; CI=true, so this test fails instead of skipping")
+        pytest.skip(message, allow_module_level=True)
+
+
 def _port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1):

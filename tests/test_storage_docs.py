@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require_module
+
 DOC = Path(__file__).resolve().parent.parent / "docs" / "storage.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
 
@@ -17,7 +19,7 @@ def test_the_doc_has_examples() -> None:
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_doc_example_runs(index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("cryptography")
+    require_module("cryptography")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CSCAPI_STORAGE_KEY", raising=False)
     exec(compile(BLOCKS[index], f"docs/storage.md[{index}]", "exec"), {"__name__": "__doc_example__"})

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
+from conftest import require_module
 from cscapi._sql import migrations
 from cscapi.errors import StorageError
 from cscapi.models import QueueCounts
@@ -257,7 +258,7 @@ def test_legacy_database_is_imported(database_url: str) -> None:
 
 
 def test_legacy_import_encrypts_the_secrets_when_a_key_is_set(database_url: str) -> None:
-    pytest.importorskip("cryptography")
+    require_module("cryptography")
     build_legacy_database(database_url)
     with SQLStorage(database_url, encryption_key="a long passphrase for the test") as storage:
         machine = storage.get_machine_by_id(MACHINE_A)

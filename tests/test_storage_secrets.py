@@ -8,13 +8,14 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
+from conftest import require_module
 from cscapi import secrets
 from cscapi.errors import ConfigurationError, StorageError
 from cscapi.models import Machine
 from cscapi.sql_storage import SQLStorage
 from test_storage_support import MACHINE_A
 
-pytest.importorskip("cryptography")
+require_module("cryptography")
 
 PASSWORD = "pw-9f8e7d6c5b4a"
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.payload.signature"
