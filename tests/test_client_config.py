@@ -45,7 +45,8 @@ def test_api_root_selection(monkeypatch: pytest.MonkeyPatch) -> None:
     assert CAPIClientConfig(scenarios=SCEN, prod=True).api_root == PROD_URL
     assert CAPIClientConfig(scenarios=SCEN, base_url="http://127.0.0.1:8081/v3").api_root == "http://127.0.0.1:8081/"
     monkeypatch.setenv("CSCAPI_BASE_URL", "http://127.0.0.1:9999")
-    assert CAPIClientConfig(scenarios=SCEN, prod=True).api_root == "http://127.0.0.1:9999/"
+    assert CAPIClientConfig(scenarios=SCEN).api_root == "http://127.0.0.1:9999/"
+    assert CAPIClientConfig(scenarios=SCEN, prod=True).api_root == PROD_URL  # an explicit prod=True wins
     assert CAPIClientConfig(scenarios=SCEN, base_url="http://127.0.0.1:1/").api_root == "http://127.0.0.1:1/"
     monkeypatch.setenv("CSCAPI_BASE_URL", "not a url")
     with pytest.raises(ConfigurationError):

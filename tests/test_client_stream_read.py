@@ -83,11 +83,11 @@ def decode_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     seen: list[int] = []
     real = transport._decode
 
-    def spy(resp: httpx.Response, chunks: list[bytes]) -> bytes:
+    def spy(resp: httpx.Response, chunks: list[bytes], *limits: Any) -> bytes:
         seen.append(threading.get_ident())
         if resp.headers.get("content-encoding") == "gzip" and sum(map(len, chunks)) > INLINE_DECODE_BYTES:
             large_gzip.append(threading.get_ident())
-        return real(resp, chunks)
+        return real(resp, chunks, *limits)
 
     monkeypatch.setattr(transport, "_decode", spy)
     return seen

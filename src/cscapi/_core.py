@@ -10,6 +10,7 @@ thrown back in), :class:`Sleep` and :class:`Now`. :func:`run_sync` executes effe
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import time
@@ -18,6 +19,7 @@ from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 from cscapi._version import __version__
 from cscapi.errors import (
@@ -27,7 +29,9 @@ from cscapi.errors import (
     LoginBannedError,
     MachineCoolingDownError,
     RequestRejectedError,
+    ResponseTooLargeError,
     StorageError,
+    UnsafeLinkError,
     ValidationError,
 )
 from cscapi.machines import (
@@ -275,6 +279,33 @@ class _Batch:
         self.open.difference_update(ids)
 
 
+def _open_claims(storage: StorageInterface, batches: list[_Batch]) -> list[StorageCall]:
+    """The storage calls giving back the claimed signals still open (the claim's lease would free them too)."""
+    calls = []
+    for batch in batches:
+        if batch.open:
+            ids = sorted(batch.open)
+            batch.settle(ids)
+            calls.append(StorageCall(storage.release_claim, (batch.claim, ids)))
+    return calls
+
+
+def _is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _release_name(release: StorageCall) -> str:
+    if getattr(release.fn, "__name__", "") == "release_claim":
+        return f"release {len(release.args[1])} claimed signals"
+    return f"release the login lock of machine {release.args[0]}"
+
+
 class Core:
     """The flows of the client, bound to one storage and one configuration. Holds no I/O handle."""
 
@@ -373,10 +404,43 @@ class Core:
                 )
 
     def _unlock(self, machine_id: str, holder: str) -> Flow[None]:
+        yield from self._release(StorageCall(self.storage.release_login_lock, (machine_id, holder)))
+
+    def _holding(self, body: Flow[T], release: StorageCall) -> Flow[T]:
+        """Run ``body``, then ``release`` whatever happens (a ``try/finally`` that is safe to close).
+
+        A flow closed mid-way (``close()``: a discarded task, a SIGTERM unwinding a driver) gets ``GeneratorExit``
+        and must not yield again ("generator ignored GeneratorExit"): the release is then called directly.
+        """
         try:
-            yield from self._store(self.storage.release_login_lock, machine_id, holder)
-        except StorageError as exc:  # the lock lapses by itself after its ttl
-            self.log.warning("Could not release the login lock of machine %s: %s", machine_id, exc.message)
+            result = yield from body
+        except GeneratorExit:
+            self._release_now(release)
+            raise
+        except BaseException:
+            yield from self._release(release)
+            raise
+        yield from self._release(release)
+        return result
+
+    def _release(self, release: StorageCall) -> Flow[None]:
+        """Yield a releasing storage call; a storage failure is logged (leases and locks lapse by themselves)."""
+        try:
+            yield release
+        except GeneratorExit:
+            self._release_now(release)
+            raise
+        except StorageError as exc:
+            self.log.warning("Could not %s (it lapses by itself): %s", _release_name(release), exc.message)
+
+    def _release_now(self, release: StorageCall) -> None:
+        """Make a releasing storage call directly, for a flow being closed (it cannot yield any more)."""
+        try:
+            release.fn(*release.args, **release.kwargs)
+        except Exception as exc:
+            self.log.warning(
+                "Could not %s (it lapses by itself): %s: %s", _release_name(release), type(exc).__name__, exc
+            )
 
     def _check_ban(self, machine: Machine, now: datetime) -> None:
         """Raise if no login may be attempted now: a stored login ban, or a recent refusal of the credentials."""
@@ -443,11 +507,8 @@ class Core:
         if other is not None:
             self._same_password(other, password)
             return other
-        try:
-            machine = yield from self._register_locked(machine_id, password)
-        finally:
-            yield from self._unlock(machine_id, holder)
-        return machine
+        release = StorageCall(self.storage.release_login_lock, (machine_id, holder))
+        return (yield from self._holding(self._register_locked(machine_id, password), release))
 
     @staticmethod
     def _same_password(machine: Machine, password: str | None) -> None:
@@ -546,7 +607,8 @@ class Core:
             # than hammering CAPI's login (which bans) with one more attempt per waiting thread or task.
             yield from self._unlock(machine_id, holder)
             raise _copy_error(failure[1])
-        try:
+
+        def locked() -> Flow[tuple[Machine, bool]]:
             current = yield from self._store(self.storage.get_machine_by_id, machine_id)
             if current is None or not current.password:
                 raise AuthenticationError(
@@ -556,17 +618,21 @@ class Core:
             now = yield from self._now()
             self._check_ban(current, now)
             if fresh(current, now):
-                return current
+                return current, False
             try:
-                machine = yield from self._login_locked(current, self._declared(current, scenarios, now, force))
+                done = yield from self._login_locked(current, self._declared(current, scenarios, now, force))
             except StorageError:
                 raise
             except CAPIError as exc:
                 self._login_failures[machine_id] = (time.monotonic(), exc)
                 raise
             self._login_failures.pop(machine_id, None)
-        finally:
-            yield from self._unlock(machine_id, holder)
+            return done, True
+
+        release = StorageCall(self.storage.release_login_lock, (machine_id, holder))
+        machine, logged_in = yield from self._holding(locked(), release)
+        if not logged_in:
+            return machine
         if self.config.send_metrics_after_login:
             try:
                 yield from self._post_metrics(machine)
@@ -591,7 +657,8 @@ class Core:
         assert machine.password is not None
         now = yield from self._now()
         self._check_ban(machine, now)
-        response = yield from self._request(self.endpoints.login(machine.machine_id, machine.password, scenarios))
+        login = self.endpoints.login(machine.machine_id, machine.password, scenarios)
+        response = yield from self._request(login.with_limit(self.config.max_token_bytes, "max_token_bytes"))
         now = yield from self._now()
         if response.status_code == 403 and not is_credentials_refusal(response):
             hinted = parse_retry_after(response.header("retry-after"), now) or 0.0
@@ -627,6 +694,13 @@ class Core:
         if not response.ok:
             raise error_for(response, "login")
         token, expire = parse_login(response)
+        if len(token) > self.config.max_token_bytes:  # unreachable while the whole answer is capped; kept explicit
+            raise ResponseTooLargeError(
+                f"CAPI's login token for machine {machine.machine_id} is {len(token)} bytes, more than "
+                f"max_token_bytes ({self.config.max_token_bytes}).",
+                limit="max_token_bytes",
+                max_bytes=self.config.max_token_bytes,
+            )
         expires = token_expiry(token, expire)
         if expires is None:
             self.log.warning(
@@ -795,17 +869,16 @@ class Core:
                         report.errors[machine_id] = error
                         if not isinstance(error, LoginBannedError):
                             yield from self._mark_failing(machine_id, error.message)
-        finally:
-            for batch in batches:
-                if batch.open:
-                    ids = sorted(batch.open)
-                    try:
-                        yield from self._store(self.storage.release_claim, batch.claim, ids)
-                    except StorageError as exc:
-                        self.log.warning(
-                            "Could not release %d claimed signals (the lease frees them): %s", len(ids), exc
-                        )
-                    batch.settle(ids)
+        except GeneratorExit:  # closed mid-way: no yield any more, release the claims directly
+            for release in _open_claims(self.storage, batches):
+                self._release_now(release)
+            raise
+        except BaseException:
+            for release in _open_claims(self.storage, batches):
+                yield from self._release(release)
+            raise
+        for release in _open_claims(self.storage, batches):
+            yield from self._release(release)
         report.failed_machines.update(failed)
         held = yield from self._held_machines(set(failed))
         report.errors.update(held)
@@ -972,7 +1045,7 @@ class Core:
         scen = validate_scenarios(scenarios) if scenarios is not None else None
         request = self.endpoints.decisions_stream(
             startup=startup, community_pull=community_pull, additional_pull=additional_pull
-        )
+        ).with_limit(self.config.max_stream_bytes, "max_stream_bytes")
         response = yield from self.authed(main_machine_id, request, scenarios=scen)
         if not response.ok:
             raise error_for(response, "decisions stream")
@@ -981,6 +1054,7 @@ class Core:
             self.log.warning("Skipped a decisions stream item: %s", reason)
 
         stream: DecisionStream = yield Compute(parse_stream, (response,), {"startup": startup, "on_skip": skipped})
+        self._cap_links(stream)
         self.log.info(
             "Decisions stream: %d new, %d deleted, %d blocklists, %d allowlists, %d skipped.",
             len(stream.new),
@@ -991,9 +1065,45 @@ class Core:
         )
         return stream
 
+    def _cap_links(self, stream: DecisionStream) -> None:
+        """Keep at most ``max_links`` links (blocklists first); the excess is logged and counted in ``stream.skipped``
+        (a hostile stream could otherwise make one refresh send thousands of GETs)."""
+        cap = self.config.max_links
+        total = len(stream.blocklists) + len(stream.allowlists)
+        if total <= cap:
+            return
+        stream.blocklists = stream.blocklists[:cap]
+        stream.allowlists = stream.allowlists[: cap - len(stream.blocklists)]
+        stream.skipped += total - cap
+        self.log.warning(
+            "The decisions stream offers %d lists; only the first %d are used (max_links), %d ignored.",
+            total,
+            cap,
+            total - cap,
+        )
+
+    def _link_request(self, url: str, if_modified_since: datetime | str | None) -> Request:
+        """The GET of a link, refused (``UnsafeLinkError``) when plain http is not allowed for it.
+
+        Plain http is allowed when the API itself is plain http, for a loopback host, or with ``allow_http_links``.
+        """
+        request = Endpoints.link(url, if_modified_since)
+        parts = urlsplit(url)
+        if (
+            parts.scheme == "http"
+            and self.endpoints.base_url.startswith("https:")
+            and not self.config.allow_http_links
+            and not _is_loopback(parts.hostname or "")
+        ):
+            raise UnsafeLinkError(
+                f"The list link {safe_url(url)} is plain http while CAPI is https: not downloaded (its content "
+                "could be changed on the way)."
+            )
+        return request.with_limit(self.config.max_link_bytes, "max_link_bytes")
+
     def download_link(self, url: str, if_modified_since: datetime | str | None = None) -> Flow[LinkDownload]:
         """GET a blocklist/allowlist link without Authorization; 304 means not modified, other non-2xx raise."""
-        request = Endpoints.link(url, if_modified_since)
+        request = self._link_request(url, if_modified_since)
         response = yield from self._request(request)
         if response.status_code == 304:
             return LinkDownload(

@@ -6,10 +6,12 @@ the very same flows on an event loop. The names and the positional order of the 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -19,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from cscapi import redact
 from cscapi._core import MAX_BATCH_SIZE, Core, Flow, T, run_sync
 from cscapi._version import __version__ as __version__
 from cscapi.errors import ConfigurationError, ValidationError
@@ -28,7 +31,14 @@ from cscapi.protocol import DEV_URL, PROD_URL, normalise_base_url, user_agent
 from cscapi.signals import validate_scenarios
 from cscapi.storage import StorageInterface
 from cscapi.timeutil import utcnow
-from cscapi.transport import SyncTransport, TransportSettings
+from cscapi.transport import (
+    DEFAULT_DEADLINE,
+    DEFAULT_MAX_ERROR_BYTES,
+    DEFAULT_MAX_REDIRECTS,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    SyncTransport,
+    TransportSettings,
+)
 
 __all__ = [
     "BASE_URL_ENV",
@@ -142,6 +152,17 @@ class CAPIClientConfig:
     #: Interactive use (the ``cscapi`` commands): no retry after a connection error on a request's first try, nor
     #: after a refused connection on loopback (nothing listens: say so at once). False keeps the backoff.
     fail_fast_connect: bool = False
+    #: Limits and deadlines (docs/client.md, "Limits and deadlines"): total seconds per request, redirects included;
+    #: decompressed byte caps; links per stream; redirects per link; plain-http links from an https CAPI.
+    deadline: float = DEFAULT_DEADLINE
+    max_stream_bytes: int = 256 * 1024 * 1024
+    max_link_bytes: int = 64 * 1024 * 1024
+    max_links: int = 100
+    max_error_bytes: int = DEFAULT_MAX_ERROR_BYTES
+    max_token_bytes: int = 16 * 1024
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    max_redirects: int = DEFAULT_MAX_REDIRECTS
+    allow_http_links: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -173,6 +194,19 @@ class CAPIClientConfig:
         _number("claim_lease", self.claim_lease, minimum=0.001)
         _number("login_lock_ttl", self.login_lock_ttl, minimum=0.001)
         _number("gzip_threshold", self.gzip_threshold, integer=True)
+        _number("deadline", self.deadline, minimum=0.001)
+        for name in (
+            "max_stream_bytes",
+            "max_link_bytes",
+            "max_links",
+            "max_error_bytes",
+            "max_token_bytes",
+            "max_response_bytes",
+        ):
+            _number(name, getattr(self, name), minimum=1, integer=True)
+        _number("max_redirects", self.max_redirects, maximum=20, integer=True)
+        if not isinstance(self.allow_http_links, bool):
+            raise ConfigurationError(f"allow_http_links must be True or False, not {self.allow_http_links!r}.")
         if (
             isinstance(self.batch_size, bool)
             or not isinstance(self.batch_size, int)
@@ -189,12 +223,14 @@ class CAPIClientConfig:
             raise ConfigurationError(f"api_version {self.api_version!r} is not supported; use 'v3'.")
         if not isinstance(self.logger, logging.Logger):
             raise ConfigurationError("logger must be a logging.Logger.")
-        self.api_root  # noqa: B018 - validates base_url / CSCAPI_BASE_URL now, not at the first request
+        _warn_insecure(self)  # validates base_url / CSCAPI_BASE_URL now, not at the first request
 
     @property
     def api_root(self) -> str:
-        """The CAPI root URL in use: ``base_url``, else ``$CSCAPI_BASE_URL``, else prod or dev CAPI."""
-        url = self.base_url or os.environ.get(BASE_URL_ENV) or (PROD_URL if self.prod else DEV_URL)
+        """The CAPI root URL in use: ``base_url``, else prod CAPI if ``prod=True``, else ``$CSCAPI_BASE_URL``, else
+        dev CAPI. An explicit ``prod=True`` beats the environment variable (a warning says it is ignored)."""
+        env = None if self.prod else os.environ.get(BASE_URL_ENV)
+        url = self.base_url or env or (PROD_URL if self.prod else DEV_URL)
         return normalise_base_url(url, self.api_version)
 
     @property
@@ -211,6 +247,10 @@ class CAPIClientConfig:
             verify=self.verify,
             transport=self.transport,
             async_transport=self.async_transport,
+            deadline=float(self.deadline),
+            max_response_bytes=self.max_response_bytes,
+            max_error_bytes=self.max_error_bytes,
+            max_redirects=self.max_redirects,
         )
 
     def __repr__(self) -> str:
@@ -227,6 +267,51 @@ class CAPIClientConfig:
                 value = "SSLContext"
             shown.append(f"{f.name}={value!r}")
         return f"CAPIClientConfig({', '.join(shown)})"
+
+
+_WARNED: set[tuple[str, str]] = set()  # (what, URL): each insecure setting is logged once per process
+_WARNED_LOCK = threading.Lock()
+
+
+def _warn_once(config: CAPIClientConfig, what: str, message: str) -> None:
+    key = (what, config.api_root)
+    with _WARNED_LOCK:
+        if key in _WARNED:
+            return
+        _WARNED.add(key)
+    config.logger.warning(message)
+
+
+def _warn_insecure(config: CAPIClientConfig) -> None:
+    """Log (once per process and URL) a config that weakens transport security: no TLS verification, plain http
+    to a non-loopback host, or a ``CSCAPI_BASE_URL`` ignored because ``prod=True``."""
+    root = config.api_root
+    if config.verify is False and root.startswith("https:"):
+        _warn_once(
+            config,
+            "verify",
+            f"TLS verification is OFF for {redact.mask_url(root)}: anyone on the path can read and change the "
+            "traffic (tokens included). Use verify=<CA bundle path> for a private CA instead.",
+        )
+    host = urlsplit(root).hostname or ""
+    if root.startswith("http:") and not _loopback(host):
+        _warn_once(
+            config,
+            "http",
+            f"base_url {redact.mask_url(root)} is plain http to a non-loopback host: credentials and tokens travel "
+            "unencrypted. Use https.",
+        )
+    if config.prod and not config.base_url and os.environ.get(BASE_URL_ENV):
+        _warn_once(config, "env", f"prod=True: the {BASE_URL_ENV} environment variable is ignored.")
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class CAPIClient:

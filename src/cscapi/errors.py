@@ -13,6 +13,7 @@ __all__ = [
     "AuthenticationError",
     "CAPIError",
     "ConfigurationError",
+    "DeadlineExceededError",
     "DecisionStoreError",
     "EnrollmentError",
     "InvalidIPError",
@@ -23,9 +24,12 @@ __all__ = [
     "RefreshInProgressError",
     "RefreshTooSoonError",
     "RequestRejectedError",
+    "ResponseTooLargeError",
     "ServerError",
     "StorageError",
+    "TLSVerificationError",
     "TransportError",
+    "UnsafeLinkError",
     "ValidationError",
 ]
 
@@ -96,6 +100,46 @@ class TransportError(CAPIError):
     """The network failed: connection refused or reset, DNS, TLS, or a timeout, after every retry."""
 
     default_hint = "Check the CAPI URL and the network; cscapi retried with backoff and gave up."
+
+
+class DeadlineExceededError(TransportError):
+    """No complete answer within the request's total ``deadline`` (a server dripping bytes), after every retry."""
+
+    default_hint = (
+        "The server answered too slowly; cscapi retried with backoff and gave up. Raise CAPIClientConfig.deadline "
+        "if your link is that slow."
+    )
+
+
+class TLSVerificationError(TransportError):
+    """The server's TLS certificate could not be verified. Not retried: the next try would fail the same way."""
+
+    default_hint = (
+        "Check the CAPI URL; for a private CA pass its bundle path as verify= (CLI: ca_bundle). Never turn "
+        "verification off in production."
+    )
+
+
+class ResponseTooLargeError(TransportError):
+    """An answer exceeded a size limit once decompressed (a gzip bomb, a runaway list). Not retried; nothing was
+    applied. ``limit`` names the ``CAPIClientConfig`` field, ``max_bytes`` its value."""
+
+    def __init__(self, message: str, *, limit: str, max_bytes: int, hint: str | None = None) -> None:
+        self.limit = limit
+        self.max_bytes = max_bytes
+        if hint is None:
+            hint = f"If the answer is legitimate, raise CAPIClientConfig.{limit} (now {max_bytes} bytes)."
+        super().__init__(message, hint=hint)
+
+
+class UnsafeLinkError(TransportError):
+    """A blocklist/allowlist link refused before or while downloading it: plain http from an https CAPI, a redirect
+    to plain http, or too many redirects. Not retried."""
+
+    default_hint = (
+        "The list was not downloaded and its previous content stays in force. For a plain-http list server you "
+        "trust, set CAPIClientConfig.allow_http_links=True."
+    )
 
 
 class ServerError(CAPIError):

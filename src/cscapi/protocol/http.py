@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cscapi._version import __version__
@@ -38,6 +38,8 @@ class Request:
 
     ``operation`` names what the request does (``login``, ``signals`` ...) for messages and logs; ``authenticated``
     says the caller must add ``Authorization: Bearer <token>`` (the protocol layer never holds tokens).
+    ``max_bytes`` caps the decompressed 2xx body (None: the transport's ``max_response_bytes``); ``limit_name`` is the
+    ``CAPIClientConfig`` field that sets it, named in the error when a body is larger.
     """
 
     method: str
@@ -48,21 +50,18 @@ class Request:
     params: dict[str, str] = field(default_factory=dict)
     authenticated: bool = False
     follow_redirects: bool = False
+    max_bytes: int | None = None
+    limit_name: str = "max_response_bytes"
 
     def with_header(self, name: str, value: str) -> Request:
         """A copy with one more header (used to add the bearer token just before sending)."""
         headers = dict(self.headers)
         headers[name] = value
-        return Request(
-            method=self.method,
-            url=self.url,
-            operation=self.operation,
-            headers=headers,
-            content=self.content,
-            params=self.params,
-            authenticated=self.authenticated,
-            follow_redirects=self.follow_redirects,
-        )
+        return replace(self, headers=headers)
+
+    def with_limit(self, max_bytes: int, limit_name: str) -> Request:
+        """A copy whose decompressed 2xx body may hold at most ``max_bytes`` (``limit_name`` names the setting)."""
+        return replace(self, max_bytes=max_bytes, limit_name=limit_name)
 
     def __repr__(self) -> str:  # never show headers (Authorization) nor the body (passwords)
         return f"Request({self.method} {safe_url(self.url)}, operation={self.operation!r})"
@@ -101,7 +100,8 @@ class Response:
 
 @dataclass(frozen=True)
 class NetworkFailure:
-    """No HTTP answer: ``kind`` is ``timeout``, ``connect`` (refused, reset, DNS, TLS) or ``protocol``."""
+    """No HTTP answer: ``kind`` is ``timeout``, ``deadline`` (no complete answer within the total deadline),
+    ``connect`` (refused, reset, DNS), ``tls`` (certificate not verified: not retried) or ``protocol``."""
 
     kind: str
     detail: str

@@ -14,10 +14,12 @@ from typing import Any
 from cscapi.errors import (
     AuthenticationError,
     CAPIError,
+    DeadlineExceededError,
     NotFoundError,
     RateLimitedError,
     RequestRejectedError,
     ServerError,
+    TLSVerificationError,
     TransportError,
 )
 from cscapi.gcpause import without_gc
@@ -116,7 +118,8 @@ def failure_error(failure: NetworkFailure, what: str, attempts: int) -> Transpor
     """The error for a request that never got an HTTP answer after ``attempts`` tries."""
     tries = "1 try" if attempts == 1 else f"{attempts} tries"
     where = safe_url(failure.url) if failure.url else "CAPI"
-    return TransportError(f"The {what} request to {where} failed after {tries}: {failure.describe()}.")
+    cls = {"deadline": DeadlineExceededError, "tls": TLSVerificationError}.get(failure.kind, TransportError)
+    return cls(f"The {what} request to {where} failed after {tries}: {failure.describe()}.")
 
 
 def parse_json_object(response: Response, what: str) -> dict[str, Any]:

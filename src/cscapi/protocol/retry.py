@@ -20,9 +20,10 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 def is_retryable(result: Response | NetworkFailure) -> bool:
-    """True for a network failure (timeout, connection refused or reset) or a retryable status."""
+    """True for a network failure (timeout, deadline, refused or reset connection; not ``tls``) or a retryable
+    status."""
     if isinstance(result, NetworkFailure):
-        return True
+        return result.kind != "tls"  # a certificate that fails verification fails the same way next time
     return result.status_code in RETRYABLE_STATUSES
 
 
