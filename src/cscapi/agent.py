@@ -185,10 +185,12 @@ class AgentLock:
             if self.path is not None or not self._lease_until or time.monotonic() < self._lease_until - self.ttl / 2:
                 return
             try:
-                # releasing first removes only OUR row: a lease another agent took after ours lapsed stays theirs,
-                # and the acquire below then fails
-                self.storage.release_login_lock(_LEASE_KEY, self.holder)
-                renewed = self.storage.acquire_login_lock(_LEASE_KEY, self.holder, self.ttl)
+                renew = getattr(self.storage, "renew_login_lock", None)
+                if callable(renew):  # one UPDATE ... WHERE holder = us: no gap, and a takeover leaves 0 rows
+                    renewed = bool(renew(_LEASE_KEY, self.holder, self.ttl))
+                else:  # a storage without it: releasing removes only OUR row, so a takeover makes the acquire fail
+                    self.storage.release_login_lock(_LEASE_KEY, self.holder)
+                    renewed = self.storage.acquire_login_lock(_LEASE_KEY, self.holder, self.ttl)
             except StorageError:
                 if time.monotonic() < self._lease_until:
                     return  # the database is briefly unreachable: the lease still holds, try again soon
@@ -504,43 +506,46 @@ class Agent:
                 self.health_server = HealthServer(self.health, self.config.health_port)
                 self.log.info("health endpoint on http://127.0.0.1:%d/health", self.health_server.port)
             if self.machine_id is None:
-                done, value = self._in_worker("machine", lambda: self._call("machine", self.client.default_machine_id))
-                if not done:
-                    return
+                _done, value = self._in_worker("machine", lambda: self._call("machine", self.client.default_machine_id))
                 if isinstance(value, BaseException):
                     raise value
                 self.machine_id = value
-            self.log.info(
-                "agent started for machine %s: push every %s, refresh every %s ± %s, metrics every %s (lock: %s)",
-                self.machine_id,
-                format_go_duration(self.config.push_interval),
-                format_go_duration(self.config.refresh_interval),
-                format_go_duration(self.config.refresh_jitter),
-                format_go_duration(self.config.metrics_interval),
-                self.lock.kind if self.lock else "none",
-            )
-            iterations = 0
-            while not self._stop.is_set():
-                self._check_lost_store()
-                job = min(self.jobs.values(), key=lambda j: j.due)
-                delay = job.due - self.clock()
-                if delay > 0:
-                    if self._stop.wait(min(delay, _WAKE)):
-                        break
-                    continue
-                done, _ = self._in_worker(job.name, lambda job=job: self._run_job(job))  # type: ignore[misc]
-                if not done:
-                    break
-                iterations += 1
-                if max_iterations is not None and iterations >= max_iterations:
-                    break
-            self.log.info("agent stopped after %d actions", sum(j.runs for j in self.jobs.values()))
+            if self.machine_id is not None:
+                self._loop(max_iterations)
         finally:
             self._running = False
             keeper_stop.set()
             self._release_all(keeper)
         if self.lost_lock is not None:
             raise self.lost_lock
+
+    def _loop(self, max_iterations: int | None) -> None:
+        """Wake for whichever job is due next (at least every second), until a stop."""
+        self.log.info(
+            "agent started for machine %s: push every %s, refresh every %s ± %s, metrics every %s (lock: %s)",
+            self.machine_id,
+            format_go_duration(self.config.push_interval),
+            format_go_duration(self.config.refresh_interval),
+            format_go_duration(self.config.refresh_jitter),
+            format_go_duration(self.config.metrics_interval),
+            self.lock.kind if self.lock else "none",
+        )
+        iterations = 0
+        while not self._stop.is_set():
+            self._check_lost_store()
+            job = min(self.jobs.values(), key=lambda j: j.due)
+            delay = job.due - self.clock()
+            if delay > 0:
+                if self._stop.wait(min(delay, _WAKE)):
+                    break
+                continue
+            done, _ = self._in_worker(job.name, lambda job=job: self._run_job(job))  # type: ignore[misc]
+            if not done:
+                break
+            iterations += 1
+            if max_iterations is not None and iterations >= max_iterations:
+                break
+        self.log.info("agent stopped after %d actions", sum(j.runs for j in self.jobs.values()))
 
     # ---- bounded work and shutdown ----------------------------------------------------------------------------
 
@@ -569,6 +574,9 @@ class Agent:
                     grace = max(0.0, self.config.stop_timeout - _RELEASE_RESERVE)
                     if time.monotonic() - self._stop_requested >= grace:
                         break
+        except BaseException:  # e.g. KeyboardInterrupt without a signal handler: the job is abandoned too
+            self.abandoned = what
+            raise
         finally:
             self.running_job, self._job_started = None, None
         self.abandoned = what

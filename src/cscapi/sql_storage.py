@@ -727,6 +727,19 @@ class SQLStorage(StorageInterface):
 
         return self._run("taking a login lock", take)
 
+    def renew_login_lock(self, machine_id: str, holder: str, ttl_seconds: float) -> bool:
+        """Extend the lock by ``ttl_seconds`` from now if ``holder`` still holds it (one UPDATE: no gap in which
+        another caller could take it); False if someone else took it over after it lapsed (or nobody holds it)."""
+        if not _positive(ttl_seconds):
+            raise ValidationError(f"ttl_seconds must be positive, not {ttl_seconds!r}", field="ttl_seconds")
+        expires = utcnow() + timedelta(seconds=float(ttl_seconds))
+
+        def renew(conn: Connection) -> bool:
+            stmt = update(_L).where(_L.c.machine_id == machine_id, _L.c.holder == holder).values(expires_at=expires)
+            return bool(conn.execute(stmt).rowcount)
+
+        return self._run("renewing a login lock", renew)
+
     def release_login_lock(self, machine_id: str, holder: str) -> None:
         """Release the lock if ``holder`` still holds it (someone who took over an expired lock keeps it)."""
         with self._tx("releasing a login lock") as conn:
