@@ -170,3 +170,40 @@ def test_a_bad_redis_uri_is_a_configuration_error_without_the_password(uri: str)
     with pytest.raises(ConfigurationError) as info:
         RemediationEngine(None, uri)
     assert SECRET not in str(info.value) and SECRET not in repr(info.value)
+
+
+def test_decisions_check_fails_on_a_lost_redis_store(redis_url: str, redis_prefix: str, tmp_path: Path) -> None:
+    """Redis lost the state while a worker ran: `cscapi decisions check` exits 6 saying so, never "bypass/clean"."""
+    import redis
+    from click.testing import CliRunner
+
+    from cscapi.cli import cli
+
+    src = FakeSource()
+    src.streams.append(stream([decision("1.2.3.4")]))
+    writer = RemediationEngine(src, redis_url, key_prefix=redis_prefix, sync_interval_ms=0)
+    worker = RemediationEngine(None, redis_url, key_prefix=redis_prefix, sync_interval_ms=50)
+    r = redis.Redis.from_url(redis_url)
+    env = {
+        "HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "CSCAPI_DECISION_STORE": redis_url,
+        "CSCAPI_DECISION_KEY_PREFIX": redis_prefix,
+    }
+    try:
+        writer.refresh_decisions()
+        ok = CliRunner().invoke(cli, ["decisions", "check", "1.2.3.4"], env=env, prog_name="cscapi")
+        assert ok.exit_code == 0 and "ban" in ok.output, ok.output
+        r.delete(*r.scan_iter(match=redis_prefix + "*"))  # a restart without data (only this test's keys)
+        deadline = time.monotonic() + 10
+        while worker.healthy and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert worker.store_lost and worker.get_ip_remediation("1.2.3.4").remediation == "ban"
+        lost = CliRunner().invoke(cli, ["decisions", "check", "1.2.3.4"], env=env, prog_name="cscapi")
+        assert lost.exit_code == 6, lost.output
+        assert "lost its decisions" in lost.output
+    finally:
+        r.close()
+        worker.close()
+        writer.close()
