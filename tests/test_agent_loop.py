@@ -552,3 +552,31 @@ def test_health_endpoint_stays_bounded_under_idle_sockets(client: CAPIClient, fr
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_health_endpoint_drops_slow_clients_and_caps_connections() -> None:
+    import socket
+
+    from cscapi.agent import HealthServer
+
+    server = HealthServer(lambda: {"status": "ok"}, 0, max_connections=8, client_timeout=0.5)
+    socks: list[socket.socket] = []
+    try:
+        slow = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        socks.append(slow)
+        slow.sendall(b"GET /health HTTP/1.1\r\n")  # and never the end of its headers
+        assert slow.recv(1) == b""  # closed by the server after client_timeout, not held forever
+        for _ in range(20):
+            socks.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+        assert wait_for(lambda: server.open_connections > 0)
+        assert server.open_connections <= 8
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=10) as response:
+            assert response.status == 200 and json.loads(response.read()) == {"status": "ok"}
+        big = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        socks.append(big)
+        big.sendall(b"GET /" + b"a" * 10000)
+        assert b" 431 " in big.recv(200)  # an oversized request is refused, not buffered without end
+    finally:
+        for sock in socks:
+            sock.close()
+        server.close()
