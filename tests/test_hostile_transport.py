@@ -363,3 +363,22 @@ def test_a_send_closed_mid_post_gives_its_claims_back(storage: SQLStorage) -> No
     assert storage.count_signals(MACHINE).queued == 0  # claimed
     flow.close()
     assert storage.count_signals(MACHINE).queued == 3
+
+
+def test_an_async_login_cancelled_mid_request_releases_the_login_lock(storage: SQLStorage) -> None:
+    with HostileServer() as srv:
+        srv.route("/v3/watchers/login", lambda c, r: c.drip(200, b"x" * 200, 0.5))  # never done in time
+
+        async def run() -> None:
+            async with AsyncCAPIClient(storage, config(srv.url)) as client:
+                task = asyncio.create_task(client.login(MACHINE))
+                limit = time.monotonic() + 60
+                while srv.count("/v3/watchers/login") == 0 and time.monotonic() < limit:
+                    await asyncio.sleep(0.01)
+                assert not storage.acquire_login_lock(MACHINE, "someone-else", 60)  # the login holds it
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+
+        asyncio.run(run())
+    assert storage.acquire_login_lock(MACHINE, "someone-else", 60)
