@@ -37,11 +37,11 @@ def query(url: str, sql: str) -> list[Any]:
 
 def test_new_database_gets_the_current_version(database_url: str) -> None:
     with SQLStorage(database_url) as storage:
-        assert storage.schema_version == migrations.CURRENT_VERSION == 2
+        assert storage.schema_version == migrations.CURRENT_VERSION == 3
         assert storage.schema_version_found == 0
-    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2]
+    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3]
     with SQLStorage(database_url) as storage:  # reopening: nothing to do
-        assert storage.schema_version_found == 2
+        assert storage.schema_version_found == 3
 
 
 def test_a_newer_database_is_refused_and_left_untouched(database_url: str) -> None:
@@ -107,11 +107,11 @@ def test_version_2_drops_the_claim_token_index_of_a_version_1_database(database_
     with SQLStorage(database_url) as storage:
         storage.add_signals(make_signals(4))
     assert "ix_signals_claim_token" not in signal_indexes(database_url)  # a new database never has it
-    # Rebuild a version 1 database as version 1 created it: with the index, without the version 2 row.
+    # Rebuild a version 1 database as version 1 created it: with the index, without the later version rows.
     run_sql(
         database_url,
         "CREATE INDEX ix_signals_claim_token ON signals (claim_token)",
-        "DELETE FROM schema_version WHERE version = 2",
+        "DELETE FROM schema_version WHERE version >= 2",
     )
     assert "ix_signals_claim_token" in signal_indexes(database_url)
     with SQLStorage(database_url) as storage:
@@ -121,7 +121,7 @@ def test_version_2_drops_the_claim_token_index_of_a_version_1_database(database_
         assert storage.mark_sent(claim) == 3
         assert storage.count_signals() == QueueCounts(queued=1, sent=3)
     assert "ix_signals_claim_token" not in signal_indexes(database_url)
-    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2]
+    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3]
     engine = create_engine(database_url)
     try:
         with engine.begin() as conn:
@@ -130,6 +130,52 @@ def test_version_2_drops_the_claim_token_index_of_a_version_1_database(database_
     finally:
         engine.dispose()
     assert "ix_signals_claim_token" not in signal_indexes(database_url)
+
+
+def signal_columns(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        return {str(column["name"]) for column in inspect(engine).get_columns("signals")}
+    finally:
+        engine.dispose()
+
+
+def test_version_3_drops_the_attempts_column_of_a_version_2_database(database_url: str) -> None:
+    stored = make_signals(3, MACHINE_A) + make_signals(2, MACHINE_B, start=10)
+    with SQLStorage(database_url) as storage:
+        storage.add_signals(stored)
+        claim = storage.claim_signals(2, lease_seconds=3600)
+        storage.claim_signals(1, lease_seconds=3600)
+        assert storage.quarantine(claim, [int(claim.signals[0].alert_id or 0)], "refused") == 1
+    assert "attempts" not in signal_columns(database_url)  # a new database never has it
+    before = query(database_url, "SELECT * FROM signals ORDER BY alert_id")
+    # A version 2 database: the column (as version 2 filled it), without the version 3 row.
+    run_sql(
+        database_url,
+        "ALTER TABLE signals ADD COLUMN attempts INTEGER DEFAULT 0 NOT NULL",
+        "UPDATE signals SET attempts = 2 WHERE status = 'claimed'",
+        "DELETE FROM schema_version WHERE version = 3",
+    )
+    with SQLStorage(database_url) as storage:
+        assert storage.schema_version_found == 2
+        assert "attempts" not in signal_columns(database_url)
+        assert query(database_url, "SELECT * FROM signals ORDER BY alert_id") == before  # every row kept as it was
+        assert storage.count_signals() == QueueCounts(queued=2, claimed=2, quarantined=1)
+        assert storage.add_signals(make_signals(1, start=20)) == 1  # the queue works on the rebuilt table
+        assert storage.add_signals(stored) == 0  # uuids are still unique
+        assert storage.requeue_quarantined() == 1
+        assert len(storage.claim_signals(10, lease_seconds=60).signals) == 4
+        assert storage.count_signals() == QueueCounts(claimed=6)
+        assert "ix_signals_status_alert_id" in signal_indexes(database_url)
+    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3]
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            ctx = migrations.MigrationContext(engine=engine, encrypt_secret=lambda c, v: v)
+            migrations._v3(conn, ctx)  # idempotent: MariaDB may re-run it after a crash between DDL and the version
+    finally:
+        engine.dispose()
+    assert "attempts" not in signal_columns(database_url)
 
 
 # ---- the legacy cscapi 0.7.0 database -----------------------------------------------------------------------------

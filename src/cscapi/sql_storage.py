@@ -411,7 +411,6 @@ class SQLStorage(StorageInterface):
             "status": schema.CLAIMED,
             "claim_token": token,
             "claimed_until": expires_at,
-            "attempts": _S.c.attempts + 1,
         }
 
         def claim(conn: Connection) -> list[Any]:
@@ -485,7 +484,7 @@ class SQLStorage(StorageInterface):
         """Put quarantined signals (all, or these ids) back in the queue. Returns how many."""
         ids = _ids(signal_ids, "signal_ids")
         base = update(_S).where(_S.c.status == schema.QUARANTINED)
-        values = {"status": schema.QUEUED, "quarantine_reason": None, "attempts": 0}
+        values = {"status": schema.QUEUED, "quarantine_reason": None}
         count = 0
         with self._tx("requeuing quarantined signals") as conn:
             if ids is None:

@@ -25,7 +25,6 @@ _COLUMNS = {
     "created_at": "varchar",
     "payload": "text",
     "status": "varchar",
-    "attempts": "int",
     "added_at": "varchar",
     "sent_at": "varchar",
 }
@@ -104,7 +103,6 @@ def row_tuples(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
             row["created_at"],
             row["payload"],
             row["status"],
-            row["attempts"],
             _time(row["added_at"]),
             _time(row["sent_at"]),
         )

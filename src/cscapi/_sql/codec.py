@@ -83,7 +83,6 @@ def signal_row(signal: Signal, now: datetime | str) -> dict[str, Any]:
         "created_at": signal.created_at,
         "payload": payload_of(signal),
         "status": SENT if signal.sent else QUEUED,
-        "attempts": 0,
         "added_at": now,
         "sent_at": now if signal.sent else None,
     }

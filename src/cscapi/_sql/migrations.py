@@ -111,9 +111,38 @@ def _v2(conn: Connection, ctx: MigrationContext) -> None:
         conn.exec_driver_sql(f"DROP INDEX {_DROPPED_INDEX}")
 
 
+# ---- version 3: no attempts column ------------------------------------------------------------------------------
+
+_DROPPED_COLUMN = "attempts"
+
+
+def _v3(conn: Connection, ctx: MigrationContext) -> None:
+    """Drop ``signals.attempts`` (databases created before version 3).
+
+    Each claim incremented it and a requeue reset it, but nothing ever read it: a claim count says nothing sound
+    about a signal (a claim also ends in a release when its machine fails, or in a lapsed lease when its sender
+    dies), and a signal CAPI refuses is quarantined at once by the batch split. Idempotent, like ``_v2``.
+    On SQLite the table is rebuilt (``DROP COLUMN`` needs SQLite 3.35, and the column has no default to fall back
+    on), inside the migration's transaction.
+    """
+    if not any(column["name"] == _DROPPED_COLUMN for column in inspect(conn).get_columns("signals")):
+        return
+    if ctx.engine.dialect.name != "sqlite":
+        conn.exec_driver_sql(f"ALTER TABLE signals DROP COLUMN {_DROPPED_COLUMN}")
+        return
+    for index in inspect(conn).get_indexes("signals"):  # index names are per database: free them for the new table
+        conn.exec_driver_sql(f'DROP INDEX "{index["name"]}"')
+    conn.exec_driver_sql("ALTER TABLE signals RENAME TO signals_before_v3")
+    schema.signals.create(conn)
+    columns = ", ".join(column.name for column in schema.signals.columns)
+    conn.exec_driver_sql(f"INSERT INTO signals ({columns}) SELECT {columns} FROM signals_before_v3")
+    conn.exec_driver_sql("DROP TABLE signals_before_v3")
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "initial schema (imports a cscapi 0.7.0 database)", _v1),
     Migration(2, "drop the unused claim_token index (faster claims)", _v2),
+    Migration(3, "drop the never-read attempts column", _v3),
 ]
 CURRENT_VERSION = MIGRATIONS[-1].version
 

@@ -103,7 +103,6 @@ signals = Table(
     Column("claimed_until", UTCDateTime(), nullable=True),
     Column("sent_at", UTCDateTime(), nullable=True),
     Column("quarantine_reason", Text(), nullable=True),
-    Column("attempts", Integer(), nullable=False, default=0),
     Column("added_at", UTCDateTime(), nullable=False),
     Index("ix_signals_status_alert_id", "status", "alert_id"),
 )
