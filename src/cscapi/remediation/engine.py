@@ -48,6 +48,8 @@ def _after_fork_in_child() -> None:
     the parent's sync thread may have held it at the moment of the fork)."""
     for engine in list(_engines):
         engine._sync_lock = threading.Lock()
+        engine._held_guard = threading.Lock()
+        engine._held_locks = set()  # the parent's refreshes are the parent's to release
         engine._renewing = False
         engine._sync_thread = None
         engine._start_sync_thread()
