@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cscapi.iputil import canonical_address, canonical_range, parse_range
+from cscapi.iputil import canonical_address, canonical_range, parse_range, range_too_wide
 
 
 def _reference_address(text: str) -> str:
@@ -73,3 +73,33 @@ def test_garbage_is_a_value_error(bad: str) -> None:
             canonical_range(bad)
         else:
             canonical_address(bad)
+
+
+# ---- ranges too wide to act on (issue 9, #8) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["0.0.0.0/0", "::/0", "::ffff:0.0.0.0/96", "::ffff:0.0.0.0/100", "128.0.0.0/1", "0.0.0.0/3", "11.0.0.0/7",
+     "2000::/3", "2a00::/11", "::/1"],
+)  # fmt: skip
+def test_absurdly_wide_ranges_are_refused(text: str) -> None:
+    reason = range_too_wide(*parse_range(text))
+    assert reason is not None and "MIN_PREFIX_V" in reason
+
+
+@pytest.mark.parametrize(
+    "text",
+    # real-list ranges: a /8, an IPv6 RIR block, and bogons wider than the minimum where no traffic comes from
+    ["10.0.0.0/8", "1.2.3.0/24", "192.0.2.1/32", "2a00::/12", "2001:db8::/32", "224.0.0.0/3", "240.0.0.0/4",
+     "fc00::/7", "::/8", "ff00::/8", "4000::/3", "8000::/1"],
+)  # fmt: skip
+def test_real_list_ranges_pass(text: str) -> None:
+    assert range_too_wide(*parse_range(text)) is None
+
+
+def test_the_minimums_are_read_at_each_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("cscapi.iputil.MIN_PREFIX_V4", 16)
+    assert range_too_wide(*parse_range("10.0.0.0/8")) is not None
+    monkeypatch.setattr("cscapi.iputil.MIN_PREFIX_V4", 0)
+    assert range_too_wide(*parse_range("0.0.0.0/0")) is None

@@ -379,3 +379,54 @@ def test_stream_values_are_canonicalised_by_the_shared_iputil() -> None:
     assert [d.value for d in stream.deleted] == ["192.0.2.3"]
     assert stream.skipped == len(reasons) == 7 + 2 + 2
     assert all(canonical_address(d.value) == d.value for d in stream.new if d.scope == "ip")
+
+
+# ---- stream sanity: absurd ranges and durations are skipped and counted (issue 9, #8 and #11) ----------------
+
+
+def _one_group(scope: str, *items: tuple[str, str]) -> dict[str, Any]:
+    return {"new": [{"scenario": "a/b", "scope": scope, "decisions": [{"value": v, "duration": d} for v, d in items]}]}
+
+
+@pytest.mark.parametrize("value", ["0.0.0.0/0", "::/0", "::ffff:0.0.0.0/96", "128.0.0.0/1", "2000::/3"])
+def test_stream_refuses_a_range_too_wide(value: str) -> None:
+    reasons: list[str] = []
+    stream = parse_stream(
+        resp(200, _one_group("range", (value, "4h"), ("198.51.100.0/24", "4h"))), on_skip=reasons.append
+    )
+    assert [d.value for d in stream.new] == ["198.51.100.0/24"]
+    assert stream.skipped == 1 and "MIN_PREFIX_V" in reasons[0]
+
+
+@pytest.mark.parametrize("duration", ["999999999h", "9" * 400 + "h", "17520h"])
+def test_stream_refuses_a_duration_over_the_maximum(duration: str) -> None:
+    reasons: list[str] = []
+    stream = parse_stream(
+        resp(200, _one_group("ip", ("192.0.2.1", duration), ("192.0.2.2", "8760h"))), on_skip=reasons.append
+    )
+    assert [(d.value, d.duration) for d in stream.new] == [("192.0.2.2", 8760 * 3600.0)]
+    assert stream.skipped == 1 and len(reasons) == 1
+
+
+def test_the_maximum_duration_is_read_at_each_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("cscapi.timeutil.MAX_DECISION_DURATION", 3600.0)
+    stream = parse_stream(resp(200, _one_group("ip", ("192.0.2.1", "2h"), ("192.0.2.2", "1h"))))
+    assert [d.value for d in stream.new] == ["192.0.2.2"] and stream.skipped == 1
+
+
+@pytest.mark.parametrize("bad", [5, True, 1.5, "abc", {"name": "x"}])
+def test_non_list_links_are_skipped_and_counted_never_a_type_error(bad: object) -> None:
+    reasons: list[str] = []
+    good = {"id": "a1", "name": "ok", "url": "http://l/a"}
+    stream = parse_stream(resp(200, {"links": {"blocklists": bad, "allowlists": [good]}}), on_skip=reasons.append)
+    assert stream.blocklists == [] and [a.name for a in stream.allowlists] == ["ok"]
+    assert stream.skipped == 1 and "links.blocklists" in reasons[0]
+    stream = parse_stream(resp(200, {"links": {"allowlists": bad}}))
+    assert stream.allowlists == [] and stream.skipped == 1
+
+
+def test_a_blocklist_link_with_an_absurd_duration_is_skipped() -> None:
+    link = {"name": "bl", "url": "http://l/b", "remediation": "ban", "scope": "ip"}
+    links = {"blocklists": [{**link, "duration": "9" * 400 + "h"}, {**link, "name": "ok", "duration": "24h"}]}
+    stream = parse_stream(resp(200, {"links": links}))
+    assert [(b.name, b.duration) for b in stream.blocklists] == [("ok", 86400.0)] and stream.skipped == 1

@@ -460,3 +460,96 @@ def _decision_is_canonical(decision: SignalDecision, signal: Signal) -> bool:
     from cscapi.signals import _canonical_decision
 
     return _canonical_decision(decision, signal.source)  # type: ignore[arg-type]
+
+
+# ---- typed errors for any input (issue 9, #11) ----------------------------------------------------------------
+
+
+def _nested(depth: int) -> list[object]:
+    value: list[object] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("duration", ["999999999h", "9" * 400 + "h", 1e300, 10**400, float("inf"), timedelta.max])
+def test_create_signal_with_an_overflowing_duration_is_a_validation_error(duration: object) -> None:
+    with pytest.raises(ValidationError) as info:
+        create_signal("192.0.2.1", "crowdsecurity/ssh-bf", machine_id=MID, decision_type="ban", duration=duration)  # type: ignore[arg-type]
+    assert info.value.field == "duration"
+
+
+def test_a_decision_ending_after_the_year_9999_is_a_validation_error() -> None:
+    with pytest.raises(ValidationError) as info:
+        create_signal(
+            "192.0.2.1", "crowdsecurity/ssh-bf", machine_id=MID, created_at="9999-12-31T00:00:00Z",
+            start_at="9999-12-31T00:00:00Z", stop_at="9999-12-31T00:00:00Z", decision_type="ban", duration="48h",
+        )  # fmt: skip
+    assert info.value.field == "decisions[0].duration"
+
+
+def test_a_context_nested_5000_deep_is_a_validation_error_not_a_recursion_error() -> None:
+    deep = _nested(5000)
+    with pytest.raises(ValidationError) as info:
+        create_signal("192.0.2.1", "crowdsecurity/ssh-bf", machine_id=MID, context={"k": deep})
+    assert info.value.field == "context[0].value"
+    with pytest.raises(ValidationError):
+        validate_signal(
+            {
+                "scenario": "a/b",
+                "machine_id": MID,
+                "source": {"value": "192.0.2.1"},
+                "context": [{"key": "k", "value": deep}],
+            }
+        )
+
+
+@pytest.mark.parametrize(
+    "field", ["scenario", "created_at", "start_at", "uuid", "message", "alert_id", "decisions", "context", "source"]
+)
+def test_any_field_nested_deep_is_a_validation_error(field: str) -> None:
+    data = {"scenario": "a/b", "machine_id": MID, "source": {"value": "192.0.2.1"}, field: _nested(5000)}
+    with pytest.raises(ValidationError):
+        validate_signal(data)
+
+
+@pytest.mark.parametrize("field", ["ip", "range", "scope", "as_number", "latitude"])
+def test_a_source_field_nested_deep_or_huge_is_a_validation_error(field: str) -> None:
+    for bad in (_nested(5000), 10**5000):
+        with pytest.raises(ValidationError):
+            validate_signal({"scenario": "a/b", "machine_id": MID, "source": {"value": "192.0.2.1", field: bad}})
+
+
+@pytest.mark.parametrize("bad", [None, 5, 1.5, "192.0.2.1", b"x"])
+def test_add_signals_of_a_non_list_is_a_typed_error_naming_the_argument(bad: object) -> None:
+    from cscapi.client import CAPIClient, CAPIClientConfig
+    from cscapi.errors import InvalidArgumentError
+    from cscapi.sql_storage import SQLStorage
+
+    storage = SQLStorage("sqlite://")
+    try:
+        client = CAPIClient(storage, CAPIClientConfig(scenarios=["crowdsecurity/ssh-bf"]))
+        with client, pytest.raises(InvalidArgumentError) as info:
+            client.add_signals(bad)  # type: ignore[arg-type]
+        assert isinstance(info.value, ValidationError) and isinstance(info.value, TypeError)
+        assert info.value.field == "signals" and "signals must be a list" in str(info.value)
+        assert storage.count_signals().queued == 0
+    finally:
+        storage.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("bad", [None, 5])
+async def test_async_add_signals_of_a_non_list_is_the_same_typed_error(bad: object) -> None:
+    from cscapi.aio import AsyncCAPIClient
+    from cscapi.client import CAPIClientConfig
+    from cscapi.errors import InvalidArgumentError
+    from cscapi.sql_storage import SQLStorage
+
+    storage = SQLStorage("sqlite://")
+    try:
+        async with AsyncCAPIClient(storage, CAPIClientConfig(scenarios=["crowdsecurity/ssh-bf"])) as client:
+            with pytest.raises(InvalidArgumentError):
+                await client.add_signals(bad)  # type: ignore[arg-type]
+    finally:
+        storage.close()

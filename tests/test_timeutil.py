@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cscapi.timeutil import (
+    GO_MAX_DURATION,
     format_go_duration,
     format_http_date,
     format_rfc3339,
@@ -73,3 +74,31 @@ def test_http_dates() -> None:
     assert parse_http_date("Sat, 21 Nov 2026 22:28:02 GMT") == moment
     assert parse_http_date("not a date") is None
     assert parse_http_date(format_http_date(moment + timedelta(days=1))) == moment + timedelta(days=1)
+
+
+# ---- bounds: a duration is always a finite number (issue 9, #8) ---------------------------------------------
+
+
+@pytest.mark.parametrize("huge", ["999999999h", "9" * 400 + "h", "9" * 200 + "h", "2562048h", "-999999999h", "1" * 300])
+def test_overflowing_durations_raise_value_error_never_infinity(huge: str) -> None:
+    with pytest.raises(ValueError, match=r"out of range|too long|invalid"):
+        parse_go_duration(huge)
+
+
+def test_the_longest_go_duration_is_accepted() -> None:
+    assert parse_go_duration("2562047h47m16s") == pytest.approx(GO_MAX_DURATION, abs=1)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_format_go_duration_refuses_non_finite(bad: float) -> None:
+    with pytest.raises(ValueError):
+        format_go_duration(bad)
+
+
+def test_bad_timestamps_nested_deep_or_huge_raise_value_error() -> None:
+    nested: list[object] = []
+    for _ in range(5000):
+        nested = [nested]
+    for bad in (nested, 10**5000, {"a": nested}):
+        with pytest.raises(ValueError):
+            parse_timestamp(bad)  # type: ignore[arg-type]

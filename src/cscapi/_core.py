@@ -64,7 +64,7 @@ from cscapi.protocol import (
     signals_to_wire,
     token_expiry,
 )
-from cscapi.signals import validate_scenarios, validate_signals
+from cscapi.signals import as_signal_list, validate_scenarios, validate_signals
 from cscapi.storage import Claim, StorageInterface, check_storage
 from cscapi.timeutil import utcnow
 
@@ -799,7 +799,7 @@ class Core:
 
     def add_signals(self, signals: Iterable[Signal]) -> Flow[int]:
         """Validate every signal, then queue them all in one storage call; returns how many were new."""
-        originals = [signals] if isinstance(signals, Signal) else list(signals)
+        originals = as_signal_list(signals)  # None, 5: InvalidArgumentError naming the argument, not a TypeError
         validated = validate_signals(originals, reuse=True)  # canonical signals are checked, not copied
         if not validated:
             return 0

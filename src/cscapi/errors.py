@@ -16,6 +16,7 @@ __all__ = [
     "DeadlineExceededError",
     "DecisionStoreError",
     "EnrollmentError",
+    "InvalidArgumentError",
     "InvalidIPError",
     "LoginBannedError",
     "MachineCoolingDownError",
@@ -82,6 +83,12 @@ class InvalidIPError(ValidationError):
     """An IP address or range that cannot be parsed."""
 
     default_hint = "Pass an IPv4 or IPv6 address such as 203.0.113.7 or 2001:db8::1."
+
+
+class InvalidArgumentError(ValidationError, TypeError):
+    """An argument of the wrong kind (``add_signals(None)``): a ``ValidationError`` that is also a ``TypeError``."""
+
+    default_hint = "Pass the kind of value the message names; nothing was stored or sent."
 
 
 class StorageError(CAPIError):

@@ -3,15 +3,38 @@
 IPv4 stays dotted-quad, IPv6 is lower-case and compressed (``inet_ntop``), an IPv4-mapped IPv6 address or range
 (``::ffff:1.2.3.4``, ``::ffff:1.2.3.0/120``) becomes IPv4, and a range keeps only its network bits. Built on
 ``socket.inet_pton`` (several times faster than ``ipaddress``), it raises ``ValueError`` on anything else.
+
+:func:`range_too_wide` is the sanity check of every range that arrives from CAPI or a list (a ban or an allow of
+``0.0.0.0/0`` would block or let through the whole Internet): ranges wider than :data:`MIN_PREFIX_V4` /
+:data:`MIN_PREFIX_V6` are refused unless they lie in address space that carries no Internet traffic.
 """
 
 from __future__ import annotations
 
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 
-__all__ = ["MAPPED_PREFIX", "canonical_address", "canonical_range", "parse_range"]
+__all__ = [
+    "MAPPED_PREFIX",
+    "MIN_PREFIX_V4",
+    "MIN_PREFIX_V6",
+    "canonical_address",
+    "canonical_range",
+    "parse_range",
+    "range_too_wide",
+]
 
 MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+
+MIN_PREFIX_V4 = 8
+"""Shortest IPv4 prefix accepted in a decision or a list (a /8 is what IANA gives a whole RIR). Read at each check:
+set ``cscapi.iputil.MIN_PREFIX_V4`` to change it (0 turns the check off)."""
+MIN_PREFIX_V6 = 12
+"""Shortest IPv6 prefix accepted in a decision or a list (a /12 is what IANA gives a whole RIR). Read at each check."""
+
+# Wider ranges are accepted only where no Internet traffic comes from, so that bogon lists never trip the check:
+# IPv4 224.0.0.0/3 (multicast and reserved, e.g. FireHOL level1) and IPv6 outside 2000::/3 (global unicast).
+_V4_QUIET = (0xE0000000, 3)
+_V6_GLOBAL = (0x2 << 124, 3)
 
 
 def canonical_address(text: str) -> str:
@@ -60,3 +83,25 @@ def canonical_range(text: str) -> str:
     if bits == 32:
         return f"{inet_ntop(AF_INET, network.to_bytes(4, 'big'))}/{prefix}"
     return f"{inet_ntop(AF_INET6, network.to_bytes(16, 'big'))}/{prefix}"
+
+
+def _overlaps(bits: int, network: int, prefix: int, other: int, other_prefix: int) -> bool:
+    shared = min(prefix, other_prefix)
+    return (network >> (bits - shared)) == (other >> (bits - shared))
+
+
+def range_too_wide(bits: int, network: int, prefix: int) -> str | None:
+    """Why the range ``(bits, network, prefix)`` (from :func:`parse_range`) is too wide to act on, or None.
+
+    A range shorter than :data:`MIN_PREFIX_V4` (IPv4) or :data:`MIN_PREFIX_V6` (IPv6) is refused unless it lies in
+    IPv4 224.0.0.0/3 or outside IPv6 2000::/3; ``::ffff:0.0.0.0/96`` is the IPv4 ``0.0.0.0/0``, so it is refused too.
+    """
+    if bits == 32:
+        minimum = MIN_PREFIX_V4
+        if prefix >= minimum or (prefix >= _V4_QUIET[1] and _overlaps(32, network, prefix, *_V4_QUIET)):
+            return None
+        return f"range /{prefix} is wider than the /{minimum} IPv4 minimum (cscapi.iputil.MIN_PREFIX_V4)"
+    minimum = MIN_PREFIX_V6
+    if prefix >= minimum or not _overlaps(128, network, prefix, *_V6_GLOBAL):
+        return None
+    return f"range /{prefix} is wider than the /{minimum} IPv6 minimum (cscapi.iputil.MIN_PREFIX_V6)"

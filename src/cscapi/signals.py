@@ -1,8 +1,9 @@
 """Build and validate signals before they are queued: one place that decides what a correct signal looks like.
 
 ``validate_signal`` returns a normalised copy (canonical IPs, RFC 3339 UTC timestamps with microseconds, uuids,
-defaults filled in) or raises :class:`~cscapi.errors.ValidationError` naming the bad field. Naive datetimes are read
-as UTC, never as local time. ``create_signal`` builds a *whisper* (no decision) or a *decision* signal and never
+defaults filled in) or raises :class:`~cscapi.errors.ValidationError` naming the bad field, whatever it is given
+(any JSON, nested arbitrarily deep: never a ``TypeError``, ``OverflowError`` or ``RecursionError``). Naive datetimes are
+read as UTC, never as local time. ``create_signal`` builds a *whisper* (no decision) or a *decision* signal and never
 overwrites a value the caller gave.
 """
 
@@ -16,14 +17,22 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeGuard, cast
 
-from cscapi.errors import InvalidIPError, ValidationError
+from cscapi.errors import InvalidArgumentError, InvalidIPError, ValidationError
 from cscapi.iputil import canonical_address, canonical_range
 from cscapi.machines import is_valid_machine_id, validate_machine_id
 from cscapi.models import Context, Signal, SignalDecision, Source
-from cscapi.timeutil import format_go_duration, format_rfc3339, parse_go_duration, parse_timestamp, utcnow
+from cscapi.timeutil import (
+    GO_MAX_DURATION,
+    format_go_duration,
+    format_rfc3339,
+    parse_go_duration,
+    parse_timestamp,
+    utcnow,
+)
 
 __all__ = [
     "SCENARIO_PATTERN",
+    "as_signal_list",
     "canonical_ip",
     "canonical_network",
     "create_signal",
@@ -43,6 +52,17 @@ _CANONICAL_TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z", re.AS
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+def _shown(value: object) -> str:
+    """A short repr of any value for a message: clipped, and never a RecursionError on a deeply nested one."""
+    if isinstance(value, str):
+        return repr(value[:100])
+    if value is None or isinstance(value, (bool, float)):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if abs(value) < 10**30 else "a very large integer"
+    return f"a {type(value).__name__}"
+
+
 @functools.lru_cache(maxsize=4096)
 def _good_scenario(name: str) -> bool:
     return len(name) <= 255 and SCENARIO_PATTERN.fullmatch(name) is not None
@@ -52,7 +72,7 @@ def validate_scenario(name: object, field: str = "scenario") -> str:
     """Check a scenario name (``owner/name`` of letters, digits, ``_`` and ``-``)."""
     if not isinstance(name, str) or not _good_scenario(name):
         raise ValidationError(
-            f"Invalid scenario name {name!r}: expected 'owner/name' such as 'crowdsecurity/ssh-bf' "
+            f"Invalid scenario name {_shown(name)}: expected 'owner/name' such as 'crowdsecurity/ssh-bf' "
             "(letters, digits, '_' and '-').",
             field=field,
         )
@@ -89,7 +109,7 @@ def _canonical_ip_text(value: str) -> str | None:
 def canonical_ip(value: object, field: str = "source.value") -> str:
     """The canonical text of an IP address (lowercase, compressed IPv6; an IPv4-mapped IPv6 becomes IPv4)."""
     if not isinstance(value, str):
-        raise InvalidIPError(f"Invalid IP address {value!r}: expected a string.", field=field)
+        raise InvalidIPError(f"Invalid IP address {_shown(value)}: expected a string.", field=field)
     text = _canonical_ip_text(value)
     if text is None:
         raise InvalidIPError(f"Invalid IP address {value[:100]!r}.", field=field)
@@ -108,7 +128,7 @@ def canonical_network(value: object, field: str = "source.value") -> str:
     """The canonical text of a CIDR range (host bits cleared: ``10.0.0.7/8`` becomes ``10.0.0.0/8``)."""
     if not isinstance(value, str) or "/" not in value:
         raise InvalidIPError(
-            f"Invalid IP range {value!r}: expected CIDR notation such as 192.0.2.0/24 or 2001:db8::/32.",
+            f"Invalid IP range {_shown(value)}: expected CIDR notation such as 192.0.2.0/24 or 2001:db8::/32.",
             field=field,
             hint="Pass a range in CIDR notation, or use scope 'ip' for a single address.",
         )
@@ -149,9 +169,11 @@ def _uuid(value: object, field: str) -> str:
     if isinstance(value, str) and _CANONICAL_UUID.fullmatch(value):
         return value
     try:
+        if not isinstance(value, (str, uuidlib.UUID)):
+            raise ValueError
         return str(uuidlib.UUID(str(value)))
     except ValueError:
-        raise ValidationError(f"Invalid UUID in {field}: {str(value)[:64]!r}.", field=field) from None
+        raise ValidationError(f"Invalid UUID in {field}: {_shown(value)}.", field=field) from None
 
 
 def _text(value: object, field: str, default: str = "") -> str:
@@ -168,19 +190,28 @@ def _duration(value: object, field: str) -> str:
     if isinstance(value, timedelta):
         value = value.total_seconds()
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value) or value < 0:
-            raise ValidationError(f"{field} must be a positive duration, not {value!r}.", field=field)
-        return format_go_duration(float(value))
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+        if not math.isfinite(seconds) or seconds < 0 or seconds > GO_MAX_DURATION:
+            raise ValidationError(
+                f"{field} must be a positive duration of at most {GO_MAX_DURATION:.0f} seconds (Go's limit), "
+                f"not {_shown(value)}.",
+                field=field,
+            )
+        return format_go_duration(seconds)
     if not isinstance(value, str):
-        raise ValidationError(f"{field} must be a Go duration such as '4h' or '24h', not {value!r}.", field=field)
+        raise ValidationError(f"{field} must be a Go duration such as '4h' or '24h', not {_shown(value)}.", field=field)
     try:
         seconds = parse_go_duration(value)
-    except ValueError:
+    except ValueError as exc:
         raise ValidationError(
-            f"{field} {value[:64]!r} is not a Go duration (expected e.g. '4h', '1h30m', '3600s').", field=field
+            f"{field} {value[:64]!r} is not a usable Go duration ({exc}; expected e.g. '4h', '1h30m', '3600s').",
+            field=field,
         ) from None
     if seconds < 0:
-        raise ValidationError(f"{field} must not be negative ({value!r}).", field=field)
+        raise ValidationError(f"{field} must not be negative ({value[:64]!r}).", field=field)
     return value.strip()
 
 
@@ -194,9 +225,11 @@ def _source(source: object) -> Source:
     value = source.value if source.value not in (None, "") else (source.ip or source.range)
     if not isinstance(value, str) or not value.strip():
         raise ValidationError("The signal's source has no value (the attacker's IP or range).", field="source.value")
+    if source.scope is not None and not isinstance(source.scope, str):
+        raise ValidationError(f"source.scope must be a string, not {_shown(source.scope)}.", field="source.scope")
     scope = (source.scope or ("range" if "/" in value else "ip")).strip().lower()
-    ip = source.ip
-    rng = source.range
+    ip = _text(source.ip, "source.ip") or None  # kept as given unless the scope says it is the value (below)
+    rng = _text(source.range, "source.range") or None
     if scope == "ip":
         value = canonical_ip(value)
         ip = canonical_ip(ip, "source.ip") if ip else value
@@ -209,11 +242,11 @@ def _source(source: object) -> Source:
         value = _text(value.strip(), "source.value")
     as_number = source.as_number
     if as_number is not None and not isinstance(as_number, str):
-        if isinstance(as_number, int) and not isinstance(as_number, bool):
+        if isinstance(as_number, int) and not isinstance(as_number, bool) and abs(as_number) < 2**64:
             as_number = str(as_number)
         else:
             raise ValidationError(
-                f"source.as_number must be a string or int, not {as_number!r}.", field="source.as_number"
+                f"source.as_number must be a string or int, not {_shown(as_number)}.", field="source.as_number"
             )
     lat = _coordinate(source.latitude, "source.latitude", 90.0)
     lon = _coordinate(source.longitude, "source.longitude", 180.0)
@@ -234,11 +267,13 @@ def _coordinate(value: object, field: str, bound: float) -> float | None:
     if value is None:
         return None
     try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValidationError(f"{field} must be a number, not {value!r}.", field=field) from None
+        if not isinstance(value, (int, float, str)):
+            raise TypeError
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValidationError(f"{field} must be a number, not {_shown(value)}.", field=field) from None
     if not math.isfinite(number) or abs(number) > bound:
-        raise ValidationError(f"{field} must be between -{bound:g} and {bound:g}, not {value!r}.", field=field)
+        raise ValidationError(f"{field} must be between -{bound:g} and {bound:g}, not {_shown(value)}.", field=field)
     return number
 
 
@@ -253,6 +288,8 @@ def _decision(item: object, index: int, signal: Signal, source: Source, start_at
             f"{prefix}.duration is missing (a Go duration such as '24h').", field=f"{prefix}.duration"
         )
     duration = _duration(item.duration, f"{prefix}.duration")
+    if item.scope is not None and not isinstance(item.scope, str):
+        raise ValidationError(f"{prefix}.scope must be a string, not {_shown(item.scope)}.", field=f"{prefix}.scope")
     scope = (item.scope or source.scope or "ip").strip().lower()
     value = item.value if item.value not in (None, "") else source.value
     if scope == "ip":
@@ -266,7 +303,13 @@ def _decision(item: object, index: int, signal: Signal, source: Source, start_at
     if until not in (None, ""):
         until = _timestamp(until, f"{prefix}.until")
     else:
-        until = format_rfc3339(parse_timestamp(start_at) + timedelta(seconds=parse_go_duration(duration)))
+        try:
+            until = format_rfc3339(parse_timestamp(start_at) + timedelta(seconds=parse_go_duration(duration)))
+        except OverflowError:
+            raise ValidationError(
+                f"{prefix}.duration {duration!r} from start_at {start_at} ends after the year 9999.",
+                field=f"{prefix}.duration",
+            ) from None
     if item.id is not None and (not isinstance(item.id, int) or isinstance(item.id, bool)):
         raise ValidationError(f"{prefix}.id must be an integer.", field=f"{prefix}.id")
     if item.simulated is not None and not isinstance(item.simulated, bool):
@@ -305,13 +348,39 @@ def _context(context: object) -> list[Context] | None:
         if value is None:
             value = ""
         elif not isinstance(value, str):
-            value = str(value)
+            try:
+                value = str(value)
+            except (RecursionError, ValueError):  # nested thousands deep; an int of more than 4300 digits
+                raise ValidationError(
+                    f"context[{index}].value cannot be turned into text ({type(value).__name__} nested too deeply "
+                    "or too large).",
+                    field=f"context[{index}].value",
+                ) from None
         result.append(Context(key=ctx.key, value=_text(value, f"context[{index}].value")))
     return result or None
 
 
+def _alert_id(value: object) -> int | None:
+    """The local queue id: None or an int (the storage sets it)."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise ValidationError(f"alert_id must be an integer or None, not {_shown(value)}.", field="alert_id")
+
+
 def _default_message(scenario: str, source: Source, start_at: str) -> str:
     return f"{source.scope.capitalize() if source.scope else 'Ip'} {source.value} performed '{scenario}' at {start_at}"
+
+
+def _from_mapping(data: Mapping[str, Any]) -> Signal:
+    """``Signal.from_dict`` with the shapes it iterates checked first (a ``ValidationError``, not a ``TypeError``)."""
+    for name in ("decisions", "context"):
+        part = data.get(name)
+        if part is not None and not isinstance(part, (list, tuple, Mapping)):
+            raise ValidationError(f"{name} must be a list, not {type(part).__name__}.", field=name)
+    try:
+        return Signal.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"The signal cannot be read: {type(exc).__name__}.", field="signal") from None
 
 
 def validate_signal(signal: Signal | Mapping[str, Any], *, now: datetime | None = None) -> Signal:
@@ -321,7 +390,7 @@ def validate_signal(signal: Signal | Mapping[str, Any], *, now: datetime | None 
     ``uuid`` (v4), ``message``, and each decision's ``uuid``, ``origin``, ``scope``/``value`` (source) and ``until``.
     """
     if isinstance(signal, Mapping):
-        signal = Signal.from_dict(signal)
+        signal = _from_mapping(signal)
     if not isinstance(signal, Signal):
         raise ValidationError(f"Expected a Signal, got {type(signal).__name__}.", field="signal")
     scenario = validate_scenario(signal.scenario)
@@ -355,7 +424,7 @@ def validate_signal(signal: Signal | Mapping[str, Any], *, now: datetime | None 
         context=_context(signal.context),
         kind=kind,
         sent=False,
-        alert_id=signal.alert_id,
+        alert_id=_alert_id(signal.alert_id),
     )
 
 
@@ -499,6 +568,23 @@ def _canonical_decisions(decisions: object, source: Source) -> bool:
     return all(_canonical_decision(item, source) for item in decisions)
 
 
+def as_signal_list(signals: object, argument: str = "signals") -> list[Any]:
+    """``signals`` as a list: one signal (a ``Signal`` or a dict) or an iterable of them.
+
+    Anything else (``None``, a number, a string) raises :class:`~cscapi.errors.InvalidArgumentError` naming
+    ``argument``: a ``ValidationError`` that is also a ``TypeError`` (what iterating it used to raise).
+    """
+    if isinstance(signals, (Signal, Mapping)):
+        return [signals]
+    if isinstance(signals, (str, bytes, bytearray)) or not isinstance(signals, Iterable):
+        raise InvalidArgumentError(
+            f"{argument} must be a list of signals (Signal objects or dicts), not {type(signals).__name__}.",
+            field=argument,
+            hint="Pass e.g. [create_signal('192.0.2.1', 'crowdsecurity/ssh-bf', machine_id=...)]; nothing was stored.",
+        )
+    return list(signals)
+
+
 def validate_signals(signals: Iterable[Signal | Mapping[str, Any]], *, reuse: bool = False) -> list[Signal]:
     """Validate every signal first; a :class:`ValidationError` names the signal's index and the bad field.
 
@@ -506,8 +592,7 @@ def validate_signals(signals: Iterable[Signal | Mapping[str, Any]], *, reuse: bo
     ``create_signal``) is returned itself instead of a copy: what ``add_signals`` does, since it hands the list to the
     storage at once. The others are normalised copies, as always.
     """
-    if isinstance(signals, (Signal, Mapping)):
-        signals = [signals]
+    signals = as_signal_list(signals)
     now = utcnow()
     result: list[Signal] = []
     for index, signal in enumerate(signals):
@@ -575,13 +660,15 @@ def create_signal(
             )
         wanted = duration if duration is not None else "24h"
         decisions = [SignalDecision(type=decision_type or "ban", duration=_duration(wanted, "duration"))]
+    if decisions is not None and not isinstance(decisions, (list, tuple)):
+        raise ValidationError(f"decisions must be a list, not {type(decisions).__name__}.", field="decisions")
     created = created_at if created_at is None or isinstance(created_at, str) else _timestamp(created_at, "created_at")
     signal = Signal(
         scenario=scenario,
         source=source,
         machine_id=machine_id,
         created_at=created,
-        context=_context(context) if isinstance(context, Mapping) else context,
+        context=_context(context),
         decisions=cast("list[SignalDecision]", list(decisions)) if decisions else None,
         **kwargs,
     )

@@ -5,11 +5,14 @@ Shared by the client, the emulator and the remediation engine so that every part
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime, parsedate_to_datetime
 
 __all__ = [
+    "GO_MAX_DURATION",
+    "MAX_DECISION_DURATION",
     "format_go_duration",
     "format_http_date",
     "format_rfc3339",
@@ -32,6 +35,14 @@ _GO_UNITS = {
 }
 
 
+GO_MAX_DURATION = (2**63 - 1) / 1e9
+"""The longest Go duration in seconds (int64 nanoseconds, about 292 years): Go refuses longer ones, and so do we."""
+MAX_DECISION_DURATION = 365 * 86400.0
+"""Longest duration (seconds) of a decision or a list received from CAPI: a longer one is skipped and counted.
+Read at each check: set ``cscapi.timeutil.MAX_DECISION_DURATION`` to change it."""
+_MAX_DURATION_TEXT = 256  # characters: no real duration is longer; float() of a huge digit string is slow
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware in UTC."""
     return datetime.now(timezone.utc)
@@ -40,13 +51,16 @@ def utcnow() -> datetime:
 def parse_go_duration(text: str) -> float:
     """Parse a Go duration such as ``4h``, ``3h59m55.756182786s`` or ``-1m30s`` into seconds.
 
-    Raises ``ValueError`` on anything Go's ``time.ParseDuration`` would refuse.
+    Raises ``ValueError`` on anything Go's ``time.ParseDuration`` would refuse, overflow (``999999999h``, 400 nines:
+    over :data:`GO_MAX_DURATION`) included: the result is always a finite number.
     """
     if not isinstance(text, str):
         raise ValueError(f"a duration must be a string, not {type(text).__name__}")
     s = text.strip()
     if not s:
         raise ValueError("empty duration")
+    if len(s) > _MAX_DURATION_TEXT:
+        raise ValueError(f"duration {text[:40]!r}... is too long ({len(s)} characters)")
     sign = 1.0
     if s[0] in "+-":
         sign = -1.0 if s[0] == "-" else 1.0
@@ -58,16 +72,23 @@ def parse_go_duration(text: str) -> float:
     while pos < len(s):
         match = _GO_DURATION_PART.match(s, pos)
         if match is None:
-            raise ValueError(f"invalid duration {text!r}")
+            raise ValueError(f"invalid duration {text[:40]!r}")
         total += float(match.group(1)) * _GO_UNITS[match.group(2)]
         pos = match.end()
     if pos == 0:
-        raise ValueError(f"invalid duration {text!r}")
+        raise ValueError(f"invalid duration {text[:40]!r}")
+    if not total <= GO_MAX_DURATION:  # also catches inf and nan
+        raise ValueError(f"duration {text[:40]!r} is out of range (Go durations stop at 2562047h47m16.854775807s)")
     return sign * total
 
 
 def format_go_duration(seconds: float) -> str:
-    """Render seconds as a Go duration string (``86400`` -> ``24h0m0s``), as Go's ``Duration.String`` does."""
+    """Render seconds as a Go duration string (``86400`` -> ``24h0m0s``), as Go's ``Duration.String`` does.
+
+    Raises ``ValueError`` for infinity and NaN (no Go duration is infinite).
+    """
+    if not math.isfinite(seconds):
+        raise ValueError(f"not a finite duration: {seconds!r}")
     if seconds == 0:
         return "0s"
     sign = "-" if seconds < 0 else ""
@@ -113,14 +134,14 @@ def parse_timestamp(value: str | datetime | int | float) -> datetime:
     if isinstance(value, datetime):
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
     if isinstance(value, bool):
-        raise ValueError(f"not a timestamp: {value!r}")
+        raise ValueError(f"not a timestamp: {value!r}")  # bool before int: True is not 1970-01-01T00:00:01Z
     if isinstance(value, (int, float)):
         try:
             return datetime.fromtimestamp(float(value), timezone.utc)
         except (OverflowError, OSError, ValueError):
-            raise ValueError(f"timestamp {value!r} is out of range") from None
+            raise ValueError(f"timestamp {_clipped(value)} is out of range") from None
     if not isinstance(value, str):
-        raise ValueError(f"not a timestamp: {value!r}")
+        raise ValueError(f"not a timestamp: a {type(value).__name__}")  # no repr: it may be nested thousands deep
     text = value.strip()
     if not text:
         raise ValueError("empty timestamp")
@@ -132,10 +153,15 @@ def parse_timestamp(value: str | datetime | int | float) -> datetime:
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"not an RFC 3339 timestamp: {value!r}") from None
+        raise ValueError(f"not an RFC 3339 timestamp: {value[:64]!r}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.astimezone(timezone.utc)
+
+
+def _clipped(number: float) -> str:
+    """A number for a message: an int of 4300 digits or more cannot even be printed."""
+    return repr(number) if not isinstance(number, int) or abs(number) < 10**30 else "(a very large integer)"
 
 
 def format_http_date(value: datetime) -> str:

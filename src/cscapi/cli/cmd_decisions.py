@@ -110,7 +110,7 @@ class _ProgressSource:
 def _ago(seconds: float | None) -> str:
     from cscapi.timeutil import format_go_duration
 
-    if seconds is None:
+    if seconds is None or not _finite(seconds):
         return "never"
     return f"{format_go_duration(max(0, round(seconds)))} ago"
 
@@ -118,9 +118,14 @@ def _ago(seconds: float | None) -> str:
 def _span(seconds: float | None) -> str:
     from cscapi.timeutil import format_go_duration
 
-    if seconds is None:
+    if seconds is None or not _finite(seconds):
         return "-"
     return format_go_duration(round(seconds)) if seconds > 0 else "expired"
+
+
+def _finite(seconds: float | None) -> float | None:
+    """``seconds``, or None for infinity/NaN (a state written by an older version): JSON has no Infinity."""
+    return seconds if seconds is not None and abs(seconds) < float("inf") else None
 
 
 @decisions.command()
@@ -268,8 +273,8 @@ def decision_stats(state: Any, now: float) -> dict[str, Any]:
                 "origin": blocklist.origin,
                 "kind": "blocklist",
                 "entries": live,
-                "pulled_seconds_ago": now - blocklist.pulled_at if blocklist.pulled_at else None,
-                "expires_in_seconds": blocklist.expires_at - now,
+                "pulled_seconds_ago": _finite(now - blocklist.pulled_at) if blocklist.pulled_at else None,
+                "expires_in_seconds": _finite(blocklist.expires_at - now),
             }
         )
     for allowlist in state.allowlists.values():
@@ -283,7 +288,7 @@ def decision_stats(state: Any, now: float) -> dict[str, Any]:
                 "origin": allowlist.origin,
                 "kind": "allowlist",
                 "entries": len(live_values),
-                "pulled_seconds_ago": now - allowlist.pulled_at if allowlist.pulled_at else None,
+                "pulled_seconds_ago": _finite(now - allowlist.pulled_at) if allowlist.pulled_at else None,
                 "expires_in_seconds": None,
             }
         )
@@ -293,7 +298,7 @@ def decision_stats(state: Any, now: float) -> dict[str, Any]:
         "by_origin": {k: v for k, v in by_origin.most_common() if v},
         "by_scope": {k: v for k, v in by_scope.most_common() if v},
         "by_type": {k: v for k, v in by_type.most_common() if v},
-        "last_pull_seconds_ago": now - state.last_pull if state.last_pull else None,
+        "last_pull_seconds_ago": _finite(now - state.last_pull) if state.last_pull else None,
         "lists": lists,
     }
 

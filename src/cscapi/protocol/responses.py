@@ -1,7 +1,9 @@
 """Read CAPI's answers: map a status to the right error, and parse login, enroll and decisions-stream bodies.
 
-Malformed stream items are skipped and counted (``on_skip`` hears each reason), never fatal; a body that is not
-JSON where JSON is due is a clear :class:`~cscapi.errors.ServerError`.
+Malformed stream items are skipped and counted (``on_skip`` hears each reason), never fatal: so are ranges wider
+than the minimum prefix lengths (``cscapi.iputil.range_too_wide``) and durations longer than
+``cscapi.timeutil.MAX_DECISION_DURATION``. A body that is not JSON where JSON is due is a clear
+:class:`~cscapi.errors.ServerError`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from cscapi import timeutil
 from cscapi.errors import (
     AuthenticationError,
     CAPIError,
@@ -23,7 +26,7 @@ from cscapi.errors import (
     TransportError,
 )
 from cscapi.gcpause import without_gc
-from cscapi.iputil import canonical_address, canonical_range
+from cscapi.iputil import canonical_address, canonical_range, parse_range, range_too_wide
 from cscapi.models import AllowlistLink, BlocklistLink, DecisionStream, DeletedDecision, EnrollStatus, StreamDecision
 from cscapi.protocol.http import NetworkFailure, Response, safe_url
 from cscapi.protocol.retry import parse_retry_after
@@ -183,11 +186,17 @@ def parse_enroll(response: Response, overwrite: bool) -> tuple[str, str | None, 
 SkipHook = Callable[[str], None]
 
 
-def _canonical_value(scope: str, value: str) -> str:
+def _canonical_value(scope: str, value: str, *, sane: bool = False) -> str:
+    """The canonical value; with ``sane``, a range too wide to act on raises ``ValueError`` too."""
     if scope == "ip":
         return canonical_address(value.strip())
     if scope == "range":
-        return canonical_range(value.strip())
+        text = value.strip()
+        if sane:
+            reason = range_too_wide(*parse_range(text))
+            if reason is not None:
+                raise ValueError(f"{reason}: {text[:50]!r}")
+        return canonical_range(text)
     if not value.strip():
         raise ValueError("empty value")
     return value.strip()
@@ -200,13 +209,22 @@ class _Durations:
         self.cache: dict[str, float] = {}
 
     def seconds(self, text: object) -> float:
+        """Seconds of a Go duration; ``ValueError`` if it is not one or is longer than the maximum."""
         if not isinstance(text, str):
-            raise ValueError(f"duration {text!r} is not a string")
+            raise ValueError(f"duration {str(text)[:50]!r} is not a string")
         value = self.cache.get(text)
         if value is None:
             value = parse_go_duration(text)
             self.cache[text] = value
-        return value
+        return _bounded(value, text)
+
+
+def _bounded(seconds: float, text: str) -> float:
+    """``seconds``, or ``ValueError`` when longer than ``cscapi.timeutil.MAX_DECISION_DURATION``."""
+    limit = timeutil.MAX_DECISION_DURATION
+    if seconds > limit:
+        raise ValueError(f"duration {text[:40]!r} is longer than the maximum ({timeutil.format_go_duration(limit)})")
+    return seconds
 
 
 def _parse_new(groups: object, skip: Callable[[str], None], durations: _Durations) -> list[StreamDecision]:
@@ -227,7 +245,7 @@ def _parse_new(groups: object, skip: Callable[[str], None], durations: _Duration
         scope = scope.strip().lower()
         for d, item in enumerate(decisions):
             try:
-                value = _canonical_value(scope, item["value"])
+                value = _canonical_value(scope, item["value"], sane=True)
                 seconds = durations.seconds(item["duration"])
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 skip(f"new[{g}].decisions[{d}] is unreadable ({type(exc).__name__}: {str(exc)[:80]})")
@@ -268,20 +286,21 @@ def _parse_links(links: object, skip: Callable[[str], None]) -> tuple[list[Block
     if not isinstance(links, dict):
         skip("'links' is not an object")
         return blocklists, allowlists
-    for i, item in enumerate(links.get("blocklists") or []):
+    for i, item in enumerate(_link_list(links, "blocklists", skip)):
         try:
+            duration = _required_str(item, "duration")
             blocklists.append(
                 BlocklistLink(
                     name=_required_str(item, "name"),
                     url=_required_str(item, "url"),
                     remediation=_required_str(item, "remediation"),
                     scope=_required_str(item, "scope").lower(),
-                    duration=parse_go_duration(_required_str(item, "duration")),
+                    duration=_bounded(parse_go_duration(duration), duration),
                 )
             )
         except (TypeError, ValueError) as exc:
             skip(f"links.blocklists[{i}] is unreadable ({exc})")
-    for i, item in enumerate(links.get("allowlists") or []):
+    for i, item in enumerate(_link_list(links, "allowlists", skip)):
         try:
             allowlists.append(
                 AllowlistLink(
@@ -296,6 +315,17 @@ def _parse_links(links: object, skip: Callable[[str], None]) -> tuple[list[Block
         except (TypeError, ValueError, AttributeError) as exc:
             skip(f"links.allowlists[{i}] is unreadable ({exc})")
     return blocklists, allowlists
+
+
+def _link_list(links: dict[str, Any], key: str, skip: Callable[[str], None]) -> list[Any]:
+    """``links[key]`` when it is a list; anything else but null is skipped and counted."""
+    value = links.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        skip(f"links.{key} is a {type(value).__name__}, not a list")
+        return []
+    return value
 
 
 def _required_str(item: object, key: str) -> str:

@@ -3,6 +3,8 @@
 Every value is canonicalised once, when it enters the engine, so that the lookup index can use plain dictionary keys:
 IPv4 stays dotted-quad, IPv6 is lower-case and compressed (``inet_ntop``), IPv4-mapped IPv6 (``::ffff:1.2.3.4``,
 ``::ffff:1.2.3.0/120``) becomes IPv4, a range keeps only its network bits, and a /32 or /128 is an address.
+In a list body, a range too wide to act on (``0.0.0.0/0``, see ``cscapi.iputil.range_too_wide``) is refused like an
+unreadable line: one bad line is skipped, logged and counted, never the whole list.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from datetime import datetime
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 
 from cscapi.gcpause import without_gc
-from cscapi.iputil import MAPPED_PREFIX, parse_range
+from cscapi.iputil import MAPPED_PREFIX, parse_range, range_too_wide
 from cscapi.iputil import canonical_address as _canonical_address
 from cscapi.timeutil import parse_timestamp
 
@@ -26,6 +28,7 @@ __all__ = [
     "parse_allowlist",
     "parse_blocklist",
     "parse_range",
+    "sane_value",
 ]
 
 _MAX_VALUE_LEN = 100
@@ -84,6 +87,16 @@ def canonical_value(text: object) -> str:
     return f"{inet_ntop(AF_INET6, network.to_bytes(16, 'big'))}/{prefix}"
 
 
+def sane_value(text: object) -> str:
+    """:func:`canonical_value` of a value read from a list; a range too wide to act on raises ``ValueError`` too."""
+    value = canonical_value(text)
+    if "/" in value:
+        too_wide = range_too_wide(*parse_range(value))
+        if too_wide is not None:
+            raise ValueError(too_wide)
+    return value
+
+
 @without_gc
 def parse_blocklist(body: str, tally: ParseTally, logger: logging.Logger, name: str) -> tuple[str, ...]:
     """The canonical, de-duplicated values of a blocklist body (one IP or CIDR per line).
@@ -97,7 +110,7 @@ def parse_blocklist(body: str, tally: ParseTally, logger: logging.Logger, name: 
         if not line or line.startswith("#"):
             continue
         try:
-            seen[canonical_value(line)] = None
+            seen[sane_value(line)] = None
         except ValueError as exc:
             tally.skip(str(exc), line, logger, where)
     return tuple(seen)
@@ -119,14 +132,14 @@ def parse_allowlist(
             continue
         try:
             item = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a line nested thousands deep
             tally.skip("not JSON", line, logger, where)
             continue
         if not isinstance(item, dict):
             tally.skip("not a JSON object", line, logger, where)
             continue
         try:
-            value = canonical_value(item.get("value"))
+            value = sane_value(item.get("value"))
         except ValueError as exc:
             tally.skip(str(exc), item.get("value"), logger, where)
             continue
