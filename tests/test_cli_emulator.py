@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -64,3 +65,23 @@ def test_emulator_serves_the_cli_and_stops_on_sigterm(cli_env: CliEnv, free_tcp_
             proc.communicate()
     assert proc.returncode == 0, err
     assert f"listening on {url}" in out
+
+
+def test_emulator_help_has_the_cli_style_and_an_example(cli_env: CliEnv) -> None:
+    result = cli_env.invoke(["emulator", "--help"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert out.startswith("Usage: cscapi emulator [OPTIONS]\n")
+    example = out.split("Example:", 1)[1].split("Options:", 1)[0]
+    assert "cscapi emulator --port" in example
+    assert "\nOptions:\n" in out and "-h, --help" in out and "Show this message and exit." in out
+    options = re.findall(r"^  (-[^ ].*?)  +(\S.*)$", out.split("Options:", 1)[1], flags=re.M)
+    assert len(options) > 15 and all(h[0].isupper() for _, h in options), options  # capitalised, like click
+    # same style from `python -m cscapi.emulator`, and it stays instant: nothing heavier than argparse is imported
+    code = (
+        "import sys, cscapi.emulator.server as s; text = s.build_parser().format_help(); "
+        "print(text.splitlines()[0]); print(sorted(m for m in ('starlette', 'uvicorn', 'jsonschema', 'httpx', "
+        "'cscapi.emulator.state', 'cscapi.emulator.config') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.splitlines() == ["Usage: python -m cscapi.emulator [OPTIONS]", "[]"], proc.stderr

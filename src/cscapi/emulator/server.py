@@ -115,7 +115,7 @@ def build_parser(prog: str = "python -m cscapi.emulator") -> argparse.ArgumentPa
         default="info",
         choices=["debug", "info", "warning", "error"],
         metavar="LEVEL",
-        help="debug, info, warning or error (default info).",
+        help="Log level: debug, info, warning or error (default info).",
     )
     add("-h", "--help", action="help", help="Show this message and exit.")
     return p
