@@ -81,7 +81,8 @@ def test_garbage_is_a_value_error(bad: str) -> None:
 @pytest.mark.parametrize(
     "text",
     ["0.0.0.0/0", "::/0", "::ffff:0.0.0.0/96", "::ffff:0.0.0.0/100", "128.0.0.0/1", "0.0.0.0/3", "11.0.0.0/7",
-     "2000::/3", "2a00::/11", "::/1"],
+     "2000::/3", "2a00::/11", "::/1",
+     "::/8", "::ffff:0:0/95"],  # IPv6 ranges covering ::ffff:0:0/96 cover all of IPv4 in the index
 )  # fmt: skip
 def test_absurdly_wide_ranges_are_refused(text: str) -> None:
     reason = range_too_wide(*parse_range(text))
@@ -92,7 +93,7 @@ def test_absurdly_wide_ranges_are_refused(text: str) -> None:
     "text",
     # real-list ranges: a /8, an IPv6 RIR block, and bogons wider than the minimum where no traffic comes from
     ["10.0.0.0/8", "1.2.3.0/24", "192.0.2.1/32", "2a00::/12", "2001:db8::/32", "224.0.0.0/3", "240.0.0.0/4",
-     "fc00::/7", "::/8", "ff00::/8", "4000::/3", "8000::/1"],
+     "fc00::/7", "ff00::/8", "4000::/3", "8000::/1", "::/96", "::ffff:1.2.3.0/120"],
 )  # fmt: skip
 def test_real_list_ranges_pass(text: str) -> None:
     assert range_too_wide(*parse_range(text)) is None

@@ -27,7 +27,7 @@ from cscapi.sql_storage import SQLStorage
 
 SCENARIOS = ["crowdsecurity/ssh-bf"]
 NINES = "9" * 400 + "h"
-BLOCKLIST = "203.0.113.5\n0.0.0.0/0\n::/0\n224.0.0.0/3\n"
+BLOCKLIST = "203.0.113.5\n0.0.0.0/0\n::/0\n224.0.0.0/3\n::/8\n"  # ::/8 covers ::ffff:0:0/96: all of IPv4
 ALLOWLIST = (
     '{"value": "0.0.0.0/0"}\n'
     + "[" * 5000
@@ -143,15 +143,15 @@ def test_absurd_ranges_and_durations_are_skipped_and_counted_not_applied(capi_ur
     assert verdict["192.0.2.1"] == "ban" and verdict["198.51.100.7"] == "ban" and verdict["203.0.113.5"] == "ban"
     assert verdict["198.51.100.77"] == "bypass"  # allowed by the allowlist: its good lines were kept
     assert report.new == 2
-    # Stream: 3 durations + 3 ranges + the 'forever' blocklist link; blocklist body: 2 lines; allowlist body: 3 lines.
+    # Stream: 3 durations + 3 ranges + the 'forever' blocklist link; blocklist body: 3 lines; allowlist body: 3 lines.
     assert report.skipped_reasons["unreadable stream item"] == 7
     assert report.lists["lists:bl"].status == "downloaded"
-    assert (report.lists["lists:bl"].entries, report.lists["lists:bl"].skipped) == (2, 2)  # 224.0.0.0/3 is kept
+    assert (report.lists["lists:bl"].entries, report.lists["lists:bl"].skipped) == (2, 3)  # 224.0.0.0/3 is kept
     allow = report.lists["allowlist:al"]
     assert allow.status == "downloaded", allow.reason  # one line nested 5000 deep no longer fails the whole list
     assert (allow.entries, allow.skipped) == (2, 3)
     assert "lists:forever" not in report.lists
-    assert report.skipped == 7 + 2 + 3
+    assert report.skipped == 7 + 3 + 3
 
 
 def test_min_prefix_and_max_duration_are_configurable(capi_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -196,7 +196,7 @@ def test_decisions_refresh_and_stats_never_print_infinity(capi_url: str, tmp_pat
     refreshed = runner.invoke(cli, ["decisions", "refresh", "--json"], env=env)
     assert refreshed.exit_code == 0, refreshed.output
     report = _no_infinity(refreshed.stdout)
-    assert report["skipped"] == 12
+    assert report["skipped"] == 13
     for args in (["decisions", "stats", "--json"], ["decisions", "stats"]):
         result = runner.invoke(cli, args, env=env)
         assert result.exit_code == 0, (result.output, result.exception)

@@ -35,6 +35,7 @@ MIN_PREFIX_V6 = 12
 # IPv4 224.0.0.0/3 (multicast and reserved, e.g. FireHOL level1) and IPv6 outside 2000::/3 (global unicast).
 _V4_QUIET = (0xE0000000, 3)
 _V6_GLOBAL = (0x2 << 124, 3)
+_V6_MAPPED = (0xFFFF << 32, 96)  # ::ffff:0:0/96: an IPv6 range covering it covers all of IPv4 (the index maps them)
 
 
 def canonical_address(text: str) -> str:
@@ -94,7 +95,8 @@ def range_too_wide(bits: int, network: int, prefix: int) -> str | None:
     """Why the range ``(bits, network, prefix)`` (from :func:`parse_range`) is too wide to act on, or None.
 
     A range shorter than :data:`MIN_PREFIX_V4` (IPv4) or :data:`MIN_PREFIX_V6` (IPv6) is refused unless it lies in
-    IPv4 224.0.0.0/3 or outside IPv6 2000::/3; ``::ffff:0.0.0.0/96`` is the IPv4 ``0.0.0.0/0``, so it is refused too.
+    IPv4 224.0.0.0/3 or outside IPv6 2000::/3; ``::ffff:0.0.0.0/96`` is the IPv4 ``0.0.0.0/0``, and so is any IPv6
+    range covering it (``::/8``, ``::ffff:0:0/95``): they are refused too while ``MIN_PREFIX_V4`` is above 0.
     """
     if bits == 32:
         minimum = MIN_PREFIX_V4
@@ -102,6 +104,11 @@ def range_too_wide(bits: int, network: int, prefix: int) -> str | None:
             return None
         return f"range /{prefix} is wider than the /{minimum} IPv4 minimum (cscapi.iputil.MIN_PREFIX_V4)"
     minimum = MIN_PREFIX_V6
-    if prefix >= minimum or not _overlaps(128, network, prefix, *_V6_GLOBAL):
-        return None
-    return f"range /{prefix} is wider than the /{minimum} IPv6 minimum (cscapi.iputil.MIN_PREFIX_V6)"
+    if prefix < minimum and _overlaps(128, network, prefix, *_V6_GLOBAL):
+        return f"range /{prefix} is wider than the /{minimum} IPv6 minimum (cscapi.iputil.MIN_PREFIX_V6)"
+    if prefix <= _V6_MAPPED[1] and _overlaps(128, network, prefix, *_V6_MAPPED) and MIN_PREFIX_V4 > 0:
+        return (
+            f"range /{prefix} covers all of IPv4 (::ffff:0:0/96): wider than the /{MIN_PREFIX_V4} IPv4 minimum "
+            "(cscapi.iputil.MIN_PREFIX_V4)"
+        )
+    return None
