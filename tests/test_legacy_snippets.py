@@ -192,3 +192,26 @@ def test_readme_legacy_storage_snippet_runs(tmp_path: Path, monkeypatch: pytest.
         received = emu.admin.signals(machine_id=machine_id)
     assert sent == 1 and len(received) == 1
     assert [s.sent for s in client.storage.legacy.signals.values()] == [True]  # marked in the 0.7.0 store
+
+
+def test_legacy_models_keep_their_positional_order() -> None:
+    """0.7.0 code (its own tests did) built models positionally: the fields mean what they meant."""
+    from cscapi.storage import ContextModel, DecisionModel, MachineModel, SourceModel
+
+    machine = MachineModel("test", "abcd", "secret", "crowdsecurity/ssh-bf", True)
+    assert (machine.machine_id, machine.token, machine.password) == ("test", "abcd", "secret")
+    assert machine.scenarios == "crowdsecurity/ssh-bf" and machine.is_failing is True
+    context = ContextModel("/login", "target_uri")
+    assert (context.key, context.value) == ("target_uri", "/login")
+    source = SourceModel("192.0.2.1", None, None, 48.8, "64500", "FR", "192.0.2.1", "EXAMPLE", 2.3)
+    assert (source.ip, source.scope, source.as_number, source.cn, source.as_name) == (
+        "192.0.2.1",
+        "ip",  # set from ip, as 0.7.0 did
+        "64500",
+        "FR",
+        "EXAMPLE",
+    )
+    assert (source.latitude, source.longitude, source.value) == (48.8, 2.3, "192.0.2.1")
+    assert SourceModel(range="198.51.100.0/24").scope == "range" and SourceModel(scope="username").scope == "username"
+    decision = DecisionModel("4h", "0b1c5a2e-4a3b-4f5e-9d3c-2b1a0f9e8d7c", "crowdsecurity/ssh-bf", "crowdsec", "ip")
+    assert (decision.duration, decision.origin, decision.scope) == ("4h", "crowdsec", "ip")

@@ -50,17 +50,24 @@ def _known_kwargs(cls: type, kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class Source:
-    """Where an attack came from: ``scope`` (``ip`` or ``range``) and ``value``, plus optional AS and geo fields."""
+    """Where an attack came from: ``scope`` (``ip`` or ``range``) and ``value``, plus optional AS and geo fields.
 
-    scope: str | None = None
-    value: str | None = None
+    The fields keep 0.7.0's ``SourceModel`` order, so positional construction means what it meant.
+    """
+
     ip: str | None = None
     range: str | None = None
-    as_number: str | None = None
-    as_name: str | None = None
-    cn: str | None = None
+    scope: str | None = None
     latitude: float | None = None
+    as_number: str | None = None
+    cn: str | None = None
+    value: str | None = None
+    as_name: str | None = None
     longitude: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.scope is None and (self.ip or self.range):  # as 0.7.0's SourceModel did (without overriding)
+            self.scope = "ip" if self.ip else "range"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Source:
@@ -91,10 +98,10 @@ class SignalDecision:
 
 @dataclass
 class Context:
-    """One piece of alert metadata shared with the console (``key``/``value``)."""
+    """One piece of alert metadata shared with the console (``key``/``value``; 0.7.0's ``ContextModel`` order)."""
 
-    key: str | None = None
     value: str | None = None
+    key: str | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Context:
@@ -160,8 +167,8 @@ class Machine:
     """
 
     machine_id: str = ""
+    token: str | None = field(default=None, repr=False)  # the first five fields keep 0.7.0's MachineModel order
     password: str | None = field(default=None, repr=False)
-    token: str | None = field(default=None, repr=False)
     scenarios: str | None = ""
     is_failing: bool | None = False
     token_expires_at: datetime | None = None
