@@ -38,7 +38,7 @@ from cscapi.remediation import RemediationEngine
 from cscapi.sql_storage import SQLStorage
 from cscapi.timeutil import utcnow
 from cscapi.utils import generate_machine_id_from_key
-from hostile_server import TOKEN, HostileServer, gzip_bomb, self_signed_cert
+from hostile_server import TOKEN, Conn, HostileServer, Received, gzip_bomb, self_signed_cert
 from test_storage_support import make_signals
 
 MACHINE = generate_machine_id_from_key("hostile-transport-test")
@@ -109,6 +109,24 @@ def test_a_dripping_stream_hits_the_total_deadline_and_is_retried(mode: str, sto
         assert srv.count("/v3/decisions/stream") == 2  # retried once (max_retries=1), like a timeout
     assert elapsed < 60  # two 1 s deadlines plus logins; the old per-read timeout alone never ended (250 s a try)
     assert "deadline" in caught.value.hint
+
+
+def test_dripping_headers_hit_the_total_deadline(mode: str, storage: SQLStorage) -> None:
+    def drip_headers(conn: Conn, _req: Received) -> None:
+        conn.send(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(2000):  # 100 s of headers, a byte at a time: each read gets one well within `timeout`
+            if conn.server.stopping.is_set():
+                return
+            conn.send(b"X")
+            time.sleep(0.05)
+
+    with HostileServer() as srv:
+        srv.route("/v3/decisions/stream", drip_headers)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError):
+            call(mode, storage, config(srv.url, deadline=1.0, max_retries=0), "get_decisions", MACHINE)
+        assert srv.count("/v3/decisions/stream") == 1
+    assert time.monotonic() - started < 60
 
 
 def test_a_dripping_link_hits_the_total_deadline(mode: str, storage: SQLStorage) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpcore
 import httpx
 
 from cscapi.errors import ConfigurationError, ResponseTooLargeError, UnsafeLinkError
@@ -290,6 +291,86 @@ def _build(client: httpx.Client | httpx.AsyncClient, request: Request, timeout: 
 _NOT_RETRYABLE = (httpx.InvalidURL, httpx.UnsupportedProtocol)
 
 
+_DEADLINE = threading.local()  # ``at``: the monotonic deadline of the request this thread is sending (sync only)
+
+
+def _left(timeout: float | None, error: type[Exception]) -> float | None:
+    """``timeout`` shortened to what is left of this thread's request deadline; ``error`` once it has passed."""
+    deadline: float | None = getattr(_DEADLINE, "at", None)
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise error("the request's total deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose every read and write waits at most until the request's deadline (so a server dripping
+    its status line or headers is cut off too, not only one dripping its body)."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(
+            self._inner.start_tls(ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout))
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's socket backend, with every stream bounded by the sending thread's request deadline."""
+
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_tcp(host, port, left, local_address, socket_options))
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        left = _left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_unix_socket(path, left, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _bounded_transport(kwargs: dict[str, Any]) -> httpx.BaseTransport:
+    """httpx's default transport (TLS and proxy from ``kwargs``, which lose them), its sockets bounded by the
+    deadline. Should httpx's internals change, the plain transport is used (the deadline is then checked between
+    the reads of the body only)."""
+    transport = httpx.HTTPTransport(verify=kwargs.pop("verify"), proxy=kwargs.pop("proxy", None), trust_env=False)
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if isinstance(backend, httpcore.NetworkBackend):
+        pool._network_backend = _DeadlineBackend(backend)  # type: ignore[union-attr]
+    return transport
+
+
 class SyncTransport:
     """Blocking sender over one ``httpx.Client``."""
 
@@ -306,8 +387,7 @@ class SyncTransport:
                 if self._client is None:
                     kwargs = self.settings.client_kwargs()
                     transport = self.settings.transport or DEFAULT_TRANSPORT
-                    if transport is not None:
-                        kwargs["transport"] = transport
+                    kwargs["transport"] = transport if transport is not None else _bounded_transport(kwargs)
                     self._client = httpx.Client(**kwargs)
                 client = self._client
         return client
@@ -316,11 +396,14 @@ class SyncTransport:
         """Send and read the whole answer within the deadline and size caps; a network failure is returned.
 
         Raises ``ResponseTooLargeError`` (a body over its cap) and ``UnsafeLinkError`` (a refused redirect): neither
-        is worth a retry. The deadline is checked between reads, and no single read waits past it.
+        is worth a retry. No socket read or write waits past the deadline (``_DeadlineBackend``), and it is checked
+        between the reads of the body too.
         """
         client = self.client
         built = _build(client, request, self.settings.request_timeout())
         deadline = time.monotonic() + self.settings.deadline
+        outer = getattr(_DEADLINE, "at", None)
+        _DEADLINE.at = deadline
         try:
             return self._exchange(client, request, built, deadline)
         except _NOT_RETRYABLE as exc:
@@ -331,6 +414,8 @@ class SyncTransport:
             return _failure(exc, request.url)
         except TimeoutError:
             return _deadline_failure(request, self.settings)
+        finally:
+            _DEADLINE.at = outer
 
     def _exchange(
         self, client: httpx.Client, request: Request, built: httpx.Request, deadline: float
