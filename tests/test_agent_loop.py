@@ -181,7 +181,8 @@ def test_run_once_does_every_job(client: CAPIClient, emu: EmbeddedEmulator, tmp_
         health = agent.run_once()
         assert health["status"] == "ok"
         assert health["jobs"]["push"]["last_result"]["sent"] == 1
-        assert health["jobs"]["refresh"]["last_result"]["decisions"] >= 30
+        # seed 3: the community decisions of the scenarios the machine declared (the emulator tailors the list)
+        assert health["jobs"]["refresh"]["last_result"]["decisions"] == 13
         assert health["jobs"]["metrics"]["last_result"] == {"usage_metrics": True}
         assert emu.admin.metrics(machine_id=machine_id)
         assert engine.get_ip_remediation(emu.admin.decisions()[0]["value"]).remediation == "ban"
