@@ -215,3 +215,31 @@ def test_legacy_models_keep_their_positional_order() -> None:
     assert SourceModel(range="198.51.100.0/24").scope == "range" and SourceModel(scope="username").scope == "username"
     decision = DecisionModel("4h", "0b1c5a2e-4a3b-4f5e-9d3c-2b1a0f9e8d7c", "crowdsecurity/ssh-bf", "crowdsec", "ip")
     assert (decision.duration, decision.origin, decision.scope) == ("4h", "crowdsec", "ip")
+
+
+def test_legacy_client_module_names() -> None:
+    """0.7.0's module-level names of ``cscapi.client`` import; ``has_valid_token`` uses the corrected rule."""
+    import time
+
+    from cscapi.client import (
+        CAPI_BASE_DEV_URL,
+        CAPI_BASE_URL,
+        CAPI_DECISIONS_ENDPOINT,
+        CAPI_SIGNALS_ENDPOINT,
+        SIGNAL_BATCH_LIMIT,
+        __version__,
+        has_valid_token,
+    )
+    from cscapi.storage import MachineModel, ReceivedDecision
+    from test_client_support import make_jwt
+
+    assert CAPI_BASE_URL + CAPI_SIGNALS_ENDPOINT == "https://api.crowdsec.net/v3/signals"
+    assert CAPI_BASE_DEV_URL + CAPI_DECISIONS_ENDPOINT == "https://api.dev.crowdsec.net/v3/decisions/stream"
+    assert SIGNAL_BATCH_LIMIT == 5000 and __version__ and ReceivedDecision("1h", "192.0.2.1", "a/b", "ip").Value
+    hour = MachineModel("m", make_jwt({"exp": int(time.time()) + 3600}))
+    soon = MachineModel("m", make_jwt({"exp": int(time.time()) + 5}))
+    late = MachineModel("m", make_jwt({"exp": int(time.time()) - 5}))
+    assert has_valid_token(hour) and has_valid_token(hour, latency_offset=60)
+    assert not has_valid_token(soon)  # within latency_offset of its end: 0.7.0 still said True
+    assert not has_valid_token(late)  # expired 5 s ago: 0.7.0 said True (up to 10 s after)
+    assert not has_valid_token(MachineModel("m")) and not has_valid_token(MachineModel("m", "not-a-jwt"))

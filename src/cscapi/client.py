@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,7 +27,7 @@ from cscapi._version import __version__ as __version__
 from cscapi.errors import ConfigurationError, ValidationError
 from cscapi.machines import validate_machine_id_prefix
 from cscapi.models import DecisionStream, EnrollOutcome, LinkDownload, Machine, SendReport, Signal
-from cscapi.protocol import DEV_URL, PROD_URL, normalise_base_url, user_agent
+from cscapi.protocol import DEV_URL, PROD_URL, normalise_base_url, token_expiry, user_agent
 from cscapi.signals import validate_scenarios
 from cscapi.storage import StorageInterface
 from cscapi.timeutil import utcnow
@@ -48,6 +48,7 @@ __all__ = [
     "SIGNAL_BATCH_LIMIT",
     "CAPIClient",
     "CAPIClientConfig",
+    "has_valid_token",
 ]
 
 # Legacy 0.7.0 module constants, kept so that code importing them runs unchanged.
@@ -61,6 +62,19 @@ CAPI_DECISIONS_ENDPOINT = "/decisions/stream"
 CAPI_METRICS_ENDPOINT = "/metrics"
 SIGNAL_BATCH_LIMIT = 5000
 """The legacy default ``batch_size``: signals read per storage call (at most 250 still go in one POST)."""
+
+
+def has_valid_token(machine: Machine, latency_offset: float = 10, logger: logging.Logger | None = None) -> bool:
+    """Legacy 0.7.0 helper: True when the machine's token (its JWT ``exp``, else ``token_expires_at``) is valid for
+    more than ``latency_offset`` seconds. 0.7.0 accepted a token up to ``latency_offset`` s *after* it expired; this
+    is the corrected rule the client itself uses."""
+    if not machine.token:
+        return False
+    expires = token_expiry(machine.token) or machine.token_expires_at
+    valid = expires is not None and utcnow() < expires - timedelta(seconds=float(latency_offset))
+    (logger or logging.getLogger("cscapi")).debug("token of machine %s valid: %s", machine.machine_id, valid)
+    return valid
+
 
 BASE_URL_ENV = "CSCAPI_BASE_URL"
 """When ``base_url`` is not set, this environment variable (if set) gives the CAPI root: point unchanged code at the
