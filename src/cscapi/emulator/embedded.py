@@ -6,6 +6,7 @@ The thread owns its event loop, so this works from plain synchronous code and fr
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -17,6 +18,8 @@ from cscapi.emulator.state import EmulatorState
 from cscapi.errors import ConfigurationError
 
 __all__ = ["EmbeddedEmulator", "guarded_h11_protocol", "is_loopback_host", "uvicorn_config"]
+
+log = logging.getLogger("cscapi.emulator")
 
 
 def is_loopback_host(host: str) -> bool:
@@ -178,6 +181,8 @@ class EmbeddedEmulator:
 
         sock = bind_socket(self.host, self.port)
         self.port = int(sock.getsockname()[1])
+        if not is_loopback_host(self.host):
+            log.warning("the emulator listens on %s, reachable from other hosts: use trusted networks only", self.host)
         # log_config=None: leave the host's logging configuration alone (uvicorn's loggers propagate to the root).
         config = uvicorn_config(
             self.app,
