@@ -160,7 +160,10 @@ def gzip_emu() -> Iterator[Any]:
 
     from cscapi.emulator import EmbeddedEmulator, EmulatorConfig, LoginRateLimit
 
-    server = EmbeddedEmulator(EmulatorConfig(seed=11, community_size=20_000, login_rate_limit=LoginRateLimit(False)))
+    config = EmulatorConfig(
+        seed=11, community_size=20_000, login_rate_limit=LoginRateLimit(False), tailor_to_scenarios=False
+    )  # every machine gets the whole 20,000-decision list, whatever scenarios it declares
+    server = EmbeddedEmulator(config)
     server.app = GZipMiddleware(server.app, minimum_size=500)
     with server:
         yield server
