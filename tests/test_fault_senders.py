@@ -306,3 +306,46 @@ def test_four_senders_under_faults_and_a_kill_lose_nothing(postgres_url: str, tm
         f"\n{len(queued)} signals, {len(processed)} processed POSTs, {duplicates} duplicate receipts "
         f"({duplicates / len(queued):.1%}); causes: {dict(causes)}; emulator log: {emulator_log}"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known: send_signals keeps POSTing a claim whose lease ran out (no lease check or renewal in "
+    "cscapi._core.send_signals), so another sender re-claims and sends the same signals with both answers received",
+)
+def test_a_claim_whose_lease_runs_out_mid_send_is_not_sent_twice(tmp_path: Path) -> None:
+    """A slow CAPI (1 s per POST) and a claim of 4 one-signal POSTs with a 1.5 s lease: the first sender is still
+    sending when its lease runs out, and a second sender claims the rest. Each signal must still be POSTed once."""
+    from cscapi.emulator import EmbeddedEmulator, EmulatorConfig, LoginRateLimit
+
+    config = EmulatorConfig(seed=1, community_size=10, login_rate_limit=LoginRateLimit(enabled=False))
+    with EmbeddedEmulator(config) as emu:
+        storage = SQLStorage(f"sqlite:///{tmp_path / 'lease.db'}")
+        options: dict[str, Any] = {
+            "scenarios": [SCENARIO],
+            "base_url": emu.base_url,
+            "batch_size": 1,
+            "claim_lease": 1.5,
+            "send_metrics_after_login": False,
+        }
+        first = CAPIClient(storage, CAPIClientConfig(**options))
+        first.add_signals([create_signal(f"192.0.2.{i}", SCENARIO, machine_id=MACHINES[0]) for i in range(8)])
+        first.login(MACHINES[0])
+        emu.admin.set_fault("signals", latency=1.0)
+        reports: list[int] = []
+        thread = threading.Thread(target=lambda: reports.append(int(first.send_signals())))
+        thread.start()
+        deadline = time.monotonic() + 60
+        while emu.admin.requests().get("signals", {}).get("200", 0) < 2:  # 2 s in: the first claim's lease is over
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        second = CAPIClient(storage, CAPIClientConfig(**options))
+        reports.append(int(second.send_signals()))
+        thread.join(60)
+        posts = emu.admin.requests()["signals"]["200"]
+        first.close()
+        second.close()
+        storage.close()
+    assert len(emu.state.signals) == 8  # nothing lost
+    assert posts == 8, f"{posts} POSTs for 8 signals; senders reported {reports}"
