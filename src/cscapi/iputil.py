@@ -19,6 +19,7 @@ __all__ = [
     "MIN_PREFIX_V6",
     "canonical_address",
     "canonical_range",
+    "format_range",
     "parse_range",
     "range_too_wide",
 ]
@@ -80,7 +81,11 @@ def parse_range(text: str) -> tuple[int, int, int]:
 
 def canonical_range(text: str) -> str:
     """The canonical ``network/prefix`` text of a CIDR range (host bits cleared; a /32 stays a /32)."""
-    bits, network, prefix = parse_range(text)
+    return format_range(*parse_range(text))
+
+
+def format_range(bits: int, network: int, prefix: int) -> str:
+    """The canonical ``network/prefix`` text of a range as :func:`parse_range` returns it."""
     if bits == 32:
         return f"{inet_ntop(AF_INET, network.to_bytes(4, 'big'))}/{prefix}"
     return f"{inet_ntop(AF_INET6, network.to_bytes(16, 'big'))}/{prefix}"

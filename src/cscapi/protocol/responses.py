@@ -26,7 +26,7 @@ from cscapi.errors import (
     TransportError,
 )
 from cscapi.gcpause import without_gc
-from cscapi.iputil import canonical_address, canonical_range, parse_range, range_too_wide
+from cscapi.iputil import canonical_address, canonical_range, format_range, parse_range, range_too_wide
 from cscapi.models import AllowlistLink, BlocklistLink, DecisionStream, DeletedDecision, EnrollStatus, StreamDecision
 from cscapi.protocol.http import NetworkFailure, Response, safe_url
 from cscapi.protocol.retry import parse_retry_after
@@ -192,18 +192,20 @@ def _canonical_value(scope: str, value: str, *, sane: bool = False) -> str:
         return canonical_address(value.strip())
     if scope == "range":
         text = value.strip()
-        if sane:
-            reason = range_too_wide(*parse_range(text))
-            if reason is not None:
-                raise ValueError(f"{reason}: {text[:50]!r}")
-        return canonical_range(text)
+        if not sane:
+            return canonical_range(text)
+        parsed = parse_range(text)
+        reason = range_too_wide(*parsed)
+        if reason is not None:
+            raise ValueError(f"{reason}: {text[:50]!r}")
+        return format_range(*parsed)
     if not value.strip():
         raise ValueError("empty value")
     return value.strip()
 
 
 class _Durations:
-    """Go durations parsed once each (a stream repeats the same few thousand strings)."""
+    """Go durations parsed and bounded once each (a stream repeats the same few thousand strings)."""
 
     def __init__(self) -> None:
         self.cache: dict[str, float] = {}
@@ -211,12 +213,12 @@ class _Durations:
     def seconds(self, text: object) -> float:
         """Seconds of a Go duration; ``ValueError`` if it is not one or is longer than the maximum."""
         if not isinstance(text, str):
-            raise ValueError(f"duration {str(text)[:50]!r} is not a string")
+            raise ValueError(f"the duration is a {type(text).__name__}, not a string")
         value = self.cache.get(text)
-        if value is None:
-            value = parse_go_duration(text)
+        if value is None:  # only durations within the maximum are cached (it is fixed for one parse)
+            value = _bounded(parse_go_duration(text), text)
             self.cache[text] = value
-        return _bounded(value, text)
+        return value
 
 
 def _bounded(seconds: float, text: str) -> float:
