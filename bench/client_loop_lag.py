@@ -40,7 +40,10 @@ def _emulator(size: int, compress: bool) -> Any:
     """The emulator; with ``compress``, its answers gzipped as CAPI's are (starlette's GZipMiddleware)."""
     from cscapi.emulator import EmbeddedEmulator, EmulatorConfig, LoginRateLimit
 
-    emu = EmbeddedEmulator(EmulatorConfig(community_size=size, login_rate_limit=LoginRateLimit(enabled=False)))
+    config = EmulatorConfig(
+        community_size=size, tailor_to_scenarios=False, login_rate_limit=LoginRateLimit(enabled=False)
+    )
+    emu = EmbeddedEmulator(config)  # tailor_to_scenarios=False: the whole list, whatever the client declares
     if compress:
         from starlette.middleware.gzip import GZipMiddleware
 

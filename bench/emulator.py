@@ -60,6 +60,7 @@ def start_emulator(port: int, decisions: int, state: str | None) -> subprocess.P
         "--admin-token",
         ADMIN,
         "--no-login-rate-limit",
+        "--no-tailor-to-scenarios",  # the whole list for every client (they log in without scenarios)
         "--log-level",
         "warning",
     ]
@@ -217,7 +218,7 @@ def build_cost(decisions: int, repeat: int = 3) -> float:
     from cscapi.emulator import EmulatorConfig
     from cscapi.emulator.state import EmulatorState
 
-    state = EmulatorState(EmulatorConfig(community_size=decisions, snapshot_cache=False))
+    state = EmulatorState(EmulatorConfig(community_size=decisions, snapshot_cache=False, tailor_to_scenarios=False))
     m = state.register(MID, "pw")
     best = float("inf")
     for _ in range(repeat):
