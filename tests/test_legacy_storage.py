@@ -21,7 +21,7 @@ import pytest
 
 from cscapi.aio import AsyncCAPIClient
 from cscapi.client import CAPIClient
-from cscapi.errors import ConfigurationError, ServerError, StorageError
+from cscapi.errors import ConfigurationError, ServerError, StorageError, ValidationError
 from cscapi.sql_storage import SQLStorage
 from cscapi.storage import (
     IncompatibleStorageError,
@@ -231,6 +231,28 @@ def test_the_adapter_refuses_another_process() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert adapter.claim_signals(10, 30.0).signals == []  # still fine in its own process
+
+
+def test_a_lapsed_claim_still_marks_what_nobody_took() -> None:
+    """As SQLStorage: a 2xx that arrives after the lease still marks the signals unless another claim took them."""
+    legacy = MemoryLegacyStorage()
+    adapter = LegacyStorageAdapter(legacy)
+    assert adapter.add_signals(signals(M1, 4)) == 4
+    late = adapter.claim_signals(2, 1e-9)  # its lease is over by the next call
+    assert len(late) == 2 and adapter.count_signals().queued == 4
+    assert adapter.mark_sent(late) == 2  # nobody re-claimed them: marked, not sent again
+    lapsed = adapter.claim_signals(2, 1e-9)
+    taken = adapter.claim_signals(10, 60.0)  # takes the lapsed two
+    assert [s.alert_id for s in taken.signals] == [s.alert_id for s in lapsed.signals]
+    assert adapter.mark_sent(lapsed) == 0 and adapter.release_claim(lapsed) == 0  # no longer its signals
+    assert adapter.quarantine(lapsed, [s.alert_id for s in lapsed.signals], "late") == 0
+    assert adapter.mark_sent(taken) == 2 and sorted(bool(s.sent) for s in legacy.signals.values()) == [True] * 4
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValidationError):
+            adapter.claim_signals(bad, 30.0)  # type: ignore[arg-type]
+    for lease in (0, -1.0, float("nan")):
+        with pytest.raises(ValidationError):
+            adapter.claim_signals(1, lease)
 
 
 # ---- the guarantees, against the emulator ---------------------------------------------------------------------

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from cscapi.errors import StorageError
+from cscapi.errors import StorageError, ValidationError
 from cscapi.models import Context, Machine, QueueCounts, Signal, SignalDecision, Source
 from cscapi.storage import (
     LEGACY_METHODS,
@@ -293,6 +293,10 @@ class LegacyStorageAdapter(StorageInterface):
 
     def claim_signals(self, limit: int, lease_seconds: float, machine_ids: Sequence[str] | None = None) -> Claim:
         """Claim up to ``limit`` unsent, unclaimed, not quarantined signals of machines not cooling down."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValidationError(f"limit must be a positive integer, not {limit!r}", field="limit")
+        if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)) or not lease_seconds > 0:
+            raise ValidationError(f"lease_seconds must be positive, not {lease_seconds!r}", field="lease_seconds")
         token = secrets.token_hex(16)
         expires_at = utcnow() + timedelta(seconds=float(lease_seconds))
         with self._guard() as state:
@@ -323,10 +327,12 @@ class LegacyStorageAdapter(StorageInterface):
                 state.claims[int(signal.alert_id)] = (token, deadline)  # type: ignore[arg-type]
         return Claim(token=token, signals=picked, expires_at=expires_at)
 
-    def _held(self, state: _State, claim: Claim, signal_ids: Sequence[int] | None) -> list[int]:
+    @staticmethod
+    def _held(state: _State, claim: Claim, signal_ids: Sequence[int] | None) -> list[int]:
+        """The ids this claim still holds: its token, even past the lease, unless another claim took them since
+        (as SQLStorage: a late 2xx still marks what nobody re-claimed)."""
         ids = [int(s.alert_id) for s in claim.signals if s.alert_id is not None] if signal_ids is None else signal_ids
-        now = time.monotonic()
-        return sorted({int(aid) for aid in ids if self._live(state, int(aid), now) == claim.token})
+        return sorted({int(aid) for aid in ids if state.claims.get(int(aid), ("", 0.0))[0] == claim.token})
 
     def mark_sent(self, claim: Claim, signal_ids: Sequence[int] | None = None) -> int:
         """Mark sent (``mass_update_signals(ids, {"sent": True})``) the signals this claim still holds."""
