@@ -150,3 +150,23 @@ def test_stream_parser_returns_a_stream_or_a_typed_error(body: Any) -> None:
         for d in stream.new:
             assert isinstance(d.value, str) and 0 <= d.duration < float("inf")
         assert stream.skipped >= 0
+
+
+def test_list_parsing_logs_a_skipped_value_nested_deep_or_huge_by_its_type(caplog: Any) -> None:
+    import logging
+
+    from cscapi.remediation.parsing import ParseTally, parse_allowlist
+
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    tally = ParseTally()
+    logger = logging.getLogger("cscapi.test.parsing")
+    with caplog.at_level(logging.WARNING, logger="cscapi.test.parsing"):
+        tally.skip("not a string", deep, logger, "allowlist 'a'")  # what a line's "value" can be
+        tally.skip("not a string", 10**5000, logger, "allowlist 'a'")
+        entries = parse_allowlist(
+            '{"value": ' + "[" * 900 + "]" * 900 + '}\n{"value": "192.0.2.1"}\n', 0.0, tally, logger, "a"
+        )
+    assert tally.reasons == {"not a string": 3} and entries == {"192.0.2.1": None}
+    assert "skipped a list in allowlist 'a'" in caplog.text and "skipped a int in allowlist 'a'" in caplog.text

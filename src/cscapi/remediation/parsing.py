@@ -45,7 +45,10 @@ class ParseTally:
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
         if self.logged < 20:
             self.logged += 1
-            shown = repr(value)
+            try:
+                shown = repr(value)
+            except (RecursionError, ValueError):  # nested too deeply; an int of more than 4300 digits
+                shown = f"a {type(value).__name__}"
             if len(shown) > _MAX_VALUE_LEN:
                 shown = shown[:_MAX_VALUE_LEN] + "..."
             logger.warning("skipped %s in %s: %s", shown, where, reason)
