@@ -118,6 +118,8 @@ def check_dict_stream(stream: Any, raw: dict[str, Any]) -> None:
     legacy_values = [d["value"] for group in stream["new"] for d in group["decisions"]]
     assert len(stream.new) == len(legacy_values) > 0  # the emulator's stream is clean: every item read
     assert sorted(d.value for d in stream.new) == sorted(legacy_values) and stream.skipped == 0
+    shared = {id(value) for value in legacy_values}
+    assert all(id(d.value) in shared for d in stream.new)  # one string per value for both views, not two
     for twin in (pickle.loads(pickle.dumps(stream)), copy.copy(stream), copy.deepcopy(stream)):
         assert type(twin) is DecisionStream and twin == raw
         assert (twin.new, twin.deleted, twin.blocklists, twin.allowlists) == (

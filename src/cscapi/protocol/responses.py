@@ -247,7 +247,10 @@ def _parse_new(groups: object, skip: Callable[[str], None], durations: _Duration
         scope = scope.strip().lower()
         for d, item in enumerate(decisions):
             try:
-                value = _canonical_value(scope, item["value"], sane=True)
+                raw_value = item["value"]
+                value = _canonical_value(scope, raw_value, sane=True)
+                if value == raw_value:  # already canonical: share the JSON's string (the stream keeps both)
+                    value = raw_value
                 seconds = durations.seconds(item["duration"])
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 skip(f"new[{g}].decisions[{d}] is unreadable ({type(exc).__name__}: {str(exc)[:80]})")
