@@ -2,8 +2,8 @@
 
 Since ``DecisionStream`` became a ``dict`` of the JSON as received (legacy 0.7.0 fidelity), the stream holds the parsed
 JSON's own lists beside its typed reading. This measures, with ``tracemalloc``, the memory a returned stream keeps
-alive and the peak during the call, for a startup stream of ``--decisions`` community decisions served by an
-``EmbeddedEmulator`` in a process of its own (so its allocations are not counted):
+alive and the peak during the call (and, untraced, the call's duration), for a startup stream of ``--decisions``
+community decisions served by an ``EmbeddedEmulator`` in a process of its own (so its allocations are not counted):
 
 * ``before``: the previous ``DecisionStream`` (a dataclass keeping the parsed JSON in ``raw``), rebuilt in this script;
 * ``after``: as shipped (a ``dict`` subclass sharing the parsed JSON);
@@ -21,6 +21,7 @@ import multiprocessing
 import statistics
 import sys
 import tempfile
+import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ def main() -> None:
     server.start()
     base_url = parent.recv()
     modes = {"before": _old_class(True), "after": DecisionStream, "typed only": _old_class(False)}
-    results: dict[str, dict[str, list[float]]] = {m: {"kept": [], "peak": []} for m in modes}
+    results: dict[str, dict[str, list[float]]] = {m: {"kept": [], "peak": [], "seconds": []} for m in modes}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             storage = SQLStorage(f"sqlite:///{Path(tmp) / 'bench.db'}")
@@ -88,6 +89,10 @@ def main() -> None:
                 for _ in range(args.rounds):
                     for mode, cls in modes.items():
                         setattr(responses, "DecisionStream", cls)  # noqa: B010 - parse_stream builds this class
+                        gc.collect()
+                        started = time.perf_counter()  # timed on its own: tracemalloc slows allocations down
+                        assert len(client.get_decisions(machine_id, startup=True).new) == count
+                        results[mode]["seconds"].append(time.perf_counter() - started)
                         gc.collect()
                         tracemalloc.start()
                         stream = client.get_decisions(machine_id, startup=True)
@@ -106,8 +111,11 @@ def main() -> None:
     print(f"get_decisions(startup=True) of {count:,} decisions, median of {args.rounds} rounds (tracemalloc, MB)")
     base = statistics.median(results["before"]["kept"])
     for mode, got in results.items():
-        kept, peak = statistics.median(got["kept"]), statistics.median(got["peak"])
-        print(f"{mode:>10}: kept alive {kept:7.1f}  peak during the call {peak:7.1f}  kept / before {kept / base:.3f}")
+        kept, peak, took = (statistics.median(got[k]) for k in ("kept", "peak", "seconds"))
+        print(
+            f"{mode:>10}: kept alive {kept:7.1f}  peak during the call {peak:7.1f}  kept / before {kept / base:.3f}  "
+            f"call {took:.2f} s"
+        )
 
 
 if __name__ == "__main__":
