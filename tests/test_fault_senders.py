@@ -309,11 +309,6 @@ def test_four_senders_under_faults_and_a_kill_lose_nothing(postgres_url: str, tm
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: send_signals keeps POSTing a claim whose lease ran out (no lease check or renewal in "
-    "cscapi._core.send_signals), so another sender re-claims and sends the same signals with both answers received",
-)
 def test_a_claim_whose_lease_runs_out_mid_send_is_not_sent_twice(tmp_path: Path) -> None:
     """A slow CAPI (1 s per POST) and a claim of 4 one-signal POSTs with a 1.5 s lease: the first sender is still
     sending when its lease runs out, and a second sender claims the rest. Each signal must still be POSTed once."""

@@ -268,6 +268,13 @@ def _batch_size(batch_size: object) -> int:
     return min(batch_size, MAX_BATCH_SIZE)
 
 
+class _LeaseLost(Exception):
+    """Raised by ``Core._request`` when its ``before`` hook says no signal of the request is still ours to send."""
+
+
+_Before = Callable[[Request], Flow["Request | None"]]
+
+
 class _Batch:
     """The claimed signals of one ``send_signals`` call still to be settled (sent, quarantined or released)."""
 
@@ -277,6 +284,13 @@ class _Batch:
 
     def settle(self, ids: Iterable[int]) -> None:
         self.open.difference_update(ids)
+
+
+class _Held:
+    """The signals of one POST that this sender still holds (narrowed when a lease extension loses some)."""
+
+    def __init__(self, part: Sequence[Signal]) -> None:
+        self.part: Sequence[Signal] = part
 
 
 def _open_claims(storage: StorageInterface, batches: list[_Batch]) -> list[StorageCall]:
@@ -340,14 +354,20 @@ class Core:
         now: datetime = yield NOW
         return now
 
-    def _request(self, request: Request, *, retry: bool = True) -> Flow[Response]:
+    def _request(self, request: Request, *, retry: bool = True, before: _Before | None = None) -> Flow[Response]:
         """Send with retries (backoff + jitter + Retry-After) on 429, 5xx and network failures.
 
         Returns the final response when it is not retryable (the caller reads its status); raises
-        ``TransportError``, ``RateLimitedError`` or ``ServerError`` when the retries are exhausted.
+        ``TransportError``, ``RateLimitedError`` or ``ServerError`` when the retries are exhausted. ``before`` runs
+        before each try and gives the request to send (a narrower one), or None: ``_LeaseLost`` is raised.
         """
         attempt = 0
         while True:
+            if before is not None:
+                narrowed = yield from before(request)
+                if narrowed is None:
+                    raise _LeaseLost
+                request = narrowed
             result: Response | NetworkFailure = yield HttpCall(request)
             if isinstance(result, Response):
                 self.log.debug("%s %s -> %d", request.method, safe_url(request.url), result.status_code)
@@ -739,8 +759,11 @@ class Core:
             status_code=status,
         )
 
-    def _send_with_token(self, token: str, request: Request, *, retry: bool = True) -> Flow[Response]:
-        return (yield from self._request(request.with_header("Authorization", f"Bearer {token}"), retry=retry))
+    def _send_with_token(
+        self, token: str, request: Request, *, retry: bool = True, before: _Before | None = None
+    ) -> Flow[Response]:
+        authed = request.with_header("Authorization", f"Bearer {token}")
+        return (yield from self._request(authed, retry=retry, before=before))
 
     def authed(self, machine_id: str, request: Request, scenarios: Sequence[str] | None = None) -> Flow[Response]:
         """Send an authenticated request; a 401 forces one fresh login and one retry, a second 401 raises."""
@@ -749,18 +772,24 @@ class Core:
         return response
 
     def _send_as(
-        self, machine: Machine, request: Request, scenarios: Sequence[str] | None = None
+        self,
+        machine: Machine,
+        request: Request,
+        scenarios: Sequence[str] | None = None,
+        before: _Before | None = None,
     ) -> Flow[tuple[Response, Machine]]:
-        """Send with ``machine``'s token; on 401 log in once more and retry once. Returns the machine in use."""
+        """Send with ``machine``'s token; on 401 log in once more and retry once. Returns the machine in use.
+
+        ``before`` (see ``_request``) runs before every try, including the one after the fresh login."""
         assert machine.token is not None
-        response = yield from self._send_with_token(machine.token, request)
+        response = yield from self._send_with_token(machine.token, request, before=before)
         if response.status_code != 401:
             return response, machine
         machine_id = machine.machine_id
         self.log.info("CAPI refused the token of machine %s (401); logging in again.", machine_id)
         machine = yield from self.login(machine_id, scenarios=scenarios, stale_token=machine.token)
         assert machine.token is not None
-        response = yield from self._send_with_token(machine.token, request)
+        response = yield from self._send_with_token(machine.token, request, before=before)
         if response.status_code == 401:
             message, _ = server_reason(response)
             raise AuthenticationError(
@@ -948,13 +977,16 @@ class Core:
         cleared = not (machine.is_failing or machine.failing_until is not None)
         pending: list[Sequence[Signal]] = list(_chunks(signals, size))
         while pending:
-            part = pending.pop(0)
-            request = self.endpoints.signals(signals_to_wire(list(part)))
+            held = _Held(pending.pop(0))
+            request = self.endpoints.signals(signals_to_wire(list(held.part)))
             try:
                 now = yield from self._now()
                 if not token_is_usable(machine, self._config_scenarios, now, self.config.latency_offset):
                     machine = yield from self.login(machine_id)  # expired during a long run
-                response, machine = yield from self._send_as(machine, request)
+                before = self._still_held(batch, held)
+                response, machine = yield from self._send_as(machine, request, before=before)
+            except _LeaseLost:
+                continue  # every signal of the part went to another sender: nothing to send, nothing to settle
             except StorageError:
                 raise
             except CAPIError as exc:
@@ -962,6 +994,7 @@ class Core:
                 return exc
             machines[machine_id] = machine
             report.batches += 1
+            part = held.part  # what the last try carried: the signals whose lease was still ours
             ids = [s.alert_id for s in part if s.alert_id is not None]
             if response.ok:
                 if prune:  # the legacy default: what CAPI accepted is deleted at once (one statement, not two)
@@ -996,6 +1029,35 @@ class Core:
             else:
                 return error_for(response, "signals")
         return None
+
+    def _still_held(self, batch: _Batch, held: _Held) -> _Before:
+        """The ``before`` hook of a signals POST: extend the lease on every signal of the claim still to be settled
+        (one storage statement: the parts not POSTed yet stay ours too) and narrow the request to the part's signals
+        still held; the ones lost (the lease ran out, another sender may hold them) are settled here and left to
+        their holder. None when none of the part is left."""
+
+        def before(request: Request) -> Flow[Request | None]:
+            ids = sorted(batch.open)
+            kept = yield from self._store(self.storage.extend_claim, batch.claim, ids, self.config.claim_lease)
+            lost = batch.open.difference(kept)
+            if lost:
+                batch.settle(lost)
+                self.log.warning(
+                    "The lease on %d claimed signal(s) ran out before they were sent; they are left to the sender "
+                    "that claims them next (raise claim_lease if CAPI is this slow).",
+                    len(lost),
+                )
+            part = [s for s in held.part if s.alert_id is None or s.alert_id in batch.open]
+            if len(part) == len(held.part):
+                return request
+            held.part = part
+            if not any(s.alert_id is not None for s in part):
+                return None
+            narrowed = self.endpoints.signals(signals_to_wire(part))
+            auth = request.headers.get("Authorization")
+            return narrowed if auth is None else narrowed.with_header("Authorization", auth)
+
+        return before
 
     def prune_failing_machines_signals(self, batch_size: int = 1000) -> Flow[int]:
         """Delete the queued signals of machines that are failing right now; returns how many.

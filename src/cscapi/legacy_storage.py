@@ -334,6 +334,18 @@ class LegacyStorageAdapter(StorageInterface):
         ids = [int(s.alert_id) for s in claim.signals if s.alert_id is not None] if signal_ids is None else signal_ids
         return sorted({int(aid) for aid in ids if state.claims.get(int(aid), ("", 0.0))[0] == claim.token})
 
+    def extend_claim(self, claim: Claim, signal_ids: Sequence[int], lease_seconds: float) -> list[int]:
+        """Extend by ``lease_seconds`` from now the lease on the ids this claim still holds with a live lease;
+        returns them (a lapsed or re-claimed id is not returned: the client does not send it)."""
+        if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)) or not lease_seconds > 0:
+            raise ValidationError(f"lease_seconds must be positive, not {lease_seconds!r}", field="lease_seconds")
+        with self._guard() as state:
+            now = time.monotonic()
+            kept = sorted({int(aid) for aid in signal_ids if self._live(state, int(aid), now) == claim.token})
+            for aid in kept:
+                state.claims[aid] = (claim.token, now + float(lease_seconds))
+            return kept
+
     def mark_sent(self, claim: Claim, signal_ids: Sequence[int] | None = None) -> int:
         """Mark sent (``mass_update_signals(ids, {"sent": True})``) the signals this claim still holds."""
         with self._guard() as state:

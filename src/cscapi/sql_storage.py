@@ -460,6 +460,37 @@ class SQLStorage(StorageInterface):
 
         return int(self._run(operation, apply)) if ids else 0
 
+    def extend_claim(self, claim: Claim, signal_ids: Sequence[int], lease_seconds: float) -> list[int]:
+        """Extend by ``lease_seconds`` from now the lease on the ``signal_ids`` this claim still holds (its token,
+        lease not run out); returns those ids, sorted. One ``UPDATE ... RETURNING`` (PostgreSQL, SQLite); MariaDB has
+        no ``UPDATE ... RETURNING``: its row count, and a read of the held ids only when some were lost."""
+        if not _positive(lease_seconds):
+            raise ValidationError(f"lease_seconds must be positive, not {lease_seconds!r}", field="lease_seconds")
+        ids = sorted(set(_ids(signal_ids, "signal_ids") or []))
+        if not ids:
+            return []
+        now = utcnow()
+        held = and_(_S.c.claim_token == claim.token, _S.c.status == schema.CLAIMED, _S.c.claimed_until > now)
+        values = {"claimed_until": now + timedelta(seconds=float(lease_seconds))}
+        returning = bool(self.engine.dialect.update_returning)
+
+        def extend(conn: Connection) -> list[int]:
+            kept: list[int] = []
+            if returning:
+                for among in self._alert_id_in(ids):
+                    stmt = update(_S).where(held, among).values(**values).returning(_S.c.alert_id)
+                    kept.extend(int(row[0]) for row in conn.execute(stmt))
+                return sorted(kept)
+            for chunk in _chunks(ids):
+                among = _S.c.alert_id.in_(chunk)
+                if conn.execute(update(_S).where(held, among).values(**values)).rowcount == len(chunk):
+                    kept.extend(chunk)
+                else:  # some were lost: the held rows left with a live lease are exactly the ones just extended
+                    kept.extend(int(row[0]) for row in conn.execute(select(_S.c.alert_id).where(held, among)))
+            return sorted(kept)
+
+        return self._run("extending the lease of claimed signals", extend)
+
     def mark_sent(self, claim: Claim, signal_ids: Sequence[int] | None = None) -> int:
         """Mark the claim's signals sent (all, or these ids). Returns how many were still held and marked."""
         values = {"status": schema.SENT, "sent_at": utcnow(), "claim_token": None, "claimed_until": None}

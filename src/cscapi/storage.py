@@ -2,9 +2,9 @@
 
 ``StorageInterface`` keeps the legacy ``cscapi`` 0.7.0 methods (``get_signals``, ``update_or_create_signal`` ...)
 and adds the queue operations the client really uses: ``add_signals`` (idempotent by uuid), ``claim_signals``
-(a leased claim so that concurrent senders never send a signal twice), ``mark_sent``, ``release_claim``,
-``quarantine``, plus machine login locks and bans. ``cscapi.sql_storage.SQLStorage`` implements it on SQLite,
-PostgreSQL and MariaDB/MySQL.
+(a leased claim so that concurrent senders never send a signal twice), ``extend_claim`` (the lease renewed before
+each POST), ``mark_sent``, ``release_claim``, ``quarantine``, plus machine login locks and bans.
+``cscapi.sql_storage.SQLStorage`` implements it on SQLite, PostgreSQL and MariaDB/MySQL.
 
 Every method is blocking; the async client runs them in a worker thread, never on the event loop.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 from abc import ABCMeta, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from cscapi.errors import ConfigurationError
@@ -252,6 +252,22 @@ class StorageInterface(metaclass=_StorageMeta):
     def release_claim(self, claim: Claim, signal_ids: Sequence[int] | None = None) -> int:
         """Put claimed signals back in the queue (all of the claim's by default). Returns how many."""
         _not_implemented(self, "release_claim")
+
+    def extend_claim(self, claim: Claim, signal_ids: Sequence[int], lease_seconds: float) -> list[int]:
+        """Extend by ``lease_seconds`` from now the lease on those ``signal_ids`` this claim still holds (its token,
+        lease not run out) and return their ids; ids lost (lease ran out, maybe re-claimed) are not returned.
+
+        The client calls it before each signals POST (each retry too) and sends only the returned ids, so a signal
+        is never POSTed by a sender whose lease ran out while another sender holds it. Implementations should do it
+        in one atomic statement. This default (for storages written before the method existed) extends nothing: it
+        returns every id while the claim's original lease (``claim.expires_at``) runs, and none after, so a slow
+        send stops at the end of that lease instead of overlapping the next claimer's.
+        """
+        now = datetime.now(timezone.utc)
+        if claim.expires_at <= (now if claim.expires_at.tzinfo is not None else now.replace(tzinfo=None)):
+            return []
+        held = {s.alert_id for s in claim.signals if s.alert_id is not None}
+        return [int(i) for i in signal_ids if i in held]
 
     @abstractmethod
     def quarantine(self, claim: Claim, signal_ids: Sequence[int], reason: str) -> int:
