@@ -97,6 +97,7 @@ LOGIN_REFUSED = "CAPI refused the login"
 no login is attempted for it meanwhile (CAPI counts failed logins towards its ban too)."""
 MAX_BATCH_SIZE = 250
 _CLAIM_BATCHES = 4  # claim up to 4 POSTs' worth of signals per storage round trip
+_MAX_SKIP_WARNINGS = 20  # skipped stream items logged one by one per call; the rest in one summary line
 _LOCK_POLL = (0.05, 0.25)  # losers of the login lock re-read the token every 50-250 ms
 _UNKNOWN_EXPIRY = timedelta(minutes=5)  # a token with neither ``exp`` nor ``expire`` is reused this long at most
 
@@ -1112,10 +1113,23 @@ class Core:
         if not response.ok:
             raise error_for(response, "decisions stream")
 
+        logged = unlogged = 0  # a hostile stream of 100k bad items must not write 100k log lines
+
         def skipped(reason: str) -> None:
-            self.log.warning("Skipped a decisions stream item: %s", reason)
+            nonlocal logged, unlogged
+            if logged < _MAX_SKIP_WARNINGS:
+                logged += 1
+                self.log.warning("Skipped a decisions stream item: %s", reason)
+            else:
+                unlogged += 1
 
         stream: DecisionStream = yield Compute(parse_stream, (response,), {"startup": startup, "on_skip": skipped})
+        if unlogged:
+            self.log.warning(
+                "Skipped %d more decisions stream items (only the first %d are logged one by one).",
+                unlogged,
+                _MAX_SKIP_WARNINGS,
+            )
         self._cap_links(stream)
         self.log.info(
             "Decisions stream: %d new, %d deleted, %d blocklists, %d allowlists, %d skipped.",
