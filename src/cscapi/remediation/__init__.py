@@ -6,10 +6,10 @@ See ``docs/remediation.md``.
 
 from __future__ import annotations
 
+from cscapi.remediation.contracts import AsyncDecisionSource, DecisionSource
 from cscapi.remediation.engine import AsyncRemediationEngine, RemediationEngine
 from cscapi.remediation.index import Policy
 from cscapi.remediation.models import CLEAN, ListOutcome, ListStatus, RefreshReport, Remediation
-from cscapi.remediation.protocol import AsyncDecisionSource, DecisionSource
 from cscapi.remediation.stores import DecisionStore, open_store
 
 __all__ = [

@@ -16,11 +16,11 @@ from collections.abc import Callable, Generator, Sequence
 from typing import Any, Generic, TypeVar
 
 from cscapi.errors import ConfigurationError, DecisionStoreError, InvalidIPError
+from cscapi.remediation.contracts import AsyncDecisionSource, DecisionSource
 from cscapi.remediation.core import FlowContext, Op, prune_flow, refresh_flow
 from cscapi.remediation.index import Index, Policy, build_index, empty_index, first_live
 from cscapi.remediation.metrics import build_usage_metrics, nested_counts
 from cscapi.remediation.models import CLEAN, RefreshReport, Remediation
-from cscapi.remediation.protocol import AsyncDecisionSource, DecisionSource
 from cscapi.remediation.stores import DecisionStore, open_store
 
 __all__ = ["AsyncRemediationEngine", "RemediationEngine"]
@@ -464,7 +464,7 @@ class _EngineBase(Generic[C]):
 
 
 class RemediationEngine(_EngineBase[DecisionSource | None]):
-    """Blocking engine over a :class:`cscapi.remediation.protocol.DecisionSource` (e.g. ``CAPIClient``).
+    """Blocking engine over a :class:`cscapi.remediation.contracts.DecisionSource` (e.g. ``CAPIClient``).
 
     ``store`` is ``memory://`` (one process), ``sqlite:///path.db`` (the processes of one host) or
     ``redis://host:port/db`` (many hosts; keys under ``key_prefix``). See ``docs/remediation.md`` for every option.
@@ -550,7 +550,7 @@ async def _to_thread(fn: Callable[..., R], *args: Any) -> R:
 
 
 class AsyncRemediationEngine(_EngineBase[AsyncDecisionSource | None]):
-    """Awaiting engine over an :class:`cscapi.remediation.protocol.AsyncDecisionSource` (e.g. ``AsyncCAPIClient``).
+    """Awaiting engine over an :class:`cscapi.remediation.contracts.AsyncDecisionSource` (e.g. ``AsyncCAPIClient``).
 
     Same options and semantics as :class:`RemediationEngine`; store calls and index builds run in a worker thread,
     never on the event loop. ``get_ip_remediation`` stays a plain (synchronous, I/O-free) method.

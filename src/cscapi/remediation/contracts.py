@@ -1,5 +1,7 @@
 """What the engine needs from a CAPI client: four methods, as a ``typing.Protocol`` (behaviour, not a class).
 
+Named ``contracts`` (not ``protocol``) so it is not mistaken for the wire package :mod:`cscapi.protocol`.
+
 ``cscapi.client.CAPIClient`` satisfies :class:`DecisionSource` and ``cscapi.aio.AsyncCAPIClient`` satisfies
 :class:`AsyncDecisionSource`; a test double or another transport can too.
 """
