@@ -1,9 +1,9 @@
 """Code written for the legacy cscapi 0.7.0 runs unchanged: against a mock CAPI, and against the emulator.
 
-The legacy snippets name no server, so the tests point them elsewhere without touching them: the mock run sets the
-transport test hook ``cscapi.transport.DEFAULT_TRANSPORT``; the emulator runs set ``CSCAPI_BASE_URL`` (documented in
-docs/client.md). Each runs in a temporary directory, where ``sqlite:///cscapi.db`` lands. The README's migration
-section snippets are read from README.md itself, so the page and the test cannot drift apart.
+The legacy snippets name no server, so the tests point them elsewhere without touching them: the mock run hands the
+mock transport to every ``CAPIClientConfig`` the program builds (a subclass replaces the class the program imports);
+the emulator runs set ``CSCAPI_BASE_URL`` (documented in docs/client.md). Each runs in a temporary directory, where
+``sqlite:///cscapi.db`` lands. The README's migration section snippets are read from README.md itself, so the page and the test cannot drift apart.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 import cscapi.client
-import cscapi.transport
 from test_client_support import FakeCAPI
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -85,7 +84,14 @@ def test_legacy_program_against_a_mock_capi(
     }
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CSCAPI_BASE_URL", raising=False)
-    monkeypatch.setattr(cscapi.transport, "DEFAULT_TRANSPORT", fake.transport)
+
+    class ConfigWithMockTransport(cscapi.client.CAPIClientConfig):
+        """The program's own config, with the mock transport added (the program itself is not touched)."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, transport=fake.transport, **kwargs)
+
+    monkeypatch.setattr(cscapi.client, "CAPIClientConfig", ConfigWithMockTransport)
     out = legacy_program()
     out["client"].close()
     assert (tmp_path / "cscapi.db").exists()

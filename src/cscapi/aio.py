@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from cscapi._config import SIGNAL_BATCH_LIMIT, CAPIClientConfig
 from cscapi._core import Core, Flow, T, run_async
-from cscapi.client import SIGNAL_BATCH_LIMIT, CAPIClientConfig
 from cscapi.models import DecisionStream, EnrollOutcome, LinkDownload, Machine, SendReport, Signal
 from cscapi.storage import StorageInterface
 from cscapi.timeutil import utcnow
@@ -111,15 +111,19 @@ class AsyncCAPIClient:
         """``POST /v3/metrics`` describing this SDK."""
         await self._run(self._core.send_metrics(machine_id))
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Close the HTTP connection pool (the storage stays open)."""
         await self._transport.aclose()
+
+    async def close(self) -> None:
+        """Alias of :meth:`aclose` (redis-py's convention: ``aclose`` on async classes, ``close`` kept)."""
+        await self.aclose()
 
     async def __aenter__(self) -> AsyncCAPIClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        await self.aclose()
 
     def __repr__(self) -> str:
         return f"AsyncCAPIClient(base_url={self.config.api_root!r}, storage={type(self.storage).__name__})"

@@ -8,8 +8,8 @@ Every request is bounded: in time by a total ``deadline`` (on top of httpx's per
 on the *decompressed* body, enforced while decompressing (a gzip bomb never inflates past the cap), and links follow
 at most ``max_redirects`` redirects, never from https down to http. See "Limits and deadlines" in docs/client.md.
 
-Test hook: ``DEFAULT_TRANSPORT`` / ``DEFAULT_ASYNC_TRANSPORT`` (module attributes, None by default) are used when the
-config gives no ``transport``; tests set them (``monkeypatch``) to run unchanged legacy code against a mock server.
+No module-level state: a test hands its own httpx transport in through the config (``transport=``), or points the
+code at the emulator with ``CSCAPI_BASE_URL``.
 """
 
 from __future__ import annotations
@@ -30,19 +30,14 @@ from cscapi.errors import ConfigurationError, ResponseTooLargeError, UnsafeLinkE
 from cscapi.protocol.http import NetworkFailure, Request, Response, safe_url
 
 __all__ = [
-    "DEFAULT_ASYNC_TRANSPORT",
     "DEFAULT_DEADLINE",
     "DEFAULT_MAX_ERROR_BYTES",
     "DEFAULT_MAX_REDIRECTS",
     "DEFAULT_MAX_RESPONSE_BYTES",
-    "DEFAULT_TRANSPORT",
     "AsyncTransport",
     "SyncTransport",
     "TransportSettings",
 ]
-
-DEFAULT_TRANSPORT: httpx.BaseTransport | None = None
-DEFAULT_ASYNC_TRANSPORT: httpx.AsyncBaseTransport | None = None
 
 DEFAULT_DEADLINE = 600.0
 """Seconds one request (redirects included) may take in total: a 10 MB answer at ~150 kbit/s fits."""
@@ -386,7 +381,7 @@ class SyncTransport:
             with self._lock:
                 if self._client is None:
                     kwargs = self.settings.client_kwargs()
-                    transport = self.settings.transport or DEFAULT_TRANSPORT
+                    transport = self.settings.transport
                     kwargs["transport"] = transport if transport is not None else _bounded_transport(kwargs)
                     self._client = httpx.Client(**kwargs)
                 client = self._client
@@ -475,7 +470,7 @@ class AsyncTransport:
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
             kwargs = self.settings.client_kwargs()
-            transport = self.settings.async_transport or DEFAULT_ASYNC_TRANSPORT
+            transport = self.settings.async_transport
             if transport is None and isinstance(self.settings.transport, httpx.AsyncBaseTransport):
                 transport = self.settings.transport  # e.g. an httpx.MockTransport serves both
             if transport is not None:
@@ -543,6 +538,11 @@ class AsyncTransport:
             return _response(resp, content)
 
     async def aclose(self) -> None:
+        """Close the connection pool (a later request opens a new one)."""
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    async def close(self) -> None:
+        """Alias of :meth:`aclose` (redis-py's convention: ``aclose`` on async classes, ``close`` kept)."""
+        await self.aclose()

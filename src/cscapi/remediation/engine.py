@@ -55,8 +55,18 @@ def _after_fork_in_child() -> None:
         engine._start_sync_thread()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_fork_hook_lock = threading.Lock()
+_fork_hook_registered = False
+
+
+def _register_fork_hook() -> None:
+    """Register :func:`_after_fork_in_child` once, when the first engine is created (not at import: a program that
+    imports cscapi without building an engine gets no process-wide fork hook)."""
+    global _fork_hook_registered
+    with _fork_hook_lock:
+        if not _fork_hook_registered and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            _fork_hook_registered = True
 
 
 def _sync_loop(ref: weakref.ref[_EngineBase[Any]], stop: threading.Event, interval: float) -> None:
@@ -164,6 +174,7 @@ class _EngineBase(Generic[C]):
                 self._logger.warning("could not load the decisions from %s yet, serving none: %s", self.store.uri, exc)
         else:
             self.last_synced_at = self._clock()
+        _register_fork_hook()
         _engines.add(self)
         self._start_sync_thread()
 
