@@ -3,7 +3,8 @@
 The legacy snippets name no server, so the tests point them elsewhere without touching them: the mock run hands the
 mock transport to every ``CAPIClientConfig`` the program builds (a subclass replaces the class the program imports);
 the emulator runs set ``CSCAPI_BASE_URL`` (documented in docs/client.md). Each runs in a temporary directory, where
-``sqlite:///cscapi.db`` lands. The README's migration section snippets are read from README.md itself, so the page and the test cannot drift apart.
+``sqlite:///cscapi.db`` lands. The README's migration section snippets are read from README.md itself, so the page
+and the test cannot drift apart.
 """
 
 from __future__ import annotations
