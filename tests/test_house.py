@@ -222,3 +222,24 @@ def test_async_client_aclose_and_its_close_alias_close_the_pool(tmp_path: Any) -
         return seen
 
     assert asyncio.run(main()) == [True, True, True]
+
+
+def test_a_failed_parse_leaves_the_collector_as_it_was() -> None:
+    import gc
+
+    from cscapi.errors import CAPIError
+    from cscapi.protocol.http import Response
+    from cscapi.protocol.responses import parse_stream
+
+    bad = Response(200, {"content-type": "application/json"}, b'{"new": [', "http://capi.test/v3/decisions/stream")
+    assert gc.isenabled()
+    with pytest.raises(CAPIError):
+        parse_stream(bad, startup=True)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with pytest.raises(CAPIError):
+            parse_stream(bad, startup=True)
+        assert not gc.isenabled()  # the host's choice is kept
+    finally:
+        gc.enable()
