@@ -469,7 +469,7 @@ def test_allowlist_and_blocklist_validation() -> None:
 
 
 def test_tombstones_are_pruned_once_every_machine_has_seen_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    import cscapi.emulator.state as state_mod
+    import cscapi.emulator.state.community as state_mod
 
     monkeypatch.setattr(state_mod, "_TOMBSTONE_PRUNE_AT", 3)
     state = EmulatorState(EmulatorConfig(community_size=10))
@@ -531,7 +531,7 @@ def test_delta_pulls_keep_a_client_in_sync_with_the_server(monkeypatch: pytest.M
     client (deleted lists values, protocol §6.2) but never outlives the value's last decision on the server."""
     from hypothesis import given, settings
 
-    import cscapi.emulator.state as state_mod
+    import cscapi.emulator.state.accounts as state_mod
 
     monkeypatch.setattr(state_mod, "_SCRYPT_N", 2)  # 300 registrations: the password hash is not under test here
 

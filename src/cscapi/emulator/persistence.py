@@ -16,7 +16,7 @@ from typing import Any
 
 from cscapi.errors import ConfigurationError
 
-__all__ = ["FORMAT_VERSION", "SQLiteStore"]
+__all__ = ["FORMAT_VERSION", "StateFile"]
 
 log = logging.getLogger("cscapi.emulator")
 
@@ -86,8 +86,10 @@ def _dump(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-class SQLiteStore:
-    """The tables behind a persistent emulator; each method is one transaction."""
+class StateFile:
+    """The emulator's state file (``--state``): the tables behind a persistent emulator; each method is one
+    transaction. Not to be confused with the remediation engine's decision store
+    (``cscapi.remediation.stores.sqlite.SQLiteStore``)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -269,3 +271,7 @@ class SQLiteStore:
         return [
             (kind, json.loads(body)) for kind, body in self.conn.execute("SELECT kind, body FROM records ORDER BY seq")
         ]
+
+
+#: The name this class had before 0.8 (it clashed with the remediation engine's ``SQLiteStore``); kept for imports.
+SQLiteStore = StateFile

@@ -1,0 +1,331 @@
+"""The emulator's state and behaviour, free of HTTP, split by concern behind one facade, :class:`EmulatorState`:
+
+- ``accounts``: machines, tokens, login rate limit and bans, password hashing, enrollment and attachment keys;
+- ``community``: the community blocklist, its expiry, tombstones and versions;
+- ``lists``: published blocklists and allowlists (and the v2 pull's inline list entries);
+- ``streams``: the v3 and v2 decision-stream answers built from the two above;
+- ``faults``: fault injection and request counters;
+- ``inbox``: received signals and payloads (metrics, usage metrics, decision deletes and syncs, enrollments).
+
+One re-entrant lock (:class:`~cscapi.emulator.state.base.StateContext`) guards every part, so the ASGI app (its
+own thread and loop) and tests or admin code in other threads can use the same object. Times are unix seconds from
+``config.clock`` (``time.time`` by default). The parts never import the library's models: the emulator checks
+the client from outside.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from cscapi.emulator.community import generate_community, load_community_file
+from cscapi.emulator.config import EmulatorConfig, FaultSpec
+from cscapi.emulator.state.accounts import Accounts, MachineRecord
+from cscapi.emulator.state.base import (
+    MAX_DECISION_SECONDS,
+    ApiError,
+    DecisionKey,
+    StateContext,
+    decision_seconds,
+    rfc3339,
+    rfc3339_seconds,
+)
+from cscapi.emulator.state.community import Community, CommunityDecision, _int_duration
+from cscapi.emulator.state.faults import FaultAction, Faults
+from cscapi.emulator.state.inbox import Inbox
+from cscapi.emulator.state.lists import Lists
+from cscapi.emulator.state.streams import Streams
+
+__all__ = [
+    "MAX_DECISION_SECONDS",
+    "ApiError",
+    "CommunityDecision",
+    "DecisionKey",
+    "EmulatorState",
+    "FaultAction",
+    "MachineRecord",
+    "decision_seconds",
+    "rfc3339",
+    "rfc3339_seconds",
+]
+
+_ = _int_duration  # re-exported for the tests of the duration format
+
+
+class EmulatorState:
+    """All emulator state; thread-safe. ``EmulatorState(config)`` loads the SQLite file when ``state_path`` is set.
+
+    A facade: it builds the parts (``accounts``, ``community``, ``lists``, ``streams``, ``faults_part``,
+    ``inbox``), runs their lifecycle (seed, load, reset, close, summary), and otherwise only delegates, which is
+    why it has more than 25 methods and properties: they are the stable API of the app, the admin API and tests.
+    """
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self._ctx = ctx = StateContext(config)
+        self.clock = ctx.clock
+        self.lock = ctx.lock
+        self.faults_part = Faults(ctx)
+        self.inbox = Inbox(ctx)
+        self.accounts = Accounts(ctx, self.faults_part, self.inbox)
+        self.community = Community(ctx)
+        self.lists = Lists(ctx)
+        self.streams = Streams(ctx, self.accounts, self.community, self.lists)
+        if ctx.store is not None and ctx.store.meta().get("initialised"):
+            self._load()
+        else:
+            self._seed_from_config()
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+
+    def _clear(self) -> None:
+        self.accounts.clear()
+        self.inbox.clear()
+        self.community.clear()
+        self.lists.clear()
+        self.streams.clear()
+
+    def _seed_from_config(self) -> None:
+        cfg = self.config
+        if cfg.community_file:
+            seeds = load_community_file(cfg.community_file, cfg.seed)
+        else:
+            seeds = generate_community(cfg.community_size, cfg.seed, cfg.community_scenarios)
+        now = self.clock()
+        store = self._ctx.store
+        if store is not None:
+            store.wipe()
+            store.set_meta(secret=self.accounts.secret.hex(), initialised=True)
+        self.community.add_seeds(seeds, now)
+        for bl in cfg.blocklists:
+            self.publish_blocklist(**bl)
+        for al in cfg.allowlists:
+            self.publish_allowlist(**al)
+
+    def _load(self) -> None:
+        assert self._ctx.store is not None
+        meta = self._ctx.store.meta()
+        self.accounts.load(meta)
+        self.inbox.load()
+        self.community.load(meta)
+        self.lists.load()
+
+    def reset(self) -> None:
+        """Forget everything and start again from the configuration (community list regenerated from the seed)."""
+        with self.lock:
+            self.faults_part.reset()
+            self.accounts.reset_settings()
+            self._clear()
+            self._seed_from_config()
+
+    def close(self) -> None:
+        """Close the SQLite file, if any."""
+        with self.lock:
+            if self._ctx.store is not None:
+                self._ctx.store.close()
+                self._ctx.store = None
+
+    def summary(self) -> dict[str, Any]:
+        """Counts of everything, for ``GET /admin/state``."""
+        with self.lock:
+            return {
+                "machines": len(self.machines),
+                "signals": len(self.signals),
+                "decisions": len(self.decisions),
+                "tombstones": len(self.tombstones),
+                "version": self.version,
+                "blocklists": len(self.blocklists),
+                "allowlists": len(self.allowlists),
+                "records": {k: len(v) for k, v in self.records.items()},
+                "faults": {k: v.to_dict() for k, v in self.faults.items()},
+                "internal_errors": self.internal_errors,
+                "persistent": self._ctx.store is not None,
+            }
+
+    # ---- the parts' data (read under ``lock``) ---------------------------------------------------------------
+
+    @property
+    def secret(self) -> bytes:
+        return self.accounts.secret
+
+    @property
+    def machines(self) -> dict[str, MachineRecord]:
+        return self.accounts.machines
+
+    @property
+    def login_attempts(self) -> dict[str, list[float]]:
+        return self.accounts.login_attempts
+
+    @property
+    def login_bans(self) -> dict[str, float]:
+        return self.accounts.login_bans
+
+    @property
+    def early_tokens(self) -> dict[str, float]:
+        return self.accounts.early_tokens
+
+    @property
+    def attachment_keys(self) -> set[str]:
+        return self.accounts.attachment_keys
+
+    @property
+    def only_listed_keys(self) -> bool:
+        return self.accounts.only_listed_keys
+
+    @property
+    def signals(self) -> list[dict[str, Any]]:
+        return self.inbox.signals
+
+    @property
+    def signal_uuids(self) -> dict[str, set[str]]:
+        return self.inbox.signal_uuids
+
+    @property
+    def records(self) -> dict[str, list[dict[str, Any]]]:
+        return self.inbox.records
+
+    @property
+    def decisions(self) -> dict[DecisionKey, CommunityDecision]:
+        return self.community.decisions
+
+    @property
+    def tombstones(self) -> dict[DecisionKey, dict[str, Any]]:
+        return self.community.tombstones
+
+    @property
+    def version(self) -> int:
+        return self.community.version
+
+    @property
+    def blocklists(self) -> dict[str, dict[str, Any]]:
+        return self.lists.blocklists
+
+    @property
+    def allowlists(self) -> dict[str, dict[str, Any]]:
+        return self.lists.allowlists
+
+    @property
+    def lists_version(self) -> int:
+        return self.lists.lists_version
+
+    @property
+    def faults(self) -> dict[str, FaultSpec]:
+        return self.faults_part.specs
+
+    @property
+    def fault_rng(self) -> random.Random:
+        return self.faults_part.rng
+
+    @property
+    def request_counts(self) -> Counter[tuple[str, int]]:
+        return self.faults_part.request_counts
+
+    @property
+    def internal_errors(self) -> int:
+        return self.faults_part.internal_errors
+
+    @internal_errors.setter
+    def internal_errors(self, value: int) -> None:
+        self.faults_part.internal_errors = value
+
+    # ---- accounts --------------------------------------------------------------------------------------------
+
+    def register(self, machine_id: str, password: str, api: str = "v3") -> MachineRecord:
+        return self.accounts.register(machine_id, password, api)
+
+    def reset_password(self, machine_id: str, password: str) -> None:
+        self.accounts.reset_password(machine_id, password)
+
+    def login(self, machine_id: str, password: str, scenarios: list[str], client_ip: str) -> tuple[str, float]:
+        return self.accounts.login(machine_id, password, scenarios, client_ip)
+
+    def clear_login_bans(self) -> None:
+        self.accounts.clear_login_bans()
+
+    def authenticate(self, header: str | None) -> MachineRecord:
+        return self.accounts.authenticate(header)
+
+    def expire_tokens(self, machine_id: str | None = None) -> int:
+        return self.accounts.expire_tokens(machine_id)
+
+    def enroll(self, m: MachineRecord, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return self.accounts.enroll(m, body)
+
+    def autoenroll(self, m: MachineRecord, body: dict[str, Any], base_url: str) -> dict[str, Any]:
+        return self.accounts.autoenroll(m, body, base_url)
+
+    def add_attachment_key(self, key: str) -> None:
+        self.accounts.add_attachment_key(key)
+
+    def set_only_listed_keys(self, only_listed: bool) -> None:
+        self.accounts.set_only_listed_keys(only_listed)
+
+    # ---- inbox -----------------------------------------------------------------------------------------------
+
+    def add_signals(self, m: MachineRecord, items: list[dict[str, Any]], api: str) -> tuple[int, int]:
+        return self.inbox.add_signals(m, items, api)
+
+    def record_payload(self, kind: str, m: MachineRecord, body: Any, api: str) -> None:
+        self.inbox.record_payload(kind, m, body, api)
+
+    def query_signals(self, machine_id: str | None = None, scenario: str | None = None) -> list[dict[str, Any]]:
+        return self.inbox.query_signals(machine_id, scenario)
+
+    # ---- community list and streams --------------------------------------------------------------------------
+
+    def add_decisions(
+        self, items: Iterable[dict[str, Any]], now: float | None = None
+    ) -> tuple[list[CommunityDecision], int]:
+        return self.community.add_decisions(items, now)
+
+    def remove_decisions(self, values: Iterable[str], *, expire: bool = False, scenario: str | None = None) -> int:
+        return self.community.remove_decisions(values, expire=expire, scenario=scenario)
+
+    def expire_due(self) -> int:
+        return self.community.expire_due()
+
+    def list_decisions(self) -> list[dict[str, Any]]:
+        return self.community.list_decisions()
+
+    def stream_v3(
+        self, m: MachineRecord, *, startup: bool, community_pull: bool, additional_pull: bool, base_url: str
+    ) -> bytes:
+        return self.streams.stream_v3(
+            m, startup=startup, community_pull=community_pull, additional_pull=additional_pull, base_url=base_url
+        )
+
+    def stream_v2(self, m: MachineRecord, *, startup: bool, community_pull: bool, additional_pull: bool) -> bytes:
+        return self.streams.stream_v2(
+            m, startup=startup, community_pull=community_pull, additional_pull=additional_pull
+        )
+
+    # ---- published lists -------------------------------------------------------------------------------------
+
+    list_id = staticmethod(Lists.list_id)
+
+    def publish_blocklist(
+        self, name: str, content: Iterable[str], remediation: str = "ban", scope: str = "ip", duration: str = "24h"
+    ) -> dict[str, Any]:
+        return self.lists.publish_blocklist(name, content, remediation, scope, duration)
+
+    def publish_allowlist(self, name: str, items: Iterable[Any] = (), description: str = "") -> dict[str, Any]:
+        return self.lists.publish_allowlist(name, items, description)
+
+    def remove_list(self, kind: str, name_or_id: str) -> bool:
+        return self.lists.remove_list(kind, name_or_id)
+
+    # ---- faults and counters ---------------------------------------------------------------------------------
+
+    def set_fault(self, endpoint: str, spec: FaultSpec) -> None:
+        self.faults_part.set_fault(endpoint, spec)
+
+    def clear_faults(self, endpoint: str | None = None) -> None:
+        self.faults_part.clear_faults(endpoint)
+
+    def take_fault(self, endpoint: str) -> FaultAction:
+        return self.faults_part.take_fault(endpoint)
+
+    def count_request(self, endpoint: str, status: int) -> None:
+        self.faults_part.count_request(endpoint, status)
