@@ -3,12 +3,14 @@ at import, ``aclose`` on every async class."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import importlib
 import inspect
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -243,3 +245,207 @@ def test_a_failed_parse_leaves_the_collector_as_it_was() -> None:
         assert not gc.isenabled()  # the host's choice is kept
     finally:
         gc.enable()
+
+
+# ---- import graph and protocol limits (HA, issue 10 item 2) ---------------------------------------------------------
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+PACKAGE = SRC / "cscapi"
+
+
+# ---- import graph (item 2) ----------------------------------------------------------------------------------------
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _imported(module: str, is_package: bool, node: ast.Import | ast.ImportFrom, known: set[str]) -> set[str]:
+    """The modules of ``known`` one import statement names (``from pkg import sub`` names ``pkg.sub``)."""
+    if isinstance(node, ast.Import):
+        return {alias.name for alias in node.names if alias.name in known}
+    base = node.module or ""
+    if node.level:
+        anchor = module.split(".") if is_package else module.split(".")[:-1]
+        anchor = anchor[: len(anchor) - (node.level - 1)]
+        base = ".".join([*anchor, *([node.module] if node.module else [])])
+    found: set[str] = set()
+    for alias in node.names:
+        if f"{base}.{alias.name}" in known:
+            found.add(f"{base}.{alias.name}")
+        elif base in known:
+            found.add(base)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """``{module: modules it imports}`` for every module of ``src/cscapi``, read with ``ast``.
+
+    Counted: every import statement that runs, at import time (module level, ``try``/``if`` blocks) or at call time
+    (inside functions and methods): a function-level (lazy) import still makes its module depend on the other one.
+    The old ``client.py`` <-> ``_core.py`` circle was exactly that: a module-level import one way, a function-level
+    import in ``Core.__init__`` back. Not counted: imports under ``if TYPE_CHECKING:`` (they never run: annotations
+    only), and the body of a module-level ``__getattr__`` (PEP 562): a lazy re-export makes the module a facade for a
+    name that lives elsewhere, not a dependency of its own code (``cscapi.storage.LegacyStorageAdapter``).
+    """
+    modules = _modules()
+    known = set(modules)
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        skipped = {
+            id(node)
+            for node in ast.walk(tree)
+            if (isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test))
+            or (
+                node in tree.body
+                and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and node.name == "__getattr__"
+            )
+        }
+        edges: set[str] = set()
+        stack: list[ast.AST] = [tree]
+        while stack:
+            node = stack.pop()
+            if id(node) in skipped:
+                if isinstance(node, ast.If):  # the else branch of ``if TYPE_CHECKING:`` does run
+                    stack.extend(node.orelse)
+                continue
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                edges |= _imported(name, path.name == "__init__.py", node, known)
+            stack.extend(ast.iter_child_nodes(node))
+        edges.discard(name)
+        graph[name] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle as ``[a, b, ..., a]``, or None when the graph is acyclic (iterative DFS, three colours)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in sorted(graph):
+        if state.get(root):
+            continue
+        path = [root]
+        iterators = [iter(sorted(graph[root]))]
+        state[root] = 1
+        while iterators:
+            child = next(iterators[-1], None)
+            if child is None:
+                state[path.pop()] = 2
+                iterators.pop()
+            elif state.get(child) == 1:
+                return [*path[path.index(child) :], child]
+            elif not state.get(child):
+                state[child] = 1
+                path.append(child)
+                iterators.append(iter(sorted(graph.get(child, ()))))
+    return None
+
+
+def test_house_find_cycle_sees_a_circle_through_a_lazy_import(tmp_path: Path) -> None:
+    """The checker itself: a function-level import back is a circle; TYPE_CHECKING and ``__getattr__`` ones are not."""
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    graph = import_graph()
+    assert "cscapi._core" in graph["cscapi.client"]  # module-level import seen
+    assert "cscapi.machines" in graph["cscapi._validators"]  # a function-level import is counted
+    assert "cscapi.legacy_storage" not in graph["cscapi.storage"]  # TYPE_CHECKING and PEP 562 re-export only
+    assert "cscapi.storage" in graph["cscapi.legacy_storage"]
+
+
+def test_house_no_import_cycle_in_src() -> None:
+    """No module of ``src/cscapi`` depends on itself through others (issue 10: "no import circle in src/")."""
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import circle: " + " -> ".join(cycle or [])
+
+
+def test_house_clients_and_core_import_the_config_not_each_other() -> None:
+    """``CAPIClientConfig`` lives in ``cscapi._config``: the flows and the async client never import the sync client."""
+    graph = import_graph()
+    assert "cscapi.client" not in graph["cscapi._core"]
+    assert "cscapi.client" not in graph["cscapi.aio"]
+    assert "cscapi._config" in graph["cscapi._core"] and "cscapi._config" in graph["cscapi.aio"]
+    for light in ("cscapi.limits", "cscapi._validators"):  # read by `cscapi --help` through cscapi.settings
+        assert not graph[light] - {"cscapi.errors", "cscapi.limits", "cscapi.machines", "cscapi.signals"}, light
+
+
+# ---- one copy of the protocol limits and URLs (item 2) ------------------------------------------------------------
+
+_LIMITS_HOME = PACKAGE / "limits.py"
+#: The emulator keeps its own copies on purpose: it checks the client from outside (docs/internals.md).
+_INDEPENDENT = PACKAGE / "emulator"
+
+
+@pytest.mark.parametrize("needle", ["api.crowdsec.net", "api.dev.crowdsec.net"])
+def test_house_capi_urls_are_written_once(needle: str) -> None:
+    """CAPI's URLs appear in ``cscapi/limits.py`` only; everything else imports ``PROD_URL``/``DEV_URL``."""
+    strays = [
+        f"{path.relative_to(SRC)}:{number}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path != _LIMITS_HOME
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if needle in line
+    ]
+    assert strays == []
+    assert needle in _LIMITS_HOME.read_text(encoding="utf-8")
+
+
+def test_house_cadence_limits_are_written_once() -> None:
+    """The pull cadence (5400 s minimum, 7200 s default) is a number in ``cscapi/limits.py`` only (emulator aside)."""
+    strays = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == _LIMITS_HOME or _INDEPENDENT in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and type(node.value) in (int, float) and node.value in (5400, 7200):
+                strays.append(f"{path.relative_to(SRC)}:{node.lineno}")
+            elif (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and any(word in node.value for word in ("5400", "7200"))
+            ):
+                strays.append(f"{path.relative_to(SRC)}:{node.lineno} (text)")
+    assert strays == []
+
+
+# ---- one AllMetrics builder ------------------------------------------------------------------------------------------
+
+
+def test_the_engine_and_the_public_builder_send_the_same_component(
+    lapi_spec: dict[str, Any], validate_against: Any
+) -> None:
+    from cscapi.protocol import usage_metrics_payload
+    from cscapi.remediation.metrics import build_usage_metrics
+
+    long = "x" * 300
+    counts = {("CAPI", "ban"): 3, ("lists:" + long, "captcha"): 2, ("CAPI", "bypass"): 5}
+    engine = build_usage_metrics(
+        counts, name=long, type_=long, version=long, startup_ts=1000, window_start=1500, now=2000, last_pull=1900
+    )
+    public = usage_metrics_payload(
+        name=long,
+        component_type=long,
+        version=long,
+        startup=1000,
+        now=2000,
+        window_seconds=500,
+        last_pull=1900,
+        items=[
+            ("dropped", 3, "request", {"origin": "CAPI", "remediation": "ban"}),
+            ("dropped", 2, "request", {"origin": "lists:" + long, "remediation": "captcha"}),
+            ("processed", 10, "request", None),
+        ],
+    )
+    assert engine == public
+    (component,) = engine["remediation_components"]
+    assert component["os"]["family"] and component["os"]["name"] and component["os"]["version"]
+    assert len(component["name"]) == len(component["type"]) == len(component["version"]) == 255
+    assert max(len(v) for i in component["metrics"][0]["items"] for v in i.get("labels", {}).values()) == 255
+    validate_against(lapi_spec, "AllMetrics", public)
