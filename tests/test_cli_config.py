@@ -9,7 +9,7 @@ import pytest
 import tomllib
 
 import test_cli_support as support
-from cscapi.config import MIN_REFRESH_INTERVAL, load_settings, render_config_file
+from cscapi.settings import MIN_REFRESH_INTERVAL, load_settings, render_config_file
 from test_cli_support import CliEnv, assert_user_error
 
 cli_env = support.cli_env

@@ -8,7 +8,7 @@ from pathlib import Path
 import cscapi.errors
 from cscapi.cli import COMMANDS
 from cscapi.cli._exit import MEANINGS, code_for
-from cscapi.config import SETTINGS
+from cscapi.settings import SETTINGS
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

@@ -151,7 +151,7 @@ def test_register_against_a_dead_port_fails_at_once_and_leaves_nothing(capi_env:
 
 def test_fail_fast_is_the_commands_option_not_the_agents(cli_env: CliEnv) -> None:
     from cscapi.cli._runtime import open_client, session
-    from cscapi.config import load_settings
+    from cscapi.settings import load_settings
     from cscapi.sql_storage import SQLStorage
 
     settings = load_settings({"target": "http://127.0.0.1:1/", "scenarios": ["crowdsecurity/ssh-bf"]})

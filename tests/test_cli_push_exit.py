@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 import test_cli_support as support
-from cscapi.config import load_settings
+from cscapi.settings import load_settings
 from cscapi.timeutil import utcnow
 from test_cli_support import CliEnv, assert_user_error, unreachable_url
 

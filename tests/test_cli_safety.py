@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import test_cli_support as support
-from cscapi.config import load_settings
+from cscapi.settings import load_settings
 from test_cli_support import CliEnv, assert_user_error, unreachable_url
 
 cli_env = support.cli_env

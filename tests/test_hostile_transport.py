@@ -310,9 +310,9 @@ def test_a_certificate_failure_is_not_retried(mode: str, storage: SQLStorage, tm
 
 
 def test_insecure_settings_are_logged_once(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cscapi.client
+    import cscapi._config
 
-    monkeypatch.setattr(cscapi.client, "_WARNED", set())  # "once per process": forget what earlier tests logged
+    monkeypatch.setattr(cscapi._config, "_WARNED", set())  # "once per process": forget what earlier tests logged
     caplog.set_level(logging.WARNING, logger="cscapi")
     url = "https://127.0.0.1:8443/"
     for _ in range(3):
@@ -330,7 +330,7 @@ def test_insecure_settings_are_logged_once(caplog: pytest.LogCaptureFixture, mon
 
 def test_the_cli_refuses_verify_tls_off_with_a_ca_bundle(tmp_path: Path) -> None:
     from cscapi.cli._runtime import client_config
-    from cscapi.config import load_settings
+    from cscapi.settings import load_settings
 
     cert = self_signed_cert(tmp_path)
     env = {"HOME": str(tmp_path), "CSCAPI_VERIFY_TLS": "false", "CSCAPI_CA_BUNDLE": str(cert.cert)}

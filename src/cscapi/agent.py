@@ -36,6 +36,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cscapi._validators import check_batch_size, check_refresh
 from cscapi.errors import (
     AlreadyRunningError,
     CAPIError,
@@ -46,12 +47,20 @@ from cscapi.errors import (
     RefreshTooSoonError,
     StorageError,
 )
+from cscapi.limits import (
+    DEFAULT_METRICS_INTERVAL,
+    DEFAULT_REFRESH_INTERVAL,
+    DEFAULT_REFRESH_JITTER,
+    MAX_PUSH_INTERVAL,
+    MIN_PUSH_INTERVAL,
+    MIN_REFRESH_INTERVAL,
+)
 from cscapi.timeutil import format_go_duration, format_rfc3339, utcnow
 
 __all__ = ["Agent", "AgentConfig", "AgentLock", "HealthServer"]
 
-#: CAPI's documented minimum between two decision pulls (1 h 30).
-MIN_REFRESH_SECONDS = 5400.0
+#: CAPI's documented minimum between two decision pulls (1 h 30), from cscapi.limits.
+MIN_REFRESH_SECONDS = float(MIN_REFRESH_INTERVAL)
 _LEASE_KEY = "cscapi-agent"
 _WAKE = 1.0  # the loop looks at the stop flag, a finished job and a lost decision store at least this often
 _RELEASE_RESERVE = 3.0  # of stop_timeout, kept for releasing the locks after the job in flight is abandoned
@@ -61,10 +70,10 @@ _RELEASE_RESERVE = 3.0  # of stop_timeout, kept for releasing the locks after th
 class AgentConfig:
     """When the agent does what. Bounds are checked: CAPI asks for pushes every 10 s to 10 min and pulls >= 1 h 30."""
 
-    push_interval: float = 10.0
-    refresh_interval: float = 7200.0
-    refresh_jitter: float = 300.0
-    metrics_interval: float = 1800.0
+    push_interval: float = MIN_PUSH_INTERVAL
+    refresh_interval: float = DEFAULT_REFRESH_INTERVAL
+    refresh_jitter: float = DEFAULT_REFRESH_JITTER
+    metrics_interval: float = DEFAULT_METRICS_INTERVAL
     batch_size: int = 50
     health_interval: float = 300.0
     health_port: int = 0
@@ -80,19 +89,17 @@ class AgentConfig:
     """Minimum seconds between two re-pulls caused by a LOST decision store (so a flapping store cannot hammer CAPI)."""
 
     def __post_init__(self) -> None:
-        if not 10 <= self.push_interval <= 600:
-            raise ConfigurationError(f"push_interval must be between 10 and 600 seconds, not {self.push_interval:g}")
-        if self.refresh_interval - self.refresh_jitter < MIN_REFRESH_SECONDS:
+        if not MIN_PUSH_INTERVAL <= self.push_interval <= MAX_PUSH_INTERVAL:
             raise ConfigurationError(
-                f"refresh_interval - refresh_jitter must be at least {MIN_REFRESH_SECONDS:g} s (CAPI's minimum)",
-                hint="Use the defaults: refresh_interval 7200, refresh_jitter 300.",
+                f"push_interval must be between {MIN_PUSH_INTERVAL:g} and {MAX_PUSH_INTERVAL:g} seconds, "
+                f"not {self.push_interval:g}"
             )
+        check_refresh(self.refresh_interval, self.refresh_jitter)
         if self.refresh_jitter < 0 or min(self.metrics_interval, self.health_interval, self.prune_interval) <= 0:
             raise ConfigurationError("refresh_jitter must be >= 0; metrics, health and prune intervals must be > 0")
         if self.keep_sent < 0:
             raise ConfigurationError("keep_sent must be >= 0 seconds")
-        if not 1 <= self.batch_size <= 250:
-            raise ConfigurationError(f"batch_size must be between 1 and 250, not {self.batch_size}")
+        check_batch_size(self.batch_size)
         if not 0 <= self.health_port <= 65535:
             raise ConfigurationError(f"health_port must be between 0 and 65535, not {self.health_port}")
         if not 1 <= self.stop_timeout <= 300:

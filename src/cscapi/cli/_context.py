@@ -37,7 +37,7 @@ class AppContext:
 
     def settings(self, **flags: Any) -> Any:
         """The effective settings: command flags, then root flags, then env, file and defaults."""
-        from cscapi.config import load_settings
+        from cscapi.settings import load_settings
 
         merged = dict(self.root_flags)
         merged.update({k: v for k, v in flags.items() if v is not None and v != ()})

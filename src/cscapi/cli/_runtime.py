@@ -16,7 +16,7 @@ from cscapi.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from cscapi.client import CAPIClient, CAPIClientConfig
-    from cscapi.config import Settings
+    from cscapi.settings import Settings
     from cscapi.sql_storage import SQLStorage
 
 #: Scenarios used when nothing is configured and the command only needs *some* valid list (e.g. to register).

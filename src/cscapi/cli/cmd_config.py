@@ -26,7 +26,7 @@ def show(app: AppContext) -> None:
     """
     import os
 
-    from cscapi.config import SETTINGS
+    from cscapi.settings import SETTINGS
 
     settings = app.settings()
     encryption = "on (CSCAPI_STORAGE_KEY is set)" if os.environ.get("CSCAPI_STORAGE_KEY") else "off"
@@ -61,6 +61,6 @@ def path(app: AppContext) -> None:
     """
     import os
 
-    from cscapi.config import default_config_path
+    from cscapi.settings import default_config_path
 
     click.echo(app.config_path or os.environ.get("CSCAPI_CONFIG") or str(default_config_path()))

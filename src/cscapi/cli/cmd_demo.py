@@ -74,7 +74,7 @@ def demo(app: AppContext, demo_target: str | None, data_dir: str | None, yes: bo
       cscapi demo
       cscapi demo --target dev --yes      # the same, for real, against CrowdSec's dev CAPI
     """
-    from cscapi.config import load_settings
+    from cscapi.settings import load_settings
 
     target = demo_target or app.root_flags.get("target") or "emulator"
     embedded = target == "emulator"

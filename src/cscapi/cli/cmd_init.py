@@ -45,7 +45,7 @@ def init(
       cscapi init --target emulator -s crowdsecurity/ssh-bf -s crowdsecurity/http-probing
       cscapi --config ./cscapi.toml init --target prod --user-agent-prefix myapp
     """
-    from cscapi.config import (
+    from cscapi.settings import (
         SETTINGS,
         default_config_path,
         default_data_dir,

@@ -7,16 +7,26 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cscapi.cli._context import AppContext, json_option, pass_app
+from cscapi.limits import MAX_PUSH_INTERVAL, MIN_METRICS_INTERVAL, MIN_PUSH_INTERVAL, MIN_REFRESH_INTERVAL
 
 if TYPE_CHECKING:
     from cscapi.agent import Agent
 
 
 @click.command()
-@click.option("--push-interval", type=float, metavar="SECONDS", help="Push queued signals every N s (10 to 600).")
-@click.option("--refresh-interval", type=float, metavar="SECONDS", help="Pull decisions every N s (>= 5400).")
+@click.option(
+    "--push-interval",
+    type=float,
+    metavar="SECONDS",
+    help=f"Push queued signals every N s ({MIN_PUSH_INTERVAL:g} to {MAX_PUSH_INTERVAL:g}).",
+)
+@click.option(
+    "--refresh-interval", type=float, metavar="SECONDS", help=f"Pull decisions every N s (>= {MIN_REFRESH_INTERVAL})."
+)
 @click.option("--refresh-jitter", type=float, metavar="SECONDS", help="Move each pull by up to ± N s.")
-@click.option("--metrics-interval", type=float, metavar="SECONDS", help="Push metrics every N s (>= 900).")
+@click.option(
+    "--metrics-interval", type=float, metavar="SECONDS", help=f"Push metrics every N s (>= {MIN_METRICS_INTERVAL:g})."
+)
 @click.option("--health-port", type=int, metavar="PORT", help="Serve JSON health on 127.0.0.1:PORT (0: off).")
 @click.option("--no-refresh", is_flag=True, help="Only push signals and metrics; do not pull decisions.")
 @click.option("--no-metrics", is_flag=True, help="Do not push metrics.")

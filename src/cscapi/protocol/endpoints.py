@@ -12,13 +12,11 @@ from urllib.parse import urlsplit
 
 from cscapi._version import __version__
 from cscapi.errors import ConfigurationError
+from cscapi.limits import DEV_URL, PROD_URL
 from cscapi.protocol.http import DEFAULT_GZIP_THRESHOLD, Request, encode_json_body
 from cscapi.timeutil import format_http_date, format_rfc3339
 
 __all__ = ["DEV_URL", "PROD_URL", "Endpoints", "metrics_payload", "normalise_base_url"]
-
-PROD_URL = "https://api.crowdsec.net/"
-DEV_URL = "https://api.dev.crowdsec.net/"
 
 
 def normalise_base_url(url: str, api_version: str = "v3") -> str:

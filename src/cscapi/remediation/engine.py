@@ -16,6 +16,7 @@ from collections.abc import Callable, Generator, Sequence
 from typing import Any, Generic, TypeVar
 
 from cscapi.errors import ConfigurationError, DecisionStoreError, InvalidIPError
+from cscapi.limits import MIN_REFRESH_INTERVAL
 from cscapi.remediation.contracts import AsyncDecisionSource, DecisionSource
 from cscapi.remediation.core import FlowContext, Op, prune_flow, refresh_flow
 from cscapi.remediation.index import Index, Policy, build_index, empty_index, first_live
@@ -118,7 +119,7 @@ class _EngineBase(Generic[C]):
         bouncing_level: str = "normal_bouncing",
         community_pull: bool = True,
         additional_pull: bool = True,
-        min_refresh_interval: float = 5400.0,
+        min_refresh_interval: float = float(MIN_REFRESH_INTERVAL),
         sync_interval_ms: float = 250.0,
         key_prefix: str = "cscapi:",
         lock_ttl: float = 300.0,
