@@ -18,6 +18,7 @@ from cscapi.errors import ValidationError
 from cscapi.models import QueueCounts, Signal
 from cscapi.sql_storage import SQLStorage
 from cscapi.storage import Claim, LegacyStorageAdapter, StorageInterface
+from cscapi.timeutil import utcnow
 from cscapi.utils import create_signal, generate_machine_id_from_key
 from test_legacy_storage import MemoryLegacyStorage
 from test_storage_support import make_signals
@@ -81,20 +82,21 @@ def test_the_adapter_and_the_contract_default_extend_only_what_is_held(sqlite_ur
     with pytest.raises(ValidationError):
         adapter.extend_claim(held, ids(held.signals), 0)
 
-    # the default of StorageInterface (a storage written before extend_claim): no extension, the ids of the claim
-    # while its own lease runs, none after
+    # the default of StorageInterface (a storage written before extend_claim): no extension; the claim's ids only
+    # while its own lease still runs for the time asked
     with SQLStorage(sqlite_url) as st:
         st.add_signals(make_signals(3))
-        claim = st.claim_signals(3, 60.0)
+        claim = st.claim_signals(3, 600.0)
         every = ids(claim.signals)
         assert StorageInterface.extend_claim(st, claim, [*every, 10**9], 60.0) == every
-        over = Claim(token=claim.token, signals=claim.signals, expires_at=claim.expires_at - timedelta(seconds=61))
+        assert StorageInterface.extend_claim(st, claim, every, 1200.0) == []  # it cannot extend
+        over = Claim(token=claim.token, signals=claim.signals, expires_at=claim.expires_at - timedelta(seconds=601))
         assert StorageInterface.extend_claim(st, over, every, 60.0) == []
 
 
-class StolenBeforeTheRetry(SQLStorage):
-    """A real SQLStorage where, just before the second try of the first POST, another sender takes half of the
-    claim (its lease "ran out" and was re-claimed: done here by a release and a claim under another token)."""
+class TakenDuringTheBackoff(SQLStorage):
+    """A real SQLStorage where another sender claims two of the signals as soon as their lease ran out: during the
+    2 s Retry-After pause of the first POST (the lease is 1 s), before the retry's lease extension."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -103,7 +105,23 @@ class StolenBeforeTheRetry(SQLStorage):
 
     def extend_claim(self, claim: Claim, signal_ids: Sequence[int], lease_seconds: float) -> list[int]:
         self.calls.append(list(signal_ids))
-        if len(self.calls) == 2:
+        if self.thief is None and utcnow() > claim.expires_at:  # the lease ran out: claimable by anyone
+            self.thief = self.claim_signals(2, 60.0)
+        return super().extend_claim(claim, signal_ids, lease_seconds)
+
+
+class TakenBeforeTheRetry(SQLStorage):
+    """A real SQLStorage where, just before the retry of the first POST, another sender holds two of its signals
+    (forced here by a release and a claim: partial loss, so the retry is narrowed rather than dropped)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.calls: list[list[int]] = []
+        self.thief: Claim | None = None
+
+    def extend_claim(self, claim: Claim, signal_ids: Sequence[int], lease_seconds: float) -> list[int]:
+        self.calls.append(list(signal_ids))
+        if self.thief is None and utcnow() > claim.expires_at - timedelta(seconds=lease_seconds / 2):
             stolen = sorted(signal_ids)[:2]
             assert self.release_claim(claim, stolen) == 2
             self.thief = self.claim_signals(2, 60.0)
@@ -111,30 +129,44 @@ class StolenBeforeTheRetry(SQLStorage):
         return super().extend_claim(claim, signal_ids, lease_seconds)
 
 
-def test_a_retry_posts_only_the_signals_whose_lease_the_sender_still_holds(sqlite_url: str) -> None:
+def send_with_a_429(
+    storage: SQLStorage, fault: dict[str, Any], **options: Any
+) -> tuple[Any, list[str], dict[str, int], QueueCounts]:
+    """Queue 4 signals, install ``fault`` on the signals endpoint, send; the report, the uuids the emulator received,
+    its signals request counts by status, and the queue's counts."""
     from cscapi.emulator import EmbeddedEmulator, EmulatorConfig, LoginRateLimit
 
-    machine = generate_machine_id_from_key("lease-retry", prefix="test")
     config = EmulatorConfig(seed=1, community_size=10, login_rate_limit=LoginRateLimit(enabled=False))
-    storage = StolenBeforeTheRetry(sqlite_url)
     with EmbeddedEmulator(config) as emu, storage:
-        options = CAPIClientConfig(
-            scenarios=[SCENARIO],
-            base_url=emu.base_url,
-            retry_delay=0.01,
-            send_metrics_after_login=False,
+        cfg = CAPIClientConfig(
+            scenarios=[SCENARIO], base_url=emu.base_url, send_metrics_after_login=False, retry_delay=0.01, **options
         )
-        with CAPIClient(storage, options) as client:
-            queued = [create_signal(f"192.0.2.{i}", SCENARIO, machine_id=machine) for i in range(1, 5)]
-            client.add_signals(queued)
-            client.login(machine)
-            emu.admin.set_fault("signals", error_rate=1.0, error_status=503, remaining=1)
+        with CAPIClient(storage, cfg) as client:
+            client.add_signals([create_signal(f"192.0.2.{i}", SCENARIO, machine_id=MACHINE) for i in range(1, 5)])
+            client.login(MACHINE)
+            emu.admin.set_fault("signals", **fault)
             report = client.send_signals()
-        assert storage.thief is not None
-        stolen = {s.uuid for s in storage.thief.signals}
-        received = [item["signal"]["uuid"] for item in emu.state.signals]
-        assert len(storage.calls) == 2  # one lease extension per try: the 503, then the retry
-        assert sorted(received) == sorted(str(s.uuid) for s in queued if s.uuid not in stolen)  # only what it held
-        assert report.sent == 2
-        assert storage.count_signals() == QueueCounts(claimed=2)  # the stolen two: their new holder's, untouched
-        assert emu.admin.requests()["signals"] == {"503": 1, "200": 1}
+        received = sorted(str(item["signal"]["uuid"]) for item in emu.state.signals)
+        return report, received, emu.admin.requests()["signals"], storage.count_signals()
+
+
+def test_a_retry_after_the_lease_ran_out_posts_nothing_another_sender_may_hold(sqlite_url: str) -> None:
+    storage = TakenDuringTheBackoff(sqlite_url)
+    fault = {"rate_limit_rate": 1.0, "retry_after": 2, "remaining": 1}
+    report, received, requests, counts = send_with_a_429(storage, fault, claim_lease=1.0)
+    assert received == [] and requests == {"429": 1}  # the retry was not POSTed: its lease was gone
+    assert storage.thief is not None and len(storage.thief) == 2
+    assert report.sent == 0
+    assert counts == QueueCounts(queued=2, claimed=2)  # the thief's two untouched; the other two lapsed: queued
+
+
+def test_a_retry_posts_only_the_signals_whose_lease_the_sender_still_holds(sqlite_url: str) -> None:
+    storage = TakenBeforeTheRetry(sqlite_url)
+    fault = {"rate_limit_rate": 1.0, "retry_after": 3, "remaining": 1}
+    # lease 4 s, Retry-After 3 s: the retry starts with less than half a lease left, so its lease is renewed
+    report, received, requests, counts = send_with_a_429(storage, fault, claim_lease=4.0)
+    assert requests == {"429": 1, "200": 1} and len(received) == 2  # only what it still held
+    assert storage.thief is not None
+    assert not {str(s.uuid) for s in storage.thief.signals} & set(received)
+    assert report.sent == 2
+    assert counts == QueueCounts(claimed=2)  # the stolen two: their new holder's, untouched

@@ -17,10 +17,11 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
+from cscapi._config import CAPIClientConfig
 from cscapi._version import __version__
 from cscapi.errors import (
     AuthenticationError,
@@ -34,6 +35,7 @@ from cscapi.errors import (
     UnsafeLinkError,
     ValidationError,
 )
+from cscapi.limits import MAX_BATCH
 from cscapi.machines import (
     random_machine_id,
     random_password,
@@ -69,7 +71,6 @@ from cscapi.storage import Claim, StorageInterface, check_storage
 from cscapi.timeutil import utcnow
 
 if TYPE_CHECKING:
-    from cscapi.client import CAPIClientConfig
     from cscapi.models import DecisionStream
     from cscapi.transport import AsyncTransport, SyncTransport
 
@@ -95,7 +96,7 @@ LOGIN_BAN_SECONDS = 3600.0
 LOGIN_REFUSED = "CAPI refused the login"
 """Start of ``Machine.failure_reason`` while a machine whose credentials CAPI refused waits out ``failing_cooldown``:
 no login is attempted for it meanwhile (CAPI counts failed logins towards its ban too)."""
-MAX_BATCH_SIZE = 250
+MAX_BATCH_SIZE = MAX_BATCH  # the one copy lives in cscapi.limits
 _CLAIM_BATCHES = 4  # claim up to 4 POSTs' worth of signals per storage round trip
 _MAX_SKIP_WARNINGS = 20  # skipped stream items logged one by one per call; the rest in one summary line
 _LOCK_POLL = (0.05, 0.25)  # losers of the login lock re-read the token every 50-250 ms
@@ -282,6 +283,9 @@ class _Batch:
     def __init__(self, claim: Claim) -> None:
         self.claim = claim
         self.open: set[int] = {s.alert_id for s in claim.signals if s.alert_id is not None}
+        expires = claim.expires_at
+        # a lower bound of the lease on the open signals (the storage set it at or after this moment + lease)
+        self.expires_at = expires if expires.tzinfo is not None else expires.replace(tzinfo=timezone.utc)
 
     def settle(self, ids: Iterable[int]) -> None:
         self.open.difference_update(ids)
@@ -325,8 +329,6 @@ class Core:
     """The flows of the client, bound to one storage and one configuration. Holds no I/O handle."""
 
     def __init__(self, storage: StorageInterface, config: CAPIClientConfig) -> None:
-        from cscapi.client import CAPIClientConfig  # client.py imports this module: a local import, no cycle
-
         if not isinstance(config, CAPIClientConfig):
             raise ConfigurationError("config must be a CAPIClientConfig.")
         check_storage(storage)  # IncompatibleStorageError (a ConfigurationError) says why and what to do
@@ -1032,14 +1034,21 @@ class Core:
         return None
 
     def _still_held(self, batch: _Batch, held: _Held) -> _Before:
-        """The ``before`` hook of a signals POST: extend the lease on every signal of the claim still to be settled
-        (one storage statement: the parts not POSTed yet stay ours too) and narrow the request to the part's signals
-        still held; the ones lost (the lease ran out, another sender may hold them) are settled here and left to
-        their holder. None when none of the part is left."""
+        """The ``before`` hook of a signals POST try: a try starts only with at least half a lease left on its
+        signals. While the lease known to this sender runs that long, nobody else can hold them: no storage call.
+        Else the lease on every signal of the claim still to be settled is renewed (one ``extend_claim``: the parts
+        not POSTed yet stay ours too) and the request narrowed to the part's signals still held; the lost ones (the
+        lease ran out, another sender may hold them) are settled here and left to their holder. None: none is left.
+        """
 
         def before(request: Request) -> Flow[Request | None]:
+            now = yield from self._now()
+            lease = float(self.config.claim_lease)
+            if batch.expires_at - now >= timedelta(seconds=lease / 2):
+                return request
             ids = sorted(batch.open)
-            kept = yield from self._store(self.storage.extend_claim, batch.claim, ids, self.config.claim_lease)
+            kept = yield from self._store(self.storage.extend_claim, batch.claim, ids, lease)
+            batch.expires_at = now + timedelta(seconds=lease)
             lost = batch.open.difference(kept)
             if lost:
                 batch.settle(lost)

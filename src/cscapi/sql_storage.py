@@ -57,8 +57,8 @@ from cscapi._sql.dialects import (
 from cscapi._sql.migrations import current_version, ensure_schema
 from cscapi.errors import CAPIError, StorageError, ValidationError
 from cscapi.models import Machine, QueueCounts, Signal
-from cscapi.storage_crypto import KEY_ENV_VAR, SecretBox, is_encrypted, key_from_env, new_salt
 from cscapi.storage import Claim, StorageInterface
+from cscapi.storage_crypto import KEY_ENV_VAR, SecretBox, is_encrypted, key_from_env, new_salt
 from cscapi.timeutil import utcnow
 
 __all__ = ["SQLStorage"]

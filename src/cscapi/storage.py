@@ -2,8 +2,8 @@
 
 ``StorageInterface`` keeps the legacy ``cscapi`` 0.7.0 methods (``get_signals``, ``update_or_create_signal`` ...)
 and adds the queue operations the client really uses: ``add_signals`` (idempotent by uuid), ``claim_signals``
-(a leased claim so that concurrent senders never send a signal twice), ``extend_claim`` (the lease renewed before
-each POST), ``mark_sent``, ``release_claim``, ``quarantine``, plus machine login locks and bans.
+(a leased claim so that concurrent senders never send a signal twice), ``extend_claim`` (the lease renewed before a
+POST), ``mark_sent``, ``release_claim``, ``quarantine``, plus machine login locks and bans.
 ``cscapi.sql_storage.SQLStorage`` implements it on SQLite, PostgreSQL and MariaDB/MySQL.
 
 Every method is blocking; the async client runs them in a worker thread, never on the event loop.
@@ -18,7 +18,7 @@ from __future__ import annotations
 from abc import ABCMeta, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from cscapi.errors import ConfigurationError
@@ -254,17 +254,21 @@ class StorageInterface(metaclass=_StorageMeta):
         _not_implemented(self, "release_claim")
 
     def extend_claim(self, claim: Claim, signal_ids: Sequence[int], lease_seconds: float) -> list[int]:
-        """Extend by ``lease_seconds`` from now the lease on those ``signal_ids`` this claim still holds (its token,
-        lease not run out) and return their ids; ids lost (lease ran out, maybe re-claimed) are not returned.
+        """Extend to ``lease_seconds`` from now the lease on those ``signal_ids`` this claim still holds (its token,
+        lease not run out) and return their ids: each returned id is this claim's for at least ``lease_seconds``.
+        An id lost (its lease ran out, another claimer may hold it) is not returned.
 
-        The client calls it before each signals POST (each retry too) and sends only the returned ids, so a signal
-        is never POSTed by a sender whose lease ran out while another sender holds it. Implementations should do it
-        in one atomic statement. This default (for storages written before the method existed) extends nothing: it
-        returns every id while the claim's original lease (``claim.expires_at``) runs, and none after, so a slow
-        send stops at the end of that lease instead of overlapping the next claimer's.
+        The client calls it before a signals POST try when less than half of ``claim_lease`` is left, and POSTs only
+        the returned ids, so a sender never POSTs a signal another sender may hold. Implementations should do it in
+        one atomic statement. This default (for storages written before the method existed) extends nothing: it
+        returns the claim's ids only while its original lease (``claim.expires_at``) still has ``lease_seconds``
+        to run, so with it the client stops POSTing a claim once half of its lease is over.
         """
         now = datetime.now(timezone.utc)
-        if claim.expires_at <= (now if claim.expires_at.tzinfo is not None else now.replace(tzinfo=None)):
+        expires = (
+            claim.expires_at if claim.expires_at.tzinfo is not None else claim.expires_at.replace(tzinfo=timezone.utc)
+        )
+        if expires < now + timedelta(seconds=float(lease_seconds)):
             return []
         held = {s.alert_id for s in claim.signals if s.alert_id is not None}
         return [int(i) for i in signal_ids if i in held]
