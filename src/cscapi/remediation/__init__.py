@@ -1,5 +1,5 @@
 """The remediation engine: pull CAPI decisions (community blocklist, blocklists, allowlists) into a shared store,
-and answer ``get_ip_remediation(ip)`` from an in-process index in about a microsecond.
+and answer ``get_ip_remediation(ip)`` from an in-process index, with no I/O per lookup.
 
 See ``docs/remediation.md``.
 """

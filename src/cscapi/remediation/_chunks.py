@@ -2,8 +2,8 @@
 
 A single C call over 100k items (``dict.update(zip(...))``, ``json.dumps``, ``list(map(...))``) never reaches a
 bytecode boundary, so it holds the GIL from start to end: an event loop sharing the process stalls for its whole
-duration (up to ~190 ms for a 220k-decision state). Cut into slices of ``CHUNK`` items, each call lasts about a
-millisecond, and ``time.sleep(0)`` between slices lets a waiting thread (the event loop) take the GIL right away.
+duration (figures: docs/benchmarks.md). Cut into slices of ``CHUNK`` items, each call is short, and ``time.sleep(0)``
+between slices lets a waiting thread (the event loop) take the GIL right away.
 """
 
 from __future__ import annotations

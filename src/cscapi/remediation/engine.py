@@ -1,4 +1,4 @@
-"""The remediation engine: CAPI decisions in a shared store, answered from an in-process index in about a microsecond.
+"""The remediation engine: CAPI decisions in a shared store, answered from an in-process index (no I/O per lookup).
 
 ``RemediationEngine`` (blocking) and ``AsyncRemediationEngine`` (awaiting) share everything but the driver of the
 sans-I/O flows in ``core.py``. ``get_ip_remediation`` is the same synchronous, I/O-free method in both.

@@ -127,7 +127,7 @@ class Index:
         """A copy whose ``fast`` map answers without reading expiries until ``now + span`` (shares everything else).
 
         Saves two memory reads per hit (the entries tuple and its float). The engine derives one in a background
-        thread (about 50 ms for 200k addresses) right after installing a new index and again when the horizon passes;
+        thread right after installing a new index and again when the horizon passes;
         until then lookups read the full entries: the same answers, a little slower.
         """
         horizon = now + span

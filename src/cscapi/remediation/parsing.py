@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
@@ -171,14 +170,3 @@ def _timestamp(value: object) -> float | None:
             return None
         return parsed.timestamp()
     raise ValueError("not a timestamp")
-
-
-def canonical_values(values: Iterable[object], tally: ParseTally, logger: logging.Logger, where: str) -> list[str]:
-    """Canonicalise many values, skipping (and counting) the unreadable ones."""
-    out: list[str] = []
-    for value in values:
-        try:
-            out.append(canonical_value(value))
-        except ValueError as exc:
-            tally.skip(str(exc), value, logger, where)
-    return out
