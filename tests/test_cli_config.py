@@ -71,6 +71,8 @@ def test_init_stdout_writes_nothing(cli_env: CliEnv) -> None:
         (["init", "-s", "not a scenario"], "invalid scenario name"),
         (["init", "--target", "ftp://x"], "invalid target"),
         (["init", "--user-agent-prefix", "has space"], "user_agent_prefix"),
+        (["init", "--user-agent-prefix", "my+app"], "user_agent_prefix"),  # the rule CAPIClientConfig applies
+        (["init", "--user-agent-prefix", "caf\u00e9"], "user_agent_prefix"),
         (["init", "--machine-id-prefix", "UPPER"], "prefix"),
     ],
 )

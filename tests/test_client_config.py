@@ -215,3 +215,92 @@ def test_clients_refuse_wrong_storage_or_config(client_class: str, tmp_path: Pat
     with pytest.raises(ConfigurationError, match="StorageInterface"):
         cls("sqlite:///c.db", config)  # type: ignore[arg-type]
     storage.close()
+
+
+# ---- one validator per setting, every layer (issue 10 item 2) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["my+app", "my app", "my/app", "my(app)", "app;x", "caf\u00e9", "x" * 65, "a\tb"])
+def test_user_agent_prefix_is_judged_the_same_by_the_client_config_and_the_cli_settings(prefix: str) -> None:
+    """The CLI/agent settings accepted ``my+app`` (and ``(``, ``;``, non-ASCII) that CAPIClientConfig refused: the
+    prefix is the start of a User-Agent product token, so both now apply the one rule and say the same thing."""
+    from cscapi.settings import load_settings
+
+    with pytest.raises(ConfigurationError) as by_client:
+        CAPIClientConfig(SCEN, user_agent_prefix=prefix)
+    with pytest.raises(ConfigurationError) as by_settings:
+        load_settings(env={"CSCAPI_USER_AGENT_PREFIX": prefix, "HOME": "/nonexistent"})
+    assert "user_agent_prefix" in by_client.value.message
+    assert by_settings.value.message.startswith(by_client.value.message)  # plus "(from CSCAPI_USER_AGENT_PREFIX)"
+
+
+@pytest.mark.parametrize("prefix", ["myapp", "my.app_v2-beta", "x" * 64, ""])
+def test_a_good_user_agent_prefix_is_accepted_by_every_layer(prefix: str) -> None:
+    from cscapi.settings import load_settings
+
+    config = CAPIClientConfig(SCEN, user_agent_prefix=prefix)
+    assert config.user_agent.startswith(f"{prefix}-capi-py-sdk/" if prefix else "capi-py-sdk/")
+    settings = load_settings(env={"CSCAPI_USER_AGENT_PREFIX": prefix, "HOME": "/nonexistent"})
+    assert settings.user_agent_prefix == prefix
+
+
+@pytest.mark.parametrize("size", [251, 5000, 0, True, 2.0])
+def test_a_batch_size_outside_1_to_250_is_refused_by_every_config_naming_the_limit(size: object) -> None:
+    """One behaviour for ``batch_size`` as a setting: CAPIClientConfig, AgentConfig and the CLI settings all refuse
+    it with a ConfigurationError naming 250 (AgentConfig and the settings had their own copies of the rule)."""
+    from cscapi.agent import AgentConfig
+    from cscapi.settings import load_settings
+
+    messages = []
+    for build in (
+        lambda: CAPIClientConfig(SCEN, batch_size=size),
+        lambda: AgentConfig(batch_size=size),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(ConfigurationError) as exc:
+            build()
+        messages.append(exc.value.message)
+    assert messages[0] == messages[1]
+    assert "250" in messages[0] and "batch_size" in messages[0]
+    if isinstance(size, int) and not isinstance(size, bool):
+        with pytest.raises(ConfigurationError, match="250"):
+            load_settings(env={"CSCAPI_BATCH_SIZE": str(size), "HOME": "/nonexistent"})
+
+
+def test_the_limits_every_layer_uses_are_the_protocol_module_s() -> None:
+    """The URLs and limits have one home, ``cscapi.limits``; the legacy and public names are the same values."""
+    import cscapi.client
+    import cscapi.limits
+    import cscapi.settings
+    from cscapi._core import MAX_BATCH_SIZE
+    from cscapi.agent import MIN_REFRESH_SECONDS, AgentConfig
+
+    assert (PROD_URL, DEV_URL) == (cscapi.limits.PROD_URL, cscapi.limits.DEV_URL)
+    assert (cscapi.settings.CAPI_PROD_URL, cscapi.settings.CAPI_DEV_URL) == (PROD_URL, DEV_URL)
+    assert cscapi.client.CAPI_BASE_URL == PROD_URL + "v3" and cscapi.client.CAPI_BASE_DEV_URL == DEV_URL + "v3"
+    assert MAX_BATCH_SIZE == cscapi.limits.MAX_BATCH == CAPIClientConfig(SCEN).batch_size == 250
+    assert MIN_REFRESH_SECONDS == cscapi.settings.MIN_REFRESH_INTERVAL == cscapi.limits.MIN_REFRESH_INTERVAL == 5400
+    assert AgentConfig().refresh_interval == cscapi.settings.load_settings(env={"HOME": "/x"}).refresh_interval
+
+
+def test_old_import_paths_of_the_config_and_the_settings_still_work() -> None:
+    """``cscapi.client.CAPIClientConfig`` is ``cscapi._config``'s class; ``cscapi.config`` IS ``cscapi.settings``."""
+    import cscapi._config
+    import cscapi.aio
+    import cscapi.config
+    import cscapi.settings
+    from cscapi.client import BASE_URL_ENV, MAX_LATENCY_OFFSET, SIGNAL_BATCH_LIMIT
+    from cscapi.config import MIN_REFRESH_INTERVAL, SETTINGS, Settings, load_settings
+
+    assert CAPIClientConfig is cscapi._config.CAPIClientConfig
+    assert cscapi.config is cscapi.settings
+    assert (load_settings, Settings, SETTINGS) == (
+        cscapi.settings.load_settings,
+        cscapi.settings.Settings,
+        cscapi.settings.SETTINGS,
+    )
+    assert (BASE_URL_ENV, MAX_LATENCY_OFFSET, SIGNAL_BATCH_LIMIT, MIN_REFRESH_INTERVAL) == (
+        "CSCAPI_BASE_URL",
+        3600.0,
+        5000,
+        5400,
+    )
