@@ -49,7 +49,11 @@ _EXTRA_FOR_BACKEND = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "my
 
 
 def mask_url(url: str | URL) -> str:
-    """The URL with its password (userinfo or query parameter) replaced by ``***``: safe for logs, errors, reprs."""
+    """The URL with its password (userinfo or query parameter) replaced by ``***``: safe for logs, errors, reprs.
+
+    A thin adapter, not a second masker: it takes a SQLAlchemy ``URL`` too (rendered as SQLAlchemy reads it) and says
+    so when SQLAlchemy cannot parse the text; the masking is :func:`cscapi.redact.mask_url`'s.
+    """
     try:
         parsed = url if isinstance(url, URL) else make_url(url)
     except (ArgumentError, ValueError):
