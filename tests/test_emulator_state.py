@@ -577,7 +577,7 @@ def test_delta_pulls_keep_a_client_in_sync_with_the_server(monkeypatch: pytest.M
 
 
 def test_int_duration_matches_format_go_duration() -> None:
-    from cscapi.emulator.state import _int_duration
+    from cscapi.emulator.state.community import _int_duration
     from cscapi.timeutil import format_go_duration, parse_go_duration
 
     for seconds in [1, 59, 60, 61, 3599, 3600, 3661, 86399, 86400, 604800, 1234567]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 from cscapi.emulator.community import generate_community, load_community_file
 from cscapi.emulator.config import EmulatorConfig, FaultSpec
@@ -32,7 +32,7 @@ from cscapi.emulator.state.base import (
     rfc3339,
     rfc3339_seconds,
 )
-from cscapi.emulator.state.community import Community, CommunityDecision, _int_duration
+from cscapi.emulator.state.community import Community, CommunityDecision
 from cscapi.emulator.state.faults import FaultAction, Faults
 from cscapi.emulator.state.inbox import Inbox
 from cscapi.emulator.state.lists import Lists
@@ -51,7 +51,28 @@ __all__ = [
     "rfc3339_seconds",
 ]
 
-_ = _int_duration  # re-exported for the tests of the duration format
+_T = TypeVar("_T")
+
+
+class _Part(Generic[_T]):
+    """An attribute of the facade that is an attribute of one of its parts (read and written there)."""
+
+    def __init__(self, part: str, name: str) -> None:
+        self.part = part
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _Part[_T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> _T: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> _T | _Part[_T]:
+        if obj is None:
+            return self
+        value: _T = getattr(getattr(obj, self.part), self.name)
+        return value
+
+    def __set__(self, obj: object, value: _T) -> None:
+        setattr(getattr(obj, self.part), self.name, value)
 
 
 class EmulatorState:
@@ -146,89 +167,26 @@ class EmulatorState:
 
     # ---- the parts' data (read under ``lock``) ---------------------------------------------------------------
 
-    @property
-    def secret(self) -> bytes:
-        return self.accounts.secret
-
-    @property
-    def machines(self) -> dict[str, MachineRecord]:
-        return self.accounts.machines
-
-    @property
-    def login_attempts(self) -> dict[str, list[float]]:
-        return self.accounts.login_attempts
-
-    @property
-    def login_bans(self) -> dict[str, float]:
-        return self.accounts.login_bans
-
-    @property
-    def early_tokens(self) -> dict[str, float]:
-        return self.accounts.early_tokens
-
-    @property
-    def attachment_keys(self) -> set[str]:
-        return self.accounts.attachment_keys
-
-    @property
-    def only_listed_keys(self) -> bool:
-        return self.accounts.only_listed_keys
-
-    @property
-    def signals(self) -> list[dict[str, Any]]:
-        return self.inbox.signals
-
-    @property
-    def signal_uuids(self) -> dict[str, set[str]]:
-        return self.inbox.signal_uuids
-
-    @property
-    def records(self) -> dict[str, list[dict[str, Any]]]:
-        return self.inbox.records
-
-    @property
-    def decisions(self) -> dict[DecisionKey, CommunityDecision]:
-        return self.community.decisions
-
-    @property
-    def tombstones(self) -> dict[DecisionKey, dict[str, Any]]:
-        return self.community.tombstones
-
-    @property
-    def version(self) -> int:
-        return self.community.version
-
-    @property
-    def blocklists(self) -> dict[str, dict[str, Any]]:
-        return self.lists.blocklists
-
-    @property
-    def allowlists(self) -> dict[str, dict[str, Any]]:
-        return self.lists.allowlists
-
-    @property
-    def lists_version(self) -> int:
-        return self.lists.lists_version
-
-    @property
-    def faults(self) -> dict[str, FaultSpec]:
-        return self.faults_part.specs
-
-    @property
-    def fault_rng(self) -> random.Random:
-        return self.faults_part.rng
-
-    @property
-    def request_counts(self) -> Counter[tuple[str, int]]:
-        return self.faults_part.request_counts
-
-    @property
-    def internal_errors(self) -> int:
-        return self.faults_part.internal_errors
-
-    @internal_errors.setter
-    def internal_errors(self, value: int) -> None:
-        self.faults_part.internal_errors = value
+    secret = _Part[bytes]("accounts", "secret")
+    machines = _Part[dict[str, MachineRecord]]("accounts", "machines")
+    login_attempts = _Part[dict[str, list[float]]]("accounts", "login_attempts")
+    login_bans = _Part[dict[str, float]]("accounts", "login_bans")
+    early_tokens = _Part[dict[str, float]]("accounts", "early_tokens")
+    attachment_keys = _Part[set[str]]("accounts", "attachment_keys")
+    only_listed_keys = _Part[bool]("accounts", "only_listed_keys")
+    signals = _Part[list[dict[str, Any]]]("inbox", "signals")
+    signal_uuids = _Part[dict[str, set[str]]]("inbox", "signal_uuids")
+    records = _Part[dict[str, list[dict[str, Any]]]]("inbox", "records")
+    decisions = _Part[dict[DecisionKey, CommunityDecision]]("community", "decisions")
+    tombstones = _Part[dict[DecisionKey, dict[str, Any]]]("community", "tombstones")
+    version = _Part[int]("community", "version")
+    blocklists = _Part[dict[str, dict[str, Any]]]("lists", "blocklists")
+    allowlists = _Part[dict[str, dict[str, Any]]]("lists", "allowlists")
+    lists_version = _Part[int]("lists", "lists_version")
+    faults = _Part[dict[str, FaultSpec]]("faults_part", "specs")
+    fault_rng = _Part[random.Random]("faults_part", "rng")
+    request_counts = _Part[Counter[tuple[str, int]]]("faults_part", "request_counts")
+    internal_errors = _Part[int]("faults_part", "internal_errors")
 
     # ---- accounts --------------------------------------------------------------------------------------------
 

@@ -76,24 +76,9 @@ class Lists:
             except ValueError:
                 raise ApiError(400, f"content[{i}]: {raw!r} is not an IP address or range") from None
         with self.ctx.lock:
-            list_id = self.list_id(name)
-            previous = self.blocklists.get(list_id)
             now = self.ctx.clock()
-            body = {
-                "id": list_id,
-                "name": name,
-                "remediation": remediation,
-                "scope": scope,
-                "duration": duration,
-                "content": lines,
-                "created_at": previous["created_at"] if previous else now,
-                "updated_at": self._bump_time(previous["updated_at"] if previous else None),
-            }
-            self.blocklists[list_id] = body
-            self.lists_version += 1
-            if self.ctx.store is not None:
-                self.ctx.store.save_list("blocklist", list_id, body)
-            return body
+            fields = {"remediation": remediation, "scope": scope, "duration": duration, "content": lines}
+            return self._put_list("blocklist", name, now, fields)
 
     def publish_allowlist(self, name: str, items: Iterable[Any] = (), description: str = "") -> dict[str, Any]:
         """Create or replace an allowlist; items are values or ``{value, description?, expiration?}``."""
@@ -126,21 +111,25 @@ class Lists:
                     except ValueError:
                         raise ApiError(400, f"items[{i}].expiration: {expiration!r} is not an RFC 3339 time") from None
                 entries.append(out)
-            list_id = self.list_id(name)
-            previous = self.allowlists.get(list_id)
-            body = {
-                "id": list_id,
-                "name": name,
-                "description": description,
-                "items": entries,
-                "created_at": previous["created_at"] if previous else now,
-                "updated_at": self._bump_time(previous["updated_at"] if previous else None),
-            }
-            self.allowlists[list_id] = body
-            self.lists_version += 1
-            if self.ctx.store is not None:
-                self.ctx.store.save_list("allowlist", list_id, body)
-            return body
+            return self._put_list("allowlist", name, now, {"description": description, "items": entries})
+
+    def _put_list(self, kind: str, name: str, now: float, fields: dict[str, Any]) -> dict[str, Any]:
+        """Store a list under its id (creation time kept, update time moved on), count the change, persist it."""
+        lists = self.blocklists if kind == "blocklist" else self.allowlists
+        list_id = self.list_id(name)
+        previous = lists.get(list_id)
+        body = {
+            "id": list_id,
+            "name": name,
+            **fields,
+            "created_at": previous["created_at"] if previous else now,
+            "updated_at": self._bump_time(previous["updated_at"] if previous else None),
+        }
+        lists[list_id] = body
+        self.lists_version += 1
+        if self.ctx.store is not None:
+            self.ctx.store.save_list(kind, list_id, body)
+        return body
 
     def remove_list(self, kind: str, name_or_id: str) -> bool:
         """Unpublish a blocklist or allowlist by name or id; False when there was none."""
