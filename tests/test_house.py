@@ -449,3 +449,37 @@ def test_the_engine_and_the_public_builder_send_the_same_component(
     assert len(component["name"]) == len(component["type"]) == len(component["version"]) == 255
     assert max(len(v) for i in component["metrics"][0]["items"] for v in i.get("labels", {}).values()) == 255
     validate_against(lapi_spec, "AllMetrics", public)
+
+
+# ---- one URL masker --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://user:pw@h:1/x", "http://***@h:1/x"),
+        ("http://bob:s3@proxy.internal:3128/?auth=x", "http://***@proxy.internal:3128/?auth=***"),
+        ("http://proxy:3128", "http://proxy:3128"),
+        ("http://u:p/w?x#y@proxy:3128", "http://***@proxy:3128"),
+        ("http://a@b:pw@h/x?token=1#f", "http://***@h/x?token=***"),  # the whole user name, up to the last '@'
+        ("socks5://u@h:1", "socks5://***@h:1"),
+        ("http://[::1:u:pw@x", "http://***@x"),  # urlsplit raises on this one
+        ("not a url", "not a url"),
+    ],
+)
+def test_mask_userinfo_hides_the_whole_user_info(url: str, expected: str) -> None:
+    from cscapi.redact import mask_userinfo
+
+    assert mask_userinfo(url) == expected
+
+
+def test_request_logs_and_config_repr_mask_urls_through_redact() -> None:
+    from cscapi.client import CAPIClientConfig
+    from cscapi.protocol import safe_url
+
+    # the user name 'a@b' is hidden whole (safe_url used to show 'b:***@h')
+    assert safe_url("http://a@b:pw@h/x?sig=1") == "http://***@h/x?…"
+    assert safe_url("http://user:pw@h:1/x") == "http://***@h:1/x"
+    config = CAPIClientConfig(scenarios=["a/b"], base_url="http://capi.test/", proxy="http://a@b:s3cret@proxy:3128")
+    shown = repr(config)
+    assert "proxy='http://***@proxy:3128'" in shown and "s3cret" not in shown and "a@b" not in shown

@@ -16,7 +16,7 @@ import ssl
 import threading
 from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -90,13 +90,9 @@ def _timeout(value: object) -> None:
 
 
 def _redact_url(url: str) -> str:
-    from cscapi.redact import mask_url  # the password as any parser reads it ('/', '?', '#' in it) and query secrets
+    from cscapi.redact import mask_userinfo  # user info and query secrets, as any parser reads them; never raises
 
-    parts = urlsplit(mask_url(url))
-    if "@" not in parts.netloc:
-        return parts.geturl()
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+    return mask_userinfo(url)
 
 
 @dataclass(repr=False)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote, unquote_plus
 
-__all__ = ["SECRET_QUERY_KEYS", "mask_url", "scrub", "url_secrets"]
+__all__ = ["SECRET_QUERY_KEYS", "mask_url", "mask_userinfo", "scrub", "url_secrets"]
 
 MASK = "***"
 # Query parameters that carry credentials in the URIs we accept (libpq, PyMySQL, redis-py, presigned links).
@@ -87,6 +87,22 @@ def mask_url(url: str) -> str:
     if question < 0:
         return url
     return url[: question + 1] + _mask_query(url[question + 1 :])
+
+
+def mask_userinfo(url: str) -> str:
+    """:func:`mask_url`, with the whole user info (the user name too) shown as ``***@``: for URLs whose user name is
+    itself a credential (a proxy, a CAPI URL in a request log). Never raises."""
+    masked = mask_url(url)
+    scheme_end = masked.find("://")
+    if scheme_end < 0:
+        return masked
+    start = scheme_end + 3
+    end_match = _AUTHORITY_END.search(masked, start)
+    end = end_match.start() if end_match else len(masked)
+    at = masked.rfind("@", start, end)
+    if at < 0:
+        return masked
+    return f"{masked[:start]}{MASK}{masked[at:]}"
 
 
 def url_secrets(url: str) -> list[str]:

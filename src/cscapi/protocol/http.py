@@ -13,7 +13,7 @@ from typing import Any
 
 from cscapi._version import __version__
 from cscapi.errors import ValidationError
-from cscapi.redact import mask_url
+from cscapi.redact import mask_userinfo
 
 __all__ = [
     "DEFAULT_GZIP_THRESHOLD",
@@ -134,11 +134,7 @@ def loads_json(data: bytes | str) -> Any:
 
 def safe_url(url: str) -> str:
     """``url`` without its query string or user info, for logs and messages (signed link URLs carry secrets there)."""
-    base, _, query = mask_url(url).partition("?")  # a password may hold '/' or '?': mask it first
-    scheme, sep, rest = base.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        rest = "***@" + rest.split("@", 1)[1]
-        base = f"{scheme}://{rest}"
+    base, _, query = mask_userinfo(url).partition("?")  # a password may hold '/' or '?': masked first
     return f"{base}?…" if query else base
 
 
