@@ -304,3 +304,20 @@ def test_old_import_paths_of_the_config_and_the_settings_still_work() -> None:
         5000,
         5400,
     )
+
+
+@pytest.mark.parametrize(("raw", "ok"), [("0.05", True), ("900", True), ("0", False), ("-1", False), ("inf", False)])
+def test_timeout_is_judged_the_same_by_the_client_config_and_the_cli_settings(raw: str, ok: bool) -> None:
+    """The CLI refused 0.05 and 900 (its own 0.1-600 range) that CAPIClientConfig takes: one rule, a positive
+    finite number of seconds (each request is cut at ``deadline`` anyway)."""
+    from cscapi.settings import load_settings
+
+    env = {"CSCAPI_TIMEOUT": raw, "HOME": "/nonexistent"}
+    if ok:
+        assert load_settings(env=env).timeout == CAPIClientConfig(SCEN, timeout=float(raw)).timeout == float(raw)
+        return
+    with pytest.raises(ConfigurationError) as by_client:
+        CAPIClientConfig(SCEN, timeout=float(raw))
+    with pytest.raises(ConfigurationError) as by_settings:
+        load_settings(env=env)
+    assert by_settings.value.message.startswith(by_client.value.message.rstrip("."))

@@ -26,6 +26,7 @@ from cscapi._validators import (
     check_machine_id_prefix,
     check_max_retries,
     check_scenarios,
+    check_timeout,
     check_user_agent_prefix,
 )
 from cscapi.errors import ConfigurationError
@@ -69,24 +70,6 @@ def _number(
         what = "an integer" if integer else "a number"
         bounds = f"from {minimum:g} to {maximum:g}" if maximum is not None else f">= {minimum:g}"
         raise ConfigurationError(f"{name} must be {what} {bounds}, not {value!r}.")
-
-
-def _timeout(value: object) -> None:
-    """``timeout``: a positive number of seconds, or an ``httpx.Timeout`` whose set parts are positive."""
-    if isinstance(value, httpx.Timeout):
-        for part in ("connect", "read", "write", "pool"):
-            seconds = getattr(value, part)
-            if seconds is not None and (not math.isfinite(seconds) or seconds <= 0):
-                raise ConfigurationError(
-                    f"timeout.{part} must be a positive number of seconds (or None), not {seconds!r}."
-                )
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(
-            f"timeout must be a positive number of seconds or an httpx.Timeout, not {value!r}.",
-            hint="e.g. timeout=30 or timeout=httpx.Timeout(30, connect=5); a request that gets no answer in time "
-            "is retried, then raises TransportError.",
-        )
 
 
 def _redact_url(url: str) -> str:
@@ -147,7 +130,7 @@ class CAPIClientConfig:
         check_user_agent_prefix(self.user_agent_prefix)
         check_max_retries(self.max_retries)
         _number("latency_offset", self.latency_offset, maximum=MAX_LATENCY_OFFSET)
-        _timeout(self.timeout)
+        check_timeout(self.timeout)
         for name in (
             "retry_delay",
             "failing_cooldown",

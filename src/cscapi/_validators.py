@@ -9,7 +9,9 @@ standard library and light cscapi modules are imported at module level: ``cscapi
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
+from typing import Any
 
 from cscapi.errors import ConfigurationError
 from cscapi.limits import (
@@ -28,6 +30,7 @@ __all__ = [
     "check_max_retries",
     "check_refresh",
     "check_scenarios",
+    "check_timeout",
     "check_user_agent_prefix",
 ]
 
@@ -62,6 +65,28 @@ def check_batch_size(value: object) -> int:
 def check_max_retries(value: object) -> int:
     """``max_retries``: an integer from 0 to ``MAX_RETRIES`` (20)."""
     return _integer("max_retries", value, 0, MAX_RETRIES)
+
+
+def check_timeout(value: object) -> Any:
+    """``timeout``: a positive number of seconds, or an ``httpx.Timeout`` whose set parts are positive (this module
+    never imports httpx: the CLI settings, which pass numbers, stay light)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if math.isfinite(value) and value > 0:
+            return value
+    elif (httpx := sys.modules.get("httpx")) is not None and isinstance(value, httpx.Timeout):
+        # an httpx.Timeout means httpx is imported already
+        for part in ("connect", "read", "write", "pool"):
+            seconds = getattr(value, part)
+            if seconds is not None and (not math.isfinite(seconds) or seconds <= 0):
+                raise ConfigurationError(
+                    f"timeout.{part} must be a positive number of seconds (or None), not {seconds!r}."
+                )
+        return value
+    raise ConfigurationError(
+        f"timeout must be a positive number of seconds or an httpx.Timeout, not {_short(value)}.",
+        hint="e.g. timeout=30 or timeout=httpx.Timeout(30, connect=5); a request that gets no answer in time "
+        "is retried, then raises TransportError.",
+    )
 
 
 def check_refresh(interval: float, jitter: float) -> None:

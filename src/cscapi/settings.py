@@ -26,6 +26,7 @@ from cscapi._validators import (
     check_max_retries,
     check_refresh,
     check_scenarios,
+    check_timeout,
     check_user_agent_prefix,
 )
 from cscapi.errors import ConfigurationError
@@ -311,7 +312,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Your product's name, sent first in the User-Agent so CrowdSec can tell integrations apart.",
         check=check_user_agent_prefix,
     ),
-    Setting("timeout", "capi", "float", 10.0, "Seconds before a CAPI request times out.", low=0.1, high=600),
+    Setting(
+        "timeout",
+        "capi",
+        "float",
+        10.0,
+        "Seconds before a CAPI request times out (a positive number).",
+        check=check_timeout,
+    ),
     Setting(
         "max_retries",
         "capi",
