@@ -60,6 +60,16 @@ def test_every_part_shares_the_facades_lock_and_state_file() -> None:
     assert isinstance(state.lock, type(threading.RLock()))
 
 
+def test_every_public_method_of_the_facade_says_what_it_does() -> None:
+    import inspect
+
+    bare = [
+        n for n, f in vars(EmulatorState).items() if inspect.isfunction(f) and not n.startswith("_") and not f.__doc__
+    ]
+    assert bare == []
+    assert EmulatorState.register.__doc__ == "Create a machine; 409 if the id is taken."
+
+
 def test_the_facades_attributes_are_the_parts_data() -> None:
     state = EmulatorState(EmulatorConfig(community_size=5))
     state.register("m1", "password-1")

@@ -287,3 +287,18 @@ class EmulatorState:
 
     def count_request(self, endpoint: str, status: int) -> None:
         self.faults_part.count_request(endpoint, status)
+
+
+def _borrow_docstrings(facade: type, parts: tuple[type, ...]) -> None:
+    """Give each delegating method of the facade the docstring of the part's method it calls (``help()`` shows it)."""
+    for name, fn in vars(facade).items():
+        if not callable(fn) or fn.__doc__ is not None:
+            continue
+        for part in parts:
+            doc = getattr(getattr(part, name, None), "__doc__", None)
+            if doc:
+                fn.__doc__ = doc
+                break
+
+
+_borrow_docstrings(EmulatorState, (Accounts, Inbox, Community, Streams, Lists, Faults))
