@@ -198,3 +198,38 @@ def validate_against() -> Any:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# ---- a private CrowdSec Local API (Debian's crowdsec 1.4.6; tests/lapi_support.py) -------------------------
+
+
+@pytest.fixture(scope="session")
+def crowdsec_lapi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One private LAPI for the session (own config, SQLite database, loopback port; no CAPI, no network).
+    Missing crowdsec: skipped locally with the install command, a failure in CI."""
+    from lapi_support import LapiUnavailable, start_lapi
+
+    try:
+        engine = start_lapi(tmp_path_factory.mktemp("crowdsec-lapi"))
+    except LapiUnavailable as exc:
+        service_unavailable("the CrowdSec Local API", exc)
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture
+def lapi(crowdsec_lapi: Any) -> Any:
+    """The session's private LAPI with every decision deleted first (a :class:`lapi_support.LocalLapi`)."""
+    if not crowdsec_lapi.alive():
+        pytest.fail(f"the private CrowdSec LAPI died: {crowdsec_lapi.log_tail()}")
+    crowdsec_lapi.delete_decisions(everything=True)
+    return crowdsec_lapi
+
+
+@pytest.fixture
+def lapi_bouncer_key(lapi: Any) -> str:
+    """A fresh bouncer API key on the emptied private LAPI (``cscli bouncers add NAME -o raw``)."""
+    key: str = lapi.add_bouncer()
+    return key

@@ -1,0 +1,340 @@
+"""A private CrowdSec Local API for tests: Debian's ``crowdsec`` 1.4.6 started with its own config, SQLite database and
+loopback port, LAPI only, and never allowed to reach the network (no CAPI, no console, no hub download, no metrics).
+
+``/etc/crowdsec`` (the package's config) is only read (``profiles.yaml``), never modified, and the system service is
+never started. :func:`start_lapi` returns a :class:`LocalLapi` with ``cscli`` helpers to register bouncers and machines,
+add and delete decisions and read alerts and decisions back; the ``crowdsec_lapi`` fixture in conftest.py owns one per
+session and ``lapi`` hands each test a fresh bouncer on an emptied engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CROWDSEC = "/usr/bin/crowdsec"
+CSCLI = "/usr/bin/cscli"
+PACKAGE_PROFILES = Path("/etc/crowdsec/profiles.yaml")
+# The Debian package's offline hub (README.Debian): read-only here, nothing is ever downloaded.
+OFFLINE_HUB = Path("/usr/share/crowdsec/hub")
+PLUGIN_DIR = Path("/usr/lib/crowdsec/plugins")
+INSTALL_HINT = (
+    "CrowdSec is not installed: as root, create a non-empty /etc/crowdsec/online_api_credentials.yaml "
+    "(e.g. '# no thanks', so the package does not register with the real CAPI), then `apt-get install crowdsec`"
+)
+STARTUP_DEADLINE = 90.0
+CSCLI_TIMEOUT = 60.0
+# Belt and braces: any proxied (non-loopback) request a Go binary might try goes to a closed loopback port. Go never
+# proxies loopback addresses, so cscli still reaches the private LAPI.
+_NO_NETWORK_ENV = {
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "NO_PROXY": "127.0.0.1,localhost,::1",
+    "no_proxy": "127.0.0.1,localhost,::1",
+}
+
+
+class LapiUnavailable(RuntimeError):
+    """The private LAPI could not be started (crowdsec missing, or it did not answer in time)."""
+
+
+def crowdsec_installed() -> bool:
+    """True when both Debian binaries are present and executable."""
+    return all(os.access(path, os.X_OK) for path in (CROWDSEC, CSCLI))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _config_yaml(root: Path, port: int) -> str:
+    """The private engine's config.yaml: every path under ``root``, no ``online_client`` section (no CAPI
+    credentials: the engine cannot talk to CAPI even without ``-no-capi``), prometheus off, logs to a file."""
+    return f"""\
+common:
+  daemonize: false
+  log_media: file
+  log_level: info
+  log_dir: {root}/log/
+  working_dir: {root}
+config_paths:
+  config_dir: {root}/config/
+  data_dir: {root}/data/
+  simulation_path: {root}/config/simulation.yaml
+  hub_dir: {OFFLINE_HUB}/
+  index_path: {OFFLINE_HUB}/.index.json
+  notification_dir: {root}/config/notifications/
+  plugin_dir: {PLUGIN_DIR}/
+crowdsec_service:
+  acquisition_path: {root}/config/acquis.yaml
+  parser_routines: 1
+cscli:
+  output: human
+  color: "no"
+db_config:
+  log_level: info
+  type: sqlite
+  db_path: {root}/data/crowdsec.db
+  use_wal: true
+  flush:
+    max_items: 100000
+    max_age: 7d
+api:
+  client:
+    insecure_skip_verify: false
+    credentials_path: {root}/config/local_api_credentials.yaml
+  server:
+    log_level: info
+    listen_uri: 127.0.0.1:{port}
+    profiles_path: {root}/config/profiles.yaml
+    console_path: {root}/config/console.yaml
+    trusted_ips:
+      - 127.0.0.1
+      - ::1
+prometheus:
+  enabled: false
+  level: full
+  listen_addr: 127.0.0.1
+  listen_port: 0
+"""
+
+
+def check_offline(config_text: str) -> None:
+    """Refuse a config that could reach the network: CAPI credentials, console, or a non-loopback listener."""
+    forbidden = ("online_client", "online_api_credentials", "console_path: /etc", "hub.crowdsec.net")
+    for word in forbidden:
+        if word in config_text:
+            raise LapiUnavailable(f"refusing a private LAPI config that mentions {word!r}")
+    if "listen_uri: 127.0.0.1:" not in config_text:
+        raise LapiUnavailable("refusing a private LAPI config that does not listen on 127.0.0.1 only")
+
+
+@dataclass
+class LocalLapi:
+    """A running private LAPI and the cscli helpers that drive it (cscli always gets ``-c`` our config)."""
+
+    root: Path
+    port: int
+    process: subprocess.Popen[bytes]
+    config: Path
+    log_file: Path
+    _bouncers: int = field(default=0)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        env.update(_NO_NETWORK_ENV)
+        env["HOME"] = str(self.root / "home")
+        return env
+
+    def cscli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``cscli -c <private config> ARGS``; raise with its output when it fails and ``check``."""
+        done = subprocess.run(
+            [CSCLI, "-c", str(self.config), "--color", "no", *args],
+            capture_output=True,
+            text=True,
+            timeout=CSCLI_TIMEOUT,
+            env=self.env(),
+            cwd=self.root,
+            check=False,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"cscli {' '.join(args)} failed ({done.returncode}): {done.stderr or done.stdout}")
+        return done
+
+    # registrations
+    def add_bouncer(self, name: str | None = None) -> str:
+        """Register a bouncer and return its API key (``cscli bouncers add NAME -o raw``)."""
+        self._bouncers += 1
+        name = name or f"bouncer-{self._bouncers}-{secrets.token_hex(3)}"
+        key = self.cscli("bouncers", "add", name, "-o", "raw").stdout.strip()
+        if not key or any(c.isspace() for c in key):
+            raise AssertionError(f"cscli bouncers add printed no key: {key!r}")
+        return key
+
+    def delete_bouncer(self, name: str) -> None:
+        self.cscli("bouncers", "delete", name)
+
+    def add_machine(self, name: str, password: str | None = None) -> tuple[str, str]:
+        """Register a (validated) machine and return ``(machine_id, password)``; the credentials file goes under
+        our root, never to /etc/crowdsec (cscli's default for ``-f``)."""
+        password = password or secrets.token_urlsafe(24)
+        creds = self.root / "config" / f"machine-{name}.yaml"
+        self.cscli("machines", "add", name, "--password", password, "-f", str(creds), "--force")
+        return name, password
+
+    # decisions
+    def add_decision(
+        self,
+        *,
+        ip: str | None = None,
+        range: str | None = None,
+        scope: str | None = None,
+        value: str | None = None,
+        type: str = "ban",
+        duration: str = "4h",
+        reason: str | None = None,
+    ) -> None:
+        """``cscli decisions add`` with exactly one of ``ip``, ``range`` or ``scope``+``value``."""
+        args = ["decisions", "add", "--type", type, "--duration", duration]
+        if ip is not None:
+            args += ["--ip", ip]
+        elif range is not None:
+            args += ["--range", range]
+        elif scope is not None and value is not None:
+            args += ["--scope", scope, "--value", value]
+        else:
+            raise ValueError("add_decision needs ip=, range= or scope= and value=")
+        if reason is not None:
+            args += ["--reason", reason]
+        self.cscli(*args)
+
+    def import_decisions(self, path: Path, *, duration: str = "4h", type: str = "ban") -> None:
+        """``cscli decisions import -i PATH`` (one value a line, or cscli's CSV/JSON formats)."""
+        self.cscli("decisions", "import", "-i", str(path), "--duration", duration, "--type", type)
+
+    def delete_decisions(
+        self,
+        *,
+        ip: str | None = None,
+        range: str | None = None,
+        type: str | None = None,
+        decision_id: int | None = None,
+        everything: bool = False,
+    ) -> None:
+        """``cscli decisions delete`` by ip, range, type, id, or ``--all``."""
+        args = ["decisions", "delete"]
+        if everything:
+            args.append("--all")
+        if ip is not None:
+            args += ["--ip", ip]
+        if range is not None:
+            args += ["--range", range]
+        if type is not None:
+            args += ["--type", type]
+        if decision_id is not None:
+            args += ["--id", str(decision_id)]
+        if len(args) == 2:
+            raise ValueError("delete_decisions needs a filter or everything=True")
+        self.cscli(*args)
+
+    def decisions(self) -> list[dict[str, Any]]:
+        """``cscli decisions list -o json``: the alerts carrying active decisions (cscli's own shape)."""
+        return self._json("decisions", "list", "-o", "json")
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """``cscli alerts list -o json``."""
+        return self._json("alerts", "list", "-o", "json")
+
+    def _json(self, *args: str) -> list[dict[str, Any]]:
+        out = self.cscli(*args).stdout.strip()
+        if not out or out == "null":
+            return []
+        data = json.loads(out)
+        return list(data) if isinstance(data, list) else [data]
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        """Stop the engine we started (by its own process handle) and wait for it."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=20)
+
+
+def _answers(port: int) -> bool:
+    """True once the LAPI answers HTTP (403 for an unknown key is an answer)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/decisions", headers={"X-Api-Key": "probe"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def start_lapi(root: Path) -> LocalLapi:
+    """Start a private LAPI under ``root`` and wait until it answers; raise :class:`LapiUnavailable` otherwise."""
+    if not crowdsec_installed():
+        raise LapiUnavailable(INSTALL_HINT)
+    for sub in ("config", "data", "log", "home", "config/notifications"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    config_dir = root / "config"
+    if PACKAGE_PROFILES.is_file():
+        shutil.copyfile(PACKAGE_PROFILES, config_dir / "profiles.yaml")
+    else:  # the package's default profile, in case /etc/crowdsec lacks it
+        (config_dir / "profiles.yaml").write_text(
+            'name: default_ip_remediation\nfilters:\n - Alert.Remediation == true && Alert.GetScope() == "Ip"\n'
+            "decisions:\n - type: ban\n   duration: 4h\non_success: break\n"
+        )
+    (config_dir / "simulation.yaml").write_text("simulation: off\nexclusions: []\n")
+    (config_dir / "acquis.yaml").write_text("")
+    last_error = "no attempt"
+    for _attempt in range(3):  # a port taken between _free_port and the bind: retry on another one
+        port = _free_port()
+        text = _config_yaml(root, port)
+        check_offline(text)
+        config = config_dir / "config.yaml"
+        config.write_text(text)
+        log_file = root / "log" / "crowdsec.log"
+        stdout = (root / "log" / "stdout.log").open("ab")
+        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        env.update(_NO_NETWORK_ENV)
+        env["HOME"] = str(root / "home")
+        try:
+            process = subprocess.Popen(
+                [CROWDSEC, "-c", str(config), "-no-cs", "-no-capi"],
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+                cwd=root,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            stdout.close()
+        lapi = LocalLapi(root=root, port=port, process=process, config=config, log_file=log_file)
+        deadline = time.monotonic() + STARTUP_DEADLINE
+        while time.monotonic() < deadline and lapi.alive():
+            if _answers(port):
+                # cscli's own machine (decisions add/delete log in as a machine), credentials under root.
+                lapi.cscli(
+                    "machines", "add", "cscli-tests", "--auto", "-f", str(config_dir / "local_api_credentials.yaml")
+                )
+                return lapi
+            time.sleep(0.1)
+        last_error = (
+            f"exit code {process.poll()}; log: {lapi.log_tail()} {(root / 'log' / 'stdout.log').read_text()[-2000:]}"
+        )
+        lapi.stop()
+    raise LapiUnavailable(f"the private CrowdSec LAPI did not answer within {STARTUP_DEADLINE:.0f}s ({last_error})")
