@@ -120,7 +120,8 @@ def loads_json(data: bytes | str) -> Any:
     """``json.loads`` that raises ``ValueError`` (never ``RecursionError``) on a hostile, deeply nested document.
 
     A large document (a startup decisions stream) is parsed in many short steps, so that a worker thread parsing it
-    lets the event loop's thread run in between (one ``json.loads`` of 10 MB holds the GIL ~80 ms).
+    lets the event loop's thread run in between (one ``json.loads`` holds the GIL for the whole document; figures in
+    docs/benchmarks.md).
     """
     try:
         if len(data) > PIECEWISE_JSON_BYTES:
