@@ -1,22 +1,18 @@
-"""The client's flows, written once as generators that yield *effects* and receive their results.
+"""The client's flows, written once as generators that yield the effects of :mod:`cscapi.runtime`.
 
-A flow never does I/O itself: it yields :class:`HttpCall` (send a request, receive a ``Response`` or a
-``NetworkFailure``), :class:`StorageCall` (call a blocking storage method, receive its result or have its exception
-thrown back in), :class:`Sleep` and :class:`Now`. :func:`run_sync` executes effects blocking (``CAPIClient``);
-:func:`run_async` awaits them (``AsyncCAPIClient``: ``httpx.AsyncClient``, ``asyncio.to_thread`` for storage,
-``asyncio.sleep``), so sync and async share every line of logic.
+A flow never does I/O itself: it yields ``HttpCall``, ``StorageCall``, ``Sleep``, ``Now`` and ``Compute`` and receives
+their results. ``CAPIClient`` runs them with ``cscapi.runtime.run_sync``, ``AsyncCAPIClient`` with
+``cscapi.runtime.run_async``, so sync and async share every line of logic (the effect names are re-exported here).
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import random
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -66,13 +62,24 @@ from cscapi.protocol import (
     signals_to_wire,
     token_expiry,
 )
+from cscapi.runtime import (
+    MONOTONIC,
+    NOW,
+    Compute,
+    Effect,
+    Flow,
+    HttpCall,
+    Now,
+    Sleep,
+    StorageCall,
+    run_async,
+    run_sync,
+)
 from cscapi.signals import as_signal_list, validate_scenarios, validate_signals
 from cscapi.storage import Claim, StorageInterface, check_storage
-from cscapi.timeutil import utcnow
 
 if TYPE_CHECKING:
     from cscapi.models import DecisionStream
-    from cscapi.transport import AsyncTransport, SyncTransport
 
 __all__ = [
     "LOGIN_BAN_SECONDS",
@@ -101,142 +108,6 @@ _CLAIM_BATCHES = 4  # claim up to 4 POSTs' worth of signals per storage round tr
 _MAX_SKIP_WARNINGS = 20  # skipped stream items logged one by one per call; the rest in one summary line
 _LOCK_POLL = (0.05, 0.25)  # losers of the login lock re-read the token every 50-250 ms
 _UNKNOWN_EXPIRY = timedelta(minutes=5)  # a token with neither ``exp`` nor ``expire`` is reused this long at most
-
-
-# ---- effects -----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HttpCall:
-    """Send ``request``; the flow receives a ``Response`` or a ``NetworkFailure``."""
-
-    request: Request
-
-
-@dataclass(frozen=True)
-class StorageCall:
-    """Call a blocking storage method; the flow receives its result (or has its exception thrown in)."""
-
-    fn: Callable[..., Any]
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def __repr__(self) -> str:  # arguments may hold a Machine; never print them
-        return f"StorageCall({getattr(self.fn, '__name__', 'call')})"
-
-
-@dataclass(frozen=True)
-class Sleep:
-    """Pause for ``seconds`` (blocking in the sync driver, ``asyncio.sleep`` in the async one)."""
-
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Now:
-    """Ask the driver's clock for the current time (an aware UTC datetime)."""
-
-
-@dataclass(frozen=True)
-class Compute:
-    """Run CPU-heavy pure work (parsing a large decisions stream): inline when blocking, in a thread when async."""
-
-    fn: Callable[..., Any]
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def __repr__(self) -> str:
-        return f"Compute({getattr(self.fn, '__name__', 'call')})"
-
-
-NOW = Now()
-Effect = HttpCall | StorageCall | Sleep | Now | Compute
-Flow = Generator[Effect, Any, T]
-
-
-# ---- drivers -----------------------------------------------------------------------------------------------
-
-
-def _storage_error(call: StorageCall, exc: Exception) -> Exception:
-    if isinstance(exc, CAPIError):
-        return exc
-    name = getattr(call.fn, "__name__", "call")
-    error = StorageError(f"The storage call {name} failed: {type(exc).__name__}: {str(exc)[:200]}.")
-    error.__cause__ = exc
-    return error
-
-
-def run_sync(
-    flow: Flow[T],
-    transport: SyncTransport,
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], datetime] = utcnow,
-) -> T:
-    """Run a flow to completion, executing each effect blocking."""
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            effect = flow.send(value) if error is None else flow.throw(error)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        value, error = None, None
-        try:
-            if isinstance(effect, HttpCall):
-                value = transport.send(effect.request)
-            elif isinstance(effect, StorageCall):
-                try:
-                    value = effect.fn(*effect.args, **effect.kwargs)
-                except Exception as exc:
-                    raise _storage_error(effect, exc) from exc
-            elif isinstance(effect, Sleep):
-                if effect.seconds > 0:
-                    sleep(effect.seconds)
-            elif isinstance(effect, Now):
-                value = clock()
-            elif isinstance(effect, Compute):
-                value = effect.fn(*effect.args, **effect.kwargs)
-            else:  # pragma: no cover - a programming error
-                raise TypeError(f"unknown effect {effect!r}")
-        except BaseException as exc:
-            error = exc
-
-
-async def run_async(
-    flow: Flow[T],
-    transport: AsyncTransport,
-    *,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    clock: Callable[[], datetime] = utcnow,
-) -> T:
-    """Run a flow to completion on the event loop: HTTP awaited, storage in a worker thread, pauses awaited."""
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            effect = flow.send(value) if error is None else flow.throw(error)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        value, error = None, None
-        try:
-            if isinstance(effect, HttpCall):
-                value = await transport.send(effect.request)
-            elif isinstance(effect, StorageCall):
-                try:
-                    value = await asyncio.to_thread(effect.fn, *effect.args, **effect.kwargs)
-                except Exception as exc:
-                    raise _storage_error(effect, exc) from exc
-            elif isinstance(effect, Sleep):
-                await sleep(max(0.0, effect.seconds))
-            elif isinstance(effect, Now):
-                value = clock()
-            elif isinstance(effect, Compute):
-                value = await asyncio.to_thread(effect.fn, *effect.args, **effect.kwargs)
-            else:  # pragma: no cover
-                raise TypeError(f"unknown effect {effect!r}")
-        except BaseException as exc:
-            error = exc
 
 
 # ---- the flows -------------------------------------------------------------------------------------------
@@ -376,7 +247,8 @@ class Core:
                 self.log.debug("%s %s -> %d", request.method, safe_url(request.url), result.status_code)
             if not retry or not self.retry.should_retry(result, attempt):
                 break
-            delay = self.retry.delay(attempt, result)
+            now = yield from self._now()  # a Retry-After date is read against the runtime's clock
+            delay = self.retry.delay(attempt, result, now)
             what = result.describe() if isinstance(result, NetworkFailure) else f"status {result.status_code}"
             self.log.warning(
                 "The %s request got %s; retry %d of %d in %.2f s.",
@@ -620,7 +492,7 @@ class Core:
         if fresh(machine, now):
             return machine
         holder = uuid.uuid4().hex
-        started = time.monotonic()
+        started: float = yield MONOTONIC  # durations through the runtime's clock (tests drive it)
         other = yield from self._lock(machine_id, holder, fresh)
         if other is not None:
             return other
@@ -647,7 +519,8 @@ class Core:
             except StorageError:
                 raise
             except CAPIError as exc:
-                self._login_failures[machine_id] = (time.monotonic(), exc)
+                failed_at: float = yield MONOTONIC
+                self._login_failures[machine_id] = (failed_at, exc)
                 raise
             self._login_failures.pop(machine_id, None)
             return done, True

@@ -1,6 +1,6 @@
 """When to retry a request and how long to wait: capped exponential backoff with full jitter, honouring Retry-After.
 
-Pure functions: the caller (``cscapi._core``) performs the pause.
+Pure functions: the caller (``cscapi._core``) performs the pause and hands in the time (``cscapi.runtime.Now``).
 """
 
 from __future__ import annotations
@@ -80,12 +80,15 @@ class RetryPolicy:
             return False
         return attempt < self.max_retries and is_retryable(result)
 
-    def delay(self, attempt: int, result: Response | NetworkFailure | None = None) -> float:
-        """Seconds to wait before retry number ``attempt`` (0-based)."""
+    def delay(
+        self, attempt: int, result: Response | NetworkFailure | None = None, now: datetime | None = None
+    ) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based); ``now`` (the flow's clock, read through the
+        runtime's ``Now`` effect) dates a ``Retry-After`` given as an HTTP date (the system clock when None)."""
         ceiling = min(self.max_delay, self.base_delay * (2 ** min(attempt, 30)))
         wait = ceiling * self.rand()
         if isinstance(result, Response):
-            hinted = parse_retry_after(result.header("retry-after"))
+            hinted = parse_retry_after(result.header("retry-after"), now)
             if hinted is not None:
                 wait = max(wait, min(hinted, self.max_retry_after))
         return float(max(0.0, wait))

@@ -1,0 +1,280 @@
+"""The one sans-I/O runtime: flows are generators that yield *effects*; two drivers execute them.
+
+How a flow is written: a generator function (``Flow[T]``) that never does I/O, never sleeps and never reads a clock
+itself. It yields an effect and receives the effect's result (or has its exception thrown in at the ``yield``):
+
+- :class:`HttpCall` -- send a ``Request`` through the driver's transport; receives a ``Response`` or a
+  ``NetworkFailure``.
+- :class:`Blocking` -- call a blocking function (a store, a file, a lock); :class:`StorageCall` is the same for the
+  client's ``StorageInterface`` (a failure comes back as ``StorageError``).
+- :class:`Compute` -- CPU-heavy pure work (parsing a stream, building an index).
+- :class:`Delegate` -- call a collaborator of the driver's own flavour (a ``DecisionSource``: a ``CAPIClient`` in
+  sync, an ``AsyncCAPIClient`` in async); the async driver awaits what it returns.
+- :class:`Sleep` -- pause; :class:`Now` -- read a clock (``NOW``: aware UTC datetime, ``EPOCH``: float Unix seconds,
+  ``MONOTONIC``: float seconds for durations). Tests drive time by giving the driver fake clocks and sleep.
+
+How it runs: :func:`run_sync` executes each effect blocking (``CAPIClient``, ``RemediationEngine``);
+:func:`run_async` awaits HTTP and ``Delegate`` results and runs ``Blocking``/``StorageCall``/``Compute`` in a worker
+thread (``asyncio.to_thread``), so the event loop never runs store I/O or heavy work (``AsyncCAPIClient``,
+``AsyncRemediationEngine``). These are the only two drivers in the package: the CAPI client's flows
+(``cscapi._core``), the remediation engine's (``cscapi.remediation.core``) and the LAPI flows all run on them.
+
+Errors: an exception raised by an effect (any ``BaseException``: a cancellation or Ctrl-C too) is thrown into the flow
+at its ``yield``, so a flow can release what it holds with ``try/except``; a flow must never ``yield`` while handling
+``GeneratorExit`` (a driver closes a flow it leaves unfinished).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+
+from cscapi.errors import CAPIError, StorageError
+from cscapi.timeutil import utcnow
+
+if TYPE_CHECKING:
+    from cscapi.protocol import NetworkFailure, Request, Response
+
+__all__ = [
+    "EPOCH",
+    "MONOTONIC",
+    "NOW",
+    "AsyncSender",
+    "Blocking",
+    "Compute",
+    "Delegate",
+    "Effect",
+    "Flow",
+    "HttpCall",
+    "Now",
+    "Sleep",
+    "StorageCall",
+    "SyncSender",
+    "run_async",
+    "run_sync",
+]
+
+T = TypeVar("T")
+
+
+class SyncSender(Protocol):
+    """What :func:`run_sync` needs to execute :class:`HttpCall` (``cscapi.transport.SyncTransport``)."""
+
+    def send(self, request: Request) -> Response | NetworkFailure: ...
+
+
+class AsyncSender(Protocol):
+    """What :func:`run_async` needs to execute :class:`HttpCall` (``cscapi.transport.AsyncTransport``)."""
+
+    async def send(self, request: Request) -> Response | NetworkFailure: ...
+
+
+# ---- effects -----------------------------------------------------------------------------------------------
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__name__", "call")
+
+
+@dataclass(frozen=True)
+class HttpCall:
+    """Send ``request``; the flow receives a ``Response`` or a ``NetworkFailure``."""
+
+    request: Request
+
+
+@dataclass(frozen=True)
+class Blocking:
+    """Call a blocking function (inline in sync, in a worker thread in async); its exception is thrown in as is."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The called function's name (for logs and for tests driving a flow by hand)."""
+        return _name(self.fn)
+
+    def failed(self, exc: Exception) -> Exception:
+        """The exception thrown into the flow when the call raised ``exc``."""
+        return exc
+
+    def __repr__(self) -> str:  # arguments may hold a Machine or a password: never print them
+        return f"{type(self).__name__}({self.name})"
+
+
+@dataclass(frozen=True, repr=False)
+class StorageCall(Blocking):
+    """A blocking call on the client's storage; a failure other than a ``CAPIError`` comes back as ``StorageError``."""
+
+    def failed(self, exc: Exception) -> Exception:
+        if isinstance(exc, CAPIError):
+            return exc
+        error = StorageError(f"The storage call {self.name} failed: {type(exc).__name__}: {str(exc)[:200]}.")
+        error.__cause__ = exc
+        return error
+
+
+@dataclass(frozen=True, repr=False)
+class Compute(Blocking):
+    """CPU-heavy pure work: inline when blocking, in a worker thread when async (the loop keeps turning)."""
+
+
+@dataclass(frozen=True)
+class Delegate:
+    """Call a collaborator of the driver's flavour: sync gets its result, async awaits it when it is awaitable."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return _name(self.fn)
+
+    def __repr__(self) -> str:
+        return f"Delegate({self.name})"
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Pause for ``seconds`` (blocking in the sync driver, ``asyncio.sleep`` in the async one)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Now:
+    """Read the driver's clock: ``utc`` an aware UTC datetime, ``epoch`` float Unix seconds, ``monotonic`` float
+    seconds only meaningful as differences."""
+
+    kind: Literal["utc", "epoch", "monotonic"] = "utc"
+
+
+NOW = Now()
+EPOCH = Now("epoch")
+MONOTONIC = Now("monotonic")
+Effect = HttpCall | Blocking | Delegate | Sleep | Now
+Flow = Generator[Effect, Any, T]
+
+
+@dataclass(frozen=True)
+class _Clocks:
+    utc: Callable[[], datetime]
+    epoch: Callable[[], float]
+    monotonic: Callable[[], float]
+
+    def read(self, now: Now) -> Any:
+        if now.kind == "utc":
+            return self.utc()
+        if now.kind == "epoch":
+            return self.epoch()
+        return self.monotonic()
+
+
+def _no_transport(effect: HttpCall) -> Exception:
+    return TypeError(f"this flow was run without a transport and yielded {effect!r}")
+
+
+# ---- the two drivers -------------------------------------------------------------------------------------
+
+
+def run_sync(
+    flow: Flow[T],
+    transport: SyncSender | None = None,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], datetime] = utcnow,
+    epoch: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.perf_counter,
+) -> T:
+    """Run a flow to completion, executing each effect blocking."""
+    clocks = _Clocks(clock, epoch, monotonic)
+    value: Any = None
+    error: BaseException | None = None
+    try:
+        while True:
+            try:
+                effect = flow.send(value) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            value, error = None, None
+            try:
+                if isinstance(effect, HttpCall):
+                    if transport is None:
+                        raise _no_transport(effect)
+                    value = transport.send(effect.request)
+                elif isinstance(effect, Blocking):
+                    try:
+                        value = effect.fn(*effect.args, **effect.kwargs)
+                    except Exception as exc:
+                        raise effect.failed(exc) from exc
+                elif isinstance(effect, Delegate):
+                    value = effect.fn(*effect.args, **effect.kwargs)
+                elif isinstance(effect, Sleep):
+                    if effect.seconds > 0:
+                        sleep(effect.seconds)
+                elif isinstance(effect, Now):
+                    value = clocks.read(effect)
+                else:  # pragma: no cover - a programming error
+                    raise TypeError(f"unknown effect {effect!r}")
+            except BaseException as exc:
+                error = exc
+    finally:
+        if getattr(flow, "gi_frame", None) is not None:  # left unfinished: closed, so its cleanup runs
+            flow.close()
+
+
+async def run_async(
+    flow: Flow[T],
+    transport: AsyncSender | None = None,
+    *,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+    clock: Callable[[], datetime] = utcnow,
+    epoch: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.perf_counter,
+) -> T:
+    """Run a flow to completion on the event loop: HTTP and delegates awaited, blocking calls and heavy work in a
+    worker thread, pauses awaited."""
+    import asyncio  # on first use: a program that only runs sync flows never imports it for us
+
+    clocks = _Clocks(clock, epoch, monotonic)
+    pause = sleep or asyncio.sleep
+    value: Any = None
+    error: BaseException | None = None
+    try:
+        while True:
+            try:
+                effect = flow.send(value) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            value, error = None, None
+            try:
+                if isinstance(effect, HttpCall):
+                    if transport is None:
+                        raise _no_transport(effect)
+                    value = await transport.send(effect.request)
+                elif isinstance(effect, Blocking):
+                    try:
+                        value = await asyncio.to_thread(effect.fn, *effect.args, **effect.kwargs)
+                    except Exception as exc:
+                        raise effect.failed(exc) from exc
+                elif isinstance(effect, Delegate):
+                    value = effect.fn(*effect.args, **effect.kwargs)
+                    if isinstance(value, Awaitable):
+                        value = await value
+                elif isinstance(effect, Sleep):
+                    await pause(max(0.0, effect.seconds))
+                elif isinstance(effect, Now):
+                    value = clocks.read(effect)
+                else:  # pragma: no cover
+                    raise TypeError(f"unknown effect {effect!r}")
+            except BaseException as exc:
+                error = exc
+    finally:
+        if getattr(flow, "gi_frame", None) is not None:
+            flow.close()
