@@ -362,10 +362,15 @@ class StreamDecision:
 
 @dataclass(frozen=True, slots=True)
 class DeletedDecision:
-    """One value from the stream's ``deleted`` part: the community-blocklist decisions on it are gone."""
+    """One value from the stream's ``deleted`` part: the community-blocklist decisions on it are gone.
+
+    A LAPI stream names the decision too (``scenario``, ``type``, ``origin``): then only that decision goes."""
 
     value: str
     scope: str
+    scenario: str | None = None
+    type: str | None = None
+    origin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

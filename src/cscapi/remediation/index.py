@@ -30,7 +30,7 @@ from cscapi.gcpause import without_gc
 from cscapi.remediation._chunks import CHUNK, slices, yield_gil
 from cscapi.remediation.models import Remediation
 from cscapi.remediation.parsing import MAPPED_PREFIX, parse_range
-from cscapi.remediation.state import State
+from cscapi.remediation.state import State, group_origin
 
 __all__ = ["BOUNCING_LEVELS", "Entries", "Index", "Policy", "build_index", "empty_index", "first_live"]
 
@@ -347,10 +347,10 @@ def build_index(state: State, policy: Policy, version: str | None, now: float) -
 
     # CAPI decisions, group by group (one type each) at C speed; values already present are merged one by one.
     count = 0
-    for (_scenario, type_, _scope), group in state.capi.items():
+    for (scenario, type_, _scope), group in state.capi.items():
         if not group:
             continue
-        rem = remediation(policy.resolve(type_)[1], "CAPI")
+        rem = remediation(policy.resolve(type_)[1], group_origin(scenario))
         if min(group.values()) > now:
             values: Sequence[str] = list(group)
             expiries: Sequence[float] = list(group.values())

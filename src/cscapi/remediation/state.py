@@ -25,6 +25,8 @@ __all__ = [
     "StateFormatError",
     "decode_state",
     "encode_state",
+    "group_origin",
+    "group_scenario",
 ]
 
 FORMAT = 2
@@ -32,8 +34,22 @@ FORMAT = 2
 # CAPI decisions are grouped by (scenario, type, scope), each group mapping a canonical value to its expiry (unix
 # seconds); the origin is CAPI for all. A decision's identity is (origin, scenario, type, scope, value). Grouping keeps
 # the state compact and lets the codec and the index builder work group by group at C speed.
+# A source whose decisions carry other origins (a LAPI: crowdsec, cscli, lists:<name>...) stores the origin in the
+# group's scenario part, ``origin + ORIGIN_SEP + scenario`` (group_scenario / group_origin): same format, same codec.
 CapiGroup = tuple[str, str, str]
 CapiDecisions = dict[CapiGroup, dict[str, float]]
+ORIGIN_SEP = "\x1f"
+
+
+def group_scenario(origin: str, scenario: str) -> str:
+    """The group key's scenario part for a decision of ``origin``: the bare scenario for CAPI."""
+    return scenario if origin == "CAPI" or not origin else f"{origin}{ORIGIN_SEP}{scenario}"
+
+
+def group_origin(scenario_part: str) -> str:
+    """The origin of a group from its key's scenario part (``CAPI`` unless :func:`group_scenario` put one there)."""
+    origin, sep, _scenario = scenario_part.partition(ORIGIN_SEP)
+    return origin if sep else "CAPI"
 
 
 class StateFormatError(ValueError):

@@ -1,0 +1,20 @@
+"""CrowdSec's Local API (LAPI): a decision source for the remediation engine (``LapiClient``, ``AsyncLapiClient``)
+and, in :mod:`cscapi.lapi.watcher`, the destination of detections (``LapiWatcher``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cscapi.lapi.client import DEFAULT_REFRESH_INTERVAL, AsyncLapiClient, LapiClient
+from cscapi.lapi.protocol import LapiDecision
+
+__all__ = ["DEFAULT_REFRESH_INTERVAL", "AsyncLapiClient", "LapiClient", "LapiDecision", "LapiWatcher"]
+
+
+def __getattr__(name: str) -> Any:
+    """``LapiWatcher`` is imported on first use (the watcher side lives in its own module)."""
+    if name == "LapiWatcher":
+        from cscapi.lapi import watcher
+
+        return watcher.LapiWatcher
+    raise AttributeError(f"module 'cscapi.lapi' has no attribute {name!r}")

@@ -1,0 +1,333 @@
+"""LAPI as a decision source, against Debian's real CrowdSec engine (tests/lapi_support.py) and hostile servers.
+
+Decisions are added and deleted with ``cscli``; ``RemediationEngine(LapiClient(...))`` must see them (stream mode),
+``LapiClient.get_ip_decisions`` must find them (live mode); bad keys, a LAPI that is down, slow or malformed answers
+give typed errors or skipped items, and the decisions already held are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from typing import Any
+
+import pytest
+
+from cscapi.errors import (
+    AuthenticationError,
+    CAPIError,
+    ConfigurationError,
+    DeadlineExceededError,
+    ServerError,
+    TransportError,
+)
+from cscapi.lapi import AsyncLapiClient, LapiClient
+from cscapi.remediation import AsyncRemediationEngine, RemediationEngine
+from hostile_server import Conn, HostileServer, Received
+
+ORDER = ("ban", "mfa", "captcha", "bypass")  # a custom type (mfa) ranked between ban and captcha
+
+
+def _engine(client: Any) -> RemediationEngine:
+    return RemediationEngine(client, "memory://", ordered_remediations=ORDER)
+
+
+def _dead_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"  # nothing listens there once the socket is closed
+
+
+def _seed(lapi: Any) -> None:
+    lapi.add_decision(ip="192.0.2.10", duration="1h")
+    lapi.add_decision(range="198.51.100.0/24", type="captcha", duration="30m")
+    lapi.add_decision(ip="2001:db8::7", duration="2h")
+    lapi.add_decision(ip="203.0.113.5", type="mfa", duration="45m")
+
+
+# ---- stream mode ---------------------------------------------------------------------------------------------
+
+
+def test_stream_mode_sees_cscli_decisions_with_origin_type_and_duration(lapi: Any, lapi_bouncer_key: str) -> None:
+    _seed(lapi)
+    with LapiClient(lapi.base_url, api_key=lapi_bouncer_key) as client:
+        stream = client.get_decisions(startup=True)
+        by_value = {d.value: d for d in stream.new}
+        assert set(by_value) == {"192.0.2.10", "198.51.100.0/24", "2001:db8::7", "203.0.113.5"}, stream.raw
+        assert {d.origin for d in stream.new} == {"cscli"}
+        assert by_value["198.51.100.0/24"].scope == "range" and by_value["198.51.100.0/24"].type == "captcha"
+        assert 1700 < by_value["198.51.100.0/24"].duration <= 1800
+        assert 7100 < by_value["2001:db8::7"].duration <= 7200
+        assert stream.skipped == 0
+
+        engine = _engine(client)
+        try:
+            report = engine.refresh_decisions()
+            assert report.startup and report.new == 4 and report.skipped == 0
+            ban = engine.get_ip_remediation("192.0.2.10")
+            assert (ban.remediation, ban.origin) == ("ban", "cscli")
+            assert engine.get_ip_remediation("198.51.100.77").remediation == "captcha"
+            assert engine.get_ip_remediation("2001:0db8:0::7").remediation == "ban"
+            assert engine.get_ip_remediation("203.0.113.5").remediation == "mfa"
+            assert engine.get_ip_remediation("192.0.2.11").remediation == "bypass"
+        finally:
+            engine.close()
+
+
+def test_stream_deltas_deletions_and_no_cadence_guard(lapi: Any, lapi_bouncer_key: str) -> None:
+    """A refresh right after another is allowed (no CAPI cadence guard); deletions and additions arrive as deltas,
+    and deleting one decision on a value leaves the others on it."""
+    lapi.add_decision(ip="192.0.2.20", duration="1h")
+    lapi.add_decision(range="198.51.100.0/24", type="captcha", duration="1h")
+    with LapiClient(lapi.base_url, api_key=lapi_bouncer_key) as client:
+        assert client.min_refresh_interval == 0
+        engine = _engine(client)
+        try:
+            engine.refresh_decisions()
+            assert engine.get_ip_remediation("192.0.2.20").remediation == "ban"
+            lapi.delete_decisions(ip="192.0.2.20")
+            lapi.add_decision(ip="192.0.2.21", type="captcha", duration="10m")
+            report = engine.refresh_decisions()  # immediately: no RefreshTooSoonError
+            assert not report.startup and report.deleted == 1 and report.new == 1, report
+            assert engine.get_ip_remediation("192.0.2.20").remediation == "bypass"
+            assert engine.get_ip_remediation("192.0.2.21").remediation == "captcha"
+            assert engine.get_ip_remediation("198.51.100.9").remediation == "captcha"
+            # two decisions on one value: deleting the captcha keeps the ban
+            lapi.add_decision(ip="192.0.2.30", type="ban", duration="1h")
+            lapi.add_decision(ip="192.0.2.30", type="captcha", duration="1h")
+            engine.refresh_decisions()
+            lapi.delete_decisions(ip="192.0.2.30", type="captcha")
+            engine.refresh_decisions()
+            assert engine.get_ip_remediation("192.0.2.30").remediation == "ban"
+        finally:
+            engine.close()
+
+
+def test_stream_filters_origins_and_scopes(lapi: Any, lapi_bouncer_key: str) -> None:
+    lapi.add_decision(ip="192.0.2.40", duration="1h")
+    lapi.add_decision(range="198.51.100.0/24", duration="1h")
+    with LapiClient(lapi.base_url, api_key=lapi_bouncer_key, scopes=["ip"]) as client:
+        assert [d.value for d in client.get_decisions(startup=True).new] == ["192.0.2.40"]
+    key = lapi.add_bouncer()
+    with LapiClient(lapi.base_url, api_key=key, origins=["crowdsec"]) as client:
+        assert client.get_decisions(startup=True).new == []  # cscli's decisions are not from crowdsec
+
+
+# ---- live mode -------------------------------------------------------------------------------------------------
+
+
+def test_live_lookup_finds_ip_and_containing_range(lapi: Any, lapi_bouncer_key: str) -> None:
+    lapi.add_decision(ip="192.0.2.50", type="captcha", duration="20m")
+    lapi.add_decision(range="198.51.100.0/24", duration="1h")
+    lapi.add_decision(ip="2001:db8::50", duration="1h")
+    with LapiClient(lapi.base_url, api_key=lapi_bouncer_key) as client:
+        (one,) = client.get_ip_decisions("192.0.2.50")
+        assert (one.type, one.origin, one.scope) == ("captcha", "cscli", "ip") and 1100 < one.duration <= 1200
+        (rng,) = client.get_ip_decisions("198.51.100.200")
+        assert (rng.scope, rng.value) == ("range", "198.51.100.0/24")
+        assert [d.value for d in client.get_ip_decisions("2001:0db8::50")] == ["2001:db8::50"]
+        assert client.get_ip_decisions("192.0.2.51") == []
+        lapi.delete_decisions(ip="192.0.2.50")
+        assert client.get_ip_decisions("192.0.2.50") == []
+
+
+# ---- faults ------------------------------------------------------------------------------------------------------
+
+
+def test_bad_key_is_a_typed_authentication_error_without_the_key(lapi: Any) -> None:
+    secret = "not-a-registered-key-0123456789"
+    with LapiClient(lapi.base_url, api_key=secret) as client:
+        assert secret not in repr(client)
+        with pytest.raises(AuthenticationError) as info:
+            client.get_decisions(startup=True)
+        assert info.value.status_code == 403 and secret not in str(info.value)
+        with pytest.raises(AuthenticationError):
+            client.get_ip_decisions("192.0.2.1")
+
+
+def test_lapi_down_is_a_typed_error_and_old_decisions_are_kept(lapi: Any, lapi_bouncer_key: str) -> None:
+    lapi.add_decision(ip="192.0.2.60", duration="1h")
+    with LapiClient(lapi.base_url, api_key=lapi_bouncer_key) as client:
+        engine = _engine(client)
+        try:
+            engine.refresh_decisions()
+            engine.client = LapiClient(_dead_url(), api_key=lapi_bouncer_key, max_retries=0)
+            with pytest.raises(TransportError):
+                engine.refresh_decisions()
+            assert engine.get_ip_remediation("192.0.2.60").remediation == "ban"
+        finally:
+            engine.close()
+
+
+def _stream_route(srv: HostileServer, handler: Any) -> None:
+    srv.route("/v1/decisions/stream", handler)
+
+
+def test_slow_answer_hits_the_deadline(lapi: Any) -> None:
+    body = json.dumps({"new": [], "deleted": []}).encode()
+    with HostileServer() as srv:
+        _stream_route(srv, lambda c, r: c.drip(200, body, 0.5))
+        client = LapiClient(srv.url, api_key="k", deadline=1.5, timeout=1.0, max_retries=0)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError):
+            client.get_decisions(startup=True)
+        assert time.monotonic() - started < 30
+        client.close()
+
+
+GOOD = {"duration": "1h", "origin": "crowdsec", "scenario": "crowdsecurity/ssh-bf", "scope": "Ip", "type": "ban"}
+
+
+def test_malformed_items_are_skipped_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    answer = {
+        "new": [
+            {**GOOD, "value": "192.0.2.70"},
+            {**GOOD, "value": "not-an-ip"},
+            {**GOOD, "value": "10.0.0.0/2", "scope": "Range"},  # wider than the IPv4 minimum
+            {**GOOD, "value": "192.0.2.71", "duration": "9999999h"},  # longer than the maximum
+            {**GOOD, "value": "192.0.2.72", "type": None},
+            "a string",
+        ],
+        "deleted": {"not": "a list"},
+    }
+    with HostileServer() as srv:
+        _stream_route(srv, lambda c, r: c.json(200, answer))
+        with LapiClient(srv.url, api_key="k") as client, caplog.at_level(logging.WARNING, logger="cscapi"):
+            stream = client.get_decisions(startup=True)
+            engine = _engine(client)
+            try:
+                report = engine.refresh_decisions()
+                assert engine.get_ip_remediation("192.0.2.70").remediation == "ban"
+                assert engine.get_ip_remediation("192.0.2.70").origin == "crowdsec"
+            finally:
+                engine.close()
+    assert [d.value for d in stream.new] == ["192.0.2.70"] and stream.skipped == 6
+    assert report.skipped == 6 and report.new == 1
+    assert any("not-an-ip" in r.getMessage() or "new[1]" in r.getMessage() for r in caplog.records)
+
+
+def test_unreadable_answer_is_typed_and_nothing_is_half_applied(lapi: Any, lapi_bouncer_key: str) -> None:
+    """A body that is not JSON (or not an object) raises ServerError and the engine keeps what it had."""
+    lapi.add_decision(ip="192.0.2.80", duration="1h")
+    bodies = [b"<html>proxy error</html>", b"[1, 2]", b'{"new": [' + b"[" * 100_000]
+    with LapiClient(lapi.base_url, api_key=lapi_bouncer_key) as client:
+        engine = _engine(client)
+        try:
+            engine.refresh_decisions()
+            version = engine.version
+            for body in bodies:
+                with HostileServer() as srv:
+                    answer = {"Content-Type": "application/json"}
+                    _stream_route(srv, lambda c, r, body=body, answer=answer: c.answer(200, body, answer))
+                    engine.client = LapiClient(srv.url, api_key="k", max_retries=0)
+                    with pytest.raises(ServerError):
+                        engine.refresh_decisions()
+                assert engine.version == version
+                assert engine.get_ip_remediation("192.0.2.80").remediation == "ban"
+        finally:
+            engine.close()
+
+
+def test_stream_larger_than_its_cap_is_refused() -> None:
+    big = {"new": [{**GOOD, "value": f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"} for i in range(20_000)]}
+    with HostileServer() as srv:
+        _stream_route(srv, lambda c, r: c.json(200, big))
+        client = LapiClient(srv.url, api_key="k", max_stream_bytes=64 * 1024)
+        with client, pytest.raises(TransportError) as info:
+            client.get_decisions(startup=True)
+    assert "max_stream_bytes" in str(info.value)
+
+
+def test_key_is_sent_as_header_with_user_agent_and_filters() -> None:
+    seen: list[Received] = []
+
+    def handler(conn: Conn, request: Received) -> None:
+        seen.append(request)
+        conn.json(200, {"new": None, "deleted": None})
+
+    with HostileServer() as srv:
+        _stream_route(srv, handler)
+        with LapiClient(
+            srv.url,
+            api_key="secret-key",
+            origins=["crowdsec", "lists:firehol"],
+            scenarios_containing=["ssh"],
+            scenarios_not_containing=["http"],
+            user_agent_prefix="myapp",
+        ) as client:
+            stream = client.get_decisions(startup=False)
+    assert stream.new == [] and stream.deleted == []
+    (request,) = seen
+    assert request.headers["x-api-key"] == "secret-key"
+    assert request.headers["user-agent"].startswith("myapp-cscapi-lapi-bouncer/v")
+    assert "startup=false" in request.query and "scopes=ip%2Crange" in request.query
+    assert "origins=crowdsec%2Clists%3Afirehol" in request.query
+    assert "scenarios_containing=ssh" in request.query and "scenarios_not_containing=http" in request.query
+
+
+def test_configuration_is_checked() -> None:
+    with pytest.raises(ConfigurationError):
+        LapiClient("http://127.0.0.1:8080/")  # neither key nor certificate
+    with pytest.raises(ConfigurationError):
+        LapiClient("http://127.0.0.1:8080/", api_key="a\nb")  # header injection
+    with pytest.raises(ConfigurationError):
+        LapiClient("http://127.0.0.1:8080/", cert="c.pem", key="k.pem")  # TLS auth over plain http
+    with pytest.raises(ConfigurationError):
+        LapiClient("ftp://127.0.0.1/", api_key="k")
+    with pytest.raises(ConfigurationError):
+        LapiClient("http://127.0.0.1:8080/", api_key="k", origins=["a,b"])
+    assert LapiClient("http://127.0.0.1:8080/v1/", api_key="k").base_url == "http://127.0.0.1:8080/"
+    with pytest.raises(CAPIError):
+        LapiClient("http://127.0.0.1:8080/", api_key="k").download_link("http://x/")
+
+
+def test_usage_metrics_on_1_4_6_are_skipped_with_one_info_line(
+    lapi: Any, lapi_bouncer_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with LapiClient(lapi.base_url, api_key=lapi_bouncer_key) as client:
+        engine = _engine(client)
+        try:
+            engine.refresh_decisions()
+            with caplog.at_level(logging.INFO, logger="cscapi"):
+                engine.push_usage_metrics()
+                engine.push_usage_metrics()
+        finally:
+            engine.close()
+    lines = [r for r in caplog.records if "usage metrics" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO, [r.getMessage() for r in lines]
+
+
+# ---- async ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_async_stream_and_live_mode(lapi: Any, lapi_bouncer_key: str) -> None:
+    _seed(lapi)
+    client = AsyncLapiClient(lapi.base_url, api_key=lapi_bouncer_key)
+    engine = AsyncRemediationEngine(client, "memory://", ordered_remediations=ORDER)
+    try:
+        report = await engine.refresh_decisions()
+        assert report.new == 4
+        assert engine.get_ip_remediation("198.51.100.3").remediation == "captcha"
+        assert engine.get_ip_remediation("203.0.113.5").remediation == "mfa"
+        lapi.delete_decisions(range="198.51.100.0/24")
+        await engine.refresh_decisions()
+        assert engine.get_ip_remediation("198.51.100.3").remediation == "bypass"
+        (found,) = await client.get_ip_decisions("192.0.2.10")
+        assert found.type == "ban"
+    finally:
+        await engine.aclose()
+        await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_async_bad_key_and_down(lapi: Any) -> None:
+    async with AsyncLapiClient(lapi.base_url, api_key="bad-key-xyz") as client:
+        with pytest.raises(AuthenticationError):
+            await client.get_decisions(startup=True)
+    async with AsyncLapiClient(_dead_url(), api_key="k", max_retries=0) as down:
+        with pytest.raises(TransportError):
+            await down.get_ip_decisions("192.0.2.1")
