@@ -24,7 +24,7 @@ from cscapi.redact import mask_url
 from cscapi.remediation.index import Index, Policy, build_index
 from cscapi.remediation.models import ListOutcome, ListStatus, RefreshReport
 from cscapi.remediation.parsing import ParseTally, canonical_value, parse_allowlist, parse_blocklist
-from cscapi.remediation.state import AllowlistState, BlocklistState, CapiDecisions, State
+from cscapi.remediation.state import AllowlistState, BlocklistState, CapiDecisions, State, group_scenario
 
 __all__ = ["FlowContext", "Op", "apply_stream", "new_version", "prune_flow", "prune_state", "refresh_flow"]
 
@@ -93,9 +93,16 @@ def apply_stream(
     doomed: set[str] = set()
     for item in stream.deleted:
         try:
-            doomed.add(canonical_value(item.value))
+            value = canonical_value(item.value)
         except ValueError as exc:
             tally.skip(str(exc), item.value, logger, "the stream's deleted part")
+            continue
+        if item.scenario is not None and item.type is not None:  # a LAPI deletion names its decision
+            named = capi.get((group_scenario(item.origin or "CAPI", item.scenario), item.type, item.scope.lower()))
+            if named is not None and named.pop(value, None) is not None:
+                deleted += 1
+            continue
+        doomed.add(value)
     if doomed and capi:
         for group in capi.values():
             for value in doomed.intersection(group):
@@ -116,7 +123,7 @@ def apply_stream(
         if not isinstance(duration, (int, float)) or math.isnan(duration) or duration <= 0:
             tally.skip("no duration left", d.value, logger, "the stream's new part")
             continue
-        key = (d.scenario, d.type or "ban", scope)
+        key = (group_scenario(d.origin, d.scenario), d.type or "ban", scope)
         bucket = capi.get(key)
         if bucket is None:
             bucket = capi[key] = {}

@@ -119,7 +119,7 @@ class _EngineBase(Generic[C]):
         bouncing_level: str = "normal_bouncing",
         community_pull: bool = True,
         additional_pull: bool = True,
-        min_refresh_interval: float = float(MIN_REFRESH_INTERVAL),
+        min_refresh_interval: float | None = None,
         sync_interval_ms: float = 250.0,
         key_prefix: str = "cscapi:",
         lock_ttl: float = 300.0,
@@ -130,6 +130,10 @@ class _EngineBase(Generic[C]):
         clock: Callable[[], float] | None = None,
         strict: bool = False,
     ) -> None:
+        if min_refresh_interval is None:  # CAPI's cadence guard, unless the source says otherwise (a LAPI: 0)
+            given = getattr(client, "min_refresh_interval", None)
+            usable = isinstance(given, (int, float)) and not isinstance(given, bool)
+            min_refresh_interval = float(given) if usable and given is not None else float(MIN_REFRESH_INTERVAL)
         if min_refresh_interval < 0 or sync_interval_ms < 0 or lock_ttl <= 0:
             raise ConfigurationError("min_refresh_interval and sync_interval_ms must be >= 0, lock_ttl > 0")
         self.client = client
