@@ -1,9 +1,9 @@
-"""The refresh, prune and sync logic, written once as sans-I/O generators.
+"""The refresh and prune logic, written once as sans-I/O flows of :mod:`cscapi.runtime`.
 
-Each flow yields :class:`Op` effects (a store call, a client call, or a CPU-heavy computation) and receives their
-results (or has their exception thrown in). ``RemediationEngine`` runs the effects blocking;
-``AsyncRemediationEngine`` awaits the client's coroutines and runs store calls and computations in a worker thread.
-No refresh logic is written twice.
+Each flow yields runtime effects: ``Blocking`` calls on the engine's store, ``Delegate`` calls on the decision source
+(the client), ``Compute`` for CPU-heavy work and ``Now`` for the time, and receives their results (or has their
+exception thrown in). ``RemediationEngine`` runs them with ``run_sync``, ``AsyncRemediationEngine`` with ``run_async``
+(the client's coroutines awaited, store calls and computations in a worker thread): no refresh logic is written twice.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from cscapi.errors import RefreshInProgressError, RefreshTooSoonError
 from cscapi.gcpause import without_gc
@@ -25,37 +25,31 @@ from cscapi.remediation.index import Index, Policy, build_index
 from cscapi.remediation.models import ListOutcome, ListStatus, RefreshReport
 from cscapi.remediation.parsing import ParseTally, canonical_value, parse_allowlist, parse_blocklist
 from cscapi.remediation.state import AllowlistState, BlocklistState, CapiDecisions, State, group_scenario
+from cscapi.runtime import EPOCH, MONOTONIC, Blocking, Compute, Delegate, Flow
 
-__all__ = ["FlowContext", "Op", "apply_stream", "new_version", "prune_flow", "prune_state", "refresh_flow"]
+__all__ = ["FlowContext", "RefreshStore", "apply_stream", "new_version", "prune_flow", "prune_state", "refresh_flow"]
 
 _SCOPES = frozenset({"ip", "range"})
 
 
-@dataclass(frozen=True)
-class Op:
-    """One effect: ``target`` is ``store``, ``client`` or ``compute`` (then ``args[0]`` is the callable)."""
+class RefreshStore(Protocol):
+    """The store calls the flows make (a ``DecisionStore``, or the engine's bookkeeping wrapper around one)."""
 
-    target: str
-    name: str
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] | None = None
-
-
-def store(name: str, *args: Any) -> Op:
-    return Op("store", name, args)
-
-
-def client(name: str, *args: Any, **kwargs: Any) -> Op:
-    return Op("client", name, args, kwargs)
-
-
-def compute(fn: Callable[..., Any], *args: Any) -> Op:
-    return Op("compute", getattr(fn, "__name__", "compute"), (fn, *args))
+    def acquire_lock(self, token: str, ttl: float) -> bool: ...
+    def release_lock(self, token: str) -> None: ...
+    def load(self) -> tuple[str | None, State | None]: ...
+    def is_dirty(self) -> bool: ...
+    def mark_dirty(self) -> None: ...
+    def commit(self, state: State, version: str, token: str, clean: bool) -> None: ...
 
 
 @dataclass
 class FlowContext:
-    """What the flows need from the engine: its options, policy, clock and logger."""
+    """What the flows need from the engine: its options, policy and logger.
+
+    ``clock`` (float Unix seconds) is the clock the engine hands to the runtime's driver: flows never call it, they
+    read the time by yielding ``EPOCH``.
+    """
 
     policy: Policy
     logger: logging.Logger
@@ -187,22 +181,23 @@ def _failure(exc: BaseException, url: str) -> str:
     return f"{type(exc).__name__}{f' (HTTP {status})' if status else ''}: {text}"
 
 
-def _lap(timings: dict[str, float], name: str, since: float) -> float:
-    now = time.perf_counter()
+def _lap(timings: dict[str, float], name: str, since: float) -> Flow[float]:
+    now: float = yield MONOTONIC
     timings[name] = round(now - since, 4)
     return now
 
 
-def refresh_flow(ctx: FlowContext, force: bool) -> Generator[Op, Any, tuple[RefreshReport, Index]]:
-    """Pull the stream and every list, build the new index and commit it, under the store's refresh lock."""
-    started = time.perf_counter()
+def refresh_flow(ctx: FlowContext, force: bool, store: RefreshStore, source: Any) -> Flow[tuple[RefreshReport, Index]]:
+    """Pull the stream and every list from ``source`` (a ``DecisionSource`` or ``AsyncDecisionSource``), build the
+    new index and commit it to ``store``, under the store's refresh lock."""
+    started: float = yield MONOTONIC
     token = uuid.uuid4().hex
-    if not (yield store("acquire_lock", token, ctx.lock_ttl)):
+    if not (yield Blocking(store.acquire_lock, (token, ctx.lock_ttl))):
         raise RefreshInProgressError("another worker is refreshing the decisions right now")
     try:
-        _version, loaded = yield store("load")
-        dirty = yield store("is_dirty")
-        now = ctx.clock()
+        _version, loaded = yield Blocking(store.load)
+        dirty = yield Blocking(store.is_dirty)
+        now: float = yield EPOCH
         if not force and loaded is not None and loaded.last_pull is not None:
             next_at = loaded.last_pull + ctx.min_refresh_interval
             if now < next_at:
@@ -215,22 +210,17 @@ def refresh_flow(ctx: FlowContext, force: bool) -> Generator[Op, Any, tuple[Refr
         state = loaded if loaded is not None else State()
         machine_id = ctx.machine_id
         if not machine_id:
-            machine_id = yield client("default_machine_id")
+            machine_id = yield Delegate(source.default_machine_id)
         # Until the new state is committed, the store says "do not trust a delta": a crash or a failure anywhere
         # from here on makes the next pull a startup pull.
-        yield store("mark_dirty")
+        yield Blocking(store.mark_dirty)
         timings: dict[str, float] = {}
-        mark = time.perf_counter()
-        stream: DecisionStream = yield client(
-            "get_decisions",
-            machine_id,
-            startup=startup,
-            community_pull=ctx.community_pull,
-            additional_pull=ctx.additional_pull,
-        )
-        mark = _lap(timings, "pull", mark)
-        result: StreamResult = yield compute(apply_stream, state, stream, now, startup, ctx.logger)
-        mark = _lap(timings, "apply", mark)
+        mark: float = yield MONOTONIC
+        pull = {"startup": startup, "community_pull": ctx.community_pull, "additional_pull": ctx.additional_pull}
+        stream: DecisionStream = yield Delegate(source.get_decisions, (machine_id,), pull)
+        mark = yield from _lap(timings, "pull", mark)
+        result: StreamResult = yield Compute(apply_stream, (state, stream, now, startup, ctx.logger))
+        mark = yield from _lap(timings, "apply", mark)
         tally = result.tally
         outcomes: dict[str, ListOutcome] = {}
         links_given = "links" in stream.raw or bool(stream.blocklists) or bool(stream.allowlists)
@@ -242,12 +232,13 @@ def refresh_flow(ctx: FlowContext, force: bool) -> Generator[Op, Any, tuple[Refr
             usable = previous is not None and previous.values and previous.expires_at > now
             ims = previous.last_modified if usable and previous is not None else None
             try:
-                dl = yield client("download_link", link.url, if_modified_since=ims)
+                dl = yield Delegate(source.download_link, (link.url,), {"if_modified_since": ims})
                 if not dl.not_modified and dl.status_code != 200:
                     raise ValueError(f"unexpected HTTP {dl.status_code}")
                 if dl.not_modified and previous is None:
                     raise ValueError("304 Not Modified for a list never downloaded")
-                fresh, outcome = yield compute(_blocklist_result, previous, link, dl, ctx.clock(), ctx.logger)
+                at = yield EPOCH
+                fresh, outcome = yield Compute(_blocklist_result, (previous, link, dl, at, ctx.logger))
                 blocklists[link.name] = fresh
             except Exception as exc:
                 reason = _failure(exc, link.url)
@@ -266,14 +257,13 @@ def refresh_flow(ctx: FlowContext, force: bool) -> Generator[Op, Any, tuple[Refr
             aprevious = state.allowlists.get(alink.name)
             try:
                 ims = aprevious.last_modified if aprevious else None
-                dl = yield client("download_link", alink.url, if_modified_since=ims)
+                dl = yield Delegate(source.download_link, (alink.url,), {"if_modified_since": ims})
                 if not dl.not_modified and dl.status_code != 200:
                     raise ValueError(f"unexpected HTTP {dl.status_code}")
                 if dl.not_modified and aprevious is None:
                     raise ValueError("304 Not Modified for a list never downloaded")
-                afresh, outcome, atally = yield compute(
-                    _allowlist_result, aprevious, alink, dl, ctx.clock(), ctx.logger
-                )
+                at = yield EPOCH
+                afresh, outcome, atally = yield Compute(_allowlist_result, (aprevious, alink, dl, at, ctx.logger))
                 allowlists[alink.name] = afresh
                 tally.merge(atally)
             except Exception as exc:
@@ -295,11 +285,12 @@ def refresh_flow(ctx: FlowContext, force: bool) -> Generator[Op, Any, tuple[Refr
             ctx.logger.info("lists no longer offered by CAPI, dropped: %s", ", ".join(removed))
         new_state = result.state.evolve(blocklists=blocklists, allowlists=allowlists, last_pull=now)
         version = new_version()
-        mark = _lap(timings, "lists", mark)
-        index: Index = yield compute(build_index, new_state, ctx.policy, version, ctx.clock())
-        mark = _lap(timings, "index", mark)
-        yield store("commit", new_state, version, token, True)
-        _lap(timings, "commit", mark)
+        mark = yield from _lap(timings, "lists", mark)
+        at = yield EPOCH
+        index: Index = yield Compute(build_index, (new_state, ctx.policy, version, at))
+        mark = yield from _lap(timings, "index", mark)
+        yield Blocking(store.commit, (new_state, version, token, True))
+        finished = yield from _lap(timings, "commit", mark)
         report = RefreshReport(
             new=result.new,
             deleted=result.deleted,
@@ -310,7 +301,7 @@ def refresh_flow(ctx: FlowContext, force: bool) -> Generator[Op, Any, tuple[Refr
             removed_lists=removed,
             decisions=index.decisions,
             version=version,
-            seconds=time.perf_counter() - started,
+            seconds=finished - started,
             timings=timings,
         )
         ctx.logger.info(
@@ -321,9 +312,9 @@ def refresh_flow(ctx: FlowContext, force: bool) -> Generator[Op, Any, tuple[Refr
     except Exception:
         # never a yield in a `finally`: a driver that abandons the flow (KeyboardInterrupt, a cancelled task) closes
         # it with GeneratorExit, which must not yield; the engine then releases the lock it saw taken itself
-        yield store("release_lock", token)
+        yield Blocking(store.release_lock, (token,))
         raise
-    yield store("release_lock", token)
+    yield Blocking(store.release_lock, (token,))
     return report, index
 
 
@@ -350,22 +341,24 @@ def prune_state(state: State, now: float) -> tuple[State, int]:
     return state.evolve(capi=capi, blocklists=blocklists, allowlists=allowlists), removed
 
 
-def prune_flow(ctx: FlowContext) -> Generator[Op, Any, tuple[int, Index | None]]:
+def prune_flow(ctx: FlowContext, store: RefreshStore) -> Flow[tuple[int, Index | None]]:
     """Remove expired decisions from the shared state (under the refresh lock) and rebuild the index."""
     token = uuid.uuid4().hex
-    if not (yield store("acquire_lock", token, ctx.lock_ttl)):
+    if not (yield Blocking(store.acquire_lock, (token, ctx.lock_ttl))):
         raise RefreshInProgressError("another worker is refreshing the decisions right now")
     try:
-        _version, loaded = yield store("load")
+        _version, loaded = yield Blocking(store.load)
         index: Index | None = None
         removed = 0
         if loaded is not None:
-            pruned, removed = yield compute(prune_state, loaded, ctx.clock())
+            now = yield EPOCH
+            pruned, removed = yield Compute(prune_state, (loaded, now))
             version = new_version()
-            index = yield compute(build_index, pruned, ctx.policy, version, ctx.clock())
-            yield store("commit", pruned, version, token, False)
+            at = yield EPOCH
+            index = yield Compute(build_index, (pruned, ctx.policy, version, at))
+            yield Blocking(store.commit, (pruned, version, token, False))
     except Exception:  # no yield in a `finally`: see refresh_flow
-        yield store("release_lock", token)
+        yield Blocking(store.release_lock, (token,))
         raise
-    yield store("release_lock", token)
+    yield Blocking(store.release_lock, (token,))
     return removed, index

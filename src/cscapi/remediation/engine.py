@@ -1,7 +1,8 @@
 """The remediation engine: CAPI decisions in a shared store, answered from an in-process index (no I/O per lookup).
 
-``RemediationEngine`` (blocking) and ``AsyncRemediationEngine`` (awaiting) share everything but the driver of the
-sans-I/O flows in ``core.py``. ``get_ip_remediation`` is the same synchronous, I/O-free method in both.
+``RemediationEngine`` (blocking) and ``AsyncRemediationEngine`` (awaiting) share everything: their refresh, prune,
+metrics push and clear are flows (``core.py`` and below) run by the runtime's two drivers (``cscapi.runtime.run_sync``
+and ``run_async``, the ones the CAPI client uses). ``get_ip_remediation`` is the same synchronous, I/O-free method.
 """
 
 from __future__ import annotations
@@ -12,17 +13,20 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from typing import Any, Generic, TypeVar
 
 from cscapi.errors import ConfigurationError, DecisionStoreError, InvalidIPError
 from cscapi.limits import MIN_REFRESH_INTERVAL
 from cscapi.remediation.contracts import AsyncDecisionSource, DecisionSource
-from cscapi.remediation.core import FlowContext, Op, prune_flow, refresh_flow
+from cscapi.remediation.core import FlowContext, prune_flow, refresh_flow
 from cscapi.remediation.index import Index, Policy, build_index, empty_index, first_live
 from cscapi.remediation.metrics import build_usage_metrics, nested_counts
 from cscapi.remediation.models import CLEAN, RefreshReport, Remediation
+from cscapi.remediation.state import State
 from cscapi.remediation.stores import DecisionStore, open_store
+from cscapi.runtime import EPOCH, Blocking, Delegate, Flow, run_async, run_sync
 
 __all__ = ["AsyncRemediationEngine", "RemediationEngine"]
 
@@ -381,20 +385,6 @@ class _EngineBase(Generic[C]):
             )
         return self.client
 
-    def _run_store(self, op: Op) -> Any:
-        if op.name == "commit":
-            self._committing = op.args[1]
-        elif op.name == "release_lock":
-            with self._held_guard:
-                self._held_locks.discard(op.args[0])
-        result = getattr(self.store, op.name)(*op.args)
-        if op.name == "acquire_lock" and result:
-            with self._held_guard:
-                self._held_locks.add(op.args[0])
-        elif op.name == "commit" and self.store.get_meta(_LOST):
-            self.store.set_meta(_LOST, "")  # a fresh state is in: the store is no longer lost
-        return result
-
     def release_locks(self) -> int:
         """Release every refresh lock this engine holds right now (from any thread); returns how many.
 
@@ -410,12 +400,10 @@ class _EngineBase(Generic[C]):
                 self._logger.warning("could not release the refresh lock (it lapses by itself): %s", exc)
         return len(tokens)
 
-    def _abandon(self, flow: Generator[Op, Any, Any]) -> None:
-        """A flow left before its end (KeyboardInterrupt, cancellation): close it (it yields nothing on
-        GeneratorExit) and release the lock it took."""
-        with contextlib.suppress(Exception):
-            flow.close()
-        self.release_locks()
+    def _clocks(self) -> dict[str, Any]:
+        """The engine's clock as the runtime's drivers read it (``EPOCH`` and ``NOW`` effects)."""
+        clock = self._clock
+        return {"epoch": clock, "clock": lambda: datetime.fromtimestamp(clock(), timezone.utc)}
 
     # ---- counters ------------------------------------------------------------------------------------------
 
@@ -429,9 +417,9 @@ class _EngineBase(Generic[C]):
         """Requests counted since the last successful push: ``{origin: {remediation: count}}``."""
         return nested_counts(self.store.counters())
 
-    def _metrics_payload(self) -> tuple[dict[str, Any], dict[tuple[str, str], int], int]:
+    def _metrics_payload(self, at: float) -> tuple[dict[str, Any], dict[tuple[str, str], int], int]:
         counts = self.store.counters()
-        now = int(self._clock())
+        now = int(at)
         last = self.store.get_meta(_LAST_PUSH)
         window_start = int(float(last)) if last else self._startup_ts
         last_pull = self._index.last_pull
@@ -479,6 +467,61 @@ class _EngineBase(Generic[C]):
         return f"<{name} store={self.store!r} version={self.version!r} decisions={self._index.decisions}{health}>"
 
 
+def _blocking(fn: Callable[[], R]) -> Flow[R]:
+    """One blocking call as a flow: inline when run by ``run_sync``, in a worker thread by ``run_async``."""
+    result: R = yield Blocking(fn)
+    return result
+
+
+def _push_flow(engine: _EngineBase[Any], source: Any) -> Flow[dict[str, Any]]:
+    """Push the engine's counters as ``AllMetrics`` through ``source``; after a 2xx, subtract exactly what was pushed
+    (written once for both engines)."""
+    at: float = yield EPOCH
+    payload, counts, now = yield Blocking(engine._metrics_payload, (at,))
+    machine_id = engine.machine_id
+    if not machine_id:
+        machine_id = yield Delegate(source.default_machine_id)
+    yield Delegate(source.push_usage_metrics, (machine_id, payload))
+    yield Blocking(engine._after_push, (counts, now))
+    return payload  # type: ignore[no-any-return]
+
+
+class _FlowStore:
+    """The store as the engine's flows call it: the store's own methods, plus the engine's bookkeeping (the refresh
+    locks it holds, for ``release_locks``; the version being committed, which the sync thread must not reload)."""
+
+    def __init__(self, engine: _EngineBase[Any]) -> None:
+        self._engine = engine
+        self._store = engine.store
+
+    def acquire_lock(self, token: str, ttl: float) -> bool:
+        acquired = self._store.acquire_lock(token, ttl)
+        if acquired:
+            with self._engine._held_guard:
+                self._engine._held_locks.add(token)
+        return acquired
+
+    def release_lock(self, token: str) -> None:
+        with self._engine._held_guard:
+            self._engine._held_locks.discard(token)
+        self._store.release_lock(token)
+
+    def load(self) -> tuple[str | None, State | None]:
+        return self._store.load()
+
+    def is_dirty(self) -> bool:
+        return self._store.is_dirty()
+
+    def mark_dirty(self) -> None:
+        self._store.mark_dirty()
+
+    def commit(self, state: State, version: str, token: str, clean: bool) -> None:
+        self._engine._committing = version
+        self._store.commit(state, version, token, clean)
+        if self._store.get_meta(_LOST):
+            self._store.set_meta(_LOST, "")  # a fresh state is in: the store is no longer lost
+
+
 class RemediationEngine(_EngineBase[DecisionSource | None]):
     """Blocking engine over a :class:`cscapi.remediation.contracts.DecisionSource` (e.g. ``CAPIClient``).
 
@@ -486,30 +529,12 @@ class RemediationEngine(_EngineBase[DecisionSource | None]):
     ``redis://host:port/db`` (many hosts; keys under ``key_prefix``). See ``docs/remediation.md`` for every option.
     """
 
-    def _drive(self, flow: Generator[Op, Any, R]) -> R:
-        value: Any = None
-        error: BaseException | None = None
+    def _run(self, flow: Flow[R]) -> R:
         try:
-            while True:
-                try:
-                    op = flow.throw(error) if error is not None else flow.send(value)
-                except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
-                error = None
-                try:
-                    if op.target == "store":
-                        value = self._run_store(op)
-                    elif op.target == "client":
-                        value = getattr(self.client, op.name)(*op.args, **(op.kwargs or {}))
-                    else:
-                        value = op.args[0](*op.args[1:])
-                except Exception as exc:
-                    value, error = None, exc
-        except BaseException:
-            if (
-                getattr(flow, "gi_frame", None) is not None
-            ):  # left mid-flow (KeyboardInterrupt, SystemExit): no lock stays held
-                self._abandon(flow)
+            return run_sync(flow, **self._clocks())
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # left mid-flow (KeyboardInterrupt, SystemExit): no lock stays held
+                self.release_locks()
             raise
 
     def refresh_decisions(self, force: bool = False) -> RefreshReport:
@@ -521,7 +546,7 @@ class RemediationEngine(_EngineBase[DecisionSource | None]):
         """
         self._need_client()
         try:
-            report, index = self._drive(refresh_flow(self._ctx, force))
+            report, index = self._run(refresh_flow(self._ctx, force, _FlowStore(self), self.client))
         except BaseException:
             self._committing = None
             raise
@@ -531,7 +556,7 @@ class RemediationEngine(_EngineBase[DecisionSource | None]):
     def prune_cache(self) -> int:
         """Drop expired decisions from the store and the index; returns how many went."""
         try:
-            removed, index = self._drive(prune_flow(self._ctx))
+            removed, index = self._run(prune_flow(self._ctx, _FlowStore(self)))
         except BaseException:
             self._committing = None
             raise
@@ -540,29 +565,17 @@ class RemediationEngine(_EngineBase[DecisionSource | None]):
 
     def clear_cache(self) -> None:
         """Forget every decision (this engine's keys only); the next refresh is a startup pull."""
-        self._clear_local()
+        self._run(_blocking(self._clear_local))
 
     def push_usage_metrics(self) -> dict[str, Any]:
         """Push the counters as ``AllMetrics``; after a 2xx, subtract exactly what was pushed. Returns the payload."""
-        client = self._need_client()
-        assert client is not None
-        payload, counts, now = self._metrics_payload()
-        machine_id = self.machine_id or client.default_machine_id()
-        client.push_usage_metrics(machine_id, payload)
-        self._after_push(counts, now)
-        return payload
+        return self._run(_push_flow(self, self._need_client()))
 
     def __enter__(self) -> RemediationEngine:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-async def _to_thread(fn: Callable[..., R], *args: Any) -> R:
-    import asyncio  # imported on first use: the sync engine never needs it
-
-    return await asyncio.to_thread(fn, *args)
 
 
 class AsyncRemediationEngine(_EngineBase[AsyncDecisionSource | None]):
@@ -572,32 +585,14 @@ class AsyncRemediationEngine(_EngineBase[AsyncDecisionSource | None]):
     never on the event loop. ``get_ip_remediation`` stays a plain (synchronous, I/O-free) method.
     """
 
-    async def _drive(self, flow: Generator[Op, Any, R]) -> R:
-        value: Any = None
-        error: BaseException | None = None
+    async def _run(self, flow: Flow[R]) -> R:
         try:
-            while True:
-                try:
-                    op = flow.throw(error) if error is not None else flow.send(value)
-                except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
-                error = None
-                try:
-                    if op.target == "store":
-                        value = await _to_thread(self._run_store, op)
-                    elif op.target == "client":
-                        value = await getattr(self.client, op.name)(*op.args, **(op.kwargs or {}))
-                    else:
-                        value = await _to_thread(op.args[0], *op.args[1:])
-                except Exception as exc:
-                    value, error = None, exc
-        except BaseException:
-            if (
-                getattr(flow, "gi_frame", None) is not None
-            ):  # cancelled mid-flow: release the lock off the loop, even if cancelled again
-                import asyncio
+            return await run_async(flow, **self._clocks())
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled mid-flow: release the lock off the loop
+                import asyncio  # imported on first use: the sync engine never needs it
 
-                release = asyncio.ensure_future(_to_thread(self._abandon, flow))
+                release = asyncio.ensure_future(run_async(_blocking(self.release_locks)))
                 with contextlib.suppress(BaseException):  # cancelled again: the release still completes in its thread
                     await asyncio.shield(release)
             raise
@@ -606,7 +601,7 @@ class AsyncRemediationEngine(_EngineBase[AsyncDecisionSource | None]):
         """See :meth:`RemediationEngine.refresh_decisions`."""
         self._need_client()
         try:
-            report, index = await self._drive(refresh_flow(self._ctx, force))
+            report, index = await self._run(refresh_flow(self._ctx, force, _FlowStore(self), self.client))
         except BaseException:
             self._committing = None
             raise
@@ -616,7 +611,7 @@ class AsyncRemediationEngine(_EngineBase[AsyncDecisionSource | None]):
     async def prune_cache(self) -> int:
         """See :meth:`RemediationEngine.prune_cache`."""
         try:
-            removed, index = await self._drive(prune_flow(self._ctx))
+            removed, index = await self._run(prune_flow(self._ctx, _FlowStore(self)))
         except BaseException:
             self._committing = None
             raise
@@ -625,21 +620,15 @@ class AsyncRemediationEngine(_EngineBase[AsyncDecisionSource | None]):
 
     async def clear_cache(self) -> None:
         """See :meth:`RemediationEngine.clear_cache`."""
-        await _to_thread(self._clear_local)
+        await self._run(_blocking(self._clear_local))
 
     async def push_usage_metrics(self) -> dict[str, Any]:
         """See :meth:`RemediationEngine.push_usage_metrics`."""
-        client = self._need_client()
-        assert client is not None
-        payload, counts, now = await _to_thread(self._metrics_payload)
-        machine_id = self.machine_id or await client.default_machine_id()
-        await client.push_usage_metrics(machine_id, payload)
-        await _to_thread(self._after_push, counts, now)
-        return payload
+        return await self._run(_push_flow(self, self._need_client()))
 
     async def aclose(self) -> None:
         """Close without blocking the event loop."""
-        await _to_thread(self.close)
+        await self._run(_blocking(self.close))
 
     async def __aenter__(self) -> AsyncRemediationEngine:
         return self
