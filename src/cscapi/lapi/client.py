@@ -1,9 +1,9 @@
 """``LapiClient`` / ``AsyncLapiClient``: CrowdSec's Local API as a decision source for ``RemediationEngine``.
 
-The flows are written once as generators yielding the client's effects (``HttpCall``, ``Sleep``, ``Compute``) and run
-blocking or on the event loop by the shared drivers; requests and answers are built and read by
-:mod:`cscapi.lapi.protocol`; the transport (deadlines, size caps, TLS) is the CAPI client's. The API key is sent as
-``X-Api-Key`` and never appears in logs, errors or reprs.
+The flows are written once on the shared effect runtime (:mod:`cscapi.runtime`: ``HttpCall``, ``Sleep``, ``Now``,
+``Compute``) and run blocking or on the event loop by its two drivers, like the CAPI client's and the engine's.
+Requests and answers are built and read by :mod:`cscapi.lapi.protocol`; the transport (deadlines, size caps, TLS) is
+the CAPI client's. The API key is sent as ``X-Api-Key`` and never appears in logs, errors or reprs.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from cscapi._core import Compute, HttpCall, Sleep, run_async, run_sync
 from cscapi._version import __version__
 from cscapi.errors import CAPIError, ConfigurationError, NotFoundError
 from cscapi.lapi.protocol import (
@@ -32,6 +31,7 @@ from cscapi.lapi.protocol import (
 from cscapi.models import DecisionStream, LinkDownload
 from cscapi.protocol.http import NetworkFailure, Request, Response, safe_url
 from cscapi.protocol.retry import RetryPolicy
+from cscapi.runtime import NOW, Compute, Flow, HttpCall, Sleep, run_async, run_sync
 from cscapi.transport import AsyncTransport, SyncTransport, TransportSettings
 
 __all__ = ["DEFAULT_REFRESH_INTERVAL", "AsyncLapiClient", "LapiClient"]
@@ -42,8 +42,6 @@ DEFAULT_MAX_STREAM_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_DECISIONS_BYTES = 1024 * 1024
 _MAX_SKIP_WARNINGS = 20
 _LOGGER = logging.getLogger("cscapi.lapi")
-
-Flow = Generator[Any, Any, Any]
 
 
 def _tls_context(cert: str | None, key: str | None, ca: str | None, verify: bool) -> ssl.SSLContext | bool:
@@ -159,7 +157,7 @@ class _LapiCore:
 
     # ---- flows ---------------------------------------------------------------------------------------------
 
-    def _call(self, request: Request, what: str, *, retries: bool = True) -> Flow:
+    def _call(self, request: Request, what: str, *, retries: bool = True) -> Flow[Any]:
         """Send ``request`` with retries on network failures, 429 and 5xx; the 2xx ``Response`` or a typed error."""
         attempt = 0
         while True:
@@ -167,7 +165,8 @@ class _LapiCore:
             if isinstance(result, Response) and result.ok:
                 return result
             if retries and self.retry.should_retry(result, attempt):
-                yield Sleep(self.retry.delay(attempt, result))
+                now = yield NOW
+                yield Sleep(self.retry.delay(attempt, result, now))
                 attempt += 1
                 continue
             if isinstance(result, NetworkFailure):
@@ -185,7 +184,7 @@ class _LapiCore:
 
         return on_skip
 
-    def _stream_flow(self, startup: bool) -> Flow:
+    def _stream_flow(self, startup: bool) -> Flow[Any]:
         request = stream_request(
             self.base_url, api_key=self._api_key, startup=startup, **self._filters(with_scopes=True)
         ).with_limit(self.max_stream_bytes, "max_stream_bytes")
@@ -197,13 +196,13 @@ class _LapiCore:
             self.logger.warning("LAPI decisions stream: %d items skipped in all", stream.skipped)
         return stream
 
-    def _ip_flow(self, ip: str) -> Flow:
+    def _ip_flow(self, ip: str) -> Flow[Any]:
         request = decisions_request(self.base_url, api_key=self._api_key, ip=ip, **self._filters(with_scopes=False))
         response = yield from self._call(request.with_limit(self.max_response_bytes, "max_response_bytes"), "decisions")
         decisions: list[LapiDecision] = parse_decisions(response, on_skip=self._log_skip("decisions"))
         return [d for d in decisions if d.scope in self.scopes]
 
-    def _metrics_flow(self, payload: dict[str, Any]) -> Flow:
+    def _metrics_flow(self, payload: dict[str, Any]) -> Flow[Any]:
         if self._metrics_unsupported:
             return False
         request = usage_metrics_request(self.base_url, api_key=self._api_key, payload=payload)
@@ -236,7 +235,7 @@ class LapiClient(_LapiCore):
         super().__init__(base_url, **kwargs)
         self._transport = SyncTransport(self.settings)
 
-    def _run(self, flow: Flow) -> Any:
+    def _run(self, flow: Flow[Any]) -> Any:
         return run_sync(flow, self._transport)
 
     def get_decisions(
@@ -286,7 +285,7 @@ class AsyncLapiClient(_LapiCore):
         super().__init__(base_url, **kwargs)
         self._transport = AsyncTransport(self.settings)
 
-    async def _run(self, flow: Flow) -> Any:
+    async def _run(self, flow: Flow[Any]) -> Any:
         return await run_async(flow, self._transport)
 
     async def get_decisions(
