@@ -11,8 +11,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
-from starlette.testclient import TestClient
-from starlette.testclient import WebSocketDenialResponse
+from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket
 
 from cscapi.remediation import RemediationEngine
@@ -260,7 +259,7 @@ async def test_websocket_without_the_extension_is_closed_with_1008() -> None:
         async def receive() -> dict[str, Any]:
             return {"type": "websocket.connect"}
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: Any) -> None:
             sent.append(message)
 
         scope = {"type": "websocket", "path": "/ws", "headers": [], "client": (BANNED, 1)}
@@ -282,7 +281,7 @@ async def test_websocket_denial_response_extension_gets_a_403() -> None:
         async def receive() -> dict[str, Any]:
             return {"type": "websocket.connect"}
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: Any) -> None:
             sent.append(message)
 
         scope = {
