@@ -67,7 +67,8 @@ class Decision:
 class Request:
     """A framework-neutral view of a request: what the bouncer reads, built cheaply by each adapter.
 
-    ``headers`` is a mapping by lower-case name (repeated headers joined with ``", "``, cookies with ``"; "``); an
+    ``headers`` is a mapping by lower-case name (repeated headers joined with ``", "``, cookies with ``"; "``; a plain
+    dict is copied with its names lowered, any other mapping is used as is and must answer lower-case names); an
     adapter may pass ``raw_headers`` instead (``(name, value)`` pairs, bytes or str), decoded only if read.
     ``peer`` is the socket peer's address text (None for a Unix socket); ``scheme`` ``http`` or ``https``
     (``ws``/``wss`` are read as such).
@@ -91,7 +92,9 @@ class Request:
         self.query = query
         self.peer = peer
         self.scheme = scheme
-        self._headers = {k.lower(): v for k, v in headers.items()} if headers is not None else None
+        if isinstance(headers, dict):
+            headers = {k.lower(): v for k, v in headers.items()}
+        self._headers: Mapping[str, str] | None = headers
         self._raw = raw_headers
         self._cookies: dict[str, str] | None = None
 
