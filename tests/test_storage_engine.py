@@ -250,3 +250,25 @@ def test_a_closed_in_memory_storage_says_so() -> None:
     storage.close()
     with pytest.raises(StorageError, match="in-memory storage was closed"):
         storage.count_signals()
+
+
+@pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="needs os.register_at_fork")
+def test_the_fork_hook_is_registered_once_by_the_first_storage_not_at_import(tmp_path: Path) -> None:
+    code = (
+        "import os, sys\n"
+        "calls = []\n"
+        "real = os.register_at_fork\n"
+        "def spy(**kw):\n"
+        "    if getattr(kw.get('after_in_child'), '__module__', '').startswith('cscapi'):\n"
+        "        calls.append(kw)\n"
+        "    real(**kw)\n"
+        "os.register_at_fork = spy\n"
+        "from cscapi.sql_storage import SQLStorage\n"
+        "assert calls == [], calls\n"
+        f"stores = [SQLStorage('sqlite:///{tmp_path / 'a.db'}') for _ in range(3)]\n"
+        "assert len(calls) == 1, calls\n"
+        "for s in stores: s.close()\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr

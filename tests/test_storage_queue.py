@@ -317,15 +317,15 @@ def test_mass_update_and_delete_signals(storage: SQLStorage) -> None:
 def test_bulk_batches_split_by_size_and_keep_order(storage: SQLStorage, monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
-    from cscapi import sql_storage
     from cscapi._sql import bulk
+    from cscapi._sql import queue as sql_queue
     from cscapi._sql.codec import signal_row
 
     rows = [signal_row(s, utcnow()) for s in make_signals(5)]
     batches = list(bulk.json_batches(rows, max_chars=1500))
     assert len(batches) > 1
     assert [item["position"] for b in batches for item in json.loads(b)] == list(range(5))
-    monkeypatch.setattr(sql_storage, "json_batches", lambda rows: bulk.json_batches(rows, max_chars=1500))
+    monkeypatch.setattr(sql_queue, "json_batches", lambda rows: bulk.json_batches(rows, max_chars=1500))
     signals = make_signals(7)
     assert storage.add_signals(signals) == 7
     assert ids(signals) == sorted(ids(signals))
