@@ -84,3 +84,10 @@ def test_the_refresh_too_soon_snippet_runs(capsys: pytest.CaptureFixture[str], t
         exec(compile(code, "docs/troubleshooting.md", "exec"), namespace)
         engine.close()
     assert "keeping the current decisions; next pull allowed at" in capsys.readouterr().out
+
+
+def test_no_page_promises_exactly_once_delivery() -> None:
+    """Delivery is at least once (a lost answer means a re-send): no page may say a signal is never sent twice."""
+    promise = re.compile(r"never (re-?)?sen(d|ds|t)( a signal| signals)? twice|never sent twice|exactly once", re.I)
+    for page in PAGES:
+        assert not promise.search(page.read_text().replace("\n", " ")), page.name
