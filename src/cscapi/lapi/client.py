@@ -91,6 +91,9 @@ class _LapiCore:
         scenarios_containing: Sequence[str] | None = None,
         scenarios_not_containing: Sequence[str] | None = None,
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        mode: str = "stream",
+        bad_ip_cache_duration: float = 120.0,
+        clean_ip_cache_duration: float = 60.0,
         max_stream_bytes: int = DEFAULT_MAX_STREAM_BYTES,
         max_response_bytes: int = DEFAULT_MAX_DECISIONS_BYTES,
         logger: logging.Logger | None = None,
@@ -108,7 +111,16 @@ class _LapiCore:
             )
         if (cert is not None or key is not None) and not self.base_url.startswith("https://"):
             raise ConfigurationError("TLS client authentication (cert/key) needs an https:// base_url.")
-        for name, value in (("timeout", timeout), ("deadline", deadline), ("refresh_interval", refresh_interval)):
+        if mode not in ("stream", "live"):
+            raise ConfigurationError(f"mode must be 'stream' or 'live' (got {mode!r}).")
+        checked = (
+            ("timeout", timeout),
+            ("deadline", deadline),
+            ("refresh_interval", refresh_interval),
+            ("bad_ip_cache_duration", bad_ip_cache_duration),
+            ("clean_ip_cache_duration", clean_ip_cache_duration),
+        )
+        for name, value in checked:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ConfigurationError(f"{name} must be a number of seconds > 0 (got {value!r}).")
         if not isinstance(max_retries, int) or isinstance(max_retries, bool) or not 0 <= max_retries <= 10:
@@ -125,6 +137,9 @@ class _LapiCore:
             tuple(scenarios_not_containing) if scenarios_not_containing is not None else None
         )
         self.refresh_interval = float(refresh_interval)
+        self.mode = mode
+        self.bad_ip_cache_duration = float(bad_ip_cache_duration)
+        self.clean_ip_cache_duration = float(clean_ip_cache_duration)
         self.max_stream_bytes = max_stream_bytes
         self.max_response_bytes = max_response_bytes
         self.retry = RetryPolicy(max_retries=max_retries, base_delay=retry_base_delay, max_delay=5.0)
@@ -153,7 +168,15 @@ class _LapiCore:
         return filters
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={safe_url(self.base_url)!r}, auth={self.auth!r})"
+        return f"{type(self).__name__}(base_url={safe_url(self.base_url)!r}, auth={self.auth!r}, mode={self.mode!r})"
+
+    def live_cache(self, store: Any, policy: Any, logger: logging.Logger) -> Any:
+        """The engine's live-mode cache (called by ``RemediationEngine`` when ``mode == "live"``)."""
+        from cscapi.lapi.live import LiveCache
+
+        return LiveCache(
+            self, store, policy, logger, bad_ttl=self.bad_ip_cache_duration, clean_ttl=self.clean_ip_cache_duration
+        )
 
     # ---- flows ---------------------------------------------------------------------------------------------
 
@@ -185,6 +208,8 @@ class _LapiCore:
         return on_skip
 
     def _stream_flow(self, startup: bool) -> Flow[Any]:
+        if self.mode == "live":  # live mode asks per IP: a refresh pulls nothing
+            return DecisionStream(startup=startup)
         request = stream_request(
             self.base_url, api_key=self._api_key, startup=startup, **self._filters(with_scopes=True)
         ).with_limit(self.max_stream_bytes, "max_stream_bytes")

@@ -145,6 +145,9 @@ class _EngineBase(Generic[C]):
         self._logger = logger or DEFAULT_LOGGER
         self._clock: Callable[[], float] = clock or time.time
         self.store = open_store(store, key_prefix=key_prefix)
+        # live mode (a LAPI source asked per IP): an index miss is answered by the source, through its cache
+        source: Any = client
+        self.live: Any = source.live_cache(self.store, self.policy, self._logger) if _is_live(source) else None
         self.machine_id = machine_id
         self.bouncer_name = bouncer_name
         self.bouncer_type = bouncer_type
@@ -202,7 +205,7 @@ class _EngineBase(Generic[C]):
         if found is None:
             entries = idx.lookup_slow(ip)
             if entries is None:
-                return CLEAN
+                return CLEAN if self.live is None else self._live_miss(ip)
             now = self._clock()
         elif (now := self._clock()) < idx.horizon:
             if type(found) is not tuple:
@@ -216,6 +219,9 @@ class _EngineBase(Generic[C]):
         if len(entries) == 2:
             return CLEAN
         return first_live(entries, now) or CLEAN
+
+    def _live_miss(self, ip: str) -> Remediation:
+        raise NotImplementedError  # each engine asks the live source its own way
 
     def _renew_horizon(self, idx: Index) -> None:
         """Derive the ``fast`` map of a new index, or a fresh one past its horizon, in a background thread (lookups
@@ -467,6 +473,11 @@ class _EngineBase(Generic[C]):
         return f"<{name} store={self.store!r} version={self.version!r} decisions={self._index.decisions}{health}>"
 
 
+def _is_live(client: Any) -> bool:
+    """A source in live mode (``LapiClient(mode="live")``): it answers index misses per IP."""
+    return getattr(client, "mode", None) == "live" and callable(getattr(client, "live_cache", None))
+
+
 def _blocking(fn: Callable[[], R]) -> Flow[R]:
     """One blocking call as a flow: inline when run by ``run_sync``, in a worker thread by ``run_async``."""
     result: R = yield Blocking(fn)
@@ -537,6 +548,15 @@ class RemediationEngine(_EngineBase[DecisionSource | None]):
                 self.release_locks()
             raise
 
+    def _live_miss(self, ip: str) -> Remediation:
+        """Live mode: this process's cache, else the shared store's, else ask the source (blocking)."""
+        hit = self.live.cached(ip, self._clock())
+        return hit if hit is not None else self._run(self.live.flow(ip))  # type: ignore[no-any-return]
+
+    def lookup_ip_remediation(self, ip: str) -> Remediation:
+        """:meth:`get_ip_remediation` (a live-mode miss asks the source, blocking); the async engine's twin awaits."""
+        return self.get_ip_remediation(ip)
+
     def refresh_decisions(self, force: bool = False) -> RefreshReport:
         """Pull the decisions stream and every list, and swap in the new index (see ``RefreshReport``).
 
@@ -596,6 +616,26 @@ class AsyncRemediationEngine(_EngineBase[AsyncDecisionSource | None]):
                 with contextlib.suppress(BaseException):  # cancelled again: the release still completes in its thread
                     await asyncio.shield(release)
             raise
+
+    def _live_miss(self, ip: str) -> Remediation:
+        """Live mode, synchronous lookup: never blocks the loop. A cached answer, else the fallback remediation
+        while the lookup runs in its own task (``await lookup_ip_remediation(ip)`` waits for it instead)."""
+        hit = self.live.cached(ip, self._clock())
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        self.live.start(ip, lambda: run_async(self.live.flow(ip), **self._clocks()))
+        return self.live.fallback  # type: ignore[no-any-return]
+
+    async def lookup_ip_remediation(self, ip: str) -> Remediation:
+        """:meth:`get_ip_remediation`, but a live-mode miss awaits the source's answer (off the loop's thread for
+        store calls; concurrent misses on one IP share one lookup). Stream mode: the same I/O-free answer."""
+        live = self.live
+        if live is None:
+            return self.get_ip_remediation(ip)
+        hit = live.cached(ip, self._clock())
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        return await live.fetch(ip, lambda: run_async(live.flow(ip), **self._clocks()))  # type: ignore[no-any-return]
 
     async def refresh_decisions(self, force: bool = False) -> RefreshReport:
         """See :meth:`RemediationEngine.refresh_decisions`."""

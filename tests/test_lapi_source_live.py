@@ -1,0 +1,165 @@
+"""Live mode against the real CrowdSec LAPI: ``RemediationEngine(LapiClient(url, api_key=KEY, mode="live"))`` asks
+LAPI on an index miss, caches the answer (bad: ``bad_ip_cache_duration`` or the decision's remaining time; clean:
+``clean_ip_cache_duration``) in-process and in the shared store, answers the fallback on a LAPI failure (counted),
+and the async engine's synchronous lookup never blocks the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cscapi.lapi import AsyncLapiClient, LapiClient
+from cscapi.lapi.live import UNAVAILABLE_ORIGIN
+from cscapi.remediation import AsyncRemediationEngine, RemediationEngine
+from hostile_server import Conn, HostileServer, Received
+
+
+class Clock:
+    """A hand-driven engine clock (Unix seconds)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _dead_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+def test_live_miss_asks_lapi_then_serves_from_cache(lapi: Any, lapi_bouncer_key: str, tmp_path: Path) -> None:
+    lapi.add_decision(ip="192.0.2.90", duration="1h")
+    lapi.add_decision(range="198.51.100.0/24", type="captcha", duration="1m")
+    clock = Clock()
+    store = f"sqlite:///{tmp_path / 'live.db'}"
+    client = LapiClient(
+        lapi.base_url, api_key=lapi_bouncer_key, mode="live", bad_ip_cache_duration=300, clean_ip_cache_duration=30
+    )
+    engine = RemediationEngine(client, store, clock=clock)
+    try:
+        assert engine.refresh_decisions().new == 0  # live mode pulls no stream
+        ban = engine.get_ip_remediation("192.0.2.90")
+        assert (ban.remediation, ban.origin) == ("ban", "cscli")
+        assert engine.get_ip_remediation("198.51.100.4").remediation == "captcha"
+        assert engine.get_ip_remediation("192.0.2.91").remediation == "bypass"
+        assert engine.live.lookups == 3
+        # cached: LAPI is not asked again while fresh, even once the decisions are gone there
+        lapi.delete_decisions(everything=True)
+        lapi.add_decision(ip="192.0.2.91", duration="1h")
+        for _ in range(3):
+            assert engine.get_ip_remediation("192.0.2.90").remediation == "ban"
+            assert engine.get_ip_remediation("192.0.2.91").remediation == "bypass"
+        assert engine.live.lookups == 3
+
+        # another worker sharing the store is answered from the shared cache, without LAPI (its LAPI is down)
+        other = RemediationEngine(LapiClient(_dead_url(), api_key="k", mode="live", max_retries=0), store, clock=clock)
+        try:
+            assert other.get_ip_remediation("192.0.2.90").remediation == "ban"
+            assert other.live.lookups == 0 and other.live.failures == 0
+        finally:
+            other.close()
+
+        # the clean answer lasts clean_ip_cache_duration; the captcha its decision's remaining minute (< 300 s)
+        clock.now += 31
+        assert engine.get_ip_remediation("192.0.2.91").remediation == "ban"
+        assert engine.get_ip_remediation("192.0.2.90").remediation == "ban"  # 300 s not over yet
+        clock.now += 40
+        assert engine.get_ip_remediation("198.51.100.4").remediation == "bypass"  # asked again: deleted
+        clock.now += 300
+        assert engine.get_ip_remediation("192.0.2.90").remediation == "bypass"
+    finally:
+        engine.close()
+        client.close()
+
+
+def test_live_lapi_failure_answers_fallback_and_is_counted(tmp_path: Path) -> None:
+    client = LapiClient(_dead_url(), api_key="k", mode="live", max_retries=0)
+    engine = RemediationEngine(client, "memory://", fallback_remediation="captcha")
+    try:
+        first = engine.get_ip_remediation("192.0.2.95")
+        assert (first.remediation, first.origin) == ("captcha", UNAVAILABLE_ORIGIN)
+        engine.get_ip_remediation("192.0.2.95")  # not cached: asked again
+        assert engine.live.failures == 2
+    finally:
+        engine.close()
+
+
+def test_live_bad_key_answers_fallback(lapi: Any) -> None:
+    engine = RemediationEngine(LapiClient(lapi.base_url, api_key="wrong-key", mode="live"), "memory://")
+    try:
+        assert engine.get_ip_remediation("192.0.2.96").origin == UNAVAILABLE_ORIGIN
+        assert engine.live.failures == 1
+    finally:
+        engine.close()
+
+
+@pytest.mark.anyio
+async def test_async_live_miss_never_blocks_the_loop() -> None:
+    """LAPI answers after 1.5 s: the synchronous lookup answers at once (fallback) and the loop keeps turning;
+    ``lookup_ip_remediation`` waits for the answer, which is then a cache hit for both."""
+    release = threading.Event()
+    asked: list[Received] = []
+
+    def slow(conn: Conn, request: Received) -> None:
+        asked.append(request)
+        release.wait(1.5)
+        body = [{"duration": "1h", "origin": "crowdsec", "scenario": "s", "scope": "Ip", "type": "ban",
+                 "value": "192.0.2.97", "id": 1}]  # fmt: skip
+        conn.answer(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
+
+    with HostileServer() as srv:
+        srv.route("/v1/decisions", slow)
+        client = AsyncLapiClient(srv.url, api_key="k", mode="live")
+        engine = AsyncRemediationEngine(client, "memory://")
+        try:
+            started = time.monotonic()
+            first = engine.get_ip_remediation("192.0.2.97")
+            assert time.monotonic() - started < 0.5
+            assert first.origin == UNAVAILABLE_ORIGIN  # not known yet: the fallback, while the lookup runs
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0.01)
+
+            tick_task = asyncio.ensure_future(ticker())
+            found, again = await asyncio.gather(
+                engine.lookup_ip_remediation("192.0.2.97"), engine.lookup_ip_remediation("192.0.2.97")
+            )
+            tick_task.cancel()
+            assert found.remediation == again.remediation == "ban" and found.origin == "crowdsec"
+            assert ticks > 10  # the loop kept running while LAPI was slow
+            assert len(asked) == 1  # one lookup shared by the background miss and both awaiting callers
+            assert engine.get_ip_remediation("192.0.2.97").remediation == "ban"  # now a local hit
+        finally:
+            release.set()
+            await engine.aclose()
+            await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_async_live_against_real_lapi(lapi: Any, lapi_bouncer_key: str) -> None:
+    lapi.add_decision(ip="2001:db8::99", type="captcha", duration="1h")
+    client = AsyncLapiClient(lapi.base_url, api_key=lapi_bouncer_key, mode="live")
+    engine = AsyncRemediationEngine(client, "memory://")
+    try:
+        found = await engine.lookup_ip_remediation("2001:db8:0::99")
+        assert (found.remediation, found.origin) == ("captcha", "cscli")
+        assert (await engine.lookup_ip_remediation("2001:db8::98")).remediation == "bypass"
+        assert engine.get_ip_remediation("2001:db8:0::99").remediation == "captcha"  # the caller's spelling cached
+    finally:
+        await engine.aclose()
+        await client.aclose()
