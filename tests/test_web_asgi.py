@@ -352,3 +352,18 @@ def test_https_sets_a_secure_cookie_and_a_forwarded_proto_is_believed_from_trust
         headers={"x-forwarded-for": CAPTCHA, "x-forwarded-proto": "https"},
     )
     assert r.status_code == 303 and "Secure" in r.headers["set-cookie"]
+
+
+def test_non_ascii_paths_and_queries_return_percent_encoded(engine: RemediationEngine) -> None:
+    c = client(make_bouncer(engine), CAPTCHA)
+    page = c.get("/café/ü?q=é&x=a b")
+    assert form_fields(page.text)["return"] == "/caf%C3%A9/%C3%BC?q=%C3%A9&x=a%20b"
+    r = c.post("/.cscapi/captcha", data=solved_form(page.text))
+    assert r.status_code == 303 and r.headers["location"] == "/caf%C3%A9/%C3%BC?q=%C3%A9&x=a%20b"
+    assert c.get("/café/ü").text == "app /café/ü"
+
+
+def test_json_clients_under_captcha_get_a_json_401(engine: RemediationEngine) -> None:
+    r = client(make_bouncer(engine), CAPTCHA).get("/api", headers={"accept": "application/json"})
+    assert r.status_code == 401 and r.json()["remediation"] == "captcha"
+    assert r.headers["cache-control"] == "no-store"

@@ -123,3 +123,11 @@ def test_through_a_real_wsgiref_server_on_loopback(engine: RemediationEngine) ->
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_non_ascii_path_info_is_read_as_utf8(engine: RemediationEngine) -> None:
+    bouncer = make_bouncer(engine, exempt_paths=["/café"])
+    latin1 = "/café/x".encode().decode("latin-1")  # what a PEP 3333 server puts in PATH_INFO
+    assert call(bouncer, BANNED, latin1)[0] == "200 OK"
+    status, _, page = call(bouncer, CAPTCHA, "/ünï".encode().decode("latin-1"))
+    assert status == "401 Unauthorized" and b'value="/%C3%BCn%C3%AF"' in page

@@ -24,6 +24,8 @@ logger = logging.getLogger("cscapi.web")
 
 _COOKIE_PURPOSE = "cscapi-pass"
 _KNOWN = ("ban", "captcha", "bypass")
+_PATH_SAFE = "/:@!$&'()*+,;=~-._"
+_QUERY_SAFE = _PATH_SAFE + "?%"
 
 
 class Reason:
@@ -128,8 +130,11 @@ class Request:
 
     @property
     def target(self) -> str:
-        """The path and query the client asked for (where a solved captcha returns)."""
-        return f"{self.path}?{self.query}" if self.query else self.path
+        """The path and query the client asked for, percent-encoded (where a solved captcha returns)."""
+        path = urllib.parse.quote(self.path, safe=_PATH_SAFE)
+        if not self.query:
+            return path
+        return f"{path}?{urllib.parse.quote(self.query, safe=_QUERY_SAFE, encoding='latin-1', errors='replace')}"
 
     def __repr__(self) -> str:
         return f"Request({self.method} {self.path!r} from {self.peer!r})"
@@ -166,12 +171,13 @@ def status_line(status: int) -> str:
 
 def safe_return_path(target: object) -> str:
     """``target`` if it is a same-origin path (``/...``), else ``/``: refuses ``//host``, ``/\\host``, absolute URLs,
-    backslashes, control characters and texts over 2048 characters (no open redirect)."""
+    backslashes, control characters, spaces, non-ASCII and texts over 2048 characters (no open redirect; a target built
+    by :attr:`Request.target` is percent-encoded, so it passes)."""
     if not isinstance(target, str) or not target.startswith("/") or len(target) > 2048:
         return "/"
     if target.startswith("//") or "\\" in target:
         return "/"
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in target):
+    if any(not 0x21 <= ord(c) <= 0x7E for c in target):  # control characters, spaces, non-ASCII
         return "/"
     return target
 

@@ -286,6 +286,13 @@ class ImageCaptcha(CaptchaKind):
         if not isinstance(length, int) or not 3 <= length <= 10:
             raise ConfigurationError(f"ImageCaptcha length must be an int from 3 to 10, not {length!r}")
         self.length = length
+        if renderer is None:
+            try:
+                import captcha.image  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+            except ImportError:
+                raise ConfigurationError(
+                    "the image captcha needs the 'captcha' package: pip install 'cscapi[web-image]'"
+                ) from None
         self.renderer = renderer or _default_renderer
         self._used = _UsedIds()
 

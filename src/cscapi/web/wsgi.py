@@ -48,10 +48,13 @@ class _EnvironHeaders(Mapping[str, str]):
 
 
 def request_from_environ(environ: Mapping[str, Any]) -> Request:
-    """The bouncer's view of a WSGI request."""
+    """The bouncer's view of a WSGI request (``PATH_INFO``, bytes as latin-1 per PEP 3333, read back as UTF-8)."""
+    path = environ.get("PATH_INFO", "/") or "/"
+    if not path.isascii():
+        path = path.encode("latin-1", "replace").decode("utf-8", "replace")
     return Request(
         environ.get("REQUEST_METHOD", "GET"),
-        environ.get("PATH_INFO", "/") or "/",
+        path,
         query=environ.get("QUERY_STRING", ""),
         headers=_EnvironHeaders(environ),
         peer=environ.get("REMOTE_ADDR") or None,
