@@ -21,6 +21,7 @@ from cscapi.errors import (
     ConfigurationError,
     DeadlineExceededError,
     ServerError,
+    TLSVerificationError,
     TransportError,
 )
 from cscapi.lapi import AsyncLapiClient, LapiClient
@@ -331,3 +332,42 @@ async def test_async_bad_key_and_down(lapi: Any) -> None:
     async with AsyncLapiClient(_dead_url(), api_key="k", max_retries=0) as down:
         with pytest.raises(TransportError):
             await down.get_ip_decisions("192.0.2.1")
+
+
+# ---- TLS: CA bundle and client certificate -------------------------------------------------------------------------
+
+
+def test_tls_client_certificate_and_ca(tmp_path: Any) -> None:
+    """``ca=`` verifies LAPI's certificate; ``cert=``/``key=`` present the bouncer's certificate, which a LAPI that
+    requires one checks (no certificate: the handshake fails, a typed TransportError)."""
+    import ssl
+
+    from hostile_server import self_signed_cert
+
+    server_dir, client_dir, other_dir = (tmp_path / n for n in ("server", "client", "other"))
+    for d in (server_dir, client_dir, other_dir):
+        d.mkdir()
+    server, bouncer, stranger = self_signed_cert(server_dir), self_signed_cert(client_dir), self_signed_cert(other_dir)
+    with HostileServer(tls=(server.cert, server.key)) as srv:
+        context = srv._context
+        assert context is not None
+        context.verify_mode = ssl.CERT_REQUIRED  # this LAPI requires a client certificate signed by the bouncer CA
+        context.load_verify_locations(str(bouncer.cert))
+        _stream_route(srv, lambda c, r: c.json(200, {"new": [{**GOOD, "value": "192.0.2.99"}], "deleted": []}))
+        tls = {"ca": str(server.cert), "max_retries": 0}
+        with LapiClient(srv.url, cert=str(bouncer.cert), key=str(bouncer.key), **tls) as client:
+            assert [d.value for d in client.get_decisions(startup=True).new] == ["192.0.2.99"]
+            assert "key" not in repr(client).replace("api_key", "") and client.auth == "tls"
+        with LapiClient(srv.url, api_key="k", **tls) as no_cert, pytest.raises(TransportError):
+            no_cert.get_decisions(startup=True)
+        wrong_cert = LapiClient(srv.url, cert=str(stranger.cert), key=str(stranger.key), **tls)
+        with wrong_cert, pytest.raises(TransportError):
+            wrong_cert.get_decisions(startup=True)
+        wrong_ca = {"ca": str(stranger.cert), "max_retries": 0}
+        untrusted = LapiClient(srv.url, cert=str(bouncer.cert), key=str(bouncer.key), **wrong_ca)
+        with untrusted, pytest.raises(TLSVerificationError):
+            untrusted.get_decisions(startup=True)
+    with pytest.raises(ConfigurationError):
+        LapiClient("https://127.0.0.1:1/", cert=str(bouncer.cert))  # a certificate without its key
+    with pytest.raises(ConfigurationError):
+        LapiClient("https://127.0.0.1:1/", cert=str(tmp_path / "missing.pem"), key=str(bouncer.key))
