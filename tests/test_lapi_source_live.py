@@ -163,3 +163,45 @@ async def test_async_live_against_real_lapi(lapi: Any, lapi_bouncer_key: str) ->
     finally:
         await engine.aclose()
         await client.aclose()
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def cache_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    from cscapi.remediation import open_store
+
+    if request.param == "memory":
+        store = open_store("memory://")
+    elif request.param == "sqlite":
+        store = open_store(f"sqlite:///{tmp_path / 'cache.db'}")
+    else:
+        store = open_store(request.getfixturevalue("redis_url"), key_prefix=request.getfixturevalue("redis_prefix"))
+    yield request.param, store
+    store.close()
+
+
+def test_store_cache_entries_expire_and_do_not_pile_up(cache_store: Any) -> None:
+    """The shared live-mode cache: an entry lasts until its expiry, and expired entries are dropped by the store
+    (Redis: a TTL; SQLite and memory: swept as they grow), so a stream of distinct IPs does not grow it forever."""
+    kind, store = cache_store
+    now = time.time()
+    store.cache_put("live:192.0.2.1", "ban", now + 60, now)
+    assert store.cache_get("live:192.0.2.1", now) == "ban"
+    assert store.cache_get("live:192.0.2.1", now + 61) is None
+    assert store.cache_get("live:192.0.2.2", now) is None
+    if kind == "redis":
+        ttl = store._redis.pttl(store.k_meta + "cache:live:192.0.2.1")
+        assert 0 < ttl <= 60_000
+        return
+    for i in range(3000):  # all expire at now + 1
+        store.cache_put(f"live:10.0.{i // 256}.{i % 256}", "bypass", now + 1, now)
+    later = now + 10
+    for i in range(3000):
+        store.cache_put(f"live:10.1.{i // 256}.{i % 256}", "bypass", later + 60, later)
+    if kind == "memory":
+        assert len(store._cache) < 5000
+    else:
+        rows = store._run(
+            lambda c: c.execute("SELECT count(*) FROM cscapi_kv WHERE key LIKE 'meta:cache:%'").fetchone()
+        )
+        assert rows[0] < 5000, rows
+    assert store.cache_get("live:10.1.0.5", later) == "bypass"

@@ -101,7 +101,7 @@ class LiveCache:
             raise InvalidIPError(f"not an IP address: {str(ip)[:60]!r}", field="ip") from None
         now: float = yield EPOCH
         try:
-            raw = yield Blocking(self.store.get_meta, (_KEY + key,))
+            raw = yield Blocking(self.store.cache_get, (_KEY + key, now))
         except Exception as exc:
             self.logger.warning("live mode: the shared cache could not be read, asking LAPI: %s", exc)
             raw = None
@@ -126,7 +126,7 @@ class LiveCache:
         if key != ip:  # the caller's spelling too, so its next lookup is a local hit
             self._remember(ip, remediation, expires_at, now)
         try:
-            yield Blocking(self.store.set_meta, (_KEY + key, _encode(remediation, expires_at)))
+            yield Blocking(self.store.cache_put, (_KEY + key, _encode(remediation, expires_at), expires_at, now))
         except Exception as exc:
             self.logger.warning("live mode: the shared cache could not be written: %s", exc)
         return remediation

@@ -12,7 +12,10 @@ from abc import ABC, abstractmethod
 
 from cscapi.remediation.state import State
 
-__all__ = ["Counters", "DecisionStore"]
+__all__ = ["CACHE_PREFIX", "Counters", "DecisionStore"]
+
+CACHE_PREFIX = "cache:"
+"""Where :meth:`DecisionStore.cache_put` entries live among the meta keys."""
 
 Counters = dict[tuple[str, str], int]
 """(origin, remediation) -> count."""
@@ -87,6 +90,17 @@ class DecisionStore(ABC):
     def clear(self) -> None:
         """Forget the decision state (and the lock and marks); usage counters and meta are kept."""
 
+    def cache_get(self, key: str, now: float) -> str | None:
+        """A value :meth:`cache_put` stored, while it lasts at ``now`` (live-mode answers shared by the workers).
+
+        The default keeps entries in meta and never drops them: the built-in stores override both methods so that
+        expired entries go away (Redis: a key TTL; SQLite and memory: swept as they grow)."""
+        return _unpack(self.get_meta(CACHE_PREFIX + key), now)
+
+    def cache_put(self, key: str, value: str, expires_at: float, now: float) -> None:
+        """Store ``value`` under ``key`` until ``expires_at`` (Unix seconds; ``now`` is the caller's clock)."""
+        self.set_meta(CACHE_PREFIX + key, _pack(value, expires_at))
+
     def wait_change(self, timeout: float) -> bool:
         """Block up to ``timeout`` seconds for a notification that a new version was committed; True if one came.
 
@@ -100,3 +114,19 @@ class DecisionStore(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.uri}>"
+
+
+def _pack(value: str, expires_at: float) -> str:
+    return f"{float(expires_at)!r}\t{value}"
+
+
+def _unpack(raw: str | None, now: float) -> str | None:
+    """The value of a packed cache entry while ``now`` is before its expiry; anything unreadable is a miss."""
+    if not raw:
+        return None
+    expires, sep, value = raw.partition("\t")
+    try:
+        fresh = bool(sep) and float(expires) > now
+    except ValueError:
+        return None
+    return value if fresh else None

@@ -26,6 +26,8 @@ class MemoryStore(DecisionStore):
         self._holder: tuple[str, float] | None = None
         self._counters: Counters = {}
         self._meta: dict[str, str] = {}
+        self._cache: dict[str, tuple[float, str]] = {}
+        self._cache_sweep_at = 1024
 
     def version(self) -> str | None:
         return self._version
@@ -84,6 +86,19 @@ class MemoryStore(DecisionStore):
 
     def set_meta(self, key: str, value: str) -> None:
         self._meta[key] = value
+
+    def cache_get(self, key: str, now: float) -> str | None:
+        found = self._cache.get(key)
+        return found[1] if found is not None and found[0] > now else None
+
+    def cache_put(self, key: str, value: str, expires_at: float, now: float) -> None:
+        with self._lock:
+            cache = self._cache
+            if len(cache) >= self._cache_sweep_at:  # sweep the expired entries once the map doubled since the last
+                for k in [k for k, (e, _v) in cache.items() if e <= now]:
+                    del cache[k]
+                self._cache_sweep_at = max(1024, 2 * len(cache))
+            cache[key] = (expires_at, value)
 
     def clear(self) -> None:
         with self._lock:

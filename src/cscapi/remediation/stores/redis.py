@@ -26,7 +26,7 @@ from typing import Any
 from cscapi.errors import ConfigurationError, DecisionStoreError
 from cscapi.redact import mask_url, scrub
 from cscapi.remediation.state import State, StateFormatError, decode_state, encode_state
-from cscapi.remediation.stores.base import Counters, DecisionStore, log
+from cscapi.remediation.stores.base import CACHE_PREFIX, Counters, DecisionStore, _pack, _unpack, log
 
 __all__ = ["RedisStore"]
 
@@ -242,6 +242,19 @@ class RedisStore(DecisionStore):
     def set_meta(self, key: str, value: str) -> None:
         try:
             self._redis.set(self.k_meta + key, value)
+        except self._errors as exc:
+            raise self._fail(exc) from exc
+
+    def cache_get(self, key: str, now: float) -> str | None:
+        return _unpack(self.get_meta(CACHE_PREFIX + key), now)
+
+    def cache_put(self, key: str, value: str, expires_at: float, now: float) -> None:
+        """``SET`` with a TTL: Redis drops the entry itself when it expires."""
+        ttl_ms = int((expires_at - now) * 1000)
+        if ttl_ms <= 0:
+            return
+        try:
+            self._redis.set(self.k_meta + CACHE_PREFIX + key, _pack(value, expires_at), px=ttl_ms)
         except self._errors as exc:
             raise self._fail(exc) from exc
 

@@ -20,7 +20,9 @@ from typing import TypeVar
 from cscapi.errors import ConfigurationError, DecisionStoreError
 from cscapi.redact import mask_url
 from cscapi.remediation.state import State, StateFormatError, decode_state, encode_state
-from cscapi.remediation.stores.base import Counters, DecisionStore, log
+from cscapi.remediation.stores.base import CACHE_PREFIX, Counters, DecisionStore, _pack, log
+
+_CACHE_SWEEP = 1000  # cache_put calls between two sweeps of the expired cache entries
 
 __all__ = ["SQLiteStore"]
 
@@ -200,6 +202,19 @@ class SQLiteStore(DecisionStore):
                 (name, value),
             )
         )
+
+    def cache_put(self, key: str, value: str, expires_at: float, now: float) -> None:
+        """Upsert the entry; every ``_CACHE_SWEEP`` puts, delete the expired ones (the table stays bounded)."""
+        self.set_meta(CACHE_PREFIX + key, _pack(value, expires_at))
+        self._cache_puts = getattr(self, "_cache_puts", 0) + 1
+        if self._cache_puts % _CACHE_SWEEP == 0:
+            self._run(
+                lambda c: c.execute(
+                    "DELETE FROM cscapi_kv WHERE key LIKE ? AND "
+                    "CAST(substr(value, 1, instr(value, char(9)) - 1) AS REAL) <= ?",
+                    ("meta:" + CACHE_PREFIX + "%", now),
+                )
+            )
 
     def clear(self) -> None:
         # a "cleared" version with no state: other workers know the store was emptied on purpose, not lost
