@@ -167,7 +167,20 @@ def _stream_route(srv: HostileServer, handler: Any) -> None:
     srv.route("/v1/decisions/stream", handler)
 
 
-def test_slow_answer_hits_the_deadline(lapi: Any) -> None:
+def test_private_lapi_cannot_reach_the_network(crowdsec_lapi: Any) -> None:
+    """The test engine's config has no CAPI credentials or console, listens on loopback only, exports no metrics,
+    and the engine itself says CAPI is disabled (tests/lapi_support.py)."""
+    text = crowdsec_lapi.config.read_text()
+    assert "online_client" not in text and "online_api_credentials" not in text
+    assert f"listen_uri: 127.0.0.1:{crowdsec_lapi.port}" in text
+    assert "prometheus:\n  enabled: false" in text
+    assert "/etc/crowdsec" not in text  # nothing of the package's config is used in place
+    log = crowdsec_lapi.log_file.read_text()
+    assert "Central API disabled" in log or "push and pull to Central API disabled" in log, log[-2000:]
+    assert "api.crowdsec.net" not in log
+
+
+def test_slow_answer_hits_the_deadline() -> None:
     body = json.dumps({"new": [], "deleted": []}).encode()
     with HostileServer() as srv:
         _stream_route(srv, lambda c, r: c.drip(200, body, 0.5))

@@ -205,3 +205,50 @@ def test_store_cache_entries_expire_and_do_not_pile_up(cache_store: Any) -> None
         )
         assert rows[0] < 5000, rows
     assert store.cache_get("live:10.1.0.5", later) == "bypass"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        (200, b"<html>not json</html>"),  # unreadable: ServerError
+        (200, b"[" + b'{"value": "192.0.2.98"},' * 60_000 + b"{}]"),  # over max_response_bytes
+        (500, b'{"message": "db locked"}'),
+        (403, b'{"message": "access forbidden"}'),
+    ],
+    ids=["not-json", "too-large", "500", "403"],
+)
+def test_live_hostile_answers_fall_back_and_are_counted(answer: tuple[int, bytes]) -> None:
+    status, body = answer
+    with HostileServer() as srv:
+        srv.route("/v1/decisions", lambda c, r: c.answer(status, body, {"Content-Type": "application/json"}))
+        client = LapiClient(srv.url, api_key="k", mode="live", max_retries=0)
+        engine = RemediationEngine(client, "memory://", fallback_remediation="captcha")
+        try:
+            found = engine.get_ip_remediation("192.0.2.98")
+            assert (found.remediation, found.origin) == ("captcha", UNAVAILABLE_ORIGIN)
+            assert engine.live.failures == 1
+        finally:
+            engine.close()
+            client.close()
+
+
+def test_live_skips_unreadable_items_and_uses_the_rest() -> None:
+    good = {
+        "duration": "1h",
+        "origin": "crowdsec",
+        "scenario": "s",
+        "scope": "Ip",
+        "type": "ban",
+        "value": "192.0.2.97",
+    }
+    body = json.dumps([{**good, "value": "nope"}, {**good, "duration": "forever"}, good]).encode()
+    with HostileServer() as srv:
+        srv.route("/v1/decisions", lambda c, r: c.answer(200, body, {"Content-Type": "application/json"}))
+        client = LapiClient(srv.url, api_key="k", mode="live")
+        engine = RemediationEngine(client, "memory://")
+        try:
+            assert engine.get_ip_remediation("192.0.2.97").remediation == "ban"
+            assert engine.live.failures == 0
+        finally:
+            engine.close()
+            client.close()
