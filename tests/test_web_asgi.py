@@ -367,3 +367,36 @@ def test_json_clients_under_captcha_get_a_json_401(engine: RemediationEngine) ->
     r = client(make_bouncer(engine), CAPTCHA).get("/api", headers={"accept": "application/json"})
     assert r.status_code == 401 and r.json()["remediation"] == "captcha"
     assert r.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.anyio
+async def test_the_async_engine_works_in_the_asgi_middleware() -> None:
+    from cscapi.remediation import AsyncRemediationEngine
+    from test_remediation_support import AsyncFakeSource, FakeSource, decision, stream
+
+    source = FakeSource()
+    source.streams.append(stream([decision(BANNED)]))
+    engine = AsyncRemediationEngine(AsyncFakeSource(source), sync_interval_ms=0)
+    await engine.refresh_decisions()
+    statuses: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    try:
+        middleware = BouncerMiddleware(app, make_bouncer(engine))
+        for ip in (BANNED, CLEAN_IP):
+            scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "client": (ip, 1)}
+            await middleware(scope, receive, send)
+        assert statuses == [403, 200]
+        assert engine.get_origins_count() == {"CAPI": {"ban": 1}, "clean": {"bypass": 1}}
+    finally:
+        await engine.aclose()

@@ -41,7 +41,7 @@ def make_engine(**options: Any) -> RemediationEngine:
     return engine
 
 
-def make_bouncer(engine: RemediationEngine | None = None, **options: Any) -> Bouncer:
+def make_bouncer(engine: Any = None, **options: Any) -> Bouncer:
     options.setdefault("secret_key", KEY)
     options.setdefault("captcha", ProofOfWork(difficulty=8))
     return Bouncer(engine if engine is not None else make_engine(), **options)
