@@ -20,6 +20,7 @@ from cscapi.errors import (
     CAPIError,
     ConfigurationError,
     DeadlineExceededError,
+    InvalidIPError,
     ServerError,
     TLSVerificationError,
     TransportError,
@@ -131,6 +132,8 @@ def test_live_lookup_finds_ip_and_containing_range(lapi: Any, lapi_bouncer_key: 
         assert (rng.scope, rng.value) == ("range", "198.51.100.0/24")
         assert [d.value for d in client.get_ip_decisions("2001:0db8::50")] == ["2001:db8::50"]
         assert client.get_ip_decisions("192.0.2.51") == []
+        with pytest.raises(InvalidIPError):
+            client.get_ip_decisions("192.0.2.300")
         lapi.delete_decisions(ip="192.0.2.50")
         assert client.get_ip_decisions("192.0.2.50") == []
 

@@ -20,6 +20,7 @@ from cscapi.errors import (
     CAPIError,
     ConfigurationError,
     DeadlineExceededError,
+    InvalidIPError,
     NotFoundError,
     RateLimitedError,
     RequestRejectedError,
@@ -138,12 +139,18 @@ def decisions_request(
     """``GET /v1/decisions?ip=...`` (or ``range=``): the decisions on that address or range, ranges containing it
     included (LAPI matches an IP against its ranges)."""
     params: dict[str, str] = {}
-    if ip is not None:
-        params["ip"] = canonical_address(ip)
-    elif range_ is not None:
-        params["range"] = _canonical_value("range", range_)
-    else:
-        raise ConfigurationError("decisions_request needs ip= or range_=")
+    try:
+        if ip is not None:
+            params["ip"] = canonical_address(ip)
+        elif range_ is not None:
+            params["range"] = _canonical_value("range", range_)
+        else:
+            raise ConfigurationError("decisions_request needs ip= or range_=")
+    except (TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, ConfigurationError):
+            raise
+        what = "ip" if ip is not None else "range"
+        raise InvalidIPError(f"not an IP {what}: {str(ip if ip is not None else range_)[:60]!r}", field=what) from None
     for name, values in (
         ("origins", origins),
         ("scenarios_containing", scenarios_containing),
