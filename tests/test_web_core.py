@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cscapi.errors import ConfigurationError
 from cscapi.web import Bouncer, HCaptcha, ImageCaptcha, ReCaptcha, Request, Turnstile, Walls, safe_return_path
@@ -266,3 +268,14 @@ def test_the_browser_script_solves_a_challenge_with_and_without_webcrypto() -> N
         match = re.search(r"ANSWER (\d+)", out.stdout)
         assert match, out.stderr
         assert leading_zero_bits(hashlib.sha256(f"salt-Ab9_{match.group(1)}".encode()).digest()) >= 12
+
+
+@given(st.lists(st.text(max_size=40), max_size=6), st.sampled_from(["x-forwarded-for", "forwarded"]))
+def test_a_client_cannot_spoof_by_prepending_anything(prepended: list[str], header: str) -> None:
+    """Whatever a client puts in the header, the address the trusted proxy appended is the client IP."""
+    real = "203.0.113.77"
+    if header == "forwarded":
+        value = ", ".join([*(f"for={p}" for p in prepended), f'for="{real}:1234"'])
+    else:
+        value = ", ".join([*prepended, real])
+    assert resolve_client_ip("10.0.0.1", {header: value}, TRUSTED) == real

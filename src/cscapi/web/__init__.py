@@ -7,7 +7,16 @@ Importing this package imports no web framework and no httpx.
 
 from __future__ import annotations
 
-from cscapi.web._bouncer import Bouncer, BouncerCounters, Decision, Reason, Request, Response, safe_return_path
+from cscapi.web._bouncer import (
+    Bouncer,
+    BouncerCounters,
+    Decision,
+    Reason,
+    Request,
+    Response,
+    safe_return_path,
+    status_line,
+)
 from cscapi.web.captcha import HCaptcha, ImageCaptcha, ProofOfWork, ReCaptcha, Turnstile
 from cscapi.web.walls import Walls
 
@@ -25,4 +34,5 @@ __all__ = [
     "Turnstile",
     "Walls",
     "safe_return_path",
+    "status_line",
 ]

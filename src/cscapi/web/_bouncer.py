@@ -18,7 +18,7 @@ from cscapi.web._signing import Signer
 from cscapi.web.captcha import CaptchaContext, CaptchaKind, ProofOfWork
 from cscapi.web.walls import Walls
 
-__all__ = ["Bouncer", "Decision", "Reason", "Request", "Response", "safe_return_path"]
+__all__ = ["Bouncer", "BouncerCounters", "Decision", "Reason", "Request", "Response", "safe_return_path", "status_line"]
 
 logger = logging.getLogger("cscapi.web")
 
@@ -253,6 +253,8 @@ class Bouncer:
         for name in ("get_ip_remediation", "update_metrics_origins_count"):
             if not callable(getattr(engine, name, None)):
                 raise ConfigurationError(f"engine must be a RemediationEngine (it has no {name}())")
+        if not hasattr(engine, "healthy"):
+            raise ConfigurationError("engine must be a RemediationEngine (it has no healthy property)")
         self.engine = engine
         self.trusted_proxies = Networks(trusted_proxies, what="trusted_proxies")
         self.exempt_ips = Networks(exempt_ips, what="exempt_ips")

@@ -13,7 +13,7 @@ from typing import Any
 
 from cscapi.web._bouncer import Bouncer, Request, Response
 
-__all__ = ["BouncerMiddleware"]
+__all__ = ["BouncerMiddleware", "request_from_scope", "send_response"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
