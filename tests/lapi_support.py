@@ -208,7 +208,8 @@ class LocalLapi:
         self.cscli(*args)
 
     def import_decisions(self, path: Path, *, duration: str = "4h", type: str = "ban") -> None:
-        """``cscli decisions import -i PATH`` (one value a line, or cscli's CSV/JSON formats)."""
+        """``cscli decisions import -i PATH``: 1.4.6 reads ``.csv`` (a ``value`` header, then one value a line;
+        optional columns duration, scope, type, reason) or ``.json`` (a list of such objects)."""
         self.cscli("decisions", "import", "-i", str(path), "--duration", duration, "--type", type)
 
     def delete_decisions(
