@@ -37,11 +37,11 @@ def query(url: str, sql: str) -> list[Any]:
 
 def test_new_database_gets_the_current_version(database_url: str) -> None:
     with SQLStorage(database_url) as storage:
-        assert storage.schema_version == migrations.CURRENT_VERSION == 3
+        assert storage.schema_version == migrations.CURRENT_VERSION == 4
         assert storage.schema_version_found == 0
-    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3]
+    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3, 4]
     with SQLStorage(database_url) as storage:  # reopening: nothing to do
-        assert storage.schema_version_found == 3
+        assert storage.schema_version_found == 4
 
 
 def test_a_newer_database_is_refused_and_left_untouched(database_url: str) -> None:
@@ -121,7 +121,7 @@ def test_version_2_drops_the_claim_token_index_of_a_version_1_database(database_
         assert storage.mark_sent(claim) == 3
         assert storage.count_signals() == QueueCounts(queued=1, sent=3)
     assert "ix_signals_claim_token" not in signal_indexes(database_url)
-    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3]
+    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3, 4]
     engine = create_engine(database_url)
     try:
         with engine.begin() as conn:
@@ -154,7 +154,7 @@ def test_version_3_drops_the_attempts_column_of_a_version_2_database(database_ur
         database_url,
         "ALTER TABLE signals ADD COLUMN attempts INTEGER DEFAULT 0 NOT NULL",
         "UPDATE signals SET attempts = 2 WHERE status = 'claimed'",
-        "DELETE FROM schema_version WHERE version = 3",
+        "DELETE FROM schema_version WHERE version >= 3",
     )
     with SQLStorage(database_url) as storage:
         assert storage.schema_version_found == 2
@@ -167,7 +167,7 @@ def test_version_3_drops_the_attempts_column_of_a_version_2_database(database_ur
         assert len(storage.claim_signals(10, lease_seconds=60).signals) == 4
         assert storage.count_signals() == QueueCounts(claimed=6)
         assert "ix_signals_status_alert_id" in signal_indexes(database_url)
-    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3]
+    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3, 4]
     engine = create_engine(database_url)
     try:
         with engine.begin() as conn:

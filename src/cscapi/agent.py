@@ -61,7 +61,6 @@ __all__ = ["Agent", "AgentConfig", "AgentLock", "HealthServer"]
 
 #: CAPI's documented minimum between two decision pulls (1 h 30), from cscapi.limits.
 MIN_REFRESH_SECONDS = float(MIN_REFRESH_INTERVAL)
-_LEASE_KEY = "cscapi-agent"
 _WAKE = 1.0  # the loop looks at the stop flag, a finished job and a lost decision store at least this often
 _RELEASE_RESERVE = 3.0  # of stop_timeout, kept for releasing the locks after the job in flight is abandoned
 
@@ -120,9 +119,8 @@ class AgentLock:
     """One agent per signal storage.
 
     For a SQLite storage, an exclusive ``flock`` on ``<database>.agent.lock`` (released by the kernel if the process
-    dies). For a database server shared by many hosts, a lease row taken with the storage's
-    ``acquire_login_lock("cscapi-agent", ...)`` and renewed while the agent runs (it lapses ``ttl`` seconds after a
-    crash).
+    dies). For a database server shared by many hosts, a lease taken with the storage's ``acquire_agent_lease`` and
+    renewed while the agent runs (it lapses ``ttl`` seconds after a crash).
     """
 
     def __init__(
@@ -176,7 +174,7 @@ class AgentLock:
             os.write(fd, f"{self.holder}\n".encode())
             self._fd = fd
             return
-        if not self.storage.acquire_login_lock(_LEASE_KEY, self.holder, self.ttl):
+        if not self.storage.acquire_agent_lease(self.holder, self.ttl):
             raise AlreadyRunningError(
                 "another agent holds the lease on this storage",
                 hint=f"Stop it first; a crashed agent's lease lapses after {self.ttl:g} s.",
@@ -192,12 +190,7 @@ class AgentLock:
             if self.path is not None or not self._lease_until or time.monotonic() < self._lease_until - self.ttl / 2:
                 return
             try:
-                renew = getattr(self.storage, "renew_login_lock", None)
-                if callable(renew):  # one UPDATE ... WHERE holder = us: no gap, and a takeover leaves 0 rows
-                    renewed = bool(renew(_LEASE_KEY, self.holder, self.ttl))
-                else:  # a storage without it: releasing removes only OUR row, so a takeover makes the acquire fail
-                    self.storage.release_login_lock(_LEASE_KEY, self.holder)
-                    renewed = self.storage.acquire_login_lock(_LEASE_KEY, self.holder, self.ttl)
+                renewed = bool(self.storage.renew_agent_lease(self.holder, self.ttl))  # False after a takeover
             except StorageError:
                 if time.monotonic() < self._lease_until:
                     return  # the database is briefly unreachable: the lease still holds, try again soon
@@ -225,7 +218,7 @@ class AgentLock:
             self._fd = None
         elif self.path is None and self._lease_until:
             with contextlib.suppress(CAPIError):
-                self.storage.release_login_lock(_LEASE_KEY, self.holder)
+                self.storage.release_agent_lease(self.holder)
             self._lease_until = 0.0
 
 
@@ -421,6 +414,10 @@ class Agent:
     ``client`` is a :class:`cscapi.client.CAPIClient`; ``engine`` an optional
     :class:`cscapi.remediation.RemediationEngine` built on it (no engine: no decision refresh). ``machine_id`` is the
     machine used for metrics (default: ``client.default_machine_id()``).
+
+    Why this size: one loop and its state (stop and abandon deadlines, the worker thread and its lease keeper, the
+    store-loss check, each job's retry delay) shared by its jobs (push, refresh, metrics, prune) and the health
+    report; the job bodies are short calls into the client and the engine.
     """
 
     def __init__(

@@ -44,6 +44,10 @@ __all__ = [
     "check_storage",
 ]
 
+# The agent's lease key: the pseudo machine id of the login lock the default agent-lease methods borrow (and the
+# name of SQLStorage's own lease row).
+AGENT_LEASE_KEY = "cscapi-agent"
+
 # The legacy names, kept so that code written for cscapi 0.7.0 imports unchanged.
 SignalModel = Signal
 SourceModel = Source
@@ -178,7 +182,11 @@ class Claim:
 
 
 class StorageInterface(metaclass=_StorageMeta):
-    """What the client needs from a storage back end. Implementations must be safe for threads and processes."""
+    """What the client needs from a storage back end. Implementations must be safe for threads and processes.
+
+    Why this size: it is the storage contract, one method per call the client makes (the 0.7.0 surface, then
+    claims, leases, quarantine and login locks).
+    """
 
     # ---- legacy 0.7.0 surface ----------------------------------------------------------------------------
 
@@ -317,6 +325,32 @@ class StorageInterface(metaclass=_StorageMeta):
     def release_login_lock(self, machine_id: str, holder: str) -> None:
         """Release the login lock if ``holder`` still holds it."""
         _not_implemented(self, "release_login_lock")
+
+    # ---- the agent's lease (one agent per storage) --------------------------------------------------------
+
+    def acquire_agent_lease(self, holder: str, ttl_seconds: float) -> bool:
+        """Become the one agent running on this storage for ``ttl_seconds``; False at once if another holds it.
+
+        The default borrows the login lock of the pseudo machine ``AGENT_LEASE_KEY`` (so it is as shared as that
+        lock); ``SQLStorage`` keeps the lease in a table of its own.
+        """
+        return self.acquire_login_lock(AGENT_LEASE_KEY, holder, ttl_seconds)
+
+    def renew_agent_lease(self, holder: str, ttl_seconds: float) -> bool:
+        """Extend ``holder``'s lease to ``ttl_seconds`` from now; False if it is not ``holder``'s any more.
+
+        The default uses a ``renew_login_lock`` method when the storage has one; else it releases then re-takes the
+        login lock (releasing removes only ``holder``'s own lock, so after a takeover the re-take fails).
+        """
+        renew = getattr(self, "renew_login_lock", None)
+        if callable(renew):
+            return bool(renew(AGENT_LEASE_KEY, holder, ttl_seconds))
+        self.release_login_lock(AGENT_LEASE_KEY, holder)
+        return self.acquire_login_lock(AGENT_LEASE_KEY, holder, ttl_seconds)
+
+    def release_agent_lease(self, holder: str) -> None:
+        """Give the lease back if ``holder`` still holds it."""
+        self.release_login_lock(AGENT_LEASE_KEY, holder)
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
 

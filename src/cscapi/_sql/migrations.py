@@ -4,8 +4,8 @@ Version 1 is the initial schema; it also imports a database written by the legac
 ``signal_models``, ``machine_models``, ...): its unsent signals and its machines, the legacy tables being left as
 they were. A database newer than this code is refused, never downgraded or half-read.
 
-To change the schema later: append ``Migration(2, "what", _v2)`` whose step alters the tables of version 1, and
-freeze ``_v1``'s table list (it creates the tables as ``schema.metadata`` defines them today).
+To change the schema: append ``Migration(n, "what", _vn)`` whose step alters the tables as the previous versions left
+them (``_v1`` creates only its frozen table list; later tables are created by their own step, as ``_v4`` does).
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, MetaData, Table, func, inspect, select, text
+from sqlalchemy import Connection, Engine, MetaData, Table, delete, func, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from cscapi.errors import StorageError
 from cscapi.models import Signal
+from cscapi.storage import AGENT_LEASE_KEY
 from cscapi.timeutil import format_rfc3339, parse_timestamp, utcnow
 
 from . import schema
@@ -65,13 +66,12 @@ class Migration:
 # ---- version 1: the initial schema (+ the legacy 0.7.0 import) ------------------------------------------------
 
 _V1_TABLES = ("signals", "machines", "login_locks", "schema_version", "storage_meta")
-LEGACY_TABLES = ("signal_models", "machine_models", "source_models", "decision_models", "context_models")
 
 
-def _refuse_foreign_tables(conn: Connection) -> None:
+def _refuse_foreign_tables(conn: Connection, names: tuple[str, ...] = _V1_TABLES) -> None:
     """A table of ours that exists already must be ours: an application's own ``signals`` table is not touched."""
     inspector = inspect(conn)
-    for name in _V1_TABLES:
+    for name in names:
         if not inspector.has_table(name):
             continue
         have = {column["name"] for column in inspector.get_columns(name)}
@@ -100,8 +100,9 @@ def _v2(conn: Connection, ctx: MigrationContext) -> None:
     """Drop the ``claim_token`` index (version 1 databases created before it was removed from the schema).
 
     Every statement on claimed rows selects them by ``alert_id`` (primary key), so the index was never read; but
-    each claim and each release updates ``claim_token``, and maintaining the index took about 40% of a claim's
-    UPDATE on PostgreSQL. Idempotent: MariaDB commits DDL at once, so this step may run again after a crash.
+    each claim and each release updates ``claim_token``, and maintaining the index was a large share of a
+    claim's UPDATE on PostgreSQL (figures: docs/benchmarks.md). Idempotent: MariaDB commits DDL at once, so this
+    step may run again after a crash.
     """
     if not any(index.get("name") == _DROPPED_INDEX for index in inspect(conn).get_indexes("signals")):
         return
@@ -139,10 +140,26 @@ def _v3(conn: Connection, ctx: MigrationContext) -> None:
     conn.exec_driver_sql("DROP TABLE signals_before_v3")
 
 
+# ---- version 4: the agent's lease in a table of its own ---------------------------------------------------------
+
+
+def _v4(conn: Connection, ctx: MigrationContext) -> None:
+    """Create ``agent_leases``: the agent's lease had borrowed a ``login_locks`` row under the pseudo machine id
+    ``cscapi-agent``. Such a row that has lapsed is deleted; a live one (an agent of an older cscapi running during
+    the upgrade) is left to that agent, and honoured by the new code until it lapses or is released (see
+    ``cscapi._sql.locks``). Idempotent, like ``_v2``.
+    """
+    _refuse_foreign_tables(conn, ("agent_leases",))
+    schema.agent_leases.create(conn, checkfirst=True)
+    locks = schema.login_locks
+    conn.execute(delete(locks).where(locks.c.machine_id == AGENT_LEASE_KEY, locks.c.expires_at < utcnow()))
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "initial schema (imports a cscapi 0.7.0 database)", _v1),
     Migration(2, "drop the unused claim_token index (faster claims)", _v2),
     Migration(3, "drop the never-read attempts column", _v3),
+    Migration(4, "the agent's lease in its own table (agent_leases)", _v4),
 ]
 CURRENT_VERSION = MIGRATIONS[-1].version
 

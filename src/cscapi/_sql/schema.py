@@ -30,6 +30,7 @@ __all__ = [
     "QUEUED",
     "SENT",
     "UTCDateTime",
+    "agent_leases",
     "format_utc",
     "login_locks",
     "machines",
@@ -128,6 +129,15 @@ login_locks = Table(
     "login_locks",
     metadata,
     Column("machine_id", String(128), primary_key=True),
+    Column("holder", String(255), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+# Named leases that are not a machine's login (version 4): the agent's "one agent per storage" lease.
+agent_leases = Table(
+    "agent_leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
     Column("holder", String(255), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
 )
