@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from cscapi.errors import ConfigurationError
 from cscapi.web._ip import Networks, parse_hop, resolve_client_ip
@@ -45,14 +44,15 @@ class Reason:
     """The decision store could not be read: passed (``fail_open``) or refused with 503."""
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """What the bouncer does with one request.
 
     ``remediation``: ``bypass`` (let it through), ``ban`` (403 wall), ``captcha`` (401 challenge wall) or
     ``unavailable`` (503: the store could not be read and ``fail_open`` is False). ``origin``: where the engine's
     decision comes from (``CAPI``, ``lists:<name>``, ``local``, ``clean``, ...; empty when no lookup was made).
     ``ip``: the client IP (canonical), None if unknown. ``reason``: a :class:`Reason` value.
+
+    A named tuple: immutable, and cheap to build on every request.
     """
 
     remediation: str
@@ -308,14 +308,26 @@ class Bouncer:
         self.counters = BouncerCounters()
         self._warn_store = _RateLimitedWarning(60.0)
         self._warn_metrics = _RateLimitedWarning(60.0)
-        self._lock = threading.Lock()
+        self._peers: dict[str, str | bool | None] = {}
 
     # ---- per request --------------------------------------------------------------------------------------------
+
+    def _peer_ip(self, peer: str) -> str | None:
+        """``parse_hop(peer)``, cached (bounded): peers repeat, and this runs on every request."""
+        cache = self._peers
+        try:
+            return cache[peer]
+        except KeyError:
+            ip = parse_hop(peer)
+            if len(cache) >= 16384:
+                cache.clear()
+            cache[peer] = ip
+            return ip
 
     def client_ip(self, request: Request) -> str | None:
         """The client's canonical IP (the peer, or what trusted proxies say: docs/web.md, "Client IP")."""
         peer = request.peer
-        ip = parse_hop(peer) if peer else None
+        ip = self._peer_ip(peer) if peer else None
         if peer and ip is None:
             return None
         if not self.trusted_proxies:
