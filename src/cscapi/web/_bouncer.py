@@ -308,7 +308,7 @@ class Bouncer:
         self.counters = BouncerCounters()
         self._warn_store = _RateLimitedWarning(60.0)
         self._warn_metrics = _RateLimitedWarning(60.0)
-        self._peers: dict[str, str | bool | None] = {}
+        self._peers: dict[str, str | None] = {}
 
     # ---- per request --------------------------------------------------------------------------------------------
 
