@@ -279,3 +279,14 @@ def test_a_client_cannot_spoof_by_prepending_anything(prepended: list[str], head
     else:
         value = ", ".join([*prepended, real])
     assert resolve_client_ip("10.0.0.1", {header: value}, TRUSTED) == real
+
+
+def test_used_challenge_ids_are_bounded_and_forgotten_after_expiry() -> None:
+    from cscapi.web.captcha import _UsedIds
+
+    used = _UsedIds(limit=3)
+    assert used.claim("a", expires=100, now=0) and not used.claim("a", expires=100, now=1)
+    for name in "bcd":
+        assert used.claim(name, expires=100, now=1)
+    assert len(used) == 3  # "a", the oldest, made room
+    assert used.claim("e", expires=100, now=200) and len(used) == 1  # the expired ones are dropped
