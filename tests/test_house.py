@@ -483,3 +483,134 @@ def test_request_logs_and_config_repr_mask_urls_through_redact() -> None:
     config = CAPIClientConfig(scenarios=["a/b"], base_url="http://capi.test/", proxy="http://a@b:s3cret@proxy:3128")
     shown = repr(config)
     assert "proxy='http://***@proxy:3128'" in shown and "s3cret" not in shown and "a@b" not in shown
+
+
+# ---- one runtime: the effect types and the two drivers (HD) -------------------------------------------------------
+
+
+def _functions_calling(attribute: str) -> list[str]:
+    """``module:function`` of every function in src/ that calls ``<something>.<attribute>(...)``."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(("cscapi", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                calls = [
+                    c
+                    for c in ast.walk(node)
+                    if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute) and c.func.attr == attribute
+                ]
+                if calls:
+                    found.append(f"{module}:{node.name}")
+    return found
+
+
+def test_house_one_driver_pair_runs_every_flow() -> None:
+    """A driver is what sends values and throws errors into a flow: only ``cscapi.runtime`` does (its two drivers
+    share one stepping), and the sync/async clients and engines (and the LAPI sources) run their flows with exactly
+    those two functions."""
+    import cscapi.aio
+    import cscapi.client
+    import cscapi.remediation.engine
+    import cscapi.runtime
+
+    assert _functions_calling("throw") == ["cscapi.runtime:__next__"]  # _Steps: the stepping run_sync/run_async share
+    runtime = cscapi.runtime
+    users = [cscapi.client, cscapi.aio, cscapi.remediation.engine]
+    if (PACKAGE / "lapi" / "client.py").exists():
+        users.append(importlib.import_module("cscapi.lapi.client"))
+    for module in users:
+        drivers = {getattr(module, name, None) for name in ("run_sync", "run_async")} - {None}
+        assert drivers and drivers <= {runtime.run_sync, runtime.run_async}, module.__name__
+    # the engine's flows yield the runtime's effects (no private effect type, no dispatch by name)
+    core = importlib.import_module("cscapi.remediation.core")
+    assert not hasattr(core, "Op") and not hasattr(cscapi.remediation.engine, "_to_thread")
+    for cls in (cscapi.remediation.engine.RemediationEngine, cscapi.remediation.engine.AsyncRemediationEngine):
+        assert not hasattr(cls, "_drive")
+
+
+_CLOCK_READS = {"time", "monotonic", "perf_counter", "utcnow", "now", "today", "time_ns"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [*sorted(p.relative_to(PACKAGE).as_posix() for p in (PACKAGE / "flows").glob("*.py")), "remediation/core.py"],
+)
+def test_house_flows_read_no_clock_themselves(path: str) -> None:
+    """Inside a flow (a generator function of the flow modules) the time comes from the runtime (``Now`` effects):
+    no ``time.time()``, ``time.monotonic()``, ``perf_counter()``, ``utcnow()``, ``datetime.now()``."""
+    tree = ast.parse((PACKAGE / path).read_text(encoding="utf-8"))
+    bad = []
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        if not any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in ast.walk(node)):
+            continue
+        for call in ast.walk(node):
+            if isinstance(call, ast.Call):
+                name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+                if name in _CLOCK_READS or name == "clock":
+                    bad.append(f"{node.name}:{call.lineno} {name}()")
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_house_retry_after_is_dated_by_the_runtime_clock(tmp_path: Path, mode: str) -> None:
+    """A 503 whose Retry-After is an HTTP date 30 s after the driver's (fake) clock waits 30 s: the retry flow reads
+    the time through the runtime's ``Now``, not the system clock (which put that 2031 date years away: 120 s)."""
+    from datetime import datetime, timedelta, timezone
+
+    from cscapi.aio import AsyncCAPIClient
+    from cscapi.client import CAPIClient, CAPIClientConfig
+    from cscapi.sql_storage import SQLStorage
+    from cscapi.timeutil import format_http_date
+    from hostile_server import HostileServer
+
+    fake_now = datetime(2031, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+    retry_at = format_http_date(fake_now + timedelta(seconds=30))
+    answers = iter([(503, b"busy", {"Retry-After": retry_at}), (200, b"192.0.2.1\n", {})])
+    sleeps: list[float] = []
+    storage = SQLStorage(f"sqlite:///{tmp_path / 's.db'}")
+    with HostileServer() as srv:
+        srv.route("/list.txt", lambda c, r: c.answer(*next(answers)))
+        cfg = CAPIClientConfig(["crowdsecurity/ssh-bf"], base_url=srv.url, retry_delay=0.01, max_retries=2)
+        if mode == "sync":
+            with CAPIClient(storage, cfg) as client:
+                client._clock = lambda: fake_now
+                client._sleep = sleeps.append
+                got = client.download_link(srv.url + "list.txt")
+        else:
+
+            async def run() -> Any:
+                async def fake_sleep(seconds: float) -> None:
+                    sleeps.append(seconds)
+
+                async with AsyncCAPIClient(storage, cfg) as client:
+                    client._clock = lambda: fake_now
+                    client._sleep = fake_sleep
+                    return await client.download_link(srv.url + "list.txt")
+
+            got = asyncio.run(run())
+    storage.close()
+    assert got.status_code == 200 and got.text == "192.0.2.1\n"
+    assert sleeps == [pytest.approx(30.0, abs=0.5)]
+
+
+_SIZE_LINES, _SIZE_METHODS = 400, 25
+
+
+def test_house_no_class_over_the_size_limit_without_a_reason() -> None:
+    """Every class in src/ stays within ~400 lines and ~25 methods, or says why in its docstring
+    ("Why this size: ...")."""
+    too_big = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            lines = (node.end_lineno or node.lineno) - node.lineno + 1
+            methods = sum(isinstance(b, (ast.FunctionDef, ast.AsyncFunctionDef)) for b in node.body)
+            if (lines > _SIZE_LINES or methods > _SIZE_METHODS) and "Why this size" not in (
+                ast.get_docstring(node) or ""
+            ):
+                too_big.append(f"{path.relative_to(PACKAGE)}:{node.name} ({lines} lines, {methods} methods)")
+    assert not too_big, too_big

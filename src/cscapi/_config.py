@@ -8,7 +8,6 @@ live in :mod:`cscapi._validators`; the protocol limits and URLs in :mod:`cscapi.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import os
@@ -30,6 +29,7 @@ from cscapi._validators import (
     check_user_agent_prefix,
 )
 from cscapi.errors import ConfigurationError
+from cscapi.iputil import is_loopback_host
 from cscapi.limits import DEV_URL, MAX_BATCH, PROD_URL
 from cscapi.protocol import normalise_base_url, user_agent
 from cscapi.transport import (
@@ -234,7 +234,7 @@ def _warn_insecure(config: CAPIClientConfig) -> None:
             "traffic (tokens included). Use verify=<CA bundle path> for a private CA instead.",
         )
     host = urlsplit(root).hostname or ""
-    if root.startswith("http:") and not _loopback(host):
+    if root.startswith("http:") and not is_loopback_host(host):
         _warn_once(
             config,
             "http",
@@ -243,12 +243,3 @@ def _warn_insecure(config: CAPIClientConfig) -> None:
         )
     if config.prod and not config.base_url and os.environ.get(BASE_URL_ENV):
         _warn_once(config, "env", f"prod=True: the {BASE_URL_ENV} environment variable is ignored.")
-
-
-def _loopback(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

@@ -12,8 +12,9 @@ from datetime import datetime
 from typing import Any
 
 from cscapi._config import SIGNAL_BATCH_LIMIT, CAPIClientConfig
-from cscapi._core import Core, Flow, T, run_async
+from cscapi._core import Core, T
 from cscapi.models import DecisionStream, EnrollOutcome, LinkDownload, Machine, SendReport, Signal
+from cscapi.runtime import Clocks, Flow, run_async
 from cscapi.storage import StorageInterface
 from cscapi.timeutil import utcnow
 from cscapi.transport import AsyncTransport
@@ -34,7 +35,7 @@ class AsyncCAPIClient:
         self._clock: Callable[[], datetime] = utcnow
 
     async def _run(self, flow: Flow[T]) -> T:
-        return await run_async(flow, self._transport, sleep=self._sleep, clock=self._clock)
+        return await run_async(flow, self._transport, sleep=self._sleep, clocks=Clocks(utc=self._clock))
 
     async def add_signals(self, signals: Iterable[Signal]) -> int:
         """Validate and queue signals (the storage call runs in a worker thread)."""

@@ -14,11 +14,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cscapi._config import BASE_URL_ENV, MAX_LATENCY_OFFSET, SIGNAL_BATCH_LIMIT, CAPIClientConfig
-from cscapi._core import Core, Flow, T, run_sync
+from cscapi._core import Core, T
 from cscapi._version import __version__ as __version__
 from cscapi.limits import DEV_URL, PROD_URL
 from cscapi.models import DecisionStream, EnrollOutcome, LinkDownload, Machine, SendReport, Signal
 from cscapi.protocol import token_expiry
+from cscapi.runtime import Clocks, Flow, run_sync
 from cscapi.storage import StorageInterface
 from cscapi.timeutil import utcnow
 from cscapi.transport import SyncTransport
@@ -74,7 +75,7 @@ class CAPIClient:
         self._clock: Callable[[], datetime] = utcnow
 
     def _run(self, flow: Flow[T]) -> T:
-        return run_sync(flow, self._transport, sleep=self._sleep, clock=self._clock)
+        return run_sync(flow, self._transport, sleep=self._sleep, clocks=Clocks(utc=self._clock))
 
     # ---- signals -----------------------------------------------------------------------------------------
 

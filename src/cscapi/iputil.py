@@ -11,6 +11,7 @@ IPv4 stays dotted-quad, IPv6 is lower-case and compressed (``inet_ntop``), an IP
 
 from __future__ import annotations
 
+import ipaddress
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "canonical_address",
     "canonical_range",
     "format_range",
+    "is_loopback_host",
     "parse_range",
     "range_too_wide",
 ]
@@ -117,3 +119,16 @@ def range_too_wide(bits: int, network: int, prefix: int) -> str | None:
             "(cscapi.iputil.MIN_PREFIX_V4)"
         )
     return None
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1, bracketed or not); False for other names.
+
+    The one test of "this URL stays on this machine" (plain http allowed to it: the client's base URL and list links,
+    fail-fast on a refused connection)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -122,6 +122,9 @@ class LegacyStorageAdapter(StorageInterface):
     Claims, leases, quarantine and login locks are kept in memory behind one lock, so threads of this process
     never send a signal twice and signals are marked sent only after a 2xx; other processes are not protected
     (see the module docstring for exactly what is and is not kept).
+
+    Why this size: it implements the whole ``StorageInterface`` (one method per storage call), each a short
+    translation to the 7 legacy methods or to the in-memory claims and locks.
     """
 
     def __init__(self, legacy: object, *, page_size: int = 1000) -> None:

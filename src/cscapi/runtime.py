@@ -42,8 +42,10 @@ __all__ = [
     "EPOCH",
     "MONOTONIC",
     "NOW",
+    "SYSTEM_CLOCKS",
     "AsyncSender",
     "Blocking",
+    "Clocks",
     "Compute",
     "Delegate",
     "Effect",
@@ -87,8 +89,8 @@ class HttpCall:
 
 
 @dataclass(frozen=True)
-class Blocking:
-    """Call a blocking function (inline in sync, in a worker thread in async); its exception is thrown in as is."""
+class _Call:
+    """A function and its arguments (the arguments are never printed: they may hold a Machine or a password)."""
 
     fn: Callable[..., Any]
     args: tuple[Any, ...] = ()
@@ -99,12 +101,17 @@ class Blocking:
         """The called function's name (for logs and for tests driving a flow by hand)."""
         return _name(self.fn)
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name})"
+
+
+@dataclass(frozen=True, repr=False)
+class Blocking(_Call):
+    """Call a blocking function (inline in sync, in a worker thread in async); its exception is thrown in as is."""
+
     def failed(self, exc: Exception) -> Exception:
         """The exception thrown into the flow when the call raised ``exc``."""
         return exc
-
-    def __repr__(self) -> str:  # arguments may hold a Machine or a password: never print them
-        return f"{type(self).__name__}({self.name})"
 
 
 @dataclass(frozen=True, repr=False)
@@ -124,20 +131,9 @@ class Compute(Blocking):
     """CPU-heavy pure work: inline when blocking, in a worker thread when async (the loop keeps turning)."""
 
 
-@dataclass(frozen=True)
-class Delegate:
+@dataclass(frozen=True, repr=False)
+class Delegate(_Call):
     """Call a collaborator of the driver's flavour: sync gets its result, async awaits it when it is awaitable."""
-
-    fn: Callable[..., Any]
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return _name(self.fn)
-
-    def __repr__(self) -> str:
-        return f"Delegate({self.name})"
 
 
 @dataclass(frozen=True)
@@ -163,10 +159,12 @@ Flow = Generator[Effect, Any, T]
 
 
 @dataclass(frozen=True)
-class _Clocks:
-    utc: Callable[[], datetime]
-    epoch: Callable[[], float]
-    monotonic: Callable[[], float]
+class Clocks:
+    """The clocks a driver answers ``Now`` effects from (tests hand in fake ones to drive time)."""
+
+    utc: Callable[[], datetime] = utcnow
+    epoch: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.perf_counter
 
     def read(self, now: Now) -> Any:
         if now.kind == "utc":
@@ -176,8 +174,38 @@ class _Clocks:
         return self.monotonic()
 
 
+SYSTEM_CLOCKS = Clocks()
+
+
 def _no_transport(effect: HttpCall) -> Exception:
     return TypeError(f"this flow was run without a transport and yielded {effect!r}")
+
+
+class _Steps:
+    """The stepping both drivers share: iterating gives the flow's effects, each after sending in the previous
+    ``result`` or throwing in the previous ``error``; ``value`` is what the flow returned."""
+
+    def __init__(self, flow: Flow[Any]) -> None:
+        self.flow = flow
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.value: Any = None
+
+    def __iter__(self) -> _Steps:
+        return self
+
+    def __next__(self) -> Effect:
+        result, error, self.result, self.error = self.result, self.error, None, None
+        try:
+            return self.flow.send(result) if error is None else self.flow.throw(error)
+        except StopIteration as stop:
+            self.value = stop.value
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Close a flow left unfinished (the driver itself was interrupted), so its cleanup runs."""
+        if getattr(self.flow, "gi_frame", None) is not None:
+            self.flow.close()
 
 
 # ---- the two drivers -------------------------------------------------------------------------------------
@@ -188,45 +216,34 @@ def run_sync(
     transport: SyncSender | None = None,
     *,
     sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], datetime] = utcnow,
-    epoch: Callable[[], float] = time.time,
-    monotonic: Callable[[], float] = time.perf_counter,
+    clocks: Clocks = SYSTEM_CLOCKS,
 ) -> T:
     """Run a flow to completion, executing each effect blocking."""
-    clocks = _Clocks(clock, epoch, monotonic)
-    value: Any = None
-    error: BaseException | None = None
+    steps = _Steps(flow)
     try:
-        while True:
-            try:
-                effect = flow.send(value) if error is None else flow.throw(error)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            value, error = None, None
+        for effect in steps:
             try:
                 if isinstance(effect, HttpCall):
                     if transport is None:
                         raise _no_transport(effect)
-                    value = transport.send(effect.request)
+                    steps.result = transport.send(effect.request)
                 elif isinstance(effect, Blocking):
                     try:
-                        value = effect.fn(*effect.args, **effect.kwargs)
+                        steps.result = effect.fn(*effect.args, **effect.kwargs)
                     except Exception as exc:
                         raise effect.failed(exc) from exc
                 elif isinstance(effect, Delegate):
-                    value = effect.fn(*effect.args, **effect.kwargs)
+                    steps.result = effect.fn(*effect.args, **effect.kwargs)
                 elif isinstance(effect, Sleep):
                     if effect.seconds > 0:
                         sleep(effect.seconds)
-                elif isinstance(effect, Now):
-                    value = clocks.read(effect)
-                else:  # pragma: no cover - a programming error
-                    raise TypeError(f"unknown effect {effect!r}")
+                else:
+                    steps.result = clocks.read(effect)
             except BaseException as exc:
-                error = exc
+                steps.error = exc
+        return steps.value  # type: ignore[no-any-return]
     finally:
-        if getattr(flow, "gi_frame", None) is not None:  # left unfinished: closed, so its cleanup runs
-            flow.close()
+        steps.close()
 
 
 async def run_async(
@@ -234,47 +251,35 @@ async def run_async(
     transport: AsyncSender | None = None,
     *,
     sleep: Callable[[float], Awaitable[None]] | None = None,
-    clock: Callable[[], datetime] = utcnow,
-    epoch: Callable[[], float] = time.time,
-    monotonic: Callable[[], float] = time.perf_counter,
+    clocks: Clocks = SYSTEM_CLOCKS,
 ) -> T:
     """Run a flow to completion on the event loop: HTTP and delegates awaited, blocking calls and heavy work in a
     worker thread, pauses awaited."""
     import asyncio  # on first use: a program that only runs sync flows never imports it for us
 
-    clocks = _Clocks(clock, epoch, monotonic)
     pause = sleep or asyncio.sleep
-    value: Any = None
-    error: BaseException | None = None
+    steps = _Steps(flow)
     try:
-        while True:
-            try:
-                effect = flow.send(value) if error is None else flow.throw(error)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            value, error = None, None
+        for effect in steps:
             try:
                 if isinstance(effect, HttpCall):
                     if transport is None:
                         raise _no_transport(effect)
-                    value = await transport.send(effect.request)
+                    steps.result = await transport.send(effect.request)
                 elif isinstance(effect, Blocking):
                     try:
-                        value = await asyncio.to_thread(effect.fn, *effect.args, **effect.kwargs)
+                        steps.result = await asyncio.to_thread(effect.fn, *effect.args, **effect.kwargs)
                     except Exception as exc:
                         raise effect.failed(exc) from exc
                 elif isinstance(effect, Delegate):
-                    value = effect.fn(*effect.args, **effect.kwargs)
-                    if isinstance(value, Awaitable):
-                        value = await value
+                    called = effect.fn(*effect.args, **effect.kwargs)
+                    steps.result = await called if isinstance(called, Awaitable) else called
                 elif isinstance(effect, Sleep):
                     await pause(max(0.0, effect.seconds))
-                elif isinstance(effect, Now):
-                    value = clocks.read(effect)
-                else:  # pragma: no cover
-                    raise TypeError(f"unknown effect {effect!r}")
+                else:
+                    steps.result = clocks.read(effect)
             except BaseException as exc:
-                error = exc
+                steps.error = exc
+        return steps.value  # type: ignore[no-any-return]
     finally:
-        if getattr(flow, "gi_frame", None) is not None:
-            flow.close()
+        steps.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from email.utils import format_datetime, parsedate_to_datetime
 
 __all__ = [
@@ -180,8 +180,3 @@ def parse_http_date(text: str) -> datetime | None:
     if parsed is None:
         return None
     return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
-
-
-def seconds_until(moment: datetime, now: datetime | None = None) -> float:
-    """Seconds from ``now`` (default: the current time) until ``moment``; negative if it is past."""
-    return (moment - (now or utcnow())) / timedelta(seconds=1)

@@ -23,7 +23,7 @@ class EmulatorAdminError(CAPIError):
 class EmulatorAdminClient:
     """Inspect and drive a running emulator: ``EmulatorAdminClient("http://127.0.0.1:8081/", admin_token)``.
 
-    Why 38 methods in one class: it is a thin client of the admin API, one method per endpoint (plus a few
+    Why this size (38 methods): it is a thin client of the admin API, one method per endpoint (plus a few
     conveniences over them), each a request and a decode with no state of its own. Grouping them
     (``admin.lists.publish(...)``) would add a second way to call the same thing without making any method simpler;
     the flat methods are the documented API (docs/emulator.md).

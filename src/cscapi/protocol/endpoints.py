@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from cscapi._version import __version__
 from cscapi.errors import ConfigurationError
 from cscapi.limits import DEV_URL, PROD_URL
 from cscapi.protocol.http import DEFAULT_GZIP_THRESHOLD, Request, encode_json_body
@@ -158,7 +157,3 @@ class Endpoints:
             authenticated=False,
             follow_redirects=True,
         )
-
-
-SDK_NAME = "capi-py-sdk"
-SDK_VERSION = __version__

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from cscapi.iputil import is_loopback_host
 from cscapi.protocol.http import NetworkFailure, Response
 from cscapi.timeutil import parse_http_date, utcnow
 
@@ -31,9 +32,7 @@ def is_refused_on_loopback(failure: NetworkFailure) -> bool:
     """True for a connection refused by a loopback address: nothing listens there, waiting will not change that."""
     from urllib.parse import urlsplit
 
-    host = (urlsplit(failure.url).hostname or "").lower()
-    loopback = host == "localhost" or host == "::1" or host.startswith("127.")
-    return loopback and "refused" in failure.detail.lower()
+    return is_loopback_host(urlsplit(failure.url).hostname or "") and "refused" in failure.detail.lower()
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:

@@ -26,7 +26,7 @@ from cscapi.remediation.metrics import build_usage_metrics, nested_counts
 from cscapi.remediation.models import CLEAN, RefreshReport, Remediation
 from cscapi.remediation.state import State
 from cscapi.remediation.stores import DecisionStore, open_store
-from cscapi.runtime import EPOCH, Blocking, Delegate, Flow, run_async, run_sync
+from cscapi.runtime import EPOCH, Blocking, Clocks, Delegate, Flow, run_async, run_sync
 
 __all__ = ["AsyncRemediationEngine", "RemediationEngine"]
 
@@ -406,10 +406,10 @@ class _EngineBase(Generic[C]):
                 self._logger.warning("could not release the refresh lock (it lapses by itself): %s", exc)
         return len(tokens)
 
-    def _clocks(self) -> dict[str, Any]:
+    def _clocks(self) -> Clocks:
         """The engine's clock as the runtime's drivers read it (``EPOCH`` and ``NOW`` effects)."""
         clock = self._clock
-        return {"epoch": clock, "clock": lambda: datetime.fromtimestamp(clock(), timezone.utc)}
+        return Clocks(utc=lambda: datetime.fromtimestamp(clock(), timezone.utc), epoch=clock)
 
     # ---- counters ------------------------------------------------------------------------------------------
 
@@ -542,7 +542,7 @@ class RemediationEngine(_EngineBase[DecisionSource | None]):
 
     def _run(self, flow: Flow[R]) -> R:
         try:
-            return run_sync(flow, **self._clocks())
+            return run_sync(flow, clocks=self._clocks())
         except BaseException as exc:
             if not isinstance(exc, Exception):  # left mid-flow (KeyboardInterrupt, SystemExit): no lock stays held
                 self.release_locks()
@@ -607,7 +607,7 @@ class AsyncRemediationEngine(_EngineBase[AsyncDecisionSource | None]):
 
     async def _run(self, flow: Flow[R]) -> R:
         try:
-            return await run_async(flow, **self._clocks())
+            return await run_async(flow, clocks=self._clocks())
         except BaseException as exc:
             if not isinstance(exc, Exception):  # cancelled mid-flow: release the lock off the loop
                 import asyncio  # imported on first use: the sync engine never needs it
@@ -623,7 +623,7 @@ class AsyncRemediationEngine(_EngineBase[AsyncDecisionSource | None]):
         hit = self.live.cached(ip, self._clock())
         if hit is not None:
             return hit  # type: ignore[no-any-return]
-        self.live.start(ip, lambda: run_async(self.live.flow(ip), **self._clocks()))
+        self.live.start(ip, lambda: run_async(self.live.flow(ip), clocks=self._clocks()))
         return self.live.fallback  # type: ignore[no-any-return]
 
     async def lookup_ip_remediation(self, ip: str) -> Remediation:
@@ -635,7 +635,7 @@ class AsyncRemediationEngine(_EngineBase[AsyncDecisionSource | None]):
         hit = live.cached(ip, self._clock())
         if hit is not None:
             return hit  # type: ignore[no-any-return]
-        return await live.fetch(ip, lambda: run_async(live.flow(ip), **self._clocks()))  # type: ignore[no-any-return]
+        return await live.fetch(ip, lambda: run_async(live.flow(ip), clocks=self._clocks()))  # type: ignore[no-any-return]
 
     async def refresh_decisions(self, force: bool = False) -> RefreshReport:
         """See :meth:`RemediationEngine.refresh_decisions`."""

@@ -81,6 +81,7 @@ class EmulatorState:
     A facade: it builds the parts (``accounts``, ``community``, ``lists``, ``streams``, ``faults_part``,
     ``inbox``), runs their lifecycle (seed, load, reset, close, summary), and otherwise only delegates, which is
     why it has more than 25 methods and properties: they are the stable API of the app, the admin API and tests.
+    Why this size: see the line above (delegation only, the logic lives in the parts).
     """
 
     def __init__(self, config: EmulatorConfig) -> None:
