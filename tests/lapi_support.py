@@ -339,3 +339,119 @@ def start_lapi(root: Path) -> LocalLapi:
         )
         lapi.stop()
     raise LapiUnavailable(f"the private CrowdSec LAPI did not answer within {STARTUP_DEADLINE:.0f}s ({last_error})")
+
+
+# ---- a tiny MaxMind DB writer (country databases for the GeoIP tests) -------------------------------------------
+
+
+def _mmdb_field(value: Any) -> bytes:
+    """One data-section field (maps, UTF-8 strings, unsigned ints, arrays) in the MaxMind DB encoding."""
+
+    def head(kind: int, size: int) -> bytes:
+        if size < 29:
+            size_bits, extra = size, b""
+        elif size < 285:
+            size_bits, extra = 29, bytes([size - 29])
+        else:
+            size_bits, extra = 30, (size - 285).to_bytes(2, "big")
+        if kind <= 7:
+            return bytes([(kind << 5) | size_bits]) + extra
+        return bytes([size_bits, kind - 7]) + extra
+
+    if isinstance(value, dict):
+        return head(7, len(value)) + b"".join(_mmdb_field(str(k)) + _mmdb_field(v) for k, v in value.items())
+    if isinstance(value, list):
+        return head(11, len(value)) + b"".join(_mmdb_field(v) for v in value)
+    if isinstance(value, str):
+        raw = value.encode()
+        return head(2, len(raw)) + raw
+    if isinstance(value, int):
+        raw = value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big") if value else b""
+        return head(6 if value < 2**32 else 9, len(raw)) + raw
+    raise TypeError(type(value).__name__)
+
+
+def write_country_mmdb(path: Path, countries: dict[str, str], *, record_size: int = 24) -> Path:
+    """Write an IPv6 MaxMind DB mapping each network (``"192.0.2.0/24"``, ``"2001:db8::/32"``) to a country code,
+    in GeoLite2-Country's shape (``{"country": {"iso_code": ...}}``); IPv4 networks live at ``::/96`` and are aliased
+    at ``::ffff:0:0/96`` as MaxMind's files do. ``record_size`` 24, 28 or 32."""
+    import ipaddress
+
+    nodes: list[list[Any]] = [[None, None]]  # each child: None (empty), ("node", i) or ("data", code)
+
+    def insert(bits: int, prefix: int, code: str) -> None:
+        node = 0
+        for depth in range(prefix):
+            bit = (bits >> (127 - depth)) & 1
+            if depth == prefix - 1:
+                nodes[node][bit] = ("data", code)
+                return
+            child = nodes[node][bit]
+            if child is None or child[0] == "data":
+                nodes.append([child, child])  # split a data leaf: both halves keep it
+                child = ("node", len(nodes) - 1)
+                nodes[node][bit] = child
+            node = child[1]
+
+    for text, code in countries.items():
+        net = ipaddress.ip_network(text)
+        if net.version == 4:
+            insert(int(net.network_address), 96 + net.prefixlen, code)
+        else:
+            insert(int(net.network_address), net.prefixlen, code)
+    # alias ::ffff:0:0/96 to the ::/96 subtree (80 zero bits, then 16 one bits)
+    node = 0
+    for _ in range(96):
+        child = nodes[node][0]
+        if child is None or child[0] != "node":
+            break
+        node = child[1]
+    v4_root = ("node", node)
+    node = 0
+    for depth in range(95):
+        bit = 0 if depth < 80 else 1
+        child = nodes[node][bit]
+        if child is None:
+            nodes.append([None, None])
+            child = ("node", len(nodes) - 1)
+            nodes[node][bit] = child
+        node = child[1]
+    nodes[node][1] = v4_root
+
+    node_count = len(nodes)
+    data = b""
+    offsets: dict[str, int] = {}
+    for code in sorted(set(countries.values())):
+        offsets[code] = len(data)
+        data += _mmdb_field({"country": {"iso_code": code, "names": {"en": code}}})
+
+    def record(child: Any) -> int:
+        if child is None:
+            return node_count
+        if child[0] == "node":
+            return int(child[1])
+        return node_count + 16 + offsets[child[1]]
+
+    tree = bytearray()
+    for left, right in nodes:
+        a, b = record(left), record(right)
+        if record_size == 24:
+            tree += a.to_bytes(3, "big") + b.to_bytes(3, "big")
+        elif record_size == 28:
+            tree += (a & 0xFFFFFF).to_bytes(3, "big") + bytes([((a >> 24) << 4) | (b >> 24)])
+            tree += (b & 0xFFFFFF).to_bytes(3, "big")
+        else:
+            tree += a.to_bytes(4, "big") + b.to_bytes(4, "big")
+    metadata = {
+        "node_count": node_count,
+        "record_size": record_size,
+        "ip_version": 6,
+        "database_type": "cscapi-test-Country",
+        "languages": ["en"],
+        "binary_format_major_version": 2,
+        "binary_format_minor_version": 0,
+        "build_epoch": 1700000000,
+        "description": {"en": "cscapi test country database"},
+    }
+    path.write_bytes(bytes(tree) + b"\0" * 16 + data + b"\xab\xcd\xefMaxMind.com" + _mmdb_field(metadata))
+    return path

@@ -12,10 +12,12 @@ import logging
 import ssl
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from cscapi._version import __version__
 from cscapi.errors import CAPIError, ConfigurationError, NotFoundError
+from cscapi.lapi.geoip import CountryDatabase, expand_countries
 from cscapi.lapi.protocol import (
     DEFAULT_SCOPES,
     LapiDecision,
@@ -94,6 +96,7 @@ class _LapiCore:
         mode: str = "stream",
         bad_ip_cache_duration: float = 120.0,
         clean_ip_cache_duration: float = 60.0,
+        country_db: str | Path | None = None,
         max_stream_bytes: int = DEFAULT_MAX_STREAM_BYTES,
         max_response_bytes: int = DEFAULT_MAX_DECISIONS_BYTES,
         logger: logging.Logger | None = None,
@@ -129,6 +132,14 @@ class _LapiCore:
             if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1024:
                 raise ConfigurationError(f"{name} must be an int of at least 1024 bytes (got {cap!r}).")
         self._api_key = api_key
+        self.country_db = None if country_db is None else CountryDatabase(country_db)
+        if scopes is DEFAULT_SCOPES and self.country_db is not None:
+            scopes = (*DEFAULT_SCOPES, "country")
+        scopes = tuple(str(s).strip().lower() for s in scopes)
+        if "country" in scopes and self.country_db is None:
+            raise ConfigurationError(
+                "The country scope needs country_db= (a MaxMind-format country database, e.g. GeoLite2-Country.mmdb)."
+            )
         self.auth = "api_key" if api_key is not None else "tls"
         self.scopes = tuple(scopes)
         self.origins = tuple(origins) if origins is not None else None
@@ -217,6 +228,10 @@ class _LapiCore:
         stream: DecisionStream = yield Compute(
             parse_lapi_stream, (response,), {"startup": startup, "on_skip": self._log_skip("decisions stream")}
         )
+        if self.country_db is not None and (
+            any(d.scope == "country" for d in stream.new) or any(d.scope == "country" for d in stream.deleted)
+        ):
+            stream = yield Compute(expand_countries, (stream, self.country_db, self.logger))
         if stream.skipped > _MAX_SKIP_WARNINGS:
             self.logger.warning("LAPI decisions stream: %d items skipped in all", stream.skipped)
         return stream
@@ -225,6 +240,15 @@ class _LapiCore:
         request = decisions_request(self.base_url, api_key=self._api_key, ip=ip, **self._filters(with_scopes=False))
         response = yield from self._call(request.with_limit(self.max_response_bytes, "max_response_bytes"), "decisions")
         decisions: list[LapiDecision] = parse_decisions(response, on_skip=self._log_skip("decisions"))
+        code = self.country_db.country(ip) if self.country_db is not None else None
+        if code is not None and "country" in self.scopes:  # and the decisions on the IP's country
+            request = decisions_request(
+                self.base_url, api_key=self._api_key, country=code, **self._filters(with_scopes=False)
+            )
+            response = yield from self._call(
+                request.with_limit(self.max_response_bytes, "max_response_bytes"), "decisions"
+            )
+            decisions += parse_decisions(response, on_skip=self._log_skip("decisions"))
         return [d for d in decisions if d.scope in self.scopes]
 
     def _metrics_flow(self, payload: dict[str, Any]) -> Flow[Any]:

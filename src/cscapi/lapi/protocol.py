@@ -10,6 +10,7 @@ fatal. A body that is not the expected JSON is a :class:`~cscapi.errors.ServerEr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,7 @@ DEFAULT_SCOPES = ("ip", "range")
 MAX_FIELD_CHARS = 255
 """Longest origin, type, scope or scenario accepted from LAPI; a longer one makes the item skipped."""
 SkipHook = Callable[[str], None]
+_COUNTRY_CODE = re.compile(r"^[A-Z]{2}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,15 +134,21 @@ def decisions_request(
     api_key: str | None,
     ip: str | None = None,
     range_: str | None = None,
+    country: str | None = None,
     origins: Sequence[str] | None = None,
     scenarios_containing: Sequence[str] | None = None,
     scenarios_not_containing: Sequence[str] | None = None,
 ) -> Request:
-    """``GET /v1/decisions?ip=...`` (or ``range=``): the decisions on that address or range, ranges containing it
-    included (LAPI matches an IP against its ranges)."""
+    """``GET /v1/decisions?ip=...`` (or ``range=``, or ``scope=country&value=``): the decisions on that address or
+    range, ranges containing it included (LAPI matches an IP against its ranges), or on that country."""
     params: dict[str, str] = {}
     try:
-        if ip is not None:
+        if country is not None:
+            code = country.strip().upper()
+            if not _COUNTRY_CODE.match(code):
+                raise ConfigurationError(f"not an ISO 3166 country code: {country[:20]!r}")
+            params["scope"], params["value"] = "country", code
+        elif ip is not None:
             params["ip"] = canonical_address(ip)
         elif range_ is not None:
             params["range"] = _canonical_value("range", range_)
@@ -206,7 +214,12 @@ def _read_decision(item: object, durations: _Durations, *, need_duration: bool) 
         raise ValueError("missing value")
     if len(raw_value) > MAX_FIELD_CHARS:
         raise ValueError(f"value is longer than {MAX_FIELD_CHARS} characters")
-    value = _canonical_value(scope, raw_value, sane=need_duration)
+    if scope == "country":
+        value = raw_value.strip().upper()
+        if not _COUNTRY_CODE.match(value):
+            raise ValueError(f"not an ISO 3166 country code: {raw_value[:20]!r}")
+    else:
+        value = _canonical_value(scope, raw_value, sane=need_duration)
     seconds = 0.0
     if need_duration:
         seconds = durations.seconds(item.get("duration"))
