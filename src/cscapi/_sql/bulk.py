@@ -2,8 +2,9 @@
 
 psycopg is slow at many small parameters (it parses a statement with 9 parameters per row, and dumps arrays in
 Python), while one large string is cheap to send: ``json_to_recordset`` expands it, ``position`` keeps the caller's
-order (so alert ids follow it), ``RETURNING`` gives the new rows' ids. 2x faster than executemany for 10,000 rows.
-(MariaDB's ``JSON_TABLE`` was measured slower than PyMySQL's multi-row executemany, so MariaDB does not use this.)
+order (so alert ids follow it), ``RETURNING`` gives the new rows' ids: faster than executemany for large batches.
+(MariaDB's ``JSON_TABLE`` was slower than PyMySQL's multi-row executemany, so MariaDB does not use this.) Figures:
+docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -125,22 +125,22 @@ machines = Table(
     Column("created_at", UTCDateTime(), nullable=False),
 )
 
-login_locks = Table(
-    "login_locks",
-    metadata,
-    Column("machine_id", String(128), primary_key=True),
-    Column("holder", String(255), nullable=False),
-    Column("expires_at", UTCDateTime(), nullable=False),
-)
 
+def _lease_table(name: str, key: Column[str]) -> Table:
+    """A table of leases: one row per ``key``, held by ``holder`` until ``expires_at`` (see ``cscapi._sql.locks``)."""
+    return Table(
+        name,
+        metadata,
+        key,
+        Column("holder", String(255), nullable=False),
+        Column("expires_at", UTCDateTime(), nullable=False),
+    )
+
+
+login_locks = _lease_table("login_locks", Column("machine_id", String(128), primary_key=True))
 # Named leases that are not a machine's login (version 4): the agent's "one agent per storage" lease.
-agent_leases = Table(
-    "agent_leases",
-    metadata,
-    Column("name", String(64), primary_key=True),
-    Column("holder", String(255), nullable=False),
-    Column("expires_at", UTCDateTime(), nullable=False),
-)
+agent_leases = _lease_table("agent_leases", Column("name", String(64), primary_key=True))
+
 
 schema_version = Table(
     "schema_version",
