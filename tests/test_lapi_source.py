@@ -387,3 +387,28 @@ def test_tls_client_certificate_and_ca(tmp_path: Any) -> None:
         LapiClient("https://127.0.0.1:1/", cert=str(bouncer.cert))  # a certificate without its key
     with pytest.raises(ConfigurationError):
         LapiClient("https://127.0.0.1:1/", cert=str(tmp_path / "missing.pem"), key=str(bouncer.key))
+
+
+def test_the_key_never_reaches_logs(lapi: Any, lapi_bouncer_key: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Every logger at DEBUG (ours, httpx, httpcore) through a good refresh, a refused key and a live lookup."""
+    lapi.add_decision(ip="192.0.2.110", duration="1h")
+    bad = "bad-key-" + lapi_bouncer_key[::-1]
+    with caplog.at_level(logging.DEBUG):
+        with LapiClient(lapi.base_url, api_key=lapi_bouncer_key) as client:
+            engine = _engine(client)
+            try:
+                engine.refresh_decisions()
+                engine.push_usage_metrics()
+            finally:
+                engine.close()
+            client.get_ip_decisions("192.0.2.110")
+        with LapiClient(lapi.base_url, api_key=bad, mode="live") as refused:
+            engine = _engine(refused)
+            try:
+                engine.get_ip_remediation("192.0.2.110")
+            finally:
+                engine.close()
+        with LapiClient(lapi.base_url, api_key=bad) as refused, pytest.raises(AuthenticationError):
+            refused.get_decisions(startup=True)
+    text = "\n".join(f"{r.getMessage()} {r.args!r}" for r in caplog.records)
+    assert caplog.records and lapi_bouncer_key not in text and bad not in text
