@@ -412,3 +412,24 @@ def test_the_key_never_reaches_logs(lapi: Any, lapi_bouncer_key: str, caplog: py
             refused.get_decisions(startup=True)
     text = "\n".join(f"{r.getMessage()} {r.args!r}" for r in caplog.records)
     assert caplog.records and lapi_bouncer_key not in text and bad not in text
+
+
+def test_origins_of_a_capi_pulling_lapi_are_kept() -> None:
+    """A LAPI that pulls CAPI and lists streams origins CAPI, lists:<name>, console...: the engine answers with them."""
+    items = [
+        {**GOOD, "value": "192.0.2.120", "origin": "CAPI", "scenario": "crowdsecurity/http-probing"},
+        {**GOOD, "value": "192.0.2.121", "origin": "lists:firehol_l1", "scenario": "lists:firehol_l1"},
+        {**GOOD, "value": "192.0.2.122", "origin": "console", "scenario": "manual", "type": "captcha"},
+    ]
+    with HostileServer() as srv:
+        _stream_route(srv, lambda c, r: c.json(200, {"new": items, "deleted": None}))
+        with LapiClient(srv.url, api_key="k") as client:
+            engine = _engine(client)
+            try:
+                engine.refresh_decisions()
+                got = {ip: tuple(engine.get_ip_remediation(ip).values()) for ip in ("192.0.2.120", "192.0.2.121")}
+                assert got == {"192.0.2.120": ("ban", "CAPI"), "192.0.2.121": ("ban", "lists:firehol_l1")}
+                console = engine.get_ip_remediation("192.0.2.122")
+                assert (console.remediation, console.origin) == ("captcha", "console")
+            finally:
+                engine.close()
