@@ -433,3 +433,21 @@ def test_origins_of_a_capi_pulling_lapi_are_kept() -> None:
                 assert (console.remediation, console.origin) == ("captcha", "console")
             finally:
                 engine.close()
+
+
+def test_transient_failures_are_retried_with_backoff() -> None:
+    """503 then 200: one retry (after a Retry-After of 0.2 s), the decisions arrive; 3 failures exhaust 2 retries."""
+    answers = [(503, {"message": "busy"}), (200, {"new": [{**GOOD, "value": "192.0.2.130"}], "deleted": []})]
+
+    def handler(conn: Conn, request: Received) -> None:
+        status, body = answers.pop(0) if answers else (503, {"message": "still busy"})
+        conn.answer(status, json.dumps(body).encode(), {"Content-Type": "application/json", "Retry-After": "0.2"})
+
+    with HostileServer() as srv:
+        _stream_route(srv, handler)
+        with LapiClient(srv.url, api_key="k", retry_base_delay=0.05) as client:
+            assert [d.value for d in client.get_decisions(startup=True).new] == ["192.0.2.130"]
+            assert srv.count("/v1/decisions/stream") == 2
+            with pytest.raises(ServerError):
+                client.get_decisions()
+            assert srv.count("/v1/decisions/stream") == 5  # 1 try + max_retries (2)
