@@ -177,35 +177,58 @@ class Clocks:
 SYSTEM_CLOCKS = Clocks()
 
 
-def _no_transport(effect: HttpCall) -> Exception:
-    return TypeError(f"this flow was run without a transport and yielded {effect!r}")
+def _sender(transport: T | None, effect: HttpCall) -> T:
+    """The driver's transport, or a ``TypeError`` thrown into a flow that sends while run without one."""
+    if transport is None:
+        raise TypeError(f"this flow was run without a transport and yielded {effect!r}")
+    return transport
+
+
+def _call(effect: Blocking) -> Any:
+    """Make a blocking call (in the caller's thread); a failure comes out as ``effect.failed`` says."""
+    try:
+        return effect.fn(*effect.args, **effect.kwargs)
+    except Exception as exc:
+        raise effect.failed(exc) from exc
 
 
 class _Steps:
     """The stepping both drivers share: iterating gives the flow's effects, each after sending in the previous
-    ``result`` or throwing in the previous ``error``; ``value`` is what the flow returned."""
+    ``result`` or throwing in the previous ``error``; ``Now`` effects are answered here from ``clocks``; ``value``
+    is what the flow returned. Used as a context manager: a flow left unfinished is closed, so its cleanup runs."""
 
-    def __init__(self, flow: Flow[Any]) -> None:
+    def __init__(self, flow: Flow[Any], clocks: Clocks) -> None:
         self.flow = flow
+        self.clocks = clocks
         self.result: Any = None
         self.error: BaseException | None = None
         self.value: Any = None
 
+    def __enter__(self) -> _Steps:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if getattr(self.flow, "gi_frame", None) is not None:
+            self.flow.close()
+
     def __iter__(self) -> _Steps:
         return self
 
-    def __next__(self) -> Effect:
+    def __next__(self) -> HttpCall | Blocking | Delegate | Sleep:
         result, error, self.result, self.error = self.result, self.error, None, None
         try:
-            return self.flow.send(result) if error is None else self.flow.throw(error)
+            while True:
+                effect = self.flow.send(result) if error is None else self.flow.throw(error)
+                if not isinstance(effect, Now):
+                    return effect
+                result, error = None, None
+                try:
+                    result = self.clocks.read(effect)
+                except BaseException as exc:
+                    error = exc
         except StopIteration as stop:
             self.value = stop.value
             raise StopIteration from None
-
-    def close(self) -> None:
-        """Close a flow left unfinished (the driver itself was interrupted), so its cleanup runs."""
-        if getattr(self.flow, "gi_frame", None) is not None:
-            self.flow.close()
 
 
 # ---- the two drivers -------------------------------------------------------------------------------------
@@ -219,31 +242,20 @@ def run_sync(
     clocks: Clocks = SYSTEM_CLOCKS,
 ) -> T:
     """Run a flow to completion, executing each effect blocking."""
-    steps = _Steps(flow)
-    try:
+    with _Steps(flow, clocks) as steps:
         for effect in steps:
             try:
                 if isinstance(effect, HttpCall):
-                    if transport is None:
-                        raise _no_transport(effect)
-                    steps.result = transport.send(effect.request)
+                    steps.result = _sender(transport, effect).send(effect.request)
                 elif isinstance(effect, Blocking):
-                    try:
-                        steps.result = effect.fn(*effect.args, **effect.kwargs)
-                    except Exception as exc:
-                        raise effect.failed(exc) from exc
+                    steps.result = _call(effect)
                 elif isinstance(effect, Delegate):
                     steps.result = effect.fn(*effect.args, **effect.kwargs)
-                elif isinstance(effect, Sleep):
-                    if effect.seconds > 0:
-                        sleep(effect.seconds)
-                else:
-                    steps.result = clocks.read(effect)
+                elif effect.seconds > 0:
+                    sleep(effect.seconds)
             except BaseException as exc:
                 steps.error = exc
-        return steps.value  # type: ignore[no-any-return]
-    finally:
-        steps.close()
+    return steps.value  # type: ignore[no-any-return]
 
 
 async def run_async(
@@ -258,28 +270,18 @@ async def run_async(
     import asyncio  # on first use: a program that only runs sync flows never imports it for us
 
     pause = sleep or asyncio.sleep
-    steps = _Steps(flow)
-    try:
+    with _Steps(flow, clocks) as steps:
         for effect in steps:
             try:
-                if isinstance(effect, HttpCall):
-                    if transport is None:
-                        raise _no_transport(effect)
-                    steps.result = await transport.send(effect.request)
-                elif isinstance(effect, Blocking):
-                    try:
-                        steps.result = await asyncio.to_thread(effect.fn, *effect.args, **effect.kwargs)
-                    except Exception as exc:
-                        raise effect.failed(exc) from exc
-                elif isinstance(effect, Delegate):
+                if isinstance(effect, Delegate):  # a collaborator's coroutine, or a plain value
                     called = effect.fn(*effect.args, **effect.kwargs)
                     steps.result = await called if isinstance(called, Awaitable) else called
-                elif isinstance(effect, Sleep):
-                    await pause(max(0.0, effect.seconds))
+                elif isinstance(effect, Blocking):
+                    steps.result = await asyncio.to_thread(_call, effect)
+                elif isinstance(effect, HttpCall):
+                    steps.result = await _sender(transport, effect).send(effect.request)
                 else:
-                    steps.result = clocks.read(effect)
+                    await pause(max(0.0, effect.seconds))
             except BaseException as exc:
                 steps.error = exc
-        return steps.value  # type: ignore[no-any-return]
-    finally:
-        steps.close()
+    return steps.value  # type: ignore[no-any-return]
