@@ -57,10 +57,11 @@ def test_the_agent_lease_has_its_own_table(database_url: str) -> None:
 
 def test_lease_calls(database_url: str) -> None:
     with SQLStorage(database_url) as storage:
-        assert storage.acquire_agent_lease("one", 0.2)
+        assert storage.acquire_agent_lease("one", 60)
         assert not storage.acquire_agent_lease("two", 30)
-        assert storage.renew_agent_lease("one", 0.2)
+        assert storage.renew_agent_lease("one", 60)
         assert not storage.renew_agent_lease("two", 30)
+        assert storage.renew_agent_lease("one", 0.1)  # renewed to a short lease: it lapses soon
         deadline = time.monotonic() + 20
         while not storage.acquire_agent_lease("two", 30):  # one's lease lapses: two takes it over
             assert time.monotonic() < deadline
