@@ -1,0 +1,156 @@
+"""cscapi.web.flask.CrowdSec with Flask's own test client: the shared scenarios, app.config settings, init_app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from cscapi.errors import ConfigurationError
+from cscapi.web import Bouncer, ImageCaptcha, ProofOfWork
+from cscapi.web.flask import CrowdSec
+from test_web_support import BANNED, CLEAN_IP, KEY, PROXY
+from web_framework_scenarios import SCENARIOS, Resp, header_map
+
+
+class FlaskSite:
+    """A Flask app protected by ``CrowdSec(app, bouncer=...)``, one Flask test client (cookie jar) per client IP."""
+
+    def __init__(self, bouncer: Bouncer | None = None, app: Flask | None = None) -> None:
+        self.ran: list[str] = []
+        self.app = app or make_app(self.ran)
+        if bouncer is not None:
+            CrowdSec(self.app, bouncer=bouncer)
+        self._clients: dict[str, Any] = {}
+
+    def _client(self, ip: str) -> Any:
+        if ip not in self._clients:
+            self._clients[ip] = self.app.test_client()
+        return self._clients[ip]
+
+    def _resp(self, r: Any) -> Resp:
+        cookie = None
+        for value in r.headers.getlist("Set-Cookie"):
+            if value.startswith("cscapi_captcha="):
+                cookie = value.split(";", 1)[0].split("=", 1)[1]
+        return Resp(r.status_code, header_map(r.headers.items()), r.get_data(as_text=True), cookie)
+
+    def get(self, ip: str, path: str, *, headers: dict[str, str] | None = None, cookie: str | None = None) -> Resp:
+        headers = dict(headers or {})
+        if cookie is not None:  # a fresh client holding only this cookie
+            client = self.app.test_client()
+            client.set_cookie("cscapi_captcha", cookie)
+            return self._resp(client.get(path, headers=headers, environ_base={"REMOTE_ADDR": ip}))
+        return self._resp(self._client(ip).get(path, headers=headers, environ_base={"REMOTE_ADDR": ip}))
+
+    def post(self, ip: str, path: str, form: dict[str, str], *, cookie: str | None = None) -> Resp:
+        return self._resp(self._client(ip).post(path, data=form, environ_base={"REMOTE_ADDR": ip}))
+
+
+def make_app(ran: list[str]) -> Flask:
+    app = Flask(__name__)
+
+    @app.route("/", defaults={"path": ""}, methods=["GET", "POST"])
+    @app.route("/<path:path>", methods=["GET", "POST"])
+    def page(path: str) -> str:
+        from flask import request
+
+        ran.append(request.path)
+        return f"app {request.path}"
+
+    return app
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_scenario(scenario: str) -> None:
+    SCENARIOS[scenario](lambda bouncer: FlaskSite(bouncer))
+
+
+def test_configured_from_app_config(tmp_path: Path) -> None:
+    """No bouncer given: CSCAPI_* keys build one (SECRET_KEY by default), on a SQLite store an agent would fill."""
+    from cscapi.remediation import RemediationEngine
+    from test_remediation_support import FakeSource, decision, stream
+
+    store = f"sqlite:///{tmp_path / 'decisions.db'}"
+    source = FakeSource()
+    source.streams.append(stream([decision(BANNED)]))
+    agent = RemediationEngine(source, store=store, sync_interval_ms=0)
+    agent.refresh_decisions()
+    agent.close()
+    ran: list[str] = []
+    app = make_app(ran)
+    app.config.update(
+        SECRET_KEY=KEY,
+        CSCAPI_DECISION_STORE=store,
+        CSCAPI_TRUSTED_PROXIES=["10.0.0.0/8"],
+        CSCAPI_EXEMPT_PATHS=["/health"],
+        CSCAPI_CAPTCHA="pow",
+        CSCAPI_CAPTCHA_OPTIONS={"difficulty": 10},
+        CSCAPI_FAIL_OPEN=False,
+    )
+    ext = CrowdSec()
+    ext.init_app(app)
+    bouncer = CrowdSec.bouncer_of(app)
+    assert isinstance(bouncer.captcha, ProofOfWork) and bouncer.captcha.difficulty == 10
+    assert bouncer.fail_open is False and "***" in repr(bouncer) and KEY not in repr(bouncer)
+    with app.app_context():
+        assert ext.bouncer is bouncer
+    c = app.test_client()
+    assert c.get("/", environ_base={"REMOTE_ADDR": BANNED}).status_code == 403
+    assert c.get("/health", environ_base={"REMOTE_ADDR": BANNED}).status_code == 200
+    proxied = {"REMOTE_ADDR": PROXY}
+    assert c.get("/", headers={"X-Forwarded-For": BANNED}, environ_base=proxied).status_code == 403
+    assert c.get("/", environ_base={"REMOTE_ADDR": CLEAN_IP}).status_code == 200
+    assert ran == ["/health", "/"]
+    with pytest.raises(ConfigurationError, match="already"):
+        ext.init_app(app)
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        ({}, "decision_store is missing"),
+        ({"CSCAPI_DECISION_STORE": "mysql://x"}, "unknown scheme"),
+        ({"CSCAPI_DECISION_STORE": "memory://"}, "private to this process"),
+        ({"CSCAPI_DECISION_STORE": "sqlite:////no/such/dir/d.db"}, "does not exist"),
+        ({"CSCAPI_DECISION_STORE": "redis://127.0.0.1:1/0", "SECRET_KEY": None}, "secret_key is missing"),
+        ({"CSCAPI_DECISION_STORE": "redis://127.0.0.1:1/0", "CSCAPI_SECRET_KEY": "short"}, "16 characters"),
+        ({"CSCAPI_DECISION_STORE": "redis://127.0.0.1:1/0", "CSCAPI_TRUSTED_PROXIES": ["10.0.0.0/33"]}, "CIDR"),
+        ({"CSCAPI_DECISION_STORE": "redis://127.0.0.1:1/0", "CSCAPI_TRUSTED_PROXIES": "10.0.0.0/8"}, "a list"),
+        ({"CSCAPI_DECISION_STORE": "redis://127.0.0.1:1/0", "CSCAPI_CAPTCHA": "recaptcha-v9"}, "is unknown"),
+        ({"CSCAPI_DECISION_STORE": "redis://127.0.0.1:1/0", "CSCAPI_TRUSTD_PROXIES": []}, "CSCAPI_TRUSTD_PROXIES"),
+    ],
+)
+def test_bad_config_is_refused_at_init_app(config: dict[str, Any], match: str) -> None:
+    app = Flask(__name__)
+    app.config.update({"SECRET_KEY": KEY, **config})
+    with pytest.raises(ConfigurationError, match=match) as info:
+        CrowdSec(app)
+    assert KEY not in str(info.value)
+    assert "cscapi" not in app.extensions
+
+
+def test_report_failed_login_is_a_no_op_until_the_detector_exists(tmp_path: Path) -> None:
+    bouncer = Bouncer(_engine(), secret_key=KEY)
+    app = make_app([])
+    ext = CrowdSec(app, bouncer=bouncer)
+    with app.test_request_context("/login", environ_base={"REMOTE_ADDR": BANNED}):
+        reported = ext.report_failed_login()
+    assert reported is hasattr(bouncer, "report_failed_login")
+
+
+def _engine() -> Any:
+    from test_web_support import make_engine
+
+    return make_engine()
+
+
+def test_image_captcha_with_the_real_captcha_package() -> None:
+    """The real ``captcha`` package renders a PNG; the answer (read from the signed challenge's digest by trying the
+    test's candidates, never by OCR) is accepted."""
+    pytest.importorskip("captcha", reason="pip install 'cscapi[web-image]'")
+    from test_web_image import solve_image_page
+
+    solve_image_page(FlaskSite, ImageCaptcha)
