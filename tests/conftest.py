@@ -233,3 +233,20 @@ def lapi_bouncer_key(lapi: Any) -> str:
     """A fresh bouncer API key on the emptied private LAPI (``cscli bouncers add NAME -o raw``)."""
     key: str = lapi.add_bouncer()
     return key
+
+
+@pytest.fixture(scope="session")
+def crowdsec_lapi_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A second private LAPI serving TLS, accepting bouncer client certificates (``.certs``: CA, server, bouncer
+    OU ``bouncer-ou``, stranger OU ``other-ou``; tests/lapi_support.py). Skipped/failed like ``crowdsec_lapi``."""
+    from lapi_support import LapiUnavailable, make_lapi_certs, start_lapi
+
+    root = tmp_path_factory.mktemp("crowdsec-lapi-tls")
+    try:
+        engine = start_lapi(root, certs=make_lapi_certs(root / "pki"))
+    except LapiUnavailable as exc:
+        service_unavailable("the CrowdSec Local API (TLS)", exc)
+    try:
+        yield engine
+    finally:
+        engine.stop()

@@ -62,7 +62,100 @@ def _free_port() -> int:
         return port
 
 
-def _config_yaml(root: Path, port: int) -> str:
+@dataclass(frozen=True)
+class LapiCerts:
+    """A test PKI for a TLS LAPI: a CA, the server's certificate (127.0.0.1), a bouncer client certificate (OU
+    ``bouncer-ou``, which LAPI accepts as a bouncer) and a stranger's (OU ``other-ou``, refused), all PEM files."""
+
+    ca: Path
+    server: Path
+    server_key: Path
+    bouncer: Path
+    bouncer_key: Path
+    stranger: Path
+    stranger_key: Path
+
+
+def make_lapi_certs(directory: Path) -> LapiCerts:
+    """Generate :class:`LapiCerts` under ``directory`` (needs ``cryptography``)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cscapi test LAPI CA")])
+
+    def builder(subject: x509.Name, public_key: Any) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_name)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+
+    ca = builder(ca_name, ca_key.public_key()).add_extension(
+        x509.BasicConstraints(ca=True, path_length=None), critical=True
+    )
+    ca_cert = ca.sign(ca_key, hashes.SHA256())
+
+    def write(name: str, cert: x509.Certificate, key: Any) -> tuple[Path, Path]:
+        cert_path, key_path = directory / f"{name}.pem", directory / f"{name}-key.pem"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        return cert_path, key_path
+
+    def leaf(name: str, cn: str, ou: str | None, server: bool) -> tuple[Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+        if ou:
+            attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou))
+        b = builder(x509.Name(attrs), key.public_key())
+        if server:
+            names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            b = b.add_extension(x509.SubjectAlternativeName(names), critical=False)
+            b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        else:
+            b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        return write(name, b.sign(ca_key, hashes.SHA256()), key)
+
+    ca_path = directory / "ca.pem"
+    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    server, server_key = leaf("server", "127.0.0.1", None, True)
+    bouncer, bouncer_key = leaf("bouncer", "cscapi-bouncer", "bouncer-ou", False)
+    stranger, stranger_key = leaf("stranger", "stranger", "other-ou", False)
+    return LapiCerts(ca_path, server, server_key, bouncer, bouncer_key, stranger, stranger_key)
+
+
+def _tls_yaml(certs: LapiCerts | None) -> str:
+    if certs is None:
+        return ""
+    return f"""\
+    tls:
+      cert_file: {certs.server}
+      key_file: {certs.server_key}
+      ca_cert_path: {certs.ca}
+      client_verification: VerifyClientCertIfGiven
+      bouncers_allowed_ou:
+        - bouncer-ou
+      agents_allowed_ou:
+        - agent-ou
+"""
+
+
+def _config_yaml(root: Path, port: int, certs: LapiCerts | None = None) -> str:
     """The private engine's config.yaml: every path under ``root``, no ``online_client`` section (no CAPI
     credentials: the engine cannot talk to CAPI even without ``-no-capi``), prometheus off, logs to a file."""
     return f"""\
@@ -96,12 +189,12 @@ db_config:
     max_age: 7d
 api:
   client:
-    insecure_skip_verify: false
+    insecure_skip_verify: {"true" if certs else "false"}
     credentials_path: {root}/config/local_api_credentials.yaml
   server:
     log_level: info
     listen_uri: 127.0.0.1:{port}
-    profiles_path: {root}/config/profiles.yaml
+{_tls_yaml(certs)}    profiles_path: {root}/config/profiles.yaml
     console_path: {root}/config/console.yaml
     trusted_ips:
       - 127.0.0.1
@@ -133,11 +226,13 @@ class LocalLapi:
     process: subprocess.Popen[bytes]
     config: Path
     log_file: Path
+    certs: LapiCerts | None = None
     _bouncers: int = field(default=0)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+        """``http://127.0.0.1:PORT/``, or ``https://`` when the engine serves TLS (``certs``)."""
+        return f"{'https' if self.certs else 'http'}://127.0.0.1:{self.port}/"
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
@@ -178,7 +273,7 @@ class LocalLapi:
         our root, never to /etc/crowdsec (cscli's default for ``-f``)."""
         password = password or secrets.token_urlsafe(24)
         creds = self.root / "config" / f"machine-{name}.yaml"
-        self.cscli("machines", "add", name, "--password", password, "-f", str(creds), "--force")
+        self.cscli("machines", "add", name, "--password", password, "-f", str(creds), "--force", "-u", self.base_url)
         return name, password
 
     # decisions
@@ -272,10 +367,16 @@ class LocalLapi:
                 self.process.wait(timeout=20)
 
 
-def _answers(port: int) -> bool:
+def _answers(port: int, certs: LapiCerts | None = None) -> bool:
     """True once the LAPI answers HTTP (403 for an unknown key is an answer)."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/decisions", headers={"X-Api-Key": "probe"})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    scheme = "https" if certs else "http"
+    request = urllib.request.Request(f"{scheme}://127.0.0.1:{port}/v1/decisions", headers={"X-Api-Key": "probe"})
+    handlers: list[Any] = [urllib.request.ProxyHandler({})]
+    if certs is not None:
+        import ssl
+
+        handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=str(certs.ca))))
+    opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(request, timeout=2):
             return True
@@ -285,8 +386,10 @@ def _answers(port: int) -> bool:
         return False
 
 
-def start_lapi(root: Path) -> LocalLapi:
-    """Start a private LAPI under ``root`` and wait until it answers; raise :class:`LapiUnavailable` otherwise."""
+def start_lapi(root: Path, *, certs: LapiCerts | None = None) -> LocalLapi:
+    """Start a private LAPI under ``root`` and wait until it answers; raise :class:`LapiUnavailable` otherwise.
+    With ``certs`` it serves TLS and accepts bouncer client certificates (OU ``bouncer-ou``); cscli talks to it
+    over loopback without verifying (``insecure_skip_verify``)."""
     if not crowdsec_installed():
         raise LapiUnavailable(INSTALL_HINT)
     for sub in ("config", "data", "log", "home", "config/notifications"):
@@ -304,7 +407,7 @@ def start_lapi(root: Path) -> LocalLapi:
     last_error = "no attempt"
     for _attempt in range(3):  # a port taken between _free_port and the bind: retry on another one
         port = _free_port()
-        text = _config_yaml(root, port)
+        text = _config_yaml(root, port, certs)
         check_offline(text)
         config = config_dir / "config.yaml"
         config.write_text(text)
@@ -324,14 +427,13 @@ def start_lapi(root: Path) -> LocalLapi:
             )
         finally:
             stdout.close()
-        lapi = LocalLapi(root=root, port=port, process=process, config=config, log_file=log_file)
+        lapi = LocalLapi(root=root, port=port, process=process, config=config, log_file=log_file, certs=certs)
         deadline = time.monotonic() + STARTUP_DEADLINE
         while time.monotonic() < deadline and lapi.alive():
-            if _answers(port):
+            if _answers(port, certs):
                 # cscli's own machine (decisions add/delete log in as a machine), credentials under root.
-                lapi.cscli(
-                    "machines", "add", "cscli-tests", "--auto", "-f", str(config_dir / "local_api_credentials.yaml")
-                )
+                creds = str(config_dir / "local_api_credentials.yaml")
+                lapi.cscli("machines", "add", "cscli-tests", "--auto", "-f", creds, "-u", lapi.base_url)
                 return lapi
             time.sleep(0.1)
         last_error = (

@@ -451,3 +451,32 @@ def test_transient_failures_are_retried_with_backoff() -> None:
             with pytest.raises(ServerError):
                 client.get_decisions()
             assert srv.count("/v1/decisions/stream") == 5  # 1 try + max_retries (2)
+
+
+# ---- the real engine over TLS ----------------------------------------------------------------------------------
+
+
+def test_real_lapi_over_tls_with_a_client_certificate(crowdsec_lapi_tls: Any) -> None:
+    """CrowdSec serving TLS: the bouncer's certificate (OU bouncer-ou) authenticates without a key, the stream sees
+    cscli's decisions; a certificate of another OU is refused (typed); an API key over https works with ``ca=``;
+    a wrong CA is a TLSVerificationError."""
+    lapi, certs = crowdsec_lapi_tls, crowdsec_lapi_tls.certs
+    lapi.delete_decisions(everything=True)
+    lapi.add_decision(ip="192.0.2.140", type="captcha", duration="1h")
+    tls = {"ca": str(certs.ca), "max_retries": 0}
+    with LapiClient(lapi.base_url, cert=str(certs.bouncer), key=str(certs.bouncer_key), **tls) as client:
+        engine = _engine(client)
+        try:
+            engine.refresh_decisions()
+            assert engine.get_ip_remediation("192.0.2.140").remediation == "captcha"
+        finally:
+            engine.close()
+        assert [d.value for d in client.get_ip_decisions("192.0.2.140")] == ["192.0.2.140"]
+    stranger = LapiClient(lapi.base_url, cert=str(certs.stranger), key=str(certs.stranger_key), **tls)
+    with stranger, pytest.raises(AuthenticationError):
+        stranger.get_decisions(startup=True)
+    with LapiClient(lapi.base_url, api_key=lapi.add_bouncer(), **tls) as keyed:
+        assert [d.value for d in keyed.get_decisions(startup=True).new] == ["192.0.2.140"]
+    untrusted = LapiClient(lapi.base_url, cert=str(certs.bouncer), key=str(certs.bouncer_key), max_retries=0)
+    with untrusted, pytest.raises(TLSVerificationError):  # the system CAs do not know the test CA
+        untrusted.get_decisions(startup=True)
