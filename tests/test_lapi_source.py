@@ -480,3 +480,25 @@ def test_real_lapi_over_tls_with_a_client_certificate(crowdsec_lapi_tls: Any) ->
     untrusted = LapiClient(lapi.base_url, cert=str(certs.bouncer), key=str(certs.bouncer_key), max_retries=0)
     with untrusted, pytest.raises(TLSVerificationError):  # the system CAs do not know the test CA
         untrusted.get_decisions(startup=True)
+
+
+def test_decisions_stats_counts_lapi_origins() -> None:
+    """`cscapi decisions stats` reads the origin from the state group (it said CAPI for every LAPI decision)."""
+    import time as _time
+
+    from cscapi.cli.cmd_decisions import decision_stats
+    from cscapi.models import DecisionStream, StreamDecision
+    from cscapi.remediation.core import apply_stream
+    from cscapi.remediation.state import State
+
+    now = _time.time()
+    stream = DecisionStream(
+        new=[
+            StreamDecision("192.0.2.1", "ip", "crowdsecurity/ssh-bf", 3600.0, "ban", "crowdsec"),
+            StreamDecision("192.0.2.2", "ip", "manual", 3600.0, "captcha", "cscli"),
+            StreamDecision("192.0.2.3", "ip", "crowdsecurity/http-probing", 3600.0, "ban", "CAPI"),
+        ]
+    )
+    state = apply_stream(State(), stream, now, True, logging.getLogger("test")).state
+    stats = decision_stats(state, now)
+    assert stats["by_origin"] == {"crowdsec": 1, "cscli": 1, "CAPI": 1}, stats

@@ -255,11 +255,13 @@ def decision_stats(state: Any, now: float) -> dict[str, Any]:
     by_origin: Counter[str] = Counter()
     by_scope: Counter[str] = Counter()
     by_type: Counter[str] = Counter()
+    from cscapi.remediation.state import group_origin  # CAPI, or a LAPI source's origin (crowdsec, cscli, lists:...)
+
     expired = 0
-    for (_scenario, type_, scope), group in state.capi.items():  # {(scenario, type, scope): {value: expiry}}
+    for (scenario, type_, scope), group in state.capi.items():  # {(scenario, type, scope): {value: expiry}}
         live = sum(1 for expiry in group.values() if expiry > now)
         expired += len(group) - live
-        by_origin["CAPI"] += live
+        by_origin[group_origin(scenario)] += live
         by_scope[scope] += live
         by_type[type_] += live
     lists = []
