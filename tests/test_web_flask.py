@@ -12,7 +12,7 @@ from cscapi.errors import ConfigurationError
 from cscapi.web import Bouncer, ImageCaptcha, ProofOfWork
 from cscapi.web.flask import CrowdSec
 from test_web_support import BANNED, CLEAN_IP, KEY, PROXY
-from web_framework_scenarios import SCENARIOS, Resp, header_map
+from web_framework_scenarios import SCENARIOS, RecordingBouncer, Resp, header_map
 
 
 class FlaskSite:
@@ -132,13 +132,24 @@ def test_bad_config_is_refused_at_init_app(config: dict[str, Any], match: str) -
     assert "cscapi" not in app.extensions
 
 
-def test_report_failed_login_is_a_no_op_until_the_detector_exists(tmp_path: Path) -> None:
-    bouncer = Bouncer(_engine(), secret_key=KEY)
-    app = make_app([])
-    ext = CrowdSec(app, bouncer=bouncer)
-    with app.test_request_context("/login", environ_base={"REMOTE_ADDR": BANNED}):
-        reported = ext.report_failed_login()
-    assert reported is hasattr(bouncer, "report_failed_login")
+def test_report_failed_login_reaches_the_detector() -> None:
+    """The helper hands the bouncer's detector the current request's view (client IP through trusted proxies); with
+    no detector on the bouncer it is a no-op returning False."""
+    engine = _engine()
+    try:
+        bouncer = RecordingBouncer(engine, secret_key=KEY, trusted_proxies=["10.0.0.0/8"])
+        app = make_app([])
+        ext = CrowdSec(app, bouncer=bouncer)
+        ctx = {"environ_base": {"REMOTE_ADDR": PROXY}, "headers": {"X-Forwarded-For": CLEAN_IP}}
+        with app.test_request_context("/login", method="POST", **ctx):
+            assert ext.report_failed_login() is True
+        assert [bouncer.client_ip(r) for r in bouncer.failed_logins] == [CLEAN_IP]
+        plain = Bouncer(engine, secret_key=KEY)
+        other = make_app([])
+        with other.test_request_context("/login"):
+            assert CrowdSec(other, bouncer=plain).report_failed_login() is hasattr(plain, "report_failed_login")
+    finally:
+        engine.close()
 
 
 def _engine() -> Any:

@@ -47,6 +47,17 @@ class Site(Protocol):
 Build = Callable[[Bouncer], Site]
 
 
+class RecordingBouncer(Bouncer):
+    """A bouncer with a failed-login detector that records what it is told (the hook's contract)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed_logins: list[Any] = []
+
+    def report_failed_login(self, request: Any) -> None:
+        self.failed_logins.append(request)
+
+
 def engine_with_allowlist() -> RemediationEngine:
     """A real engine where ``ALLOWED_BANNED`` is banned by the community blocklist but allowlisted."""
     source = FakeSource()

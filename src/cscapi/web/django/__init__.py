@@ -1,0 +1,10 @@
+"""Django integration: add ``"cscapi.web.django"`` to ``INSTALLED_APPS`` and ``"cscapi.web.django.BouncerMiddleware"``
+to ``MIDDLEWARE``, configure it in one ``CSCAPI`` dict. ``manage.py check`` flags a bad configuration,
+``manage.py cscapi ...`` runs the cscapi CLI. See docs/web.md. Needs ``pip install 'cscapi[django]'``.
+"""
+
+from __future__ import annotations
+
+from cscapi.web.django.middleware import BouncerMiddleware, get_bouncer, report_failed_login, settings_dict
+
+__all__ = ["BouncerMiddleware", "get_bouncer", "report_failed_login", "settings_dict"]
