@@ -22,6 +22,19 @@ EXPECTED = {
         "192.0.2.1       bypass   clean",
     ],
     "run_agent.py": ["pushed 1 signal(s); decisions cached: 1000"],
+    "web_fastapi.py": [
+        "203.0.113.99    403  ban wall",
+        "198.51.100.7    401  captcha wall",
+        '192.0.2.1       200  {"hello"',
+    ],
+    "web_flask.py": ["203.0.113.99    403  ban wall", "198.51.100.7    401  captcha wall", "200  hello from Flask"],
+    "web_django.py": [
+        "System check identified no issues",
+        "203.0.113.99    403  ban wall",
+        "198.51.100.7    401  captcha wall",
+        "192.0.2.1       200  hello from Django",
+        "lists:suspects",
+    ],
     "run_emulator.py": [
         "allowlists ['office']",
         "signals sent: 1; the emulator answered {'503': 1, '200': 1}",
