@@ -199,6 +199,7 @@ def test_redis_keys_stay_under_the_prefix_and_clear_never_touches_others(redis_u
         engine = RemediationEngine(src, redis_url, key_prefix=redis_prefix + "x:", sync_interval_ms=0)
         engine.refresh_decisions()
         engine.update_metrics_origins_count("CAPI", "ban")
+        engine.flush_usage()  # counted in process; the sync thread (off here) would flush it
         ours = {k.decode() for k in r.scan_iter(match=redis_prefix + "x:*")}
         assert ours >= {redis_prefix + "x:#state", redis_prefix + "x:#counters"}
         engine.clear_cache()

@@ -8,17 +8,23 @@ Every method is blocking (the async engine calls them in a worker thread) and ra
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
 
 from cscapi.remediation.state import State
 
-__all__ = ["CACHE_PREFIX", "Counters", "DecisionStore"]
+__all__ = ["CACHE_PREFIX", "Counters", "DecisionStore", "LocalDecisions"]
 
 CACHE_PREFIX = "cache:"
 """Where :meth:`DecisionStore.cache_put` entries live among the meta keys."""
 
 Counters = dict[tuple[str, str], int]
 """(origin, remediation) -> count."""
+
+LocalDecisions = dict[str, tuple[str, float, str]]
+"""ip -> (decision type, expires at in Unix seconds, scenario): the decisions this site's detectors took."""
+
+_LOCAL_META = "local_decisions"
 
 log = logging.getLogger("cscapi.remediation")
 
@@ -70,6 +76,13 @@ class DecisionStore(ABC):
     def incr_counter(self, origin: str, remediation: str, delta: int = 1) -> None:
         """Atomically add ``delta`` to one usage counter."""
 
+    def incr_counters(self, counts: Counters, batch_id: str | None = None) -> None:
+        """Add every count at once (the engine's flush of its in-process sums). The built-in stores make it one atomic
+        write (a Redis script, one SQLite transaction); this default adds them one by one. A store that can tell
+        (Redis) applies a ``batch_id`` once only: a retry after a lost reply does not count twice."""
+        for (origin, remediation), delta in counts.items():
+            self.incr_counter(origin, remediation, delta)
+
     @abstractmethod
     def counters(self) -> Counters:
         """Every non-zero usage counter."""
@@ -100,6 +113,38 @@ class DecisionStore(ABC):
     def cache_put(self, key: str, value: str, expires_at: float, now: float) -> None:
         """Store ``value`` under ``key`` until ``expires_at`` (Unix seconds; ``now`` is the caller's clock)."""
         self.set_meta(CACHE_PREFIX + key, _pack(value, expires_at))
+
+    # ---- local decisions (kept apart from CAPI's state: a refresh never replaces them) -------------------------
+
+    def add_local_decision(self, ip: str, type_: str, until: float, scenario: str) -> None:
+        """Record a decision of this site's own (a detector's) on ``ip`` until ``until``, and change the local
+        version so that every worker merges it within its sync interval. A later decision on the same IP replaces it.
+
+        The default keeps them as JSON in meta (not atomic across processes); the built-in stores override it."""
+        import json
+
+        found = json.loads(self.get_meta(_LOCAL_META) or "{}")
+        entries = {k: v for k, v in found.get("d", {}).items() if v[1] > time.time()}
+        entries[ip] = [type_, until, scenario]
+        self.set_meta(_LOCAL_META, json.dumps({"v": int(found.get("v", 0)) + 1, "d": entries}))
+
+    def local_version(self) -> str | None:
+        """A stamp that changes whenever a local decision is added (None when there never was one). Cheap."""
+        import json
+
+        raw = self.get_meta(_LOCAL_META)
+        return None if not raw else str(json.loads(raw).get("v"))
+
+    def local_decisions(self, now: float) -> tuple[str | None, LocalDecisions]:
+        """(local version, the local decisions still in force at ``now``)."""
+        import json
+
+        raw = self.get_meta(_LOCAL_META)
+        if not raw:
+            return None, {}
+        found = json.loads(raw)
+        live = {k: (str(v[0]), float(v[1]), str(v[2])) for k, v in found.get("d", {}).items() if v[1] > now}
+        return str(found.get("v")), live
 
     def wait_change(self, timeout: float) -> bool:
         """Block up to ``timeout`` seconds for a notification that a new version was committed; True if one came.

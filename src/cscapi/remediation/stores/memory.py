@@ -7,7 +7,7 @@ import time
 
 from cscapi.errors import DecisionStoreError
 from cscapi.remediation.state import State
-from cscapi.remediation.stores.base import Counters, DecisionStore
+from cscapi.remediation.stores.base import Counters, DecisionStore, LocalDecisions
 
 __all__ = ["MemoryStore"]
 
@@ -28,6 +28,8 @@ class MemoryStore(DecisionStore):
         self._meta: dict[str, str] = {}
         self._cache: dict[str, tuple[float, str]] = {}
         self._cache_sweep_at = 1024
+        self._local: LocalDecisions = {}
+        self._local_version = 0
 
     def version(self) -> str | None:
         return self._version
@@ -62,11 +64,34 @@ class MemoryStore(DecisionStore):
         with self._lock:
             if self._holder is not None and self._holder[0] == token:
                 self._holder = None
+            if self._local:
+                self._local = {}
+                self._local_version += 1
 
     def incr_counter(self, origin: str, remediation: str, delta: int = 1) -> None:
         key = (origin, remediation)
         with self._lock:
             self._counters[key] = self._counters.get(key, 0) + delta
+
+    def incr_counters(self, counts: Counters, batch_id: str | None = None) -> None:
+        with self._lock:
+            for key, delta in counts.items():
+                self._counters[key] = self._counters.get(key, 0) + delta
+
+    def add_local_decision(self, ip: str, type_: str, until: float, scenario: str) -> None:
+        with self._lock:
+            now = time.time()
+            self._local = {k: v for k, v in self._local.items() if v[1] > now}
+            self._local[ip] = (type_, until, scenario)
+            self._local_version += 1
+
+    def local_version(self) -> str | None:
+        return str(self._local_version) if self._local_version else None
+
+    def local_decisions(self, now: float) -> tuple[str | None, LocalDecisions]:
+        with self._lock:
+            live = {k: v for k, v in self._local.items() if v[1] > now}
+            return self.local_version(), live
 
     def counters(self) -> Counters:
         with self._lock:
@@ -106,3 +131,6 @@ class MemoryStore(DecisionStore):
             self._version = None
             self._dirty = False
             self._holder = None
+            if self._local:
+                self._local = {}
+                self._local_version += 1

@@ -26,7 +26,7 @@ from typing import Any
 from cscapi.errors import ConfigurationError, DecisionStoreError
 from cscapi.redact import mask_url, scrub
 from cscapi.remediation.state import State, StateFormatError, decode_state, encode_state
-from cscapi.remediation.stores.base import CACHE_PREFIX, Counters, DecisionStore, _pack, _unpack, log
+from cscapi.remediation.stores.base import CACHE_PREFIX, Counters, DecisionStore, LocalDecisions, _pack, _unpack, log
 
 __all__ = ["RedisStore"]
 
@@ -48,7 +48,11 @@ for i = 1, #ARGV, 2 do
 end
 return 1
 """
-
+_INCR = """
+if ARGV[1] ~= '' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', 600) then return 0 end
+for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], tonumber(ARGV[i + 1])) end
+return 1
+"""
 
 _MIGRATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[7]) == 1 then return 0 end
@@ -106,9 +110,12 @@ class RedisStore(DecisionStore):
         self.k_counters = ns + "counters"
         self.k_events = ns + "events"
         self.k_meta = ns + "meta:"
+        self.k_local = ns + "local"
+        self.k_local_version = ns + "local_version"
         self._commit = self._redis.register_script(_COMMIT)
         self._release = self._redis.register_script(_RELEASE)
         self._decr = self._redis.register_script(_DECR)
+        self._incr = self._redis.register_script(_INCR)
         self._migrate = self._redis.register_script(_MIGRATE)
         self._migrated = False
         self._pubsub: Any = None
@@ -204,6 +211,66 @@ class RedisStore(DecisionStore):
         except self._errors as exc:
             raise self._fail(exc) from exc
 
+    def incr_counters(self, counts: Counters, batch_id: str | None = None) -> None:
+        """Every ``HINCRBY`` in one script (atomic); with ``batch_id``, applied once only (a marker key kept 10 min):
+        when a reply is lost, the caller retries the same batch and nothing is counted twice."""
+        if not counts:
+            return
+        args: list[Any] = [batch_id or ""]
+        for (origin, remediation), delta in counts.items():
+            args += [self._field(origin, remediation), delta]
+        try:
+            self._incr(keys=[self.k_counters, self.namespace + "flushed:" + (batch_id or "")], args=args)
+        except self._errors as exc:
+            raise self._fail(exc) from exc
+
+    # ---- local decisions ------------------------------------------------------------------------------------
+
+    def add_local_decision(self, ip: str, type_: str, until: float, scenario: str) -> None:
+        """``HSET`` the decision, ``INCR`` the local version and publish, in one ``MULTI``."""
+        value = json.dumps([type_, float(until), scenario], separators=(",", ":"))
+        try:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self.k_local, ip, value)
+                pipe.incr(self.k_local_version)
+                pipe.publish(self.k_events, "local")
+                pipe.execute()
+        except self._errors as exc:
+            raise self._fail(exc) from exc
+
+    def local_version(self) -> str | None:
+        try:
+            raw = self._redis.get(self.k_local_version)
+        except self._errors as exc:
+            raise self._fail(exc) from exc
+        return None if raw is None else raw.decode()
+
+    def local_decisions(self, now: float) -> tuple[str | None, LocalDecisions]:
+        """Read version and decisions together (``MULTI``); expired entries are deleted (``HDEL``) as they are seen."""
+        try:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.get(self.k_local_version)
+                pipe.hgetall(self.k_local)
+                raw_version, raw = pipe.execute()
+            live: LocalDecisions = {}
+            expired: list[bytes] = []
+            for field, value in raw.items():
+                try:
+                    type_, until, scenario = json.loads(value)
+                    entry = (str(type_), float(until), str(scenario))
+                except (ValueError, TypeError):
+                    log.warning("ignoring an unreadable local decision in %s", self.uri)
+                    continue
+                if entry[1] > now:
+                    live[field.decode()] = entry
+                else:
+                    expired.append(field)
+            if expired:
+                self._redis.hdel(self.k_local, *expired)
+        except self._errors as exc:
+            raise self._fail(exc) from exc
+        return (None if raw_version is None else raw_version.decode()), live
+
     def counters(self) -> Counters:
         try:
             raw = self._redis.hgetall(self.k_counters)
@@ -261,7 +328,7 @@ class RedisStore(DecisionStore):
     def clear(self) -> None:
         """UNLINK every key of the namespace except the usage counters and meta (SCAN, never FLUSHDB), then leave a
         "cleared" version (no state): other workers then know the store was emptied on purpose, not lost."""
-        keep = {self.k_counters.encode(), (self.namespace + "migrated").encode()}
+        keep = {self.k_counters.encode(), (self.namespace + "migrated").encode(), self.k_local_version.encode()}
         meta = self.k_meta.encode()
         try:
             batch: list[bytes] = []
@@ -277,6 +344,8 @@ class RedisStore(DecisionStore):
             # the 0.7 layout's own keys, by exact name (never a pattern: it would reach a longer prefix's keys)
             self._redis.unlink(self.prefix + "state", self.prefix + "lock", self.prefix + "dirty")
             self._redis.hset(self.k_state, "version", f"cleared-{time.time_ns():x}-{uuid.uuid4().hex[:12]}")
+            if self._redis.exists(self.k_local_version):
+                self._redis.incr(self.k_local_version)  # the local decisions went too: workers drop theirs
             self._redis.publish(self.k_events, "clear")
         except self._errors as exc:
             raise self._fail(exc) from exc

@@ -20,7 +20,7 @@ from typing import TypeVar
 from cscapi.errors import ConfigurationError, DecisionStoreError
 from cscapi.redact import mask_url
 from cscapi.remediation.state import State, StateFormatError, decode_state, encode_state
-from cscapi.remediation.stores.base import CACHE_PREFIX, Counters, DecisionStore, _pack, log
+from cscapi.remediation.stores.base import CACHE_PREFIX, Counters, DecisionStore, LocalDecisions, _pack, log
 
 _CACHE_SWEEP = 1000  # cache_put calls between two sweeps of the expired cache entries
 
@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS cscapi_kv (key TEXT PRIMARY KEY, value TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS cscapi_counters (
     origin TEXT NOT NULL, remediation TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (origin, remediation)
 );
+CREATE TABLE IF NOT EXISTS cscapi_local (ip TEXT PRIMARY KEY, type TEXT NOT NULL, until REAL NOT NULL, scenario TEXT);
 """
 
 
@@ -177,6 +178,56 @@ class SQLiteStore(DecisionStore):
             )
         )
 
+    def incr_counters(self, counts: Counters, batch_id: str | None = None) -> None:
+        """Every count in one transaction (all added, or none on a failure: the outcome is known, no id needed)."""
+        if not counts:
+            return
+        with self._tx() as c:
+            c.executemany(
+                "INSERT INTO cscapi_counters (origin, remediation, count) VALUES (?, ?, ?) "
+                "ON CONFLICT (origin, remediation) DO UPDATE SET count = count + excluded.count",
+                [(o, r, n) for (o, r), n in counts.items()],
+            )
+
+    # ---- local decisions ------------------------------------------------------------------------------------
+
+    def add_local_decision(self, ip: str, type_: str, until: float, scenario: str) -> None:
+        """Upsert the decision, drop the expired ones and bump the local version, in one transaction."""
+        with self._tx() as c:
+            c.execute("DELETE FROM cscapi_local WHERE until <= ?", (time.time(),))
+            c.execute(
+                "INSERT INTO cscapi_local (ip, type, until, scenario) VALUES (?, ?, ?, ?) ON CONFLICT (ip) DO UPDATE "
+                "SET type = excluded.type, until = excluded.until, scenario = excluded.scenario",
+                (ip, type_, until, scenario),
+            )
+            self._bump_local(c)
+
+    @staticmethod
+    def _bump_local(c: sqlite3.Connection) -> None:
+        c.execute(
+            "INSERT INTO cscapi_kv (key, value) VALUES ('local_version', '1') "
+            "ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)"
+        )
+
+    def local_version(self) -> str | None:
+        row = self._run(lambda c: c.execute("SELECT value FROM cscapi_kv WHERE key = 'local_version'").fetchone())
+        return None if row is None else str(row[0])
+
+    def local_decisions(self, now: float) -> tuple[str | None, LocalDecisions]:
+        def read(c: sqlite3.Connection) -> tuple[str | None, LocalDecisions]:
+            c.execute("BEGIN")
+            try:
+                row = c.execute("SELECT value FROM cscapi_kv WHERE key = 'local_version'").fetchone()
+                rows = c.execute(
+                    "SELECT ip, type, until, scenario FROM cscapi_local WHERE until > ?", (now,)
+                ).fetchall()
+            finally:
+                c.execute("COMMIT")
+            live = {str(ip): (str(t), float(u), str(s or "")) for ip, t, u, s in rows}
+            return (None if row is None else str(row[0])), live
+
+        return self._run(read)
+
     def counters(self) -> Counters:
         rows = self._run(lambda c: c.execute("SELECT origin, remediation, count FROM cscapi_counters").fetchall())
         return {(o, r): int(n) for o, r, n in rows if n}
@@ -226,6 +277,8 @@ class SQLiteStore(DecisionStore):
                 (cleared, b""),
             )
             c.execute("DELETE FROM cscapi_kv WHERE key IN ('lock', 'dirty')")
+            if c.execute("DELETE FROM cscapi_local").rowcount:
+                self._bump_local(c)
 
     def close(self) -> None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
