@@ -7,6 +7,7 @@ build messages from machine ids, paths and status codes, never from passwords, t
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 __all__ = [
     "AlreadyRunningError",
@@ -54,6 +55,19 @@ class CAPIError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, status_code={self.status_code!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle every subclass alike, keyword-only arguments or not: rebuilt from its attributes, not its
+        ``__init__`` (an error crossing a process pool or a multiprocessing queue comes back whole)."""
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[CAPIError], args: tuple[Any, ...], state: dict[str, Any]) -> CAPIError:
+    """The unpickled error: ``cls`` made without calling its ``__init__``, then given back its attributes."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigurationError(CAPIError, ValueError):

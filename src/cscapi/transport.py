@@ -98,10 +98,14 @@ class TransportSettings:
             kwargs["proxy"] = self.proxy
         return kwargs
 
-    def request_timeout(self) -> httpx.Timeout:
-        """The per-phase timeout of one request, each part capped at the total deadline."""
+    def deadline_of(self, request: Request) -> float:
+        """The total deadline of ``request``: the transport's, shortened by the request's own when it has one."""
+        return self.deadline if request.deadline is None else max(0.001, min(self.deadline, request.deadline))
+
+    def request_timeout(self, cap: float | None = None) -> httpx.Timeout:
+        """The per-phase timeout of one request, each part capped at the total deadline (or ``cap``)."""
         base = httpx.Timeout(self.timeout)
-        cap = self.deadline
+        cap = self.deadline if cap is None else cap
 
         def part(value: float | None) -> float:
             return cap if value is None else min(value, cap)
@@ -245,7 +249,8 @@ def _check_redirect(
 
 
 def _deadline_failure(request: Request, settings: TransportSettings) -> NetworkFailure:
-    return NetworkFailure("deadline", f"no complete answer within the {settings.deadline:g} s deadline", request.url)
+    seconds = settings.deadline_of(request)
+    return NetworkFailure("deadline", f"no complete answer within the {seconds:g} s deadline", request.url)
 
 
 def _is_certificate_failure(exc: BaseException) -> bool:
@@ -395,8 +400,9 @@ class SyncTransport:
         between the reads of the body too.
         """
         client = self.client
-        built = _build(client, request, self.settings.request_timeout())
-        deadline = time.monotonic() + self.settings.deadline
+        limit = self.settings.deadline_of(request)
+        built = _build(client, request, self.settings.request_timeout(limit))
+        deadline = time.monotonic() + limit
         outer = getattr(_DEADLINE, "at", None)
         _DEADLINE.at = deadline
         try:
@@ -486,9 +492,10 @@ class AsyncTransport:
         whole exchange is cancelled when the deadline passes.
         """
         client = self.client
-        built = _build(client, request, self.settings.request_timeout())
+        limit = self.settings.deadline_of(request)
+        built = _build(client, request, self.settings.request_timeout(limit))
         try:
-            return await asyncio.wait_for(self._exchange(client, request, built), self.settings.deadline)
+            return await asyncio.wait_for(self._exchange(client, request, built), limit)
         except _NOT_RETRYABLE as exc:
             raise ConfigurationError(f"Cannot send the {request.operation} request: {exc}.") from None
         except httpx.HTTPError as exc:

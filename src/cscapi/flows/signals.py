@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 from cscapi.errors import (
     CAPIError,
@@ -70,6 +70,13 @@ def _open_claims(storage: StorageInterface, batches: list[_Batch]) -> list[Stora
             batch.settle(ids)
             calls.append(StorageCall(storage.release_claim, (batch.claim, ids)))
     return calls
+
+
+def _within_lease(request: Request, batch: _Batch, now: datetime, lease: float) -> Request:
+    """``request`` with a deadline ending a tenth of a lease before the claim's lease (at least half a lease is left
+    when a try starts): a dripped answer is cut, and the try retried, while the signals are still this sender's."""
+    left = (batch.expires_at - now).total_seconds() - lease / 10
+    return request.with_deadline(max(left, 0.001))
 
 
 class SignalFlows(FlowBase):
@@ -289,13 +296,15 @@ class SignalFlows(FlowBase):
         Else the lease on every signal of the claim still to be settled is renewed (one ``extend_claim``: the parts
         not POSTed yet stay ours too) and the request narrowed to the part's signals still held; the lost ones (the
         lease ran out, another sender may hold them) are settled here and left to their holder. None: none is left.
+        Every try's deadline ends a tenth of a lease before the lease does (``_within_lease``): a POST whose answer
+        drips never outlives the lease, so no second sender can claim its signals while it is in flight.
         """
 
         def before(request: Request) -> Flow[Request | None]:
             now = yield from self._now()
             lease = float(self.config.claim_lease)
             if batch.expires_at - now >= timedelta(seconds=lease / 2):
-                return request
+                return _within_lease(request, batch, now, lease)
             ids = sorted(batch.open)
             kept = yield from self._store(self.storage.extend_claim, batch.claim, ids, lease)
             batch.expires_at = now + timedelta(seconds=lease)
@@ -309,13 +318,14 @@ class SignalFlows(FlowBase):
                 )
             part = [s for s in held.part if s.alert_id is None or s.alert_id in batch.open]
             if len(part) == len(held.part):
-                return request
+                return _within_lease(request, batch, now, lease)
             held.part = part
             if not any(s.alert_id is not None for s in part):
                 return None
             narrowed = self.endpoints.signals(signals_to_wire(part))
             auth = request.headers.get("Authorization")
-            return narrowed if auth is None else narrowed.with_header("Authorization", auth)
+            narrowed = narrowed if auth is None else narrowed.with_header("Authorization", auth)
+            return _within_lease(narrowed, batch, now, lease)
 
         return before
 

@@ -39,7 +39,8 @@ class Request:
     ``operation`` names what the request does (``login``, ``signals`` ...) for messages and logs; ``authenticated``
     says the caller must add ``Authorization: Bearer <token>`` (the protocol layer never holds tokens).
     ``max_bytes`` caps the decompressed 2xx body (None: the transport's ``max_response_bytes``); ``limit_name`` is the
-    ``CAPIClientConfig`` field that sets it, named in the error when a body is larger.
+    ``CAPIClientConfig`` field that sets it, named in the error when a body is larger. ``deadline`` shortens the
+    transport's total deadline for this request only (a signals POST must end before its claim's lease does).
     """
 
     method: str
@@ -52,6 +53,7 @@ class Request:
     follow_redirects: bool = False
     max_bytes: int | None = None
     limit_name: str = "max_response_bytes"
+    deadline: float | None = None
 
     def with_header(self, name: str, value: str) -> Request:
         """A copy with one more header (used to add the bearer token just before sending)."""
@@ -62,6 +64,10 @@ class Request:
     def with_limit(self, max_bytes: int, limit_name: str) -> Request:
         """A copy whose decompressed 2xx body may hold at most ``max_bytes`` (``limit_name`` names the setting)."""
         return replace(self, max_bytes=max_bytes, limit_name=limit_name)
+
+    def with_deadline(self, seconds: float) -> Request:
+        """A copy whose whole exchange must end within ``seconds`` (at most the transport's own deadline)."""
+        return replace(self, deadline=seconds)
 
     def __repr__(self) -> str:  # never show headers (Authorization) nor the body (passwords)
         return f"Request({self.method} {safe_url(self.url)}, operation={self.operation!r})"
