@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import socket
@@ -36,6 +37,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cscapi._text import plural
 from cscapi._validators import check_batch_size, check_refresh
 from cscapi.errors import (
     AlreadyRunningError,
@@ -86,6 +88,9 @@ class AgentConfig:
     """A job running longer than this makes the health ``degraded`` (HTTP 503) with the reason."""
     repull_min_interval: float = 900.0
     """Minimum seconds between two re-pulls caused by a LOST decision store (so a flapping store cannot hammer CAPI)."""
+    min_refresh_interval: float = MIN_REFRESH_SECONDS
+    """The decision source's shortest pull interval: CAPI's 1 h 30, or a LAPI source's 0 (``LapiClient``), which
+    lets ``refresh_interval`` go down to 1 s (a LAPI is pulled every 10 s by default, as bouncers do)."""
 
     def __post_init__(self) -> None:
         if not MIN_PUSH_INTERVAL <= self.push_interval <= MAX_PUSH_INTERVAL:
@@ -93,7 +98,13 @@ class AgentConfig:
                 f"push_interval must be between {MIN_PUSH_INTERVAL:g} and {MAX_PUSH_INTERVAL:g} seconds, "
                 f"not {self.push_interval:g}"
             )
-        check_refresh(self.refresh_interval, self.refresh_jitter)
+        if self.min_refresh_interval >= MIN_REFRESH_SECONDS:
+            check_refresh(self.refresh_interval, self.refresh_jitter)
+        elif not (math.isfinite(self.refresh_interval) and self.refresh_interval - self.refresh_jitter >= 1):
+            raise ConfigurationError(
+                "refresh_interval - refresh_jitter must be at least 1 s, "
+                f"not {self.refresh_interval - self.refresh_jitter:g}"
+            )
         if self.refresh_jitter < 0 or min(self.metrics_interval, self.health_interval, self.prune_interval) <= 0:
             raise ConfigurationError("refresh_jitter must be >= 0; metrics, health and prune intervals must be > 0")
         if self.keep_sent < 0:
@@ -549,7 +560,7 @@ class Agent:
             iterations += 1
             if max_iterations is not None and iterations >= max_iterations:
                 break
-        self.log.info("agent stopped after %d actions", sum(j.runs for j in self.jobs.values()))
+        self.log.info("agent stopped after %s", plural(sum(j.runs for j in self.jobs.values()), "action"))
 
     # ---- bounded work and shutdown ----------------------------------------------------------------------------
 
@@ -723,6 +734,9 @@ class Agent:
     def _retry_delay(self, job: _Job) -> float:
         if job.name == "push":
             return self.config.push_interval
+        if job.name == "refresh" and self.config.min_refresh_interval < MIN_REFRESH_SECONDS:
+            # a LAPI: retried from its own cadence up, doubling, at most every 5 min
+            return float(min(300, max(5.0, self.config.refresh_interval) * 2 ** min(job.failures - 1, 6)))
         if job.name == "refresh":
             # A failed pull is retried sooner than a full cycle, but never in a tight loop: 5 min, 10, 20 ... 1 h.
             return float(min(3600, 300 * 2 ** min(job.failures - 1, 4)))
@@ -731,7 +745,8 @@ class Agent:
     def next_refresh_delay(self) -> float:
         """Seconds until the next pull: the interval moved by a random jitter, never under CAPI's 1 h 30."""
         jitter = self.rng.uniform(-self.config.refresh_jitter, self.config.refresh_jitter)
-        return max(MIN_REFRESH_SECONDS, self.config.refresh_interval + jitter)
+        floor = min(MIN_REFRESH_SECONDS, max(1.0, self.config.min_refresh_interval))  # CAPI's 1 h 30, or 1 s (LAPI)
+        return max(floor, self.config.refresh_interval + jitter)
 
     def push_once(self) -> dict[str, Any]:
         """Send what is queued (one ``send_signals``); logs one line when something was sent or set aside."""
@@ -750,9 +765,10 @@ class Agent:
                 )
             if report.failed_machines:
                 reasons = "; ".join(f"{m[:12]}…: {r}" for m, r in report.failed_machines.items())
-                extra += f", {len(report.failed_machines)} machine(s) failing ({reasons})"
+                extra += f", {plural(len(report.failed_machines), 'machine')} failing ({reasons})"
             level = logging.WARNING if report.failed_machines or report.quarantined else logging.INFO
-            self.log.log(level, "pushed %d signals in %d batches%s", report.sent, report.batches, extra)
+            sent, batches = plural(report.sent, "signal"), plural(report.batches, "batch", "batches")
+            self.log.log(level, "pushed %s in %s%s", sent, batches, extra)
         else:
             self.log.debug("push: nothing queued")
         if self.machine_id is not None:
@@ -779,12 +795,12 @@ class Agent:
         }
         self.log.log(
             logging.WARNING if failed else logging.INFO,
-            "refreshed decisions: %d new, %d deleted, %d lists%s, %d decisions cached (%.2f s)",
+            "refreshed decisions: %d new, %d deleted, %s%s, %s cached (%.2f s)",
             result["new"],
             result["deleted"],
-            result["lists"],
+            plural(result["lists"], "list"),
             f" ({len(failed)} failed: {', '.join(failed)}; their previous content stays)" if failed else "",
-            result["decisions"],
+            plural(result["decisions"], "decision"),
             float(getattr(report, "seconds", 0.0)),
         )
         return result
@@ -806,7 +822,7 @@ class Agent:
         cutoff = utcnow() - timedelta(seconds=self.config.keep_sent)
         removed = int(self._call("prune", self.client.storage.prune, sent_before=cutoff))
         if removed:
-            self.log.info("pruned %d signals sent before %s", removed, format_rfc3339(cutoff))
+            self.log.info("pruned %s sent before %s", plural(removed, "signal"), format_rfc3339(cutoff))
         return {"pruned": removed}
 
     def run_once(self) -> dict[str, Any]:

@@ -183,6 +183,13 @@ class Setting:
     low: float | None = None
     high: float | None = None
     check: Callable[[Any], Any] | None = field(default=None, compare=False)
+    key: str = ""
+    """The TOML key inside its section when it differs from the name (``[source] mode`` is ``lapi_mode``)."""
+
+    @property
+    def file_key(self) -> str:
+        """The key written in the TOML file's section."""
+        return self.key or self.name
 
     @property
     def env(self) -> str:
@@ -252,6 +259,36 @@ def _check_store(value: str) -> str:
             hint="Use sqlite:////path/decisions.db or redis://host:6379/0.",
         )
     return value
+
+
+def _check_source(value: str) -> str:
+    kind = value.lower()
+    if kind not in ("capi", "lapi"):
+        raise ConfigurationError(
+            f"source must be capi or lapi, not {value!r}",
+            hint="capi: CrowdSec's Central API (community blocklist); lapi: a local CrowdSec engine (docs/lapi.md).",
+        )
+    return kind
+
+
+def _check_lapi_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"invalid lapi_url {mask_url(value)!r}",
+            hint="Use the http(s):// URL of the CrowdSec Local API, e.g. http://127.0.0.1:8080/ (`cscli lapi status`).",
+        )
+    return value if value.endswith("/") else value + "/"
+
+
+def _check_lapi_mode(value: str) -> str:
+    mode = value.lower()
+    if mode not in ("stream", "live"):
+        raise ConfigurationError(
+            f"lapi mode must be stream or live, not {value!r}",
+            hint="stream: pull every decision at refresh_interval; live: ask the LAPI for each new IP (docs/lapi.md).",
+        )
+    return mode
 
 
 def _check_log_level(value: str) -> str:
@@ -425,10 +462,77 @@ SETTINGS: tuple[Setting, ...] = (
         high=65535,
     ),
     Setting("log_level", "agent", "str", "INFO", "DEBUG, INFO, WARNING or ERROR.", check=_check_log_level),
+    Setting(
+        "source",
+        "source",
+        "str",
+        "capi",
+        "Where decisions come from: capi (the Central API, community blocklist) or lapi (a local CrowdSec engine).",
+        check=_check_source,
+        key="kind",
+    ),
+    Setting(
+        "lapi_url",
+        "source",
+        "str",
+        "http://127.0.0.1:8080/",
+        "The CrowdSec Local API URL (source = lapi).",
+        uri=True,
+        check=_check_lapi_url,
+    ),
+    Setting(
+        "lapi_api_key",
+        "source",
+        "str",
+        "",
+        "The bouncer key printed by `cscli bouncers add NAME` (or use lapi_cert + lapi_key).",
+        secret=True,
+    ),
+    Setting("lapi_cert", "source", "str", "", "TLS client certificate file for the LAPI (instead of an API key)."),
+    Setting("lapi_key", "source", "str", "", "The private key file of lapi_cert."),
+    Setting("lapi_ca", "source", "str", "", "A CA file to verify the LAPI's https certificate (empty: the system's)."),
+    Setting(
+        "lapi_mode",
+        "source",
+        "str",
+        "stream",
+        "stream: pull every decision each refresh_interval; live: ask the LAPI about each IP on a cache miss.",
+        check=_check_lapi_mode,
+        key="mode",
+    ),
+    Setting(
+        "lapi_refresh_interval",
+        "source",
+        "float",
+        10.0,
+        "Seconds between two LAPI stream pulls by `cscapi run` (no CAPI minimum for a LAPI).",
+        low=1,
+        high=86400,
+        key="refresh_interval",
+    ),
+    Setting(
+        "bad_ip_cache_duration",
+        "source",
+        "float",
+        120.0,
+        "Live mode: seconds a LAPI decision on an IP stays cached (or its remaining time, if shorter).",
+        low=1,
+        high=86400,
+    ),
+    Setting(
+        "clean_ip_cache_duration",
+        "source",
+        "float",
+        60.0,
+        "Live mode: seconds a clean LAPI answer for an IP stays cached.",
+        low=1,
+        high=86400,
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
-SECTIONS = ("capi", "storage", "agent")
+_BY_KEY = {(s.section, s.file_key): s for s in SETTINGS}
+SECTIONS = ("capi", "storage", "agent", "source")
 
 
 # ---- masking ------------------------------------------------------------------------------------------------------
@@ -482,6 +586,11 @@ class Settings:
     def base_url(self) -> str:
         """The CAPI root URL the target resolves to."""
         return resolve_target(self.values["target"], self.values["emulator_url"])
+
+    @property
+    def is_lapi(self) -> bool:
+        """True when decisions come from a local CrowdSec engine (``source = lapi``; ``source()`` names origins)."""
+        return bool(self.values["source"] == "lapi")
 
     @property
     def is_real_capi(self) -> bool:
@@ -550,8 +659,8 @@ def _flatten_file(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
     """Read the file's ``[section] key = value`` tables (top-level keys are accepted too)."""
     flat: dict[str, Any] = {}
 
-    def put(key: str, value: Any, where: str) -> None:
-        spec = _BY_NAME.get(key)
+    def put(key: str, value: Any, where: str, section: str = "") -> None:
+        spec = _BY_KEY.get((section, key)) or _BY_NAME.get(key)
         if spec is None:
             close = difflib.get_close_matches(key, list(_BY_NAME), n=1)
             hint = f"Did you mean {close[0]!r}? " if close else ""
@@ -559,7 +668,7 @@ def _flatten_file(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
                 f"unknown setting {where}{key!r} in {path}",
                 hint=hint + "`cscapi config show` lists every setting.",
             )
-        flat[key] = value
+        flat[spec.name] = value
 
     for key, value in data.items():
         if isinstance(value, dict):
@@ -568,7 +677,7 @@ def _flatten_file(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
                     f"unknown section [{key}] in {path}", hint=f"Sections are {', '.join(SECTIONS)}."
                 )
             for sub, subvalue in value.items():
-                put(sub, subvalue, f"[{key}] ")
+                put(sub, subvalue, f"[{key}] ", key)
         else:
             put(key, value, "")
     return flat
@@ -706,9 +815,9 @@ def render_config_file(values: Mapping[str, Any] | None = None, *, data_dir: Pat
                 continue
             lines.append(f"# {spec.help} (env {spec.env})")
             if spec.name in values:
-                lines.append(f"{spec.name} = {_toml_value(values[spec.name])}")
+                lines.append(f"{spec.file_key} = {_toml_value(values[spec.name])}")
             else:
-                lines.append(f"# {spec.name} = {_toml_value(spec.default)}")
+                lines.append(f"# {spec.file_key} = {_toml_value(spec.default)}")
     return "\n".join(lines) + "\n"
 
 

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "machines": ("cscapi.cli.cmd_machines:machines", "Register, list, inspect, enroll machines; clear a login ban."),
     "signals": ("cscapi.cli.cmd_signals:signals", "Queue, push, list and prune signals."),
     "decisions": ("cscapi.cli.cmd_decisions:decisions", "Refresh the decisions cache, check IPs, show stats."),
+    "lapi": ("cscapi.cli.cmd_lapi:lapi", "Check the connection to a local CrowdSec engine (LAPI source)."),
     "run": ("cscapi.cli.cmd_run:run", "Run the agent: push signals, refresh decisions, push metrics."),
     "emulator": ("cscapi.cli.cmd_emulator:emulator", "Start the local CAPI emulator (a real HTTP server)."),
     "demo": ("cscapi.cli.cmd_demo:demo", "Show the whole flow end to end against an embedded emulator."),
@@ -110,7 +111,8 @@ def report_error(app: AppContext, exc: BaseException) -> int:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     if isinstance(exc, CAPIError):
         # a plain network failure (the subclasses, TLS or a deadline, keep their own advice)
-        hint = UNREACHABLE_HINT if type(exc) is TransportError else exc.hint
+        lapi = "Local API" in (exc.hint or "")  # a LAPI's own advice (`cscli lapi status`), not the CAPI one
+        hint = UNREACHABLE_HINT if type(exc) is TransportError and not lapi else exc.hint
         text = exc.message.rstrip(".") + (f". {hint}" if hint else "")
         code = _exit.code_for(exc)
     elif isinstance(exc, ModuleNotFoundError):
@@ -140,6 +142,11 @@ def report_error(app: AppContext, exc: BaseException) -> int:
     help="Config file (default: $CSCAPI_CONFIG, else ~/.config/cscapi/config.toml).",
 )
 @click.option("--target", metavar="TARGET", help="CAPI to use: emulator, dev, prod or a URL [env CSCAPI_TARGET].")
+@click.option(
+    "--source",
+    type=click.Choice(["capi", "lapi"], case_sensitive=False),
+    help="Where decisions come from: capi or lapi, a local CrowdSec engine [env CSCAPI_SOURCE].",
+)
 @click.option("--storage", metavar="URI", help="Signal storage URL [env CSCAPI_STORAGE].")
 @click.option("--decision-store", metavar="URI", help="Decision store URI [env CSCAPI_DECISION_STORE].")
 @click.option("--json", "json_mode", is_flag=True, help="Print JSON on stdout for scripts.")
@@ -153,6 +160,7 @@ def cli(
     ctx: click.Context,
     config_path: str | None,
     target: str | None,
+    source: str | None,
     storage: str | None,
     decision_store: str | None,
     json_mode: bool,
@@ -172,7 +180,7 @@ def cli(
     setup_logging(logging.DEBUG if debug else logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING)
     ctx.obj = AppContext(
         config_path=config_path,
-        root_flags={"target": target, "storage": storage, "decision_store": decision_store},
+        root_flags={"target": target, "source": source, "storage": storage, "decision_store": decision_store},
         json_mode=json_mode,
         debug=debug,
         color=color,

@@ -16,6 +16,7 @@ from cscapi.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from cscapi.client import CAPIClient, CAPIClientConfig
+    from cscapi.lapi import LapiClient
     from cscapi.settings import Settings
     from cscapi.sql_storage import SQLStorage
 
@@ -111,6 +112,38 @@ def open_client(settings: Settings, storage: Any, **overrides: Any) -> CAPIClien
     from cscapi.client import CAPIClient
 
     return CAPIClient(storage, client_config(settings, **overrides))
+
+
+def open_lapi_client(settings: Settings, **overrides: Any) -> LapiClient:
+    """A ``LapiClient`` (a decision source) from the ``[source]`` settings: API key or TLS client certificate."""
+    from cscapi.lapi import LapiClient
+
+    hint = (
+        "Set lapi_api_key (CSCAPI_LAPI_API_KEY) to the key `cscli bouncers add NAME` prints, or lapi_cert and "
+        "lapi_key to a client certificate (docs/lapi.md)."
+    )
+    if bool(settings.lapi_cert) != bool(settings.lapi_key):
+        raise ConfigurationError("lapi_cert and lapi_key go together (a client certificate and its key)", hint=hint)
+    if not settings.lapi_api_key and not settings.lapi_cert:
+        raise ConfigurationError("source is lapi but no LAPI credentials are configured", hint=hint)
+    for name in ("lapi_cert", "lapi_key", "lapi_ca"):
+        value = getattr(settings, name)
+        if value and not Path(value).expanduser().is_file():
+            raise ConfigurationError(f"{name} {value} is not a readable file", hint=hint)
+    options: dict[str, Any] = {
+        "api_key": settings.lapi_api_key or None,
+        "cert": settings.lapi_cert or None,
+        "key": settings.lapi_key or None,
+        "ca": settings.lapi_ca or None,
+        "user_agent_prefix": settings.user_agent_prefix,
+        "timeout": settings.timeout,
+        "mode": settings.lapi_mode,
+        "refresh_interval": settings.lapi_refresh_interval,
+        "bad_ip_cache_duration": settings.bad_ip_cache_duration,
+        "clean_ip_cache_duration": settings.clean_ip_cache_duration,
+    }
+    options.update(overrides)
+    return LapiClient(settings.lapi_url, **options)
 
 
 def _machine_ids(storage: Any, secrets: bool) -> list[str]:

@@ -20,12 +20,23 @@ def decisions() -> None:
 
 
 @contextlib.contextmanager
-def _engine(app: AppContext) -> Iterator[tuple[Any, Any, Any]]:
+def _engine(app: AppContext, settings: Any = None) -> Iterator[tuple[Any, Any, Any]]:
     """(settings, client, engine) for a refresh: the storage, a client on it, the engine on the decision store."""
     from cscapi.cli._runtime import open_engine, require_machine_id, session
 
-    settings = app.settings()
+    settings = settings or app.settings()
     _refuse_memory(settings)
+    if settings.is_lapi:  # a local CrowdSec engine: no machine, no scenarios, no CAPI cadence guard
+        from cscapi.cli._runtime import open_lapi_client
+
+        with open_lapi_client(settings) as lapi_client:
+            lapi_source = _ProgressSource(lapi_client)
+            lapi_engine = open_engine(settings, lapi_source, None)
+            try:
+                yield settings, lapi_source, lapi_engine
+            finally:
+                lapi_engine.close()
+        return
     settings.require_scenarios()
     with session(settings) as (storage, client):
         machine_id = require_machine_id(settings, storage)
@@ -100,6 +111,10 @@ class _ProgressSource:
             if self.bar is not None:
                 self.bar.advance()
 
+    def __getattr__(self, name: str) -> Any:
+        """Anything else is the client's (a LAPI source's ``min_refresh_interval``, ``mode``, ...)."""
+        return getattr(self.__dict__["_client"], name)
+
     def default_machine_id(self) -> str:
         return str(self._client.default_machine_id())
 
@@ -140,11 +155,19 @@ def refresh(app: AppContext, force: bool) -> None:
       cscapi decisions refresh
       cscapi decisions refresh --force --json
     """
-    from cscapi.errors import RefreshTooSoonError
+    from cscapi.errors import ConfigurationError, RefreshTooSoonError
 
-    with _engine(app) as (settings, source, engine):
+    first = app.settings()
+    lapi = first.is_lapi
+    if lapi and first.lapi_mode == "live":
+        raise ConfigurationError(
+            "the LAPI source is in live mode: there is nothing to pull, each IP is asked when it is checked",
+            hint='Use `cscapi decisions check IP`, or set mode = "stream" in [source] (CSCAPI_LAPI_MODE=stream).',
+        )
+    with _engine(app, first) as (settings, source, engine):
         try:
-            pulling = f"pulling the decisions stream from {settings.display_base_url}"
+            where = settings.display("lapi_url") if lapi else settings.display_base_url
+            pulling = f"pulling the decisions stream from {where}"
             with app.out.progress(pulling, total=None, counted=True) as bar:  # the lists' count comes with it
                 source.bar = bar
                 report = engine.refresh_decisions(force=force)
@@ -181,7 +204,8 @@ def refresh(app: AppContext, force: bool) -> None:
         app.out.emit_json(result)
     else:
         pull = "full (startup) pull" if report.startup else "delta pull"
-        app.out.ok(f"community blocklist: {report.new} new, {report.deleted} deleted ({pull}, {report.seconds:.2f} s)")
+        what = "LAPI decisions" if lapi else "community blocklist"
+        app.out.ok(f"{what}: {report.new} new, {report.deleted} deleted ({pull}, {report.seconds:.2f} s)")
         for item in lists:
             mark = "[red]✗[/red]" if item["status"] == "failed" else "[green]✓[/green]"
             detail = {"downloaded": "downloaded", "not_modified": "unchanged (304)", "failed": "FAILED"}.get(
@@ -224,6 +248,10 @@ def check(app: AppContext, ips: tuple[str, ...]) -> None:
 
     for ip in ips:
         canonical_ip(ip, "ip")  # every IP is checked before any answer is printed
+    settings = app.settings()
+    if settings.is_lapi and settings.lapi_mode == "live":
+        _check_live(app, settings, ips)
+        return
     with _reader(app) as (_settings, engine):
         rows = []
         for ip in ips:
@@ -232,6 +260,36 @@ def check(app: AppContext, ips: tuple[str, ...]) -> None:
         empty = engine.version is None
     if empty:
         app.out.warn("the decisions cache is empty: run `cscapi decisions refresh` first")
+    _print_checks(app, rows)
+
+
+def _check_live(app: AppContext, settings: Any, ips: tuple[str, ...]) -> None:
+    """LAPI live mode: each IP is asked to the LAPI on a cache miss (the answer cached in the decision store)."""
+    from cscapi.cli._runtime import open_engine, open_lapi_client
+
+    _refuse_memory(settings)
+    with open_lapi_client(settings) as client:
+        engine = open_engine(settings, client, None)
+        try:
+            rows = []
+            for ip in ips:
+                answer = engine.lookup_ip_remediation(ip)
+                rows.append({"ip": ip, "remediation": answer.remediation, "origin": answer.origin})
+        finally:
+            engine.close()
+    failed = [r["ip"] for r in rows if r["origin"] == "lapi-unavailable"]
+    _print_checks(app, rows)
+    if failed:
+        from cscapi.errors import TransportError
+
+        raise TransportError(
+            f"the LAPI did not answer for {', '.join(failed)}: the fallback remediation was printed",
+            hint="Check the LAPI with `cscapi lapi status`.",
+        )
+
+
+def _print_checks(app: AppContext, rows: list[dict[str, Any]]) -> None:
+    """The answers as JSON or a table."""
     if app.json_mode:
         app.out.emit_json(rows)
         return

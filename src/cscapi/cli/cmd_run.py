@@ -91,8 +91,12 @@ def run(
         metrics_interval=metrics_interval,
         health_port=health_port,
     )
-    settings.require_scenarios()
+    lapi = settings.is_lapi  # decisions from a local CrowdSec engine; signals (if any machine) still go to CAPI
+    if not lapi:
+        settings.require_scenarios()
     refresh = not no_refresh
+    if lapi and settings.lapi_mode == "live":
+        refresh = False  # live mode: each IP is asked to the LAPI by your application's engine, nothing to pull
     if refresh and settings.decision_store_uri.startswith("memory:"):
         raise ConfigurationError(
             "the agent cannot refresh decisions into memory://: no other process would see them",
@@ -108,15 +112,21 @@ def run(
     agent_log = logging.getLogger("cscapi.agent")
     agent_log.setLevel(level)
 
+    cadence: dict[str, float] = {
+        "refresh_interval": settings.refresh_interval,
+        "refresh_jitter": settings.refresh_jitter,
+    }
+    capi_machine = not lapi or _has_machine(settings)  # on a LAPI without a CAPI machine: decisions only
+    if lapi:  # the LAPI cadence (10 s by default), no CAPI minimum
+        cadence = {"refresh_interval": settings.lapi_refresh_interval, "refresh_jitter": 0.0, "min_refresh_interval": 0}
     config = AgentConfig(
         push_interval=settings.push_interval,
-        refresh_interval=settings.refresh_interval,
-        refresh_jitter=settings.refresh_jitter,
+        **cadence,
         metrics_interval=settings.metrics_interval,
         batch_size=settings.batch_size,
         health_port=settings.health_port,
         refresh_decisions=refresh,
-        push_metrics=not no_metrics,
+        push_metrics=not no_metrics and capi_machine,
         stop_timeout=stop_timeout,
         stall_after=stall_after,
     )
@@ -126,13 +136,23 @@ def run(
     agent: Agent | None = None
     deadline: float | None = None
     try:
-        machine_id = require_machine_id(settings, storage)
+        if not capi_machine:
+            machine_id = ""  # no CAPI machine: the agent only refreshes decisions from the LAPI
+            agent_log.info("no CAPI machine is registered: only refreshing decisions from the LAPI")
+        else:
+            machine_id = require_machine_id(settings, storage)
         client = open_client(settings, storage, logger=logging.getLogger("cscapi.client"))
         engine = None
+        source: Any = None
         try:
             if refresh:
+                source = client
+                if lapi:
+                    from cscapi.cli._runtime import open_lapi_client
+
+                    source = open_lapi_client(settings, logger=logging.getLogger("cscapi.lapi"))
                 # a long-running agent outlives a store outage: it logs it and serves the last decisions it read
-                engine = open_engine(settings, client, machine_id, strict=False)
+                engine = open_engine(settings, source, machine_id or None, strict=False)
             lock = AgentLock(storage, settings.storage_uri)
             agent = Agent(client, engine, config=config, machine_id=machine_id, lock=lock, logger=agent_log)
             if once:
@@ -150,10 +170,26 @@ def run(
             deadline = agent.stop_deadline if agent is not None else None
             if engine is not None:
                 _close_by(engine.close, deadline)
+            if source is not None and source is not client:
+                _close_by(source.close, deadline)
             _close_by(client.close, deadline)
     finally:
         _close_by(storage.close, deadline)
         _HANDLER.service_format(False)
+
+
+def _has_machine(settings: Any) -> bool:
+    """Whether the signal storage holds a CAPI machine (read without any secret; a missing SQLite file: no)."""
+    from cscapi.cli._runtime import _sqlite_path, open_storage, stored_machine_id
+
+    path = _sqlite_path(settings.storage_uri)
+    if path is not None and not path.is_file():
+        return False
+    storage = open_storage(settings, create=False)
+    try:
+        return stored_machine_id(settings, storage, secrets=False) is not None
+    finally:
+        storage.close()
 
 
 def _close_by(close: Any, deadline: float | None) -> None:

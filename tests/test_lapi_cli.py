@@ -1,0 +1,135 @@
+"""The ``cscapi`` command on a LAPI source (``--source lapi``, ``[source]``), through click's runner, against the real
+CrowdSec engine of tests/lapi_support.py: refresh/check/stats, ``lapi status``, settings, masking, faults."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+import test_cli_support as support
+from test_cli_support import CliEnv, assert_user_error, unreachable_url
+
+cli_env = support.cli_env
+
+
+def ok(result: Any) -> Any:
+    assert result.exit_code == 0, (result.output, result.exception)
+    return json.loads(result.stdout) if result.stdout.strip().startswith(("{", "[")) else {}
+
+
+@pytest.fixture
+def lapi_env(cli_env: CliEnv, lapi: Any, lapi_bouncer_key: str, monkeypatch: pytest.MonkeyPatch) -> CliEnv:
+    """``cli_env`` on the private LAPI through the environment (no machine registered, no scenarios)."""
+    monkeypatch.setenv("CSCAPI_LAPI_URL", lapi.base_url)
+    monkeypatch.setenv("CSCAPI_LAPI_API_KEY", lapi_bouncer_key)
+    return cli_env
+
+
+def test_refresh_then_check_sees_a_cscli_ban(lapi_env: CliEnv, lapi: Any) -> None:
+    lapi.add_decision(ip="192.0.2.10", duration="1h", reason="cli-test")
+    lapi.add_decision(range="198.51.100.0/24", type="captcha", duration="1h")
+    report = ok(lapi_env.invoke(["--source", "lapi", "decisions", "refresh", "--json"]))
+    assert report["new"] == 2 and report["startup"] is True
+    rows = ok(
+        lapi_env.invoke(
+            ["--source", "lapi", "decisions", "check", "192.0.2.10", "198.51.100.7", "203.0.113.1", "--json"]
+        )
+    )
+    assert [(r["remediation"], r["origin"]) for r in rows] == [
+        ("ban", "cscli"),
+        ("captcha", "cscli"),
+        ("bypass", "clean"),
+    ]
+    # no CAPI cadence guard: a second refresh at once is a delta pull that sees a deletion
+    lapi.delete_decisions(ip="192.0.2.10")
+    report = ok(lapi_env.invoke(["--source", "lapi", "decisions", "refresh", "--json"]))
+    assert report["startup"] is False and report["deleted"] == 1
+    rows = ok(lapi_env.invoke(["--source", "lapi", "decisions", "check", "192.0.2.10", "--json"]))
+    assert rows[0]["remediation"] == "bypass"
+    stats = ok(lapi_env.invoke(["--source", "lapi", "decisions", "stats", "--json"]))
+    assert stats["by_origin"] == {"cscli": 1} and stats["by_type"] == {"captcha": 1}
+    human = lapi_env.invoke(["--source", "lapi", "decisions", "refresh"])
+    assert human.exit_code == 0 and "LAPI decisions" in human.stdout and "community" not in human.stdout
+
+
+def test_source_from_the_config_file_section(lapi_env: CliEnv, lapi: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CSCAPI_LAPI_URL")
+    lapi_env.config_path.parent.mkdir(parents=True)
+    lapi_env.config_path.write_text(
+        f'[source]\nkind = "lapi"\nlapi_url = "{lapi.base_url}"\nmode = "stream"\nrefresh_interval = 15\n'
+    )
+    lapi.add_decision(ip="192.0.2.11", duration="1h")
+    assert ok(lapi_env.invoke(["decisions", "refresh", "--json"]))["new"] == 1
+    shown = ok(lapi_env.invoke(["config", "show", "--json"]))["settings"]
+    assert shown["source"] == {"value": "lapi", "source": f"file {lapi_env.config_path}"}
+    assert shown["lapi_refresh_interval"]["value"] == 15
+    assert shown["lapi_mode"]["value"] == "stream"
+    # the key is masked in every view, and the env var is named as its source
+    key = lapi.add_bouncer()
+    monkeypatch.setenv("CSCAPI_LAPI_API_KEY", key)
+    result = lapi_env.invoke(["config", "show", "--json"])
+    assert key not in result.output
+    assert ok(result)["settings"]["lapi_api_key"] == {"value": "****" + key[-2:], "source": "env CSCAPI_LAPI_API_KEY"}
+    table = lapi_env.invoke(["config", "show"])
+    assert table.exit_code == 0 and key not in table.output and "lapi_api_key" in table.output
+
+
+def test_bad_source_settings_are_usage_errors(cli_env: CliEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert_user_error(cli_env.invoke(["--source", "lapi", "decisions", "refresh"]), 2, "no LAPI credentials")
+    monkeypatch.setenv("CSCAPI_SOURCE", "local")
+    assert_user_error(cli_env.invoke(["config", "show"]), 2, "source must be capi or lapi", "CSCAPI_SOURCE")
+    monkeypatch.setenv("CSCAPI_SOURCE", "lapi")
+    monkeypatch.setenv("CSCAPI_LAPI_MODE", "push")
+    assert_user_error(cli_env.invoke(["config", "show"]), 2, "stream or live")
+    monkeypatch.setenv("CSCAPI_LAPI_MODE", "stream")
+    monkeypatch.setenv("CSCAPI_LAPI_URL", "ftp://x")
+    assert_user_error(cli_env.invoke(["config", "show"]), 2, "lapi_url")
+    monkeypatch.setenv("CSCAPI_LAPI_URL", "http://127.0.0.1:8080")
+    monkeypatch.setenv("CSCAPI_LAPI_CERT", "/nonexistent/cert.pem")
+    assert_user_error(cli_env.invoke(["decisions", "refresh"]), 2, "lapi_cert and lapi_key go together")
+    monkeypatch.setenv("CSCAPI_LAPI_KEY", "/nonexistent/key.pem")
+    assert_user_error(cli_env.invoke(["decisions", "refresh"]), 2, "not a readable file")
+    cli_env.config_path.parent.mkdir(parents=True)
+    cli_env.config_path.write_text("[source]\nrefresh_interval = 0\n")
+    assert_user_error(cli_env.invoke(["config", "show"]), 2, "lapi_refresh_interval")
+
+
+def test_lapi_status_with_a_good_and_a_bad_key(lapi_env: CliEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    report = ok(lapi_env.invoke(["--source", "lapi", "lapi", "status", "--json"]))
+    assert report["bouncer"] == {"ok": True, "auth": "api_key", "error": None}
+    human = lapi_env.invoke(["--source", "lapi", "lapi", "status"])
+    assert human.exit_code == 0 and "accepted the API key" in human.stdout
+    bad = "not-a-real-bouncer-key-0123456789"
+    monkeypatch.setenv("CSCAPI_LAPI_API_KEY", bad)
+    result = lapi_env.invoke(["--source", "lapi", "lapi", "status"])
+    assert_user_error(result, 5, "cscli bouncers")
+    assert bad not in result.output
+    monkeypatch.setenv("CSCAPI_LAPI_URL", unreachable_url())
+    result = lapi_env.invoke(["--source", "lapi", "lapi", "status"])
+    error = assert_user_error(result, 3, "Local API")
+    assert "emulator" not in error  # the LAPI's own advice, not the CAPI one
+
+
+def test_refresh_from_a_dead_lapi_keeps_the_cached_decisions(
+    lapi_env: CliEnv, lapi: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lapi.add_decision(ip="192.0.2.12", duration="1h")
+    ok(lapi_env.invoke(["--source", "lapi", "decisions", "refresh", "--json"]))
+    monkeypatch.setenv("CSCAPI_LAPI_URL", unreachable_url())
+    assert_user_error(lapi_env.invoke(["--source", "lapi", "decisions", "refresh"]), 3, "Local API")
+    rows = ok(lapi_env.invoke(["--source", "lapi", "decisions", "check", "192.0.2.12", "--json"]))
+    assert rows[0]["remediation"] == "ban"
+
+
+def test_live_mode_check_asks_the_lapi(lapi_env: CliEnv, lapi: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CSCAPI_LAPI_MODE", "live")
+    lapi.add_decision(ip="192.0.2.13", duration="1h")
+    rows = ok(lapi_env.invoke(["--source", "lapi", "decisions", "check", "192.0.2.13", "203.0.113.2", "--json"]))
+    assert [(r["remediation"], r["origin"]) for r in rows] == [("ban", "cscli"), ("bypass", "clean")]
+    assert_user_error(lapi_env.invoke(["--source", "lapi", "decisions", "refresh"]), 2, "live mode")
+    monkeypatch.setenv("CSCAPI_LAPI_URL", unreachable_url())
+    result = lapi_env.invoke(["--source", "lapi", "decisions", "check", "198.51.100.99", "--json"])
+    assert result.exit_code == 3, result.output
+    assert json.loads(result.stdout)[0]["origin"] == "lapi-unavailable"
