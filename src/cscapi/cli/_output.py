@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from cscapi._text import plural as plural  # the one helper, shared with the library's log lines
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -61,11 +63,6 @@ def esc(value: Any) -> str:
     terminal control characters (see :func:`clean`)."""
     text = clean(value)
     return text.replace("[", "\\[") if "[" in text else text
-
-
-def plural(count: int, one: str, many: str | None = None) -> str:
-    """``1 signal``, ``2 signals``: a count with its noun (``many`` for irregular plurals)."""
-    return f"{count} {one if count == 1 else (many or one + 's')}"
 
 
 def to_json(data: Any) -> str:

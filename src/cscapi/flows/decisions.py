@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from cscapi._text import plural
 from cscapi.errors import UnsafeLinkError, ValidationError
 from cscapi.flows._base import FlowBase
 from cscapi.flows.auth import AuthFlows
@@ -69,11 +70,11 @@ class DecisionFlows(FlowBase):
             )
         self._cap_links(stream)
         self.log.info(
-            "Decisions stream: %d new, %d deleted, %d blocklists, %d allowlists, %d skipped.",
+            "Decisions stream: %d new, %d deleted, %s, %s, %d skipped.",
             len(stream.new),
             len(stream.deleted),
-            len(stream.blocklists),
-            len(stream.allowlists),
+            plural(len(stream.blocklists), "blocklist"),
+            plural(len(stream.allowlists), "allowlist"),
             stream.skipped,
         )
         return stream

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
+from cscapi._text import plural
 from cscapi.errors import (
     CAPIError,
     ConfigurationError,
@@ -172,11 +173,11 @@ class SignalFlows(FlowBase):
         held = yield from self._held_machines(set(failed))
         report.errors.update(held)
         self.log.info(
-            "send_signals: %d sent, %d quarantined, %d POSTs, %d failing machines.",
+            "send_signals: %d sent, %d quarantined, %s, %s.",
             report.sent,
             report.quarantined,
-            report.batches,
-            len(failed),
+            plural(report.batches, "POST"),
+            plural(len(failed), "failing machine"),
         )
         return report.report()
 
@@ -359,5 +360,5 @@ class SignalFlows(FlowBase):
             offset += len(signals) - len(doomed)
             if len(signals) < page:
                 break
-        self.log.info("Deleted %d queued signals of %d failing machines.", deleted, len(failing))
+        self.log.info("Deleted %s of %s.", plural(deleted, "queued signal"), plural(len(failing), "failing machine"))
         return deleted
