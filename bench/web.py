@@ -1,8 +1,9 @@
-"""Overhead of the cscapi.web middlewares on a clean request: µs over the bare application, ASGI and WSGI.
+"""Overhead of the cscapi.web middlewares on a clean request: µs over the bare application, ASGI, WSGI, Flask, Django.
 
 Both the bare app and the wrapped one are called directly (no server, no event loop: the coroutines never suspend, so
 they are driven with ``send(None)``), in the same run, so the difference is the middleware's cost: building the request
 view, the client IP, the engine's in-memory lookup and the usage count. The target is at most 10 µs (issue 11).
+Flask and Django (when installed) are measured the same way: the app with and without the integration.
 
 Reproduce:  .venv/bin/python bench/web.py [N]
 """
@@ -60,6 +61,79 @@ def per_call_us(fn: Callable[[], None], n: int, rounds: int = 7) -> float:
     return statistics.median(samples)
 
 
+def _consume(result: Any) -> None:
+    """Read and close a WSGI response, as a server would (Flask and Django finish the request on close)."""
+    for _ in result:
+        pass
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+
+
+def framework_cases(bouncer: Bouncer, environ: dict[str, Any], start_response: Any) -> list[Any]:
+    """(name, bare, protected) call pairs for Flask and Django, those installed."""
+    cases: list[Any] = []
+    env = {**environ, "SERVER_NAME": "example.com", "SERVER_PORT": "443", "SERVER_PROTOCOL": "HTTP/1.1"}
+    try:
+        from flask import Flask
+
+        from cscapi.web.flask import CrowdSec
+    except ImportError:
+        print("flask: not installed, skipped")
+    else:
+
+        def flask_app() -> Any:
+            app = Flask("bench")
+            app.add_url_rule("/products/<int:pid>", "product", lambda pid: "ok")
+            return app
+
+        bare_flask, protected_flask = flask_app(), flask_app()
+        CrowdSec(protected_flask, bouncer=bouncer)
+        cases.append(
+            (
+                "flask",
+                lambda: _consume(bare_flask(dict(env), start_response)),
+                lambda: _consume(protected_flask(dict(env), start_response)),
+            )
+        )
+    try:
+        import django
+        from django.conf import settings
+    except ImportError:
+        print("django: not installed, skipped")
+        return cases
+    from django.http import HttpResponse
+    from django.urls import path
+
+    settings.configure(
+        SECRET_KEY="bench-secret-key-0123456789",
+        ALLOWED_HOSTS=["*"],
+        ROOT_URLCONF=__name__,
+        INSTALLED_APPS=[],
+        MIDDLEWARE=[],
+        CSCAPI={"BOUNCER": bouncer},
+    )
+    django.setup()
+    global urlpatterns
+    urlpatterns = [path("products/<int:pid>", lambda request, pid: HttpResponse("ok"))]
+    from django.core.handlers.wsgi import WSGIHandler
+
+    bare_django = WSGIHandler()
+    settings.MIDDLEWARE = ["cscapi.web.django.BouncerMiddleware"]
+    protected_django = WSGIHandler()
+    cases.append(
+        (
+            "django",
+            lambda: _consume(bare_django(dict(env), start_response)),
+            lambda: _consume(protected_django(dict(env), start_response)),
+        )
+    )
+    return cases
+
+
+urlpatterns: list[Any] = []
+
+
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
     engine = engine_with_decisions(10_000)
@@ -105,19 +179,21 @@ def main() -> int:
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
         return None
 
-    results = {}
-    for name, bare, wrapped in (
+    cases: list[tuple[str, Callable[[], None], Callable[[], None]]] = [
         ("asgi", drive(bare_asgi), drive(wrapped_asgi)),
-        ("wsgi", lambda: bare_wsgi(environ, start_response), lambda: wrapped_wsgi(environ, start_response)),
-    ):
+        ("wsgi", lambda: bare_wsgi(environ, start_response) and None, lambda: wrapped_wsgi(environ, start_response)),
+    ]
+    cases.extend(framework_cases(bouncer, environ, start_response))
+    results = {}
+    for name, bare, wrapped in cases:
         bare()
         wrapped()
         bare_us = per_call_us(bare, n)
         wrapped_us = per_call_us(wrapped, n)
         results[name] = (bare_us, wrapped_us)
         print(
-            f"{name}: bare app {bare_us:.2f} µs, with BouncerMiddleware {wrapped_us:.2f} µs: "
-            f"+{wrapped_us - bare_us:.2f} µs per clean request (x{wrapped_us / bare_us:.1f}; target <= +10 µs)"
+            f"{name:7s} bare app {bare_us:8.2f} µs, protected {wrapped_us:8.2f} µs: overhead "
+            f"+{wrapped_us - bare_us:.2f} µs per clean request (x{wrapped_us / bare_us:.2f}; target <= +10 µs)"
         )
     lookup_us = per_call_us(lambda: engine.get_ip_remediation("203.0.113.50") and None, n)
     count_us = per_call_us(lambda: engine.update_metrics_origins_count("clean", "bypass"), n)
