@@ -37,11 +37,11 @@ def query(url: str, sql: str) -> list[Any]:
 
 def test_new_database_gets_the_current_version(database_url: str) -> None:
     with SQLStorage(database_url) as storage:
-        assert storage.schema_version == migrations.CURRENT_VERSION == 4
+        assert storage.schema_version == migrations.CURRENT_VERSION == 5
         assert storage.schema_version_found == 0
-    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3, 4]
+    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3, 4, 5]
     with SQLStorage(database_url) as storage:  # reopening: nothing to do
-        assert storage.schema_version_found == 4
+        assert storage.schema_version_found == 5
 
 
 def test_a_newer_database_is_refused_and_left_untouched(database_url: str) -> None:
@@ -121,7 +121,7 @@ def test_version_2_drops_the_claim_token_index_of_a_version_1_database(database_
         assert storage.mark_sent(claim) == 3
         assert storage.count_signals() == QueueCounts(queued=1, sent=3)
     assert "ix_signals_claim_token" not in signal_indexes(database_url)
-    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3, 4]
+    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3, 4, 5]
     engine = create_engine(database_url)
     try:
         with engine.begin() as conn:
@@ -166,8 +166,8 @@ def test_version_3_drops_the_attempts_column_of_a_version_2_database(database_ur
         assert storage.requeue_quarantined() == 1
         assert len(storage.claim_signals(10, lease_seconds=60).signals) == 4
         assert storage.count_signals() == QueueCounts(claimed=6)
-        assert "ix_signals_status_alert_id" in signal_indexes(database_url)
-    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3, 4]
+        assert "ix_signals_destination_status_alert_id" in signal_indexes(database_url)
+    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3, 4, 5]
     engine = create_engine(database_url)
     try:
         with engine.begin() as conn:

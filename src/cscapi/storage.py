@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from cscapi.errors import ConfigurationError
+from cscapi.errors import ConfigurationError, ValidationError
 from cscapi.models import Context, Machine, QueueCounts, Signal, SignalDecision, Source
 
 if TYPE_CHECKING:
@@ -41,12 +41,57 @@ __all__ = [
     "SignalModel",
     "SourceModel",
     "StorageInterface",
+    "check_destinations",
     "check_storage",
+    "queue_signals",
 ]
 
 # The agent's lease key: the pseudo machine id of the login lock the default agent-lease methods borrow (and the
 # name of SQLStorage's own lease row).
 AGENT_LEASE_KEY = "cscapi-agent"
+
+# Where a queued signal goes: CrowdSec's Central API (the default: everything before 1.x's LAPI watcher) or a local
+# CrowdSec engine's LAPI (``cscapi.lapi.LapiWatcher``). A signal queued for both is two rows, sent apart.
+DESTINATIONS = ("capi", "lapi")
+
+
+def check_destinations(destinations: Sequence[str] | str) -> tuple[str, ...]:
+    """The destinations, validated and deduplicated in order (``"both"`` is capi and lapi): a typed error if bad."""
+    if isinstance(destinations, str):
+        destinations = DESTINATIONS if destinations == "both" else (destinations,)
+    wanted: list[str] = []
+    for name in destinations:
+        if name not in DESTINATIONS:
+            raise ValidationError(
+                f"unknown signal destination {name!r}: use 'capi', 'lapi' or both", field="destinations"
+            )
+        if name not in wanted:
+            wanted.append(name)
+    if not wanted:
+        raise ValidationError("no signal destination given: use 'capi', 'lapi' or both", field="destinations")
+    return tuple(wanted)
+
+
+def queue_signals(storage: Any, signals: Iterable[Signal], destinations: Sequence[str] | str = ("capi",)) -> int:
+    """``storage.add_signals`` for these destinations; only CAPI asks nothing new of the storage, so a storage
+    without ``supports_destinations`` (a third-party or 0.7.0-wrapped one) still queues for CAPI, and is refused
+    with :class:`IncompatibleStorageError` for LAPI."""
+    wanted = check_destinations(destinations)
+    if wanted == ("capi",):
+        return int(storage.add_signals(signals))
+    require_destinations(storage)
+    return int(storage.add_signals(signals, destinations=wanted))
+
+
+def require_destinations(storage: object) -> None:
+    """Raise :class:`IncompatibleStorageError` unless ``storage`` keeps one queue per destination."""
+    if not getattr(storage, "supports_destinations", False):
+        raise IncompatibleStorageError(
+            f"{type(storage).__name__} cannot queue signals for a LAPI: it keeps one queue (CAPI's) and has no "
+            "'destination' on its claims.",
+            hint="Use cscapi.sql_storage.SQLStorage (SQLite, PostgreSQL, MariaDB/MySQL) for LAPI signals.",
+        )
+
 
 # The legacy names, kept so that code written for cscapi 0.7.0 imports unchanged.
 SignalModel = Signal
@@ -228,6 +273,10 @@ class StorageInterface(metaclass=_StorageMeta):
         """Delete these machines (their queued signals stay, and are sent after the machine registers again)."""
 
     # ---- the queue -------------------------------------------------------------------------------------
+
+    #: True when the queue methods take ``destination=`` (``add_signals`` ``destinations=``): one queue per
+    #: destination (``capi``, ``lapi``). A storage without it is CAPI's queue only (the LAPI watcher refuses it).
+    supports_destinations: bool = False
 
     @abstractmethod
     def add_signals(self, signals: Iterable[Signal]) -> int:

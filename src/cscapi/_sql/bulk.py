@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from .schema import format_utc
+from .schema import CAPI, format_utc
 
 __all__ = ["PG_BULK_INSERT", "json_batches", "placeholder", "raw_insert", "raw_lookup", "row_tuples"]
 
@@ -21,6 +21,7 @@ __all__ = ["PG_BULK_INSERT", "json_batches", "placeholder", "raw_insert", "raw_l
 # JSON object it would be re-parsed, and a NUL in a message (escaped in the payload) would then be refused.
 _COLUMNS = {
     "uuid": "varchar",
+    "destination": "varchar",
     "machine_id": "varchar",
     "scenario": "varchar",
     "created_at": "varchar",
@@ -34,7 +35,7 @@ _NAMES = ", ".join(_COLUMNS)
 PG_BULK_INSERT = (
     f"INSERT INTO signals ({_NAMES}) SELECT {_NAMES} FROM json_to_recordset(%(batch)s::json) AS batch("
     + ", ".join(f"{name} {kind}" for name, kind in _COLUMNS.items())
-    + ", position int) ORDER BY position ON CONFLICT (uuid) DO NOTHING RETURNING uuid, alert_id"
+    + ", position int) ORDER BY position ON CONFLICT (destination, uuid) DO NOTHING RETURNING uuid, alert_id"
 )
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # one encoder, not one per row
@@ -49,7 +50,8 @@ def _time(value: Any) -> str | None:
 
 def _item(row: dict[str, Any], position: int) -> str:
     """One record as JSON text."""
-    item = {name: row[name] for name in _COLUMNS}
+    item = {name: row[name] for name in _COLUMNS if name != "destination"}
+    item["destination"] = row.get("destination", CAPI)
     item["added_at"] = _time(row["added_at"])
     item["sent_at"] = _time(row["sent_at"])
     item["position"] = position
@@ -90,8 +92,8 @@ def raw_insert(backend: str, mark: str) -> str:
 
 
 def raw_lookup(mark: str, count: int) -> str:
-    """The alert ids of ``count`` uuids."""
-    return f"SELECT uuid, alert_id FROM signals WHERE uuid IN ({', '.join([mark] * count)})"
+    """The alert ids of ``count`` uuids of one destination (parameters: the destination, then the uuids)."""
+    return f"SELECT uuid, alert_id FROM signals WHERE destination = {mark} AND uuid IN ({', '.join([mark] * count)})"
 
 
 def row_tuples(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -99,6 +101,7 @@ def row_tuples(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return [
         (
             row["uuid"],
+            row.get("destination", CAPI),
             row["machine_id"],
             row["scenario"],
             row["created_at"],

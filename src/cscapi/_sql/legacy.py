@@ -42,6 +42,7 @@ class LegacyCRUD(SignalQueue):
         or flagged ``is_failing`` with no end set; ``False`` the others (machines never stored included).
         """
         stmt = select(_S.c.alert_id, _S.c.payload, _S.c.status).order_by(_S.c.alert_id)
+        stmt = stmt.where(_S.c.destination == schema.CAPI)  # the 0.7.0 surface is CAPI's queue
         if sent is True:
             stmt = stmt.where(_S.c.status == schema.SENT)
         elif sent is False:
@@ -64,7 +65,7 @@ class LegacyCRUD(SignalQueue):
         """Store one signal, matched by ``alert_id`` then by ``uuid`` (never duplicated); True when created."""
         now = utcnow()
         row = signal_row(signal, now)
-        by_id = select(_S.c.alert_id, _S.c.status)
+        by_id = select(_S.c.alert_id, _S.c.status).where(_S.c.destination == schema.CAPI)
 
         def store(conn: Connection) -> tuple[bool, int]:
             found = None

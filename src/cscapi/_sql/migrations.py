@@ -131,13 +131,20 @@ def _v3(conn: Connection, ctx: MigrationContext) -> None:
     if ctx.engine.dialect.name != "sqlite":
         conn.exec_driver_sql(f"ALTER TABLE signals DROP COLUMN {_DROPPED_COLUMN}")
         return
+    _rebuild_sqlite_signals(conn, "signals_before_v3")
+
+
+def _rebuild_sqlite_signals(conn: Connection, old_name: str) -> None:
+    """SQLite: rebuild ``signals`` as the current schema has it, copying every row (the columns both tables have;
+    a new column takes its default), inside the migration's transaction."""
+    have = {column["name"] for column in inspect(conn).get_columns("signals")}
     for index in inspect(conn).get_indexes("signals"):  # index names are per database: free them for the new table
         conn.exec_driver_sql(f'DROP INDEX "{index["name"]}"')
-    conn.exec_driver_sql("ALTER TABLE signals RENAME TO signals_before_v3")
+    conn.exec_driver_sql(f"ALTER TABLE signals RENAME TO {old_name}")
     schema.signals.create(conn)
-    columns = ", ".join(column.name for column in schema.signals.columns)
-    conn.exec_driver_sql(f"INSERT INTO signals ({columns}) SELECT {columns} FROM signals_before_v3")
-    conn.exec_driver_sql("DROP TABLE signals_before_v3")
+    columns = ", ".join(column.name for column in schema.signals.columns if column.name in have)
+    conn.exec_driver_sql(f"INSERT INTO signals ({columns}) SELECT {columns} FROM {old_name}")
+    conn.exec_driver_sql(f"DROP TABLE {old_name}")
 
 
 # ---- version 4: the agent's lease in a table of its own ---------------------------------------------------------
@@ -155,11 +162,48 @@ def _v4(conn: Connection, ctx: MigrationContext) -> None:
     conn.execute(delete(locks).where(locks.c.machine_id == AGENT_LEASE_KEY, locks.c.expires_at < utcnow()))
 
 
+# ---- version 5: a destination per queued signal (CAPI or a local LAPI) -------------------------------------------
+
+_V5_UNIQUE = "uq_signals_destination_uuid"
+_V5_INDEX = "ix_signals_destination_status_alert_id"
+_V4_INDEX = "ix_signals_status_alert_id"
+
+
+def _v5(conn: Connection, ctx: MigrationContext) -> None:
+    """Add ``signals.destination`` (``capi`` for every existing row): a signal queued for CAPI and for a local LAPI
+    is two rows, so the unique key becomes (destination, uuid) and the claim index (destination, status, alert_id).
+    Idempotent, like ``_v2`` (each change is checked first). SQLite rebuilds the table, as ``_v3`` does."""
+    backend = ctx.engine.dialect.name
+    if backend == "sqlite":
+        if "destination" not in {column["name"] for column in inspect(conn).get_columns("signals")}:
+            _rebuild_sqlite_signals(conn, "signals_before_v5")
+        return
+    mysql = backend in {"mysql", "mariadb"}
+    if "destination" not in {column["name"] for column in inspect(conn).get_columns("signals")}:
+        conn.exec_driver_sql(f"ALTER TABLE signals ADD COLUMN destination VARCHAR(8) NOT NULL DEFAULT '{schema.CAPI}'")
+    inspector = inspect(conn)
+    uniques = inspector.get_unique_constraints("signals")
+    if not any(unique.get("name") == _V5_UNIQUE for unique in uniques):
+        conn.exec_driver_sql(f"ALTER TABLE signals ADD CONSTRAINT {_V5_UNIQUE} UNIQUE (destination, uuid)")
+    for unique in uniques:  # the version 1 key on uuid alone
+        if list(unique.get("column_names") or []) == ["uuid"] and unique.get("name"):
+            if mysql:
+                conn.exec_driver_sql(f"ALTER TABLE signals DROP INDEX `{unique['name']}`")
+            else:
+                conn.exec_driver_sql(f'ALTER TABLE signals DROP CONSTRAINT "{unique["name"]}"')
+    indexes = {str(index.get("name")) for index in inspect(conn).get_indexes("signals")}
+    if _V5_INDEX not in indexes:
+        conn.exec_driver_sql(f"CREATE INDEX {_V5_INDEX} ON signals (destination, status, alert_id)")
+    if _V4_INDEX in indexes:
+        conn.exec_driver_sql(f"DROP INDEX {_V4_INDEX} ON signals" if mysql else f"DROP INDEX {_V4_INDEX}")
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "initial schema (imports a cscapi 0.7.0 database)", _v1),
     Migration(2, "drop the unused claim_token index (faster claims)", _v2),
     Migration(3, "drop the never-read attempts column", _v3),
     Migration(4, "the agent's lease in its own table (agent_leases)", _v4),
+    Migration(5, "a destination per queued signal (capi, lapi)", _v5),
 ]
 CURRENT_VERSION = MIGRATIONS[-1].version
 

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, and_, case, delete, exists, func, or_, select
 
 from cscapi.errors import ValidationError
 from cscapi.models import QueueCounts, Signal
-from cscapi.storage import Claim
+from cscapi.storage import Claim, check_destinations
 from cscapi.timeutil import utcnow
 
 from . import schema
@@ -40,8 +40,13 @@ _MAX_REASON = 4000  # characters of a server's reason kept with a quarantined si
 class SignalQueue(SQLEngine):
     """The durable signal queue: claims with leases on the ``signals`` table (see the module docstring)."""
 
-    def add_signals(self, signals: Iterable[Signal]) -> int:
-        """Queue signals in one transaction; a uuid already stored is skipped. Returns how many were new."""
+    supports_destinations = True
+
+    def add_signals(self, signals: Iterable[Signal], destinations: Sequence[str] = (schema.CAPI,)) -> int:
+        """Queue signals in one transaction, once per destination (``capi``, ``lapi``: one row each); a uuid already
+        queued for that destination is skipped. Returns how many rows were new; each signal's ``alert_id`` is its
+        row of the first destination."""
+        wanted = check_destinations(destinations)
         if isinstance(signals, Signal):
             signals = [signals]
         items = list(signals)
@@ -55,14 +60,28 @@ class SignalQueue(SQLEngine):
             if row["uuid"] not in seen:
                 seen.add(row["uuid"])
                 rows.append(row)
-        added, ids = self._run("adding signals", lambda conn: self._insert_signals(conn, rows))
+
+        def insert(conn: Connection) -> tuple[int, dict[str, int]]:
+            total, first = 0, None
+            for destination in wanted:
+                added, ids = self._insert_signals(conn, rows, destination)
+                total += added
+                first = ids if first is None else first
+            return total, first or {}
+
+        added, ids = self._run("adding signals", insert)
         for signal in items:
             assert signal.uuid is not None
             signal.alert_id = ids.get(signal.uuid)
         return added
 
-    def _insert_signals(self, conn: Connection, rows: list[dict[str, Any]]) -> tuple[int, dict[str, int]]:
-        """Insert the rows, skipping stored uuids. Returns (how many were new, the alert id of every uuid)."""
+    def _insert_signals(
+        self, conn: Connection, rows: list[dict[str, Any]], destination: str = schema.CAPI
+    ) -> tuple[int, dict[str, int]]:
+        """Insert the rows for ``destination``, skipping uuids it has. Returns (how many were new, the alert id of
+        every uuid there)."""
+        for row in rows:
+            row["destination"] = destination
         stmt = insert_ignore(self.engine, _S)
         ids: dict[str, int] = {}
         if len(rows) == 1:  # the fast path of a web request: one INSERT, no extra query when it is new
@@ -88,19 +107,30 @@ class SignalQueue(SQLEngine):
             added = conn.exec_driver_sql(raw_insert(self._backend, self._mark), row_tuples(rows)).rowcount
             uuids = [row["uuid"] for row in rows]
             for chunk in chunks(uuids):
-                for uuid, alert_id in conn.exec_driver_sql(raw_lookup(self._mark, len(chunk)), tuple(chunk)):
+                lookup = raw_lookup(self._mark, len(chunk))
+                for uuid, alert_id in conn.exec_driver_sql(lookup, (destination, *chunk)):
                     ids[uuid] = int(alert_id)
             return int(added), ids
         else:  # another driver: SQLAlchemy's executemany (PyMySQL folds it into multi-row INSERTs)
             added = conn.execute(stmt, rows).rowcount
             missing = [row["uuid"] for row in rows]
         for chunk in chunks(missing):
-            for uuid, alert_id in conn.execute(select(_S.c.uuid, _S.c.alert_id).where(_S.c.uuid.in_(chunk))):
+            found = select(_S.c.uuid, _S.c.alert_id).where(_S.c.destination == destination, _S.c.uuid.in_(chunk))
+            for uuid, alert_id in conn.execute(found):
                 ids[uuid] = int(alert_id)
         return int(added), ids
 
-    def claim_signals(self, limit: int, lease_seconds: float, machine_ids: Sequence[str] | None = None) -> Claim:
-        """Claim up to ``limit`` queued (or lease-expired) signals, oldest first, of machines not cooling down."""
+    def claim_signals(
+        self,
+        limit: int,
+        lease_seconds: float,
+        machine_ids: Sequence[str] | None = None,
+        *,
+        destination: str = schema.CAPI,
+    ) -> Claim:
+        """Claim up to ``limit`` queued (or lease-expired) signals of ``destination``, oldest first; for CAPI only
+        those of machines not cooling down (a CAPI machine's cool-down says nothing about a LAPI)."""
+        (destination,) = check_destinations((destination,))
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValidationError(f"limit must be a positive integer, not {limit!r}", field="limit")
         if not positive(lease_seconds):
@@ -116,7 +146,10 @@ class SignalQueue(SQLEngine):
         )
         # Two index-friendly selects (queued; claimed with a lapsed lease) rather than one OR that would scan
         # every sent row: each walks the (status, alert_id) index in order and stops at ``limit``.
-        base = select(_S.c.alert_id, _S.c.payload).where(~cooling).order_by(_S.c.alert_id).limit(limit)
+        base = select(_S.c.alert_id, _S.c.payload).where(_S.c.destination == destination)
+        if destination == schema.CAPI:
+            base = base.where(~cooling)
+        base = base.order_by(_S.c.alert_id).limit(limit)
         if machine_ids is not None:
             base = base.where(_S.c.machine_id.in_(list(machine_ids)))
         selects = [
@@ -232,10 +265,11 @@ class SignalQueue(SQLEngine):
         }
         return self._update_claimed("quarantining signals", claim, list(signal_ids), values)
 
-    def requeue_quarantined(self, signal_ids: Sequence[int] | None = None) -> int:
-        """Put quarantined signals (all, or these ids) back in the queue. Returns how many."""
+    def requeue_quarantined(self, signal_ids: Sequence[int] | None = None, *, destination: str = schema.CAPI) -> int:
+        """Put quarantined signals of ``destination`` (all, or these ids) back in the queue. Returns how many."""
         ids = int_ids(signal_ids, "signal_ids")
-        base = update(_S).where(_S.c.status == schema.QUARANTINED)
+        (destination,) = check_destinations((destination,))
+        base = update(_S).where(_S.c.status == schema.QUARANTINED, _S.c.destination == destination)
         values = {"status": schema.QUEUED, "quarantine_reason": None}
         count = 0
         with self._tx("requeuing quarantined signals") as conn:
@@ -246,11 +280,12 @@ class SignalQueue(SQLEngine):
                     count += conn.execute(base.where(among).values(**values)).rowcount
         return int(count)
 
-    def list_quarantined(self, limit: int = 100) -> list[tuple[Signal, str]]:
-        """Quarantined signals with the server's reason, oldest first."""
+    def list_quarantined(self, limit: int = 100, *, destination: str = schema.CAPI) -> list[tuple[Signal, str]]:
+        """Quarantined signals of ``destination`` with the server's reason, oldest first."""
+        (destination,) = check_destinations((destination,))
         stmt = (
             select(_S.c.alert_id, _S.c.payload, _S.c.quarantine_reason)
-            .where(_S.c.status == schema.QUARANTINED)
+            .where(_S.c.status == schema.QUARANTINED, _S.c.destination == destination)
             .order_by(_S.c.alert_id)
             .limit(int(limit))
         )
@@ -258,14 +293,15 @@ class SignalQueue(SQLEngine):
             rows = conn.execute(stmt).all()
         return [(signal_from_row(a, p, schema.QUARANTINED), str(r or "")) for a, p, r in rows]
 
-    def count_signals(self, machine_id: str | None = None) -> QueueCounts:
-        """Signals per state; a claim whose lease ran out counts as queued (anyone may claim it again)."""
+    def count_signals(self, machine_id: str | None = None, *, destination: str = schema.CAPI) -> QueueCounts:
+        """Signals of ``destination`` per state; a claim whose lease ran out counts as queued (anyone may claim it)."""
+        (destination,) = check_destinations((destination,))
         now = utcnow()
         # One statement, so the counts are one consistent snapshot on every database.
         state = case(
             (and_(_S.c.status == schema.CLAIMED, _S.c.claimed_until < now), schema.QUEUED), else_=_S.c.status
         ).label("state")
-        stmt = select(state, func.count()).group_by("state")
+        stmt = select(state, func.count()).where(_S.c.destination == destination).group_by("state")
         if machine_id is not None:
             stmt = stmt.where(_S.c.machine_id == machine_id)
         with self._tx("counting signals", write=False) as conn:
@@ -277,11 +313,15 @@ class SignalQueue(SQLEngine):
             quarantined=counts.get(schema.QUARANTINED, 0),
         )
 
-    def prune(self, *, sent_before: datetime | None = None, quarantined: bool = False) -> int:
-        """Delete sent signals (all, or those sent before ``sent_before``) and, if asked, every quarantined one."""
+    def prune(
+        self, *, sent_before: datetime | None = None, quarantined: bool = False, destination: str = schema.CAPI
+    ) -> int:
+        """Delete sent signals of ``destination`` (all, or those sent before ``sent_before``) and, if asked, every
+        quarantined one."""
+        (destination,) = check_destinations((destination,))
         sent = _S.c.status == schema.SENT
         if sent_before is not None:
             sent = and_(sent, _S.c.sent_at < sent_before)
         condition = or_(sent, _S.c.status == schema.QUARANTINED) if quarantined else sent
         with self._tx("pruning signals") as conn:
-            return int(conn.execute(delete(_S).where(condition)).rowcount)
+            return int(conn.execute(delete(_S).where(_S.c.destination == destination, condition)).rowcount)

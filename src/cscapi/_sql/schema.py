@@ -20,12 +20,16 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "CAPI",
     "CLAIMED",
+    "DESTINATIONS",
+    "LAPI",
     "QUARANTINED",
     "QUEUED",
     "SENT",
@@ -45,6 +49,11 @@ QUEUED = "queued"
 CLAIMED = "claimed"
 SENT = "sent"
 QUARANTINED = "quarantined"
+
+# Where a queued signal goes (version 5): CrowdSec's Central API (everything before) or a local engine's LAPI.
+CAPI = "capi"
+LAPI = "lapi"
+DESTINATIONS = (CAPI, LAPI)
 
 _FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -94,7 +103,9 @@ signals = Table(
     "signals",
     metadata,
     Column("alert_id", _ID, primary_key=True, autoincrement=True),
-    Column("uuid", _UUID, nullable=False, unique=True),
+    Column("uuid", _UUID, nullable=False),
+    # One row per (destination, uuid): a signal queued for CAPI and LAPI is two rows, claimed and sent apart.
+    Column("destination", String(8), nullable=False, default=CAPI, server_default=CAPI),
     Column("machine_id", String(128), nullable=True, index=True),
     Column("scenario", String(255), nullable=True),
     Column("created_at", String(64), nullable=True),
@@ -105,7 +116,8 @@ signals = Table(
     Column("sent_at", UTCDateTime(), nullable=True),
     Column("quarantine_reason", Text(), nullable=True),
     Column("added_at", UTCDateTime(), nullable=False),
-    Index("ix_signals_status_alert_id", "status", "alert_id"),
+    UniqueConstraint("destination", "uuid", name="uq_signals_destination_uuid"),
+    Index("ix_signals_destination_status_alert_id", "destination", "status", "alert_id"),
 )
 
 machines = Table(
