@@ -24,7 +24,14 @@ from cscapi.redact import mask_url
 from cscapi.remediation.index import Index, Policy, build_index
 from cscapi.remediation.models import ListOutcome, ListStatus, RefreshReport
 from cscapi.remediation.parsing import ParseTally, canonical_value, parse_allowlist, parse_blocklist
-from cscapi.remediation.state import AllowlistState, BlocklistState, CapiDecisions, State, group_scenario
+from cscapi.remediation.state import (
+    AllowlistState,
+    BlocklistState,
+    CapiDecisions,
+    LapiDups,
+    State,
+    group_scenario,
+)
 from cscapi.runtime import EPOCH, MONOTONIC, Blocking, Compute, Delegate, Flow
 
 __all__ = ["FlowContext", "RefreshStore", "apply_stream", "new_version", "prune_flow", "prune_state", "refresh_flow"]
@@ -83,6 +90,7 @@ def apply_stream(
     if stream.skipped:
         tally.reasons["unreadable stream item"] = stream.skipped
     capi: CapiDecisions = {} if startup else {key: dict(group) for key, group in state.capi.items()}
+    dups: LapiDups = {} if startup else {key: dict(group) for key, group in state.lapi_dups.items()}
     deleted = 0
     doomed: set[str] = set()
     for item in stream.deleted:
@@ -92,9 +100,25 @@ def apply_stream(
             tally.skip(str(exc), item.value, logger, "the stream's deleted part")
             continue
         if item.scenario is not None and item.type is not None:  # a LAPI deletion names its decision
-            named = capi.get((group_scenario(item.origin or "CAPI", item.scenario), item.type, item.scope.lower()))
-            if named is not None and named.pop(value, None) is not None:
-                deleted += 1
+            key = (group_scenario(item.origin or "CAPI", item.scenario), item.type, item.scope.lower())
+            named = capi.get(key)
+            if named is None or value not in named:
+                continue
+            shared = dups.get(key, {}).pop(value, None)  # several LAPI decisions on this value: drop only this one
+            if shared is not None:
+                gone = item.id if item.id in shared else -1  # -1: the first one, whose id was not kept
+                if gone not in shared:
+                    dups[key][value] = shared  # it names a decision this state does not hold
+                    continue
+                rest = {i: e for i, e in shared.items() if i != gone and e > now}
+                if rest:
+                    named[value] = max(rest.values())
+                    if len(rest) > 1:
+                        dups[key][value] = rest
+                    deleted += 1
+                    continue
+            del named[value]
+            deleted += 1
             continue
         doomed.add(value)
     if doomed and capi:
@@ -103,6 +127,7 @@ def apply_stream(
                 del group[value]
                 deleted += 1
     new = 0
+    ids: dict[tuple[tuple[str, str, str], str], int] = {}  # the id of each value's decision applied by this pull
     for d in stream.new:
         scope = d.scope.lower() if isinstance(d.scope, str) else d.scope
         if scope not in _SCOPES:
@@ -121,9 +146,27 @@ def apply_stream(
         bucket = capi.get(key)
         if bucket is None:
             bucket = capi[key] = {}
-        bucket[value] = now + float(duration)
+        expiry = now + float(duration)
+        held = bucket.get(value)
+        if held is not None and d.id is not None:  # another LAPI decision on this value: keep both, enforce the longest
+            group_dups = dups.setdefault(key, {})
+            shared = dict(group_dups.get(value) or {ids.get((key, value), -1): held})
+            shared[d.id] = expiry
+            group_dups[value] = shared
+            expiry = max(shared.values())
+        elif key in dups:
+            dups[key].pop(value, None)
+        if d.id is not None:
+            ids[(key, value)] = d.id
+        bucket[value] = expiry
         new += 1
-    return StreamResult(state.evolve(capi={k: g for k, g in capi.items() if g}), new, deleted, tally)
+    if doomed and dups:
+        for group_dups in dups.values():
+            for value in doomed.intersection(group_dups):
+                del group_dups[value]
+    capi = {k: g for k, g in capi.items() if g}
+    dups = {k: g for k, g in dups.items() if g and k in capi}
+    return StreamResult(state.evolve(capi=capi, lapi_dups=dups), new, deleted, tally)
 
 
 def _blocklist_result(

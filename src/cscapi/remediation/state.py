@@ -39,6 +39,10 @@ FORMAT = 2
 CapiGroup = tuple[str, str, str]
 CapiDecisions = dict[CapiGroup, dict[str, float]]
 ORIGIN_SEP = "\x1f"
+#: Values held by several LAPI decisions of one group: {group: {value: {decision id: expiry}}}; the group's expiry is
+#: the longest, and a deletion naming one id leaves the others (id ``-1``: the decision seen first, whose id was not
+#: kept). Small (only shared values), so it rides in the codec's header.
+LapiDups = dict[CapiGroup, dict[str, dict[int, float]]]
 
 
 def group_scenario(origin: str, scenario: str) -> str:
@@ -99,6 +103,7 @@ class State:
     blocklists: dict[str, BlocklistState] = field(default_factory=dict)
     allowlists: dict[str, AllowlistState] = field(default_factory=dict)
     last_pull: float | None = None
+    lapi_dups: LapiDups = field(default_factory=dict)
 
     def evolve(self, **changes: Any) -> State:
         return replace(self, **changes)
@@ -164,6 +169,11 @@ def encode_state(state: State) -> bytes:
     ]
     head = {"format": FORMAT, "last_pull": state.last_pull, "capi": capi, "blocklists": blocklists}
     head["allowlists"] = allowlists
+    if state.lapi_dups:  # omitted when empty: the blob stays what older versions read
+        head["lapi_dups"] = [  # type: ignore[assignment]  # a JSON header: its entries are of mixed types
+            [s, t, sc, [[v, [[i, e] for i, e in ids.items()]] for v, ids in g.items()]]
+            for (s, t, sc), g in state.lapi_dups.items()
+        ]
     text = "\n".join([_dump(head), *lines])
     yield_gil()
     return zlib.compress(text.encode(), 1)  # zlib releases the GIL while it compresses
@@ -243,7 +253,10 @@ def _decode(head: dict[str, Any], lines: list[bytes]) -> State:
         )
     if next(cursor, None) is not None:
         raise ValueError("more slices than the header announces")
-    return State(capi=capi, blocklists=blocklists, allowlists=allowlists, last_pull=head["last_pull"])
+    dups: LapiDups = {
+        (s, t, sc): {v: {int(i): float(e) for i, e in ids} for v, ids in g} for s, t, sc, g in head.get("lapi_dups", ())
+    }
+    return State(capi=capi, blocklists=blocklists, allowlists=allowlists, last_pull=head["last_pull"], lapi_dups=dups)
 
 
 def _decode_v1(doc: dict[str, Any]) -> State:

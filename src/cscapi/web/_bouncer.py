@@ -249,6 +249,7 @@ class Bouncer:
         max_body: int = 16 * 1024,
         remediation_map: Mapping[str, str] | None = None,
         clock: Callable[[], float] | None = None,
+        detectors: Any = None,
     ) -> None:
         for name in ("get_ip_remediation", "update_metrics_origins_count"):
             if not callable(getattr(engine, name, None)):
@@ -309,6 +310,43 @@ class Bouncer:
         self._warn_store = _RateLimitedWarning(60.0)
         self._warn_metrics = _RateLimitedWarning(60.0)
         self._peers: dict[str, str | None] = {}
+        if detectors is not None and not callable(getattr(detectors, "observe_status", None)):
+            raise ConfigurationError("detectors must be a cscapi.web.detect.Detectors")
+        self.detectors = detectors
+        """The :class:`cscapi.web.detect.Detectors` fed by ``report``/``report_failed_login``/the 404 hook, or None."""
+
+    # ---- detectors (cscapi.web.detect) ----------------------------------------------------------------------------
+
+    def _ip_of(self, request_or_ip: Request | str) -> str | None:
+        return request_or_ip if isinstance(request_or_ip, str) else self.client_ip(request_or_ip)
+
+    def report(self, request_or_ip: Request | str, scenario: str) -> bool:
+        """Pour one event of ``scenario`` for this request's client IP (or an IP) into the detectors; no I/O.
+
+        True when it overflowed here (the local decision is already in force). Needs ``detectors``."""
+        if self.detectors is None:
+            raise ConfigurationError("this Bouncer has no detectors: Bouncer(..., detectors=Detectors(...))")
+        ip = self._ip_of(request_or_ip)
+        return False if ip is None else bool(self.detectors.report(ip, scenario))
+
+    def report_failed_login(self, request_or_ip: Request | str) -> bool:
+        """A failed login (the detectors' ``failed_login`` scenario); False without detectors or that scenario."""
+        if self.detectors is None:
+            return False
+        ip = self._ip_of(request_or_ip)
+        return False if ip is None else bool(self.detectors.report_failed_login(ip))
+
+    def observe_status(self, request: Request, status: int) -> None:
+        """The middlewares' hook, once the application answered: 404 bursts feed the ``not_found`` scenario."""
+        detectors = self.detectors
+        if detectors is None or status != 404 or detectors.not_found is None:
+            return
+        try:
+            ip = self.client_ip(request)
+            if ip is not None:
+                detectors.observe_status(ip, request.path, status)
+        except Exception as exc:  # never break a response for a detector
+            logger.warning("detectors: the 404 hook failed: %s", exc)
 
     # ---- per request --------------------------------------------------------------------------------------------
 

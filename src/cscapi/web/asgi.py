@@ -71,7 +71,17 @@ class BouncerMiddleware:
             return
         decision = bouncer.decide(request)
         if decision.remediation == "bypass":
-            await self.app(scope, receive, send)
+            detectors = bouncer.detectors
+            if detectors is None or detectors.not_found is None:
+                await self.app(scope, receive, send)
+                return
+
+            async def watch(message: Any) -> None:  # the detectors' 404 hook sees the status, nothing else changes
+                if message["type"] == "http.response.start":
+                    bouncer.observe_status(request, message["status"])
+                await send(message)
+
+            await self.app(scope, receive, watch)
             return
         response = bouncer.respond(request, decision)
         assert response is not None

@@ -95,7 +95,18 @@ class BouncerMiddleware:
             return self._send(bouncer.solve(request, _read_body(environ, bouncer.max_body)), start_response)
         decision = bouncer.decide(request)
         if decision.remediation == "bypass":
-            return self.app(environ, start_response)
+            detectors = bouncer.detectors
+            if detectors is None or detectors.not_found is None:
+                return self.app(environ, start_response)
+
+            def watch(status: str, headers: Any, exc_info: Any = None) -> Any:  # the detectors' 404 hook
+                code = status.split(" ", 1)[0]
+                bouncer.observe_status(request, int(code) if code.isdigit() else 0)
+                if exc_info is None:
+                    return start_response(status, headers)
+                return start_response(status, headers, exc_info)
+
+            return self.app(environ, watch)
         response = bouncer.respond(request, decision)
         assert response is not None
         return self._send(response, start_response)

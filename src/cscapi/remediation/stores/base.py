@@ -146,6 +146,16 @@ class DecisionStore(ABC):
         live = {k: (str(v[0]), float(v[1]), str(v[2])) for k, v in found.get("d", {}).items() if v[1] > now}
         return str(found.get("v")), live
 
+    # ---- leaky buckets (cscapi.web.detect's shared detectors) -------------------------------------------------
+
+    def leak_bucket(self, key: str, capacity: int, leak_seconds: float, blackhole: float, now: float) -> bool:
+        """Pour one event into the leaky bucket ``key`` (it loses one event every ``leak_seconds``), atomically for
+        every worker sharing the store; True when it overflows (more than ``capacity`` events): the bucket empties and
+        ignores events for ``blackhole`` seconds. Shared stores only."""
+        from cscapi.errors import ConfigurationError
+
+        raise ConfigurationError(f"{type(self).__name__} cannot hold shared detector buckets (use SQLite or Redis)")
+
     def wait_change(self, timeout: float) -> bool:
         """Block up to ``timeout`` seconds for a notification that a new version was committed; True if one came.
 
@@ -159,6 +169,25 @@ class DecisionStore(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.uri}>"
+
+
+def leak(
+    level: float, last: float, until: float, now: float, capacity: int, leak_seconds: float, blackhole: float
+) -> tuple[bool, float, float]:
+    """One event into a leaky bucket: (overflowed, new level, blackhole end). Shared by every store's buckets."""
+    if until > now:
+        return False, level, until
+    if leak_seconds > 0:
+        level = max(0.0, level - max(0.0, now - last) / leak_seconds)
+    level += 1
+    if level > capacity:
+        return True, 0.0, now + blackhole
+    return False, level, until
+
+
+def bucket_ttl(capacity: int, leak_seconds: float, blackhole: float) -> float:
+    """Seconds after its last event past which a bucket is empty and out of its blackhole (it can be dropped)."""
+    return (capacity + 1) * leak_seconds + blackhole + 1.0
 
 
 def _pack(value: str, expires_at: float) -> str:

@@ -7,7 +7,7 @@ import time
 
 from cscapi.errors import DecisionStoreError
 from cscapi.remediation.state import State
-from cscapi.remediation.stores.base import Counters, DecisionStore, LocalDecisions
+from cscapi.remediation.stores.base import Counters, DecisionStore, LocalDecisions, bucket_ttl, leak
 
 __all__ = ["MemoryStore"]
 
@@ -30,6 +30,7 @@ class MemoryStore(DecisionStore):
         self._cache_sweep_at = 1024
         self._local: LocalDecisions = {}
         self._local_version = 0
+        self._buckets: dict[str, tuple[float, float, float, float]] = {}  # key -> (level, last, until, expires)
 
     def version(self) -> str | None:
         return self._version
@@ -84,6 +85,18 @@ class MemoryStore(DecisionStore):
             self._local = {k: v for k, v in self._local.items() if v[1] > now}
             self._local[ip] = (type_, until, scenario)
             self._local_version += 1
+
+    def leak_bucket(self, key: str, capacity: int, leak_seconds: float, blackhole: float, now: float) -> bool:
+        """In this process (a memory store is one process's): the buckets of the engines sharing this object."""
+        with self._lock:
+            buckets = self._buckets
+            level, last, until, _e = buckets.get(key, (0.0, now, 0.0, 0.0))
+            over, level, until = leak(level, last, until, now, capacity, leak_seconds, blackhole)
+            if len(buckets) >= 100_000:
+                for k in [k for k, v in buckets.items() if v[3] <= now]:
+                    del buckets[k]
+            buckets[key] = (level, now, until, now + bucket_ttl(capacity, leak_seconds, blackhole))
+            return over
 
     def local_version(self) -> str | None:
         return str(self._local_version) if self._local_version else None

@@ -26,7 +26,16 @@ from typing import Any
 from cscapi.errors import ConfigurationError, DecisionStoreError
 from cscapi.redact import mask_url, scrub
 from cscapi.remediation.state import State, StateFormatError, decode_state, encode_state
-from cscapi.remediation.stores.base import CACHE_PREFIX, Counters, DecisionStore, LocalDecisions, _pack, _unpack, log
+from cscapi.remediation.stores.base import (
+    CACHE_PREFIX,
+    Counters,
+    DecisionStore,
+    LocalDecisions,
+    _pack,
+    _unpack,
+    bucket_ttl,
+    log,
+)
 
 __all__ = ["RedisStore"]
 
@@ -52,6 +61,20 @@ _INCR = """
 if ARGV[1] ~= '' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', 600) then return 0 end
 for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], tonumber(ARGV[i + 1])) end
 return 1
+"""
+
+_LEAK = """
+local h = redis.call('HMGET', KEYS[1], 'l', 't', 'b')
+local now, cap, leak, bh = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local level, last, till = tonumber(h[1]) or 0, tonumber(h[2]) or now, tonumber(h[3]) or 0
+if till > now then return 0 end
+if leak > 0 then level = math.max(0, level - math.max(0, now - last) / leak) end
+level = level + 1
+local over = 0
+if level > cap then over, level, till = 1, 0, now + bh end
+redis.call('HSET', KEYS[1], 'l', string.format('%.6f', level), 't', ARGV[1], 'b', string.format('%.6f', till))
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return over
 """
 
 _MIGRATE = """
@@ -116,6 +139,7 @@ class RedisStore(DecisionStore):
         self._release = self._redis.register_script(_RELEASE)
         self._decr = self._redis.register_script(_DECR)
         self._incr = self._redis.register_script(_INCR)
+        self._leak = self._redis.register_script(_LEAK)
         self._migrate = self._redis.register_script(_MIGRATE)
         self._migrated = False
         self._pubsub: Any = None
@@ -235,6 +259,16 @@ class RedisStore(DecisionStore):
                 pipe.incr(self.k_local_version)
                 pipe.publish(self.k_events, "local")
                 pipe.execute()
+        except self._errors as exc:
+            raise self._fail(exc) from exc
+
+    def leak_bucket(self, key: str, capacity: int, leak_seconds: float, blackhole: float, now: float) -> bool:
+        """One Lua script (atomic): read, leak, pour, write back; the key expires once the bucket is empty and out of
+        its blackhole (``<p>#bucket:<key>``)."""
+        ttl_ms = int(bucket_ttl(capacity, leak_seconds, blackhole) * 1000)
+        args: list[Any] = [repr(float(now)), capacity, repr(float(leak_seconds)), repr(float(blackhole)), ttl_ms]
+        try:
+            return bool(self._leak(keys=[self.namespace + "bucket:" + key], args=args))
         except self._errors as exc:
             raise self._fail(exc) from exc
 

@@ -20,7 +20,16 @@ from typing import TypeVar
 from cscapi.errors import ConfigurationError, DecisionStoreError
 from cscapi.redact import mask_url
 from cscapi.remediation.state import State, StateFormatError, decode_state, encode_state
-from cscapi.remediation.stores.base import CACHE_PREFIX, Counters, DecisionStore, LocalDecisions, _pack, log
+from cscapi.remediation.stores.base import (
+    CACHE_PREFIX,
+    Counters,
+    DecisionStore,
+    LocalDecisions,
+    _pack,
+    bucket_ttl,
+    leak,
+    log,
+)
 
 _CACHE_SWEEP = 1000  # cache_put calls between two sweeps of the expired cache entries
 
@@ -37,6 +46,9 @@ CREATE TABLE IF NOT EXISTS cscapi_counters (
     origin TEXT NOT NULL, remediation TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (origin, remediation)
 );
 CREATE TABLE IF NOT EXISTS cscapi_local (ip TEXT PRIMARY KEY, type TEXT NOT NULL, until REAL NOT NULL, scenario TEXT);
+CREATE TABLE IF NOT EXISTS cscapi_buckets (
+    key TEXT PRIMARY KEY, level REAL NOT NULL, last REAL NOT NULL, until REAL NOT NULL, expires REAL NOT NULL
+);
 """
 
 
@@ -208,6 +220,24 @@ class SQLiteStore(DecisionStore):
             "INSERT INTO cscapi_kv (key, value) VALUES ('local_version', '1') "
             "ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)"
         )
+
+    def leak_bucket(self, key: str, capacity: int, leak_seconds: float, blackhole: float, now: float) -> bool:
+        """Read, leak, pour and write back in one ``BEGIN IMMEDIATE`` transaction (workers serialise on it); every
+        1000 pours, delete the buckets past their expiry."""
+        with self._tx() as c:
+            row = c.execute("SELECT level, last, until FROM cscapi_buckets WHERE key = ?", (key,)).fetchone()
+            level, last, until = (0.0, now, 0.0) if row is None else (float(row[0]), float(row[1]), float(row[2]))
+            over, level, until = leak(level, last, until, now, capacity, leak_seconds, blackhole)
+            c.execute(
+                "INSERT INTO cscapi_buckets (key, level, last, until, expires) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET level = excluded.level, last = excluded.last, "
+                "until = excluded.until, expires = excluded.expires",
+                (key, level, now, until, now + bucket_ttl(capacity, leak_seconds, blackhole)),
+            )
+            self._pours = getattr(self, "_pours", 0) + 1
+            if self._pours % 1000 == 0:
+                c.execute("DELETE FROM cscapi_buckets WHERE expires <= ?", (now,))
+        return over
 
     def local_version(self) -> str | None:
         row = self._run(lambda c: c.execute("SELECT value FROM cscapi_kv WHERE key = 'local_version'").fetchone())

@@ -1,0 +1,293 @@
+"""cscapi.web.detect: leaky buckets per (IP, scenario) in memory and in the shared store (SQLite, Redis), local
+decisions every worker applies (kept by a CAPI refresh, expiring by themselves), signals queued in the SQL queue without
+blocking the request, a full buffer counted and logged, fork safety, and the ASGI/WSGI 404 hook."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cscapi.client import CAPIClient, CAPIClientConfig
+from cscapi.errors import ConfigurationError
+from cscapi.models import Machine
+from cscapi.remediation import CLEAN, Remediation, RemediationEngine
+from cscapi.sql_storage import SQLStorage
+from cscapi.web import Bouncer
+from cscapi.web.asgi import BouncerMiddleware as AsgiMiddleware
+from cscapi.web.detect import Detectors, Scenario, failed_login, http_probing
+from cscapi.web.wsgi import BouncerMiddleware as WsgiMiddleware
+from test_remediation_support import Clock, FakeSource, decision, stream
+
+LOGIN = "acme/login-bf"
+PROBE = "acme/http-probing"
+LOCAL_BAN = Remediation("ban", "local")
+
+
+MACHINE = "a" * 48
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> Iterator[SQLStorage]:
+    """The durable signal queue, holding the agent's machine (the detectors queue under it)."""
+    storage = SQLStorage(f"sqlite:///{tmp_path / 'queue.db'}")
+    storage.update_or_create_machine(Machine(machine_id=MACHINE, password="p" * 32))
+    yield storage
+    storage.close() if hasattr(storage, "close") else None
+
+
+def queued(storage: SQLStorage) -> list[Any]:
+    return list(storage.get_signals(1000))
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, Any]]:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'decisions.db'}", {}
+    return request.getfixturevalue("redis_url"), {"key_prefix": request.getfixturevalue("redis_prefix")}
+
+
+def test_scenarios_are_validated_at_construction(queue: SQLStorage) -> None:
+    engine = RemediationEngine(None, "memory://")
+    client = CAPIClient(queue, CAPIClientConfig(scenarios=[LOGIN]))
+    Detectors(engine, [failed_login(LOGIN)], signals=client)  # read from the client's config
+    with pytest.raises(ConfigurationError, match="not in the client's scenarios"):
+        Detectors(engine, [failed_login(LOGIN), http_probing(PROBE)], signals=client)
+    with pytest.raises(ConfigurationError, match="allowed_scenarios"):
+        Detectors(engine, [failed_login(LOGIN)], signals=queue)  # a bare storage: say which names are yours
+    with pytest.raises(ConfigurationError, match="capacity"):
+        Scenario("x", capacity=-1)
+    with pytest.raises(ConfigurationError, match="duration"):
+        Scenario("x", duration=0)
+    with pytest.raises(ConfigurationError, match="not one of the scenarios"):
+        Detectors(engine, [failed_login(LOGIN)], failed_login="other")
+    with pytest.raises(ConfigurationError, match="shared store"):
+        Detectors(engine, [failed_login(LOGIN)], buckets="shared")
+    with pytest.raises(ConfigurationError, match="unknown scenario"):
+        Detectors(engine, [failed_login(LOGIN)]).report("1.2.3.4", "nope")
+    engine.close()
+
+
+def test_memory_bucket_overflows_remediates_at_once_and_queues_a_signal(queue: SQLStorage) -> None:
+    clock = Clock()
+    engine = RemediationEngine(None, "memory://", clock=clock)
+    detectors = Detectors(
+        engine,
+        [failed_login(LOGIN, capacity=3, leak_speed=10, duration=600)],
+        signals=queue,
+        allowed_scenarios=[LOGIN],
+        failed_login=LOGIN,
+        clock=clock,
+    )
+    bouncer = Bouncer(engine, secret_key="k" * 32, detectors=detectors)
+    assert [bouncer.report_failed_login("1.2.3.4") for _ in range(3)] == [False] * 3
+    clock.advance(20)  # two events leaked away
+    assert [bouncer.report_failed_login("1.2.3.4") for _ in range(2)] == [False, False]
+    assert bouncer.report_failed_login("1.2.3.4") is True  # the 4th in the bucket
+    assert engine.get_ip_remediation("1.2.3.4") == LOCAL_BAN  # the next request: no flush needed
+    assert engine.get_ip_remediation("::ffff:1.2.3.4") == LOCAL_BAN
+    assert engine.get_ip_remediation("1.2.3.5") is CLEAN
+    assert bouncer.report_failed_login("1.2.3.4") is False  # blackholed
+    assert detectors.flush()
+    (signal,) = queued(queue)
+    assert signal.scenario == LOGIN and signal.source.value == "1.2.3.4" and signal.machine_id == MACHINE
+    assert signal.decisions is not None and signal.decisions[0].type == "ban"
+    assert detectors.counters.overflows == 1 and detectors.counters.signals_queued == 1
+    clock.advance(601)
+    assert engine.get_ip_remediation("1.2.3.4") is CLEAN  # expired by itself
+    detectors.close()
+    engine.close()
+
+
+def test_shared_buckets_count_across_workers_and_the_decision_reaches_every_worker(
+    shared_store: tuple[str, dict[str, Any]], queue: SQLStorage
+) -> None:
+    uri, kw = shared_store
+    src = FakeSource()
+    src.streams += [stream([decision("9.9.9.9")]), stream([decision("8.8.8.8")])]
+    agent = RemediationEngine(src, uri, sync_interval_ms=0, **kw)
+    agent.refresh_decisions()
+    a = RemediationEngine(None, uri, sync_interval_ms=0, **kw)
+    b = RemediationEngine(None, uri, sync_interval_ms=0, **kw)
+    scenario = failed_login(LOGIN, capacity=5, leak_speed=3600, duration=3600)
+    da = Detectors(a, [scenario], signals=queue, allowed_scenarios=[LOGIN], failed_login=LOGIN)
+    db = Detectors(b, [scenario], signals=queue, allowed_scenarios=[LOGIN], failed_login=LOGIN)
+    assert da.buckets == "shared"
+    try:
+        for _ in range(3):
+            da.report_failed_login("203.0.113.7")
+            db.report_failed_login("203.0.113.7")
+        assert da.flush() and db.flush()
+        assert da.counters.overflows + db.counters.overflows == 1  # 6 events in one bucket of capacity 5
+        for engine in (a, b, agent):
+            engine.sync()
+            assert engine.get_ip_remediation("203.0.113.7") == LOCAL_BAN
+            assert engine.get_ip_remediation("9.9.9.9") == Remediation("ban", "CAPI")
+        agent.refresh_decisions(force=True)  # CAPI's state is replaced; the local decision stays
+        for engine in (a, b):
+            engine.sync()
+            assert engine.get_ip_remediation("203.0.113.7") == LOCAL_BAN
+            assert engine.get_ip_remediation("8.8.8.8") == Remediation("ban", "CAPI")
+        (signal,) = queued(queue)
+        assert signal.scenario == LOGIN and signal.source.value == "203.0.113.7"
+        agent.clear_cache()  # forgets every decision, the local ones too
+        b.sync()
+        assert b.get_ip_remediation("203.0.113.7") is CLEAN
+    finally:
+        for d in (da, db):
+            d.close()
+        for engine in (a, b, agent):
+            engine.close()
+
+
+def test_local_decisions_expire_in_every_worker(shared_store: tuple[str, dict[str, Any]]) -> None:
+    uri, kw = shared_store
+    clock = Clock()
+    a = RemediationEngine(None, uri, sync_interval_ms=0, clock=clock, **kw)
+    b = RemediationEngine(None, uri, sync_interval_ms=0, clock=clock, **kw)
+    try:
+        a.add_local_decision("2001:db8::1", "captcha", 60, LOGIN)
+        b.sync()
+        assert b.get_ip_remediation("2001:db8:0::1") == Remediation("captcha", "local")
+        clock.advance(61)
+        assert b.get_ip_remediation("2001:db8::1") is CLEAN
+        b.sync()
+        assert b.local_decisions() == {}
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_local_decision_never_weakens_a_capi_one() -> None:
+    src = FakeSource()
+    src.streams.append(stream([decision("1.2.3.4")]))
+    engine = RemediationEngine(src, "memory://")
+    engine.refresh_decisions()
+    engine.add_local_decision("1.2.3.4", "captcha", 60)
+    assert engine.get_ip_remediation("1.2.3.4") == Remediation("ban", "CAPI")
+    engine.close()
+
+
+class _BlockingSink:
+    """A signal queue that blocks until released (a slow database), recording what it got."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.got: list[Any] = []
+
+    def add_signals(self, signals: Any) -> int:
+        self.entered.set()
+        assert self.release.wait(120)
+        self.got += list(signals)
+        return len(signals)
+
+
+def test_a_full_buffer_drops_counts_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    engine = RemediationEngine(None, "memory://")
+    sink = _BlockingSink()
+    scenario = Scenario(PROBE, capacity=0, blackhole=0, decision_type=None)
+    detectors = Detectors(
+        engine, [scenario], signals=sink, allowed_scenarios=[PROBE], buffer_size=4, machine_id=MACHINE
+    )
+    try:
+        start = time.monotonic()
+        detectors.report("10.0.0.1", PROBE)  # overflows: the worker takes it and blocks in the sink
+        assert sink.entered.wait(60)
+        while detectors._buffer:
+            assert time.monotonic() - start < 60
+            time.sleep(0.01)
+        with caplog.at_level(logging.WARNING, logger="cscapi.web.detect"):
+            for i in range(10):
+                detectors.report(f"10.0.1.{i}", PROBE)
+        assert detectors.counters.dropped == 6
+        assert "buffer full" in caplog.text
+        sink.release.set()
+        assert detectors.flush()
+        assert len(sink.got) == 5  # the first, then the 4 the buffer held
+    finally:
+        sink.release.set()
+        detectors.close()
+        engine.close()
+
+
+def test_a_forked_child_reports_on_its_own(tmp_path: Path, queue: SQLStorage) -> None:
+    engine = RemediationEngine(None, f"sqlite:///{tmp_path / 'd.db'}", sync_interval_ms=0)
+    scenario = Scenario(PROBE, capacity=0, blackhole=0, decision_type=None)
+    detectors = Detectors(engine, [scenario], signals=queue, allowed_scenarios=[PROBE], buckets="memory")
+    detectors.report("10.0.0.1", PROBE)
+    assert detectors.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            detectors.report("10.0.0.2", PROBE)
+            ok = detectors.flush() and detectors._thread is not None and detectors._thread.is_alive()
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert sorted(s.source.value for s in queued(queue)) == ["10.0.0.1", "10.0.0.2"]
+    detectors.close()
+    engine.close()
+
+
+def _app_404_asgi() -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        status = 404 if scope["path"].startswith("/wp-") else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+def _asgi_get(mw: Any, path: str, ip: str) -> int:
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "query_string": b"", "headers": [], "client": (ip, 5000)}
+    asyncio.run(mw(scope, receive, send))
+    return int(sent[0]["status"])
+
+
+def test_404_bursts_through_the_asgi_and_wsgi_middlewares() -> None:
+    engine = RemediationEngine(None, "memory://")
+    probing = http_probing(PROBE, capacity=3, decision_type="ban", duration=60)
+    detectors = Detectors(engine, [probing], not_found=PROBE)
+    bouncer = Bouncer(engine, secret_key="k" * 32, detectors=detectors)
+    mw = AsgiMiddleware(_app_404_asgi(), bouncer=bouncer)
+    assert [_asgi_get(mw, "/wp-login.php", "192.0.2.9") for _ in range(4)] == [404] * 4
+    assert _asgi_get(mw, "/", "192.0.2.9") == 403  # the 4th 404 overflowed: banned locally
+    for _ in range(10):
+        assert _asgi_get(mw, "/wp-x.css", "192.0.2.10") == 404  # static files are not probes
+    assert _asgi_get(mw, "/", "192.0.2.10") == 200
+
+    def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("404 Not Found" if environ["PATH_INFO"].startswith("/.env") else "200 OK", [])
+        return [b""]
+
+    wmw = WsgiMiddleware(wsgi_app, bouncer=bouncer)
+
+    def wsgi_get(path: str) -> str:
+        got: list[str] = []
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "REMOTE_ADDR": "192.0.2.11", "wsgi.url_scheme": "http"}
+        wmw(environ, lambda status, headers, exc_info=None: got.append(status))
+        return got[0]
+
+    assert [wsgi_get("/.env")[:3] for _ in range(4)] == ["404"] * 4
+    assert wsgi_get("/")[:3] == "403"
+    detectors.close()
+    engine.close()
