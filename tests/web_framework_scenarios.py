@@ -54,8 +54,9 @@ class RecordingBouncer(Bouncer):
         super().__init__(*args, **kwargs)
         self.failed_logins: list[Any] = []
 
-    def report_failed_login(self, request: Any) -> None:
-        self.failed_logins.append(request)
+    def report_failed_login(self, request_or_ip: Any) -> bool:
+        self.failed_logins.append(request_or_ip)
+        return True
 
 
 def engine_with_allowlist() -> RemediationEngine:

@@ -45,6 +45,7 @@ OPTIONS: dict[str, str | None] = {
     "cookie_name": "cookie_name",
     "max_body": "max_body",
     "remediation_map": "remediation_map",
+    "detectors": "detectors",
 }
 
 _ENGINES: dict[tuple[str, str], Any] = {}

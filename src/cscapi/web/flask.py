@@ -73,10 +73,10 @@ class CrowdSec:
         return self.bouncer_of(current_app)
 
     def report_failed_login(self, request: Any = None) -> bool:
-        """Tell the failed-login detector that the current request (or ``request``, a Flask request) failed to log in.
-
-        Returns False, doing nothing, while the bouncer has no failed-login detector (``cscapi.web.detect``); True
-        once reported. Call it from your login view when the password is wrong."""
+        """Tell the failed-login detector that the current request (or ``request``, a Flask request) failed to log in:
+        call it from your login view when the password is wrong. Its client IP is found as for the bouncer (trusted
+        proxies). True when this failure crossed the threshold (the IP's local decision is then in force); False
+        otherwise, and always when the bouncer has no detectors (``CSCAPI_DETECTORS``, see ``cscapi.web.detect``)."""
         if request is None:
             from flask import request as current_request
 
@@ -84,5 +84,4 @@ class CrowdSec:
         report = getattr(self.bouncer, "report_failed_login", None)
         if report is None:
             return False
-        report(request_from_environ(request.environ))
-        return True
+        return bool(report(request_from_environ(request.environ)))

@@ -130,7 +130,9 @@ class BouncerMiddleware:
         decision = bouncer.decide(view)
         request.cscapi_decision = decision
         if decision.remediation == "bypass":
-            return self.get_response(request)
+            response = self.get_response(request)
+            _observe(bouncer, view, response)
+            return response
         response = bouncer.respond(view, decision)
         assert response is not None
         return to_django(response)
@@ -144,7 +146,9 @@ class BouncerMiddleware:
         request.cscapi_decision = decision
         if decision.remediation == "bypass":
             get_response: Callable[[HttpRequest], Awaitable[Any]] = self.get_response
-            return await get_response(request)
+            response = await get_response(request)
+            _observe(bouncer, view, response)
+            return response
         response = bouncer.respond(view, decision)
         assert response is not None
         return to_django(response)
@@ -153,12 +157,21 @@ class BouncerMiddleware:
 def report_failed_login(request: HttpRequest) -> bool:
     """Tell the failed-login detector that ``request`` failed to log in (done for you on ``user_login_failed``).
 
-    Returns False, doing nothing, while the bouncer has no failed-login detector (``cscapi.web.detect``)."""
+    True when this failure crossed the threshold (the IP's local decision is then in force); False otherwise, and
+    always when the bouncer has no detectors (``CSCAPI['DETECTORS']``, see ``cscapi.web.detect``)."""
     report = getattr(get_bouncer(), "report_failed_login", None)
     if report is None:
         return False
-    report(request_view(request))
-    return True
+    return bool(report(request_view(request)))
+
+
+def _observe(bouncer: Bouncer, view: Request, response: Any) -> None:
+    """The detectors' 404 hook (``Bouncer.observe_status``), when this bouncer has one."""
+    status = getattr(response, "status_code", 0)
+    if status == 404:
+        observe = getattr(bouncer, "observe_status", None)
+        if observe is not None:
+            observe(view, status)
 
 
 def on_user_login_failed(sender: Any, credentials: Any = None, request: HttpRequest | None = None, **kw: Any) -> None:
