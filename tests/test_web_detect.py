@@ -291,3 +291,20 @@ def test_404_bursts_through_the_asgi_and_wsgi_middlewares() -> None:
     assert wsgi_get("/")[:3] == "403"
     detectors.close()
     engine.close()
+
+
+def test_the_docs_snippet_runs(queue: SQLStorage) -> None:
+    import re
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "web.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "def make_bouncer(" in b)
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/web.md", "exec"), namespace)
+    engine = RemediationEngine(None, "memory://")
+    bouncer = namespace["make_bouncer"](engine, queue, "k" * 32)
+    assert [bouncer.report_failed_login("198.51.100.4") for _ in range(6)][-1] is True
+    assert engine.get_ip_remediation("198.51.100.4") == LOCAL_BAN
+    assert bouncer.detectors.flush()
+    assert [s.scenario for s in queued(queue)] == ["acme/login-bf"]
+    bouncer.detectors.close()
+    engine.close()
