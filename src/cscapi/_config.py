@@ -22,6 +22,8 @@ import httpx
 from cscapi import redact
 from cscapi._validators import (
     check_batch_size,
+    check_byte_cap,
+    check_deadline,
     check_machine_id_prefix,
     check_max_retries,
     check_scenarios,
@@ -30,7 +32,7 @@ from cscapi._validators import (
 )
 from cscapi.errors import ConfigurationError
 from cscapi.iputil import is_loopback_host
-from cscapi.limits import DEV_URL, MAX_BATCH, PROD_URL
+from cscapi.limits import DEFAULT_MAX_LINK_BYTES, DEFAULT_MAX_STREAM_BYTES, DEV_URL, MAX_BATCH, PROD_URL
 from cscapi.protocol import normalise_base_url, user_agent
 from cscapi.transport import (
     DEFAULT_DEADLINE,
@@ -115,8 +117,8 @@ class CAPIClientConfig:
     #: Limits and deadlines (docs/client.md, "Limits and deadlines"): total seconds per request, redirects included;
     #: decompressed byte caps; links per stream; redirects per link; plain-http links from an https CAPI.
     deadline: float = DEFAULT_DEADLINE
-    max_stream_bytes: int = 256 * 1024 * 1024
-    max_link_bytes: int = 64 * 1024 * 1024
+    max_stream_bytes: int = DEFAULT_MAX_STREAM_BYTES
+    max_link_bytes: int = DEFAULT_MAX_LINK_BYTES
     max_links: int = 100
     max_error_bytes: int = DEFAULT_MAX_ERROR_BYTES
     max_token_bytes: int = 16 * 1024
@@ -141,10 +143,10 @@ class CAPIClientConfig:
         _number("claim_lease", self.claim_lease, minimum=0.001)
         _number("login_lock_ttl", self.login_lock_ttl, minimum=0.001)
         _number("gzip_threshold", self.gzip_threshold, integer=True)
-        _number("deadline", self.deadline, minimum=0.001)
+        check_deadline(self.deadline)
+        check_byte_cap("max_stream_bytes", self.max_stream_bytes)
+        check_byte_cap("max_link_bytes", self.max_link_bytes)
         for name in (
-            "max_stream_bytes",
-            "max_link_bytes",
             "max_links",
             "max_error_bytes",
             "max_token_bytes",

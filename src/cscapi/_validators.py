@@ -26,6 +26,8 @@ __all__ = [
     "UA_PREFIX_CHARS",
     "UA_PREFIX_MAX_LENGTH",
     "check_batch_size",
+    "check_byte_cap",
+    "check_deadline",
     "check_machine_id_prefix",
     "check_max_retries",
     "check_refresh",
@@ -86,6 +88,26 @@ def check_timeout(value: object) -> Any:
         f"timeout must be a positive number of seconds or an httpx.Timeout, not {_short(value)}.",
         hint="e.g. timeout=30 or timeout=httpx.Timeout(30, connect=5); a request that gets no answer in time "
         "is retried, then raises TransportError.",
+    )
+
+
+def check_deadline(value: object) -> float:
+    """``deadline``: the total seconds one request may take (redirects included), a finite number of at least 1 ms."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0.001:
+        return value
+    raise ConfigurationError(
+        f"deadline must be a number of seconds >= 0.001, not {_short(value)}.",
+        hint="It bounds a whole request, a slow download included (the default is 600 s).",
+    )
+
+
+def check_byte_cap(name: str, value: object) -> int:
+    """A decompressed size cap (``max_stream_bytes``, ``max_link_bytes``): a whole number of bytes, at least 1."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ConfigurationError(
+        f"{name} must be an integer >= 1 (bytes), not {_short(value)}.",
+        hint="An answer larger than this once decompressed is refused (ResponseTooLargeError), nothing applied.",
     )
 
 

@@ -9,6 +9,9 @@ outside (docs/internals.md).
 from __future__ import annotations
 
 __all__ = [
+    "DEFAULT_DEADLINE",
+    "DEFAULT_MAX_LINK_BYTES",
+    "DEFAULT_MAX_STREAM_BYTES",
     "DEFAULT_METRICS_INTERVAL",
     "DEFAULT_REFRESH_INTERVAL",
     "DEFAULT_REFRESH_JITTER",
@@ -46,3 +49,9 @@ MIN_METRICS_INTERVAL = 900.0
 
 #: Most retries of one request (network errors, 429 and 5xx, with backoff).
 MAX_RETRIES = 20
+
+#: Seconds one request (redirects included) may take in total: a 10 MB answer at ~150 kbit/s fits.
+DEFAULT_DEADLINE = 600.0
+#: Decompressed bytes of a decisions stream, and of one blocklist/allowlist link, at most.
+DEFAULT_MAX_STREAM_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_LINK_BYTES = 64 * 1024 * 1024

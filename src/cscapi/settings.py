@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 from cscapi._validators import (
     check_batch_size,
+    check_byte_cap,
+    check_deadline,
     check_machine_id_prefix,
     check_max_retries,
     check_refresh,
@@ -31,6 +33,9 @@ from cscapi._validators import (
 )
 from cscapi.errors import ConfigurationError
 from cscapi.limits import (
+    DEFAULT_DEADLINE,
+    DEFAULT_MAX_LINK_BYTES,
+    DEFAULT_MAX_STREAM_BYTES,
     DEFAULT_METRICS_INTERVAL,
     DEFAULT_REFRESH_INTERVAL,
     DEFAULT_REFRESH_JITTER,
@@ -366,6 +371,31 @@ SETTINGS: tuple[Setting, ...] = (
         low=0,
         high=MAX_RETRIES,
         check=check_max_retries,
+    ),
+    Setting(
+        "deadline",
+        "capi",
+        "float",
+        DEFAULT_DEADLINE,
+        "Total seconds one CAPI request or list download may take, redirects included (a server dripping its "
+        "answer is cut, then retried).",
+        check=check_deadline,
+    ),
+    Setting(
+        "max_stream_bytes",
+        "capi",
+        "int",
+        DEFAULT_MAX_STREAM_BYTES,
+        "Largest decisions stream accepted, in bytes once decompressed (a bigger one is refused, nothing applied).",
+        check=lambda v: check_byte_cap("max_stream_bytes", v),
+    ),
+    Setting(
+        "max_link_bytes",
+        "capi",
+        "int",
+        DEFAULT_MAX_LINK_BYTES,
+        "Largest blocklist/allowlist download accepted, in bytes once decompressed.",
+        check=lambda v: check_byte_cap("max_link_bytes", v),
     ),
     Setting("verify_tls", "capi", "bool", True, "Verify CAPI's TLS certificate (never turn this off in production)."),
     Setting(

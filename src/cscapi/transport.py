@@ -27,6 +27,7 @@ import httpcore
 import httpx
 
 from cscapi.errors import ConfigurationError, ResponseTooLargeError, UnsafeLinkError
+from cscapi.limits import DEFAULT_DEADLINE as _DEADLINE_DEFAULT
 from cscapi.protocol.http import NetworkFailure, Request, Response, safe_url
 
 __all__ = [
@@ -39,8 +40,7 @@ __all__ = [
     "TransportSettings",
 ]
 
-DEFAULT_DEADLINE = 600.0
-"""Seconds one request (redirects included) may take in total: a 10 MB answer at ~150 kbit/s fits."""
+DEFAULT_DEADLINE = _DEADLINE_DEFAULT  # the one copy lives in cscapi.limits (the CLI settings read it without httpx)
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 """Decompressed size of a 2xx answer without a limit of its own (signals, enroll, metrics: a few bytes in practice)."""
 DEFAULT_MAX_ERROR_BYTES = 64 * 1024
