@@ -358,6 +358,8 @@ class StreamDecision:
     duration: float
     type: str = "ban"
     origin: str = "CAPI"
+    id: int | None = None
+    """A LAPI decision's id (several decisions may share a value); None for CAPI."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +373,8 @@ class DeletedDecision:
     scenario: str | None = None
     type: str | None = None
     origin: str | None = None
+    id: int | None = None
+    """The LAPI decision's id: of several decisions on one value, only this one goes."""
 
 
 @dataclass(frozen=True, slots=True)

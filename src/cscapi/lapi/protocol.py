@@ -273,12 +273,18 @@ def parse_lapi_stream(response: Response, *, startup: bool = False, on_skip: Ski
 
     new = [
         StreamDecision(
-            value=d.value, scope=d.scope, scenario=d.scenario, duration=d.duration, type=d.type, origin=d.origin
+            value=d.value,
+            scope=d.scope,
+            scenario=d.scenario,
+            duration=d.duration,
+            type=d.type,
+            origin=d.origin,
+            id=d.id,
         )
         for d in _decision_list(data.get("new"), "new", skip, need_duration=True)
     ]
     deleted = [
-        DeletedDecision(value=d.value, scope=d.scope, scenario=d.scenario, type=d.type, origin=d.origin)
+        DeletedDecision(value=d.value, scope=d.scope, scenario=d.scenario, type=d.type, origin=d.origin, id=d.id)
         for d in _decision_list(data.get("deleted"), "deleted", skip, need_duration=False)
     ]
     return DecisionStream(new=new, deleted=deleted, skipped=skipped, startup=startup, raw=data)
