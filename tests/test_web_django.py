@@ -50,6 +50,8 @@ RAN: list[str] = []
 @csrf_exempt
 def page(request: HttpRequest) -> HttpResponse:
     RAN.append(request.path)
+    if request.path.startswith("/missing/"):
+        return HttpResponse("not found", status=404, content_type="text/plain")
     return HttpResponse(f"app {request.path}", content_type="text/plain")
 
 
@@ -244,4 +246,51 @@ def test_user_login_failed_is_reported_to_the_detector() -> None:
         with override_settings(CSCAPI={"BOUNCER": plain}):
             assert report_failed_login(request) is False  # no detectors
     finally:
+        engine.close()
+
+
+class RefusingBackend:
+    """An authentication backend that knows nobody (no database needed): every authenticate() fails."""
+
+    def authenticate(self, request: Any, **credentials: Any) -> None:
+        return None
+
+    def get_user(self, user_id: Any) -> None:
+        return None
+
+
+def test_user_login_failed_feeds_real_detectors_and_404_bursts_too() -> None:
+    """With cscapi.web.detect's detectors: Django's user_login_failed (from authenticate()) overflows the failed-login
+    bucket and the client is banned; bursts of 404s through the middleware overflow the not-found bucket."""
+    from django.contrib.auth import authenticate
+    from django.test import RequestFactory
+
+    from cscapi.web.detect import Detectors, failed_login, http_probing
+    from test_web_support import make_engine
+
+    engine = make_engine()
+    detectors = Detectors(
+        engine,
+        [failed_login("acme/login-bf"), http_probing("acme/probing", capacity=3, decision_type="ban")],
+        failed_login="acme/login-bf",
+        not_found="acme/probing",
+        buckets="memory",
+        clock=lambda: 1_000_000.0,
+    )
+    try:
+        bouncer = Bouncer(engine, secret_key=KEY, detectors=detectors)
+        backends = [f"{__name__}.RefusingBackend"]
+        with override_settings(CSCAPI={"BOUNCER": bouncer}, AUTHENTICATION_BACKENDS=backends):
+            for _ in range(6):
+                request = RequestFactory(REMOTE_ADDR=CLEAN_IP).post("/login")
+                assert authenticate(request, username="nobody", password="wrong") is None
+            assert engine.get_ip_remediation(CLEAN_IP).origin == "local"
+            assert Client(REMOTE_ADDR=CLEAN_IP).get("/").status_code == 403
+            # 404s (the test view answers 404 under /missing/): the 4th overflows capacity 3.
+            prober = "192.0.2.77"
+            statuses = [Client(REMOTE_ADDR=prober).get(f"/missing/{i}").status_code for i in range(5)]
+            assert statuses == [404] * 4 + [403]
+            assert engine.get_ip_remediation(prober).origin == "local"
+    finally:
+        detectors.close()
         engine.close()

@@ -165,3 +165,40 @@ def test_image_captcha_with_the_real_captcha_package() -> None:
     from test_web_image import solve_image_page
 
     solve_image_page(FlaskSite, ImageCaptcha)
+
+
+def test_failed_logins_through_the_helper_ban_the_client_with_real_detectors() -> None:
+    """cscapi.web.detect's failed-login detector behind the Flask helper: the 6th failure (capacity 5) puts a local
+    ban in the engine, and that IP's next request gets the ban wall; the proxy and other clients are untouched."""
+    from flask import Flask
+
+    from cscapi.web.detect import Detectors, failed_login
+
+    engine = _engine()
+    detectors = Detectors(
+        engine,
+        [failed_login("acme/login-bf")],
+        failed_login="acme/login-bf",
+        buckets="memory",
+        clock=lambda: 1_000_000.0,
+    )
+    try:
+        bouncer = Bouncer(engine, secret_key=KEY, trusted_proxies=["10.0.0.0/8"], detectors=detectors)
+        app = Flask(__name__)
+        crowdsec = CrowdSec(app, bouncer=bouncer)
+
+        @app.post("/login")
+        def login() -> tuple[str, int]:
+            crowdsec.report_failed_login()
+            return "wrong password", 401
+
+        c = app.test_client()
+        via_proxy = {"environ_base": {"REMOTE_ADDR": PROXY}, "headers": {"X-Forwarded-For": CLEAN_IP}}
+        statuses = [c.post("/login", **via_proxy).status_code for _ in range(7)]
+        assert statuses == [401] * 6 + [403]  # the 6th overflows; the 7th is stopped at the door
+        assert engine.get_ip_remediation(CLEAN_IP).origin == "local"
+        assert c.post("/login", environ_base={"REMOTE_ADDR": PROXY}).status_code == 401  # the proxy itself: clean
+        assert detectors.counters.overflows == 1
+    finally:
+        detectors.close()
+        engine.close()
