@@ -4,6 +4,7 @@ CrowdSec engine of tests/lapi_support.py: refresh/check/stats, ``lapi status``, 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -133,3 +134,67 @@ def test_live_mode_check_asks_the_lapi(lapi_env: CliEnv, lapi: Any, monkeypatch:
     result = lapi_env.invoke(["--source", "lapi", "decisions", "check", "198.51.100.99", "--json"])
     assert result.exit_code == 3, result.output
     assert json.loads(result.stdout)[0]["origin"] == "lapi-unavailable"
+
+
+def _expiry(store: str, ip: str) -> float:
+    """The expiry the decision store holds for ``ip`` (read back by a fresh engine: through the codec)."""
+    from cscapi.remediation import RemediationEngine
+
+    with RemediationEngine(None, store=store) as engine:
+        _version, state = engine.store.load()
+    return float(max((group[ip] for group in state.capi.values() if ip in group), default=0.0))
+
+
+def test_two_cscli_decisions_on_one_ip_deleting_one_leaves_the_other(lapi_env: CliEnv, lapi: Any) -> None:
+    """The real 1.4.6 engine sends one decision per value (the longest); deleting the shorter one changes nothing."""
+    ip = "192.0.2.30"
+    refresh = ["--source", "lapi", "decisions", "refresh", "--json"]
+    check = ["--source", "lapi", "decisions", "check", ip, "--json"]
+    lapi.add_decision(ip=ip, duration="4h", reason="dup-test")
+    lapi.add_decision(ip=ip, duration="1h", reason="dup-test")  # the same origin, scenario, type and value
+    ok(lapi_env.invoke(refresh))
+    store = f"sqlite:///{lapi_env.data_dir / 'decisions.db'}"
+    assert _expiry(store, ip) > time.time() + 3 * 3600  # the longest is enforced
+    ids = sorted(d["id"] for alert in lapi.alerts() for d in alert.get("decisions") or [] if d["value"] == ip)
+    assert len(ids) == 2, ids
+    lapi.delete_decisions(decision_id=ids[1])  # the 1 h one (added second)
+    ok(lapi_env.invoke(refresh))
+    assert ok(lapi_env.invoke(check))[0]["remediation"] == "ban"
+    lapi.delete_decisions(ip=ip)
+    ok(lapi_env.invoke(refresh))
+    assert ok(lapi_env.invoke(check))[0]["remediation"] == "bypass"
+
+
+DUP = {"origin": "cscli", "scenario": "dup-test", "scope": "Ip", "type": "ban", "value": "192.0.2.31"}
+
+
+def test_a_lapi_sending_every_decision_on_one_value_deleting_one_leaves_the_other(tmp_path: Any) -> None:
+    """A LAPI that sends several decisions on one value (same origin, scenario, type): the longest is enforced, a
+    deletion naming one id leaves the others, the last one's deletion lifts the ban; kept across processes (the
+    state's codec) and across pulls."""
+    from cscapi.lapi import LapiClient
+    from cscapi.remediation import RemediationEngine
+    from hostile_server import HostileServer
+
+    answers = [
+        {"new": [{**DUP, "id": 1, "duration": "4h"}, {**DUP, "id": 2, "duration": "1h"}], "deleted": None},
+        {"new": [{**DUP, "id": 3, "duration": "2h"}], "deleted": [{**DUP, "id": 1, "duration": "-1s"}]},
+        {"new": None, "deleted": [{**DUP, "id": 9, "duration": "-1s"}]},  # a decision this state never held
+        {"new": None, "deleted": [{**DUP, "id": 3, "duration": "-1s"}]},
+        {"new": None, "deleted": [{**DUP, "id": 2, "duration": "-1s"}]},
+    ]
+    store = f"sqlite:///{tmp_path / 'decisions.db'}"
+    seen: list[tuple[str, float]] = []
+    with HostileServer() as srv:
+        srv.route("/v1/decisions/stream", lambda c, r: c.json(200, answers.pop(0)))
+        with LapiClient(srv.url, api_key="k") as client:
+            for _ in range(5):
+                with RemediationEngine(client, store=store) as engine:  # a fresh engine: the state is decoded
+                    engine.refresh_decisions()
+                    seen.append((engine.get_ip_remediation("192.0.2.31").remediation, _expiry(store, DUP["value"])))
+    now = time.time()
+    assert seen[0][0] == "ban" and seen[0][1] > now + 3.5 * 3600  # the 4 h one, not the last in the stream
+    assert seen[1][0] == "ban" and now + 1.5 * 3600 < seen[1][1] < now + 2.5 * 3600  # 4 h gone: the 2 h one
+    assert seen[2] == seen[1]
+    assert seen[3][0] == "ban" and seen[3][1] < now + 1.2 * 3600  # 2 h gone: the 1 h one stands
+    assert seen[4][0] == "bypass"

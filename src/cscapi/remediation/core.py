@@ -113,8 +113,7 @@ def apply_stream(
                 rest = {i: e for i, e in shared.items() if i != gone and e > now}
                 if rest:
                     named[value] = max(rest.values())
-                    if len(rest) > 1:
-                        dups[key][value] = rest
+                    dups[key][value] = rest  # even one: its id is known, a deletion naming another leaves it
                     deleted += 1
                     continue
             del named[value]
