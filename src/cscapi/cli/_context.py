@@ -99,7 +99,11 @@ class _EchoHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = clean(self.format(record), keep_newlines=True)  # messages often carry a server's text
+            # a message often carries a server's text: its CR/LF are escaped too, so it cannot forge a log line;
+            # only a traceback (our own, appended by the formatter) keeps its newlines
+            line = logging.makeLogRecord(record.__dict__)
+            line.msg, line.args = clean(record.getMessage()), None
+            text = clean(self.format(line), keep_newlines=True)
             click.echo(f"{record.levelname.lower()}: {text}" if self.level_prefix else text, err=True)
         except Exception:  # pragma: no cover - logging must never raise
             self.handleError(record)

@@ -22,6 +22,7 @@ from cscapi.limits import MAX_BATCH
 from cscapi.machines import token_is_usable
 from cscapi.models import Machine, SendReport, SendTally, Signal
 from cscapi.protocol import Request, error_for, signals_to_wire
+from cscapi.protocol.responses import server_detail
 from cscapi.runtime import Flow, StorageCall
 from cscapi.signals import as_signal_list, validate_signals
 from cscapi.storage import Claim, StorageInterface
@@ -272,13 +273,9 @@ class SignalFlows(FlowBase):
             elif response.status_code in (400, 413, 422):
                 if len(part) == 1:
                     error = error_for(response, "signals")
-                    reason = (
-                        error.server_message or error.message
-                        if isinstance(error, RequestRejectedError)
-                        else error.message
-                    )
-                    if isinstance(error, RequestRejectedError) and error.server_errors:
-                        reason = f"{reason}: {error.server_errors}"
+                    reason = error.message
+                    if isinstance(error, RequestRejectedError):  # the server's words, each said once
+                        reason = server_detail(error.server_message or "", error.server_errors) or reason
                     reason = f"{response.status_code} {reason}"
                     yield from self._store(self.storage.quarantine, batch.claim, ids, reason)
                     batch.settle(ids)

@@ -40,6 +40,7 @@ __all__ = [
     "parse_json_object",
     "parse_login",
     "parse_stream",
+    "server_detail",
     "server_reason",
 ]
 
@@ -92,11 +93,24 @@ def is_credentials_refusal(response: Response) -> bool:
     return _CREDENTIALS_WORDING.search(text) is not None and _BAN_WORDING.search(text) is None
 
 
+def server_detail(message: str, errors: str | None) -> str:
+    """The server's ``message`` and ``errors`` joined, each said once (CAPI and the emulator often repeat the message's
+    reason in ``errors``: "invalid signal: X" and "X")."""
+    if not errors or errors in message:
+        return message
+    if not message or message in errors:
+        return errors
+    head, sep, tail = message.partition(": ")
+    if sep and tail and errors.startswith(tail):  # "invalid signal: X" and "X; Y": "invalid signal: X; Y"
+        return f"{head}: {errors}"
+    return f"{message}: {errors}"
+
+
 def error_for(response: Response, what: str) -> CAPIError:
     """The error a non-2xx answer to the ``what`` request means (``what``: ``login``, ``signals`` ...)."""
     status = response.status_code
     message, errors = server_reason(response)
-    detail = f"{message}: {errors}" if errors else message
+    detail = server_detail(message, errors)
     text = f"CAPI answered {status} to the {what} request: {detail}"
     if status in (400, 413, 422):
         return RequestRejectedError(text, server_message=message, server_errors=errors, status_code=status)
