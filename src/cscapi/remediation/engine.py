@@ -210,6 +210,7 @@ class _EngineBase(Generic[C]):
         self._local_version: str | None = None
         self._local_pending: LocalDecisions = {}
         self._local_guard = threading.Lock()
+        self._canonical: dict[str, str | None] = {}
         if self.store.shared:
             try:
                 self.sync()
@@ -241,7 +242,16 @@ class _EngineBase(Generic[C]):
         local = self._local
         entry = local.get(ip)
         if entry is None:
-            canonical = _canonical_ip(ip)
+            cache = self._canonical
+            try:
+                canonical = cache[ip]
+            except KeyError:  # other spellings (::ffff:1.2.3.4, 2001:db8:0::1): parsed once, cached (bounded)
+                canonical = _canonical_ip(ip)
+                if len(cache) >= 16384:
+                    cache.clear()
+                cache[ip] = canonical
+            except TypeError:
+                return found
             entry = local.get(canonical) if canonical is not None else None
         if entry is None or entry[0] <= self._clock():
             return found
