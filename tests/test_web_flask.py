@@ -202,3 +202,34 @@ def test_failed_logins_through_the_helper_ban_the_client_with_real_detectors() -
     finally:
         detectors.close()
         engine.close()
+
+
+def test_apps_on_one_store_share_one_engine_closed_at_exit(tmp_path: Path) -> None:
+    """Two apps naming the same store share this process's engine; close_engines() (run at exit) closes it, and the
+    usage counts of the requests it served reach the store for the agent to push."""
+    from cscapi.remediation import RemediationEngine
+    from cscapi.web._settings import close_engines
+    from test_web_docs import filled_store
+
+    store = filled_store(tmp_path)
+    apps = []
+    for _ in range(2):
+        app = make_app([])
+        app.config.update(SECRET_KEY=KEY, CSCAPI_DECISION_STORE=store)
+        CrowdSec(app)
+        apps.append(app)
+    engine = CrowdSec.bouncer_of(apps[0]).engine
+    assert CrowdSec.bouncer_of(apps[1]).engine is engine
+    assert apps[0].test_client().get("/", environ_base={"REMOTE_ADDR": BANNED}).status_code == 403
+    assert apps[1].test_client().get("/", environ_base={"REMOTE_ADDR": CLEAN_IP}).status_code == 200
+    close_engines()
+    reader = RemediationEngine(None, store=store)
+    try:
+        assert reader.get_origins_count() == {"CAPI": {"ban": 1}, "clean": {"bypass": 1}}
+    finally:
+        reader.close()
+    app = make_app([])
+    app.config.update(SECRET_KEY=KEY, CSCAPI_DECISION_STORE=store)
+    CrowdSec(app)
+    assert CrowdSec.bouncer_of(app).engine is not engine  # a closed engine is never handed out again
+    close_engines()

@@ -3,7 +3,9 @@ a :class:`~cscapi.web.Bouncer`. One engine per decision store URI per process, s
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
+import logging
 import threading
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -15,7 +17,7 @@ from cscapi.web._bouncer import Bouncer
 from cscapi.web.captcha import CaptchaKind, HCaptcha, ImageCaptcha, ProofOfWork, ReCaptcha, Turnstile
 from cscapi.web.walls import Walls
 
-__all__ = ["CAPTCHA_KINDS", "OPTIONS", "bouncer_from_settings", "engine_for", "problems"]
+__all__ = ["CAPTCHA_KINDS", "OPTIONS", "bouncer_from_settings", "close_engines", "engine_for", "problems"]
 
 CAPTCHA_KINDS: dict[str, Callable[..., CaptchaKind]] = {
     "pow": ProofOfWork,
@@ -48,20 +50,37 @@ OPTIONS: dict[str, str | None] = {
     "detectors": "detectors",
 }
 
+logger = logging.getLogger("cscapi.web")
+
 _ENGINES: dict[tuple[str, str], Any] = {}
 _LOCK = threading.Lock()
 
 
 def engine_for(uri: str, key_prefix: str = "cscapi:") -> Any:
-    """This process's engine reading the decision store ``uri`` (no source: the agent fills the store), made once."""
+    """This process's engine reading the decision store ``uri`` (no source: the agent fills the store), made once;
+    closed at exit (which flushes its last usage counts to the store)."""
     with _LOCK:
         engine = _ENGINES.get((uri, key_prefix))
         if engine is None:
             from cscapi.remediation import RemediationEngine
 
             engine = RemediationEngine(None, store=uri, key_prefix=key_prefix)
+            if not _ENGINES:
+                atexit.register(close_engines)
             _ENGINES[(uri, key_prefix)] = engine
         return engine
+
+
+def close_engines() -> None:
+    """Close the engines :func:`engine_for` made (at exit; a test may call it). A failure is logged, not raised."""
+    with _LOCK:
+        engines = list(_ENGINES.values())
+        _ENGINES.clear()
+    for engine in engines:
+        try:
+            engine.close()
+        except Exception as exc:
+            logger.warning("cscapi.web: closing an engine failed: %s", type(exc).__name__)
 
 
 def _store_problem(uri: object) -> str | None:
