@@ -8,13 +8,20 @@ from typing import Any
 from cscapi.lapi.client import DEFAULT_REFRESH_INTERVAL, AsyncLapiClient, LapiClient
 from cscapi.lapi.protocol import LapiDecision
 
-__all__ = ["DEFAULT_REFRESH_INTERVAL", "AsyncLapiClient", "LapiClient", "LapiDecision", "LapiWatcher"]
+__all__ = [
+    "DEFAULT_REFRESH_INTERVAL",
+    "AsyncLapiClient",
+    "AsyncLapiWatcher",
+    "LapiClient",
+    "LapiDecision",
+    "LapiWatcher",
+]
 
 
 def __getattr__(name: str) -> Any:
-    """``LapiWatcher`` is imported on first use (the watcher side lives in its own module)."""
-    if name == "LapiWatcher":
+    """``LapiWatcher`` / ``AsyncLapiWatcher`` are imported on first use (the watcher side lives in its own module)."""
+    if name in ("LapiWatcher", "AsyncLapiWatcher"):
         from cscapi.lapi import watcher
 
-        return watcher.LapiWatcher
+        return getattr(watcher, name)
     raise AttributeError(f"module 'cscapi.lapi' has no attribute {name!r}")

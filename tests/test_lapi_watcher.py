@@ -1,0 +1,183 @@
+"""LapiWatcher against the real CrowdSec 1.4.6 engine (tests/lapi_support.py): a machine registered with `cscli
+machines add` pushes the queued signals as alerts; `cscli alerts list` / `cscli decisions list` read them back and the
+bouncer side (LapiClient) sees the decisions; failures keep the signals queued."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from cscapi.errors import AuthenticationError, ConfigurationError, TransportError
+from cscapi.lapi import AsyncLapiClient, AsyncLapiWatcher, LapiClient, LapiWatcher
+from cscapi.lapi.alerts import alert_from_signal
+from cscapi.models import QueueCounts
+from cscapi.remediation import RemediationEngine
+from cscapi.signals import create_signal
+from cscapi.sql_storage import SQLStorage
+from cscapi.timeutil import utcnow
+from test_storage_support import MACHINE_A
+
+
+@pytest.fixture
+def storage(sqlite_url: str) -> Iterator[SQLStorage]:
+    with SQLStorage(sqlite_url) as st:
+        yield st
+
+
+def _dead_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/"
+
+
+def _scenario() -> str:
+    return f"cscapi-tests/watcher-{secrets.token_hex(4)}"
+
+
+def _signals(scenario: str) -> list[Any]:
+    return [
+        create_signal(
+            "192.0.2.77",
+            scenario,
+            machine_id=MACHINE_A,
+            decision_type="ban",
+            duration="2h",
+            context={"target": "login"},
+        ),
+        create_signal("198.51.100.0/24", scenario, machine_id=MACHINE_A, decision_type="ban", duration="3h"),
+        create_signal("203.0.113.9", scenario, machine_id=MACHINE_A, message="a whisper"),  # no decision: an alert only
+    ]
+
+
+def _mine(items: list[dict[str, Any]], scenario: str) -> list[dict[str, Any]]:
+    return [a for a in items if a.get("scenario") == scenario]
+
+
+def _all_alerts(lapi: Any) -> list[dict[str, Any]]:
+    """`cscli alerts list -a -o json`: with the alerts carrying no decision (hidden without -a on 1.4.6)."""
+    out = lapi.cscli("alerts", "list", "-a", "-l", "0", "-o", "json").stdout.strip()
+    found = json.loads(out) if out and out != "null" else []
+    assert isinstance(found, list)
+    return found
+
+
+def test_signals_become_alerts_and_decisions_the_bouncer_sees(
+    lapi: Any, lapi_bouncer_key: str, storage: SQLStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    machine, password = lapi.add_machine(f"w{secrets.token_hex(6)}")
+    scenario = _scenario()
+    caplog.set_level(logging.DEBUG)
+    with LapiWatcher(lapi.base_url, storage, machine_id=machine, password=password, batch_size=2) as watcher:
+        assert password not in repr(watcher)
+        assert watcher.add_signals(_signals(scenario)) == 3
+        assert storage.count_signals() == QueueCounts()  # CAPI's queue untouched
+        report = watcher.send_signals()
+        assert report == 3 and report.quarantined == 0 and not report.errors
+        assert report.batches == 2  # batch_size 2: two POSTs, one login
+        assert storage.count_signals(destination="lapi") == QueueCounts(sent=3)
+        assert watcher.send_signals() == 0  # exactly once: nothing left
+    assert password not in caplog.text
+
+    alerts = _mine(_all_alerts(lapi), scenario)
+    assert len(alerts) == 3
+    values = sorted(a["source"]["value"] for a in alerts)
+    assert values == ["192.0.2.77", "198.51.100.0/24", "203.0.113.9"]
+    scopes = {a["source"]["value"]: a["source"]["scope"] for a in alerts}
+    assert scopes == {"192.0.2.77": "Ip", "198.51.100.0/24": "Range", "203.0.113.9": "Ip"}
+    decisions = [d for a in _mine(lapi.decisions(), scenario) for d in a.get("decisions") or []]
+    found = {d["value"]: (d["type"], d["origin"], d["scope"]) for d in decisions}
+    assert found == {"192.0.2.77": ("ban", "crowdsec", "Ip"), "198.51.100.0/24": ("ban", "crowdsec", "Range")}
+    durations = {d["value"]: d["duration"] for d in decisions}
+    assert durations["192.0.2.77"].startswith("1h5")  # our 2h, not the profile's 4h
+    assert durations["198.51.100.0/24"].startswith("2h5")
+
+    with LapiClient(lapi.base_url, api_key=lapi_bouncer_key) as client:  # the bouncer side
+        engine = RemediationEngine(client)
+        engine.refresh_decisions()
+        assert engine.get_ip_remediation("192.0.2.77").remediation == "ban"
+        assert engine.get_ip_remediation("198.51.100.42").remediation == "ban"
+        assert engine.get_ip_remediation("203.0.113.9").remediation != "ban"  # a whisper decides nothing
+
+
+def test_bad_password_is_a_typed_authentication_error(lapi: Any, storage: SQLStorage) -> None:
+    machine, password = lapi.add_machine(f"w{secrets.token_hex(6)}")
+    wrong = "not-" + password
+    with LapiWatcher(lapi.base_url, storage, machine_id=machine, password=wrong) as watcher:
+        with pytest.raises(AuthenticationError) as info:
+            watcher.login()
+        assert wrong not in str(info.value) and "cscli machines" in (info.value.hint or "")
+        watcher.add_signals(_signals(_scenario()))
+        report = watcher.send_signals()
+        assert report == 0 and isinstance(report.errors[machine], AuthenticationError)
+        assert storage.count_signals(destination="lapi") == QueueCounts(queued=3)  # kept for a later try
+
+
+def test_lapi_down_keeps_the_signals_queued(storage: SQLStorage) -> None:
+    with LapiWatcher(_dead_url(), storage, machine_id="m", password="p", max_retries=0) as watcher:
+        watcher.add_signals(_signals(_scenario()))
+        report = watcher.send_signals()
+        assert report == 0 and isinstance(report.errors["m"], TransportError)
+    assert storage.count_signals(destination="lapi") == QueueCounts(queued=3)
+    assert len(storage.claim_signals(10, 60, destination="lapi")) == 3  # released, not left claimed
+
+
+def test_token_is_reused_then_renewed_after_a_401(lapi: Any, storage: SQLStorage) -> None:
+    machine, password = lapi.add_machine(f"w{secrets.token_hex(6)}")
+    scenario = _scenario()
+    with LapiWatcher(lapi.base_url, storage, machine_id=machine, password=password) as watcher:
+        watcher.login()
+        first = watcher._token
+        watcher.add_signals(_signals(scenario)[:1])
+        assert watcher.send_signals() == 1
+        assert watcher._token == first  # reused
+        watcher._token = first + "x"  # a token LAPI refuses: one new login, then the POST
+        watcher.add_signals(_signals(scenario)[1:2])
+        assert watcher.send_signals() == 1
+        assert watcher._token not in (None, first + "x")
+    assert len(_mine(_all_alerts(lapi), scenario)) == 2
+
+
+def test_async_watcher_pushes_the_same_alerts(lapi: Any, lapi_bouncer_key: str, storage: SQLStorage) -> None:
+    import asyncio
+
+    machine, password = lapi.add_machine(f"w{secrets.token_hex(6)}")
+    scenario = _scenario()
+
+    async def main() -> int:
+        async with AsyncLapiWatcher(lapi.base_url, storage, machine_id=machine, password=password) as watcher:
+            await watcher.add_signals(_signals(scenario))
+            return int(await watcher.send_signals())
+
+    assert asyncio.run(main()) == 3
+    assert len(_mine(_all_alerts(lapi), scenario)) == 3
+
+    async def bouncer() -> list[Any]:
+        async with AsyncLapiClient(lapi.base_url, api_key=lapi_bouncer_key) as client:
+            return await client.get_ip_decisions("192.0.2.77")
+
+    assert [d.type for d in asyncio.run(bouncer())] == ["ban"]
+
+
+def test_alerts_fit_the_lapi_swagger(lapi_spec: dict[str, Any], validate_against: Any) -> None:
+    now = utcnow()
+    alerts = [alert_from_signal(s, machine_id="m", now=now) for s in _signals("crowdsecurity/x")]
+    validate_against(lapi_spec, "AddAlertsRequest", alerts)
+    assert [a["remediation"] for a in alerts] == [True, True, False]
+    assert alerts[0]["decisions"][0]["duration"] == "2h" and alerts[0]["meta"] == [{"key": "target", "value": "login"}]
+
+
+def test_a_storage_without_destinations_is_refused() -> None:
+    from cscapi.legacy_storage import LegacyStorageAdapter
+    from cscapi.storage import IncompatibleStorageError
+    from test_legacy_storage import MemoryLegacyStorage
+
+    with pytest.raises(IncompatibleStorageError):
+        LapiWatcher("http://127.0.0.1:8080/", LegacyStorageAdapter(MemoryLegacyStorage()), machine_id="m", password="p")
+    with pytest.raises(ConfigurationError):
+        LapiWatcher("http://127.0.0.1:8080/", object(), machine_id="m")
