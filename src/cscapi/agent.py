@@ -86,8 +86,9 @@ class AgentConfig:
     """Seconds from a stop request (SIGTERM) to :meth:`Agent.run` returning, locks released, whatever the job does."""
     stall_after: float = 300.0
     """A job running longer than this makes the health ``degraded`` (HTTP 503) with the reason."""
-    repull_min_interval: float = 900.0
-    """Minimum seconds between two re-pulls caused by a LOST decision store (so a flapping store cannot hammer CAPI)."""
+    repull_min_interval: float = MIN_REFRESH_SECONDS
+    """Minimum seconds between two re-pulls caused by a LOST decision store (the first is at once): CAPI's minimum
+    between two pulls by default, so a flapping store cannot make the agent pull more often than CAPI allows."""
     min_refresh_interval: float = MIN_REFRESH_SECONDS
     """The decision source's shortest pull interval: CAPI's 1 h 30, or a LAPI source's 0 (``LapiClient``), which
     lets ``refresh_interval`` go down to 1 s (a LAPI is pulled every 10 s by default, as bouncers do)."""
