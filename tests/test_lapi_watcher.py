@@ -181,3 +181,84 @@ def test_a_storage_without_destinations_is_refused() -> None:
         LapiWatcher("http://127.0.0.1:8080/", LegacyStorageAdapter(MemoryLegacyStorage()), machine_id="m", password="p")
     with pytest.raises(ConfigurationError):
         LapiWatcher("http://127.0.0.1:8080/", object(), machine_id="m")
+
+
+def test_a_signal_queued_for_both_reaches_capi_and_lapi_exactly_once(lapi: Any, storage: SQLStorage) -> None:
+    from cscapi.client import CAPIClient, CAPIClientConfig
+    from cscapi.emulator import EmbeddedEmulator, EmulatorConfig, LoginRateLimit
+
+    machine, password = lapi.add_machine(f"w{secrets.token_hex(6)}")
+    scenario = _scenario()
+    config = EmulatorConfig(seed=1, community_size=10, login_rate_limit=LoginRateLimit(enabled=False))
+    with EmbeddedEmulator(config) as emu:
+        cfg = CAPIClientConfig(scenarios=[scenario], base_url=emu.base_url, send_metrics_after_login=False)
+        with CAPIClient(storage, cfg) as client:
+            signals = _signals(scenario)
+            assert client.add_signals(signals, destinations="both") == 6
+            assert client.add_signals(signals, destinations=("capi", "lapi")) == 0  # same uuids: nothing new
+            with LapiWatcher(lapi.base_url, storage, machine_id=machine, password=password) as watcher:
+                assert watcher.send_signals() == 3
+                assert client.send_signals(prune_after_send=False) == 3
+                assert watcher.send_signals() == 0 and client.send_signals() == 0
+        received = sorted(str(item["signal"]["uuid"]) for item in emu.state.signals)
+    assert received == sorted(str(s.uuid) for s in signals)
+    assert len(_mine(_all_alerts(lapi), scenario)) == 3
+    assert storage.count_signals() == QueueCounts(sent=3)
+    assert storage.count_signals(destination="lapi") == QueueCounts(sent=3)
+
+
+def test_a_refused_batch_is_bisected_and_only_the_bad_signal_quarantined(storage: SQLStorage) -> None:
+    from hostile_server import HostileServer
+
+    bad = "cscapi-tests/refused"
+    seen: list[int] = []
+
+    def alerts(conn: Any, request: Any) -> None:
+        body = json.loads(request.body)
+        seen.append(len(body))
+        assert request.headers.get("authorization") == "Bearer T"
+        if any(a["scenario"] == bad for a in body):
+            conn.json(400, {"message": "invalid alert", "errors": "scenario refused"})
+        else:
+            conn.json(201, [str(i) for i in range(len(body))])
+
+    with HostileServer() as srv:
+        srv.route(
+            "/v1/watchers/login",
+            lambda c, r: c.json(200, {"code": 200, "token": "T", "expire": "2099-01-01T00:00:00Z"}),
+        )
+        srv.route("/v1/alerts", alerts)
+        signals = [create_signal(f"192.0.2.{i}", "cscapi-tests/ok", machine_id=MACHINE_A) for i in range(1, 8)]
+        signals.insert(3, create_signal("192.0.2.100", bad, machine_id=MACHINE_A))
+        with LapiWatcher(srv.url, storage, machine_id="m", password="p", batch_size=8) as watcher:
+            watcher.add_signals(signals)
+            report = watcher.send_signals()
+        assert srv.count("/v1/watchers/login") == 1
+    assert report == 7 and report.quarantined == 1 and not report.errors
+    assert seen == [8, 4, 2, 2, 1, 1, 4]  # bisection down to the one refused alert
+    quarantined = storage.list_quarantined(destination="lapi")
+    assert [s.scenario for s, _ in quarantined] == [bad] and "400" in quarantined[0][1]
+    assert storage.count_signals(destination="lapi") == QueueCounts(sent=7, quarantined=1)
+
+
+def test_a_slow_lapi_answer_never_outlives_the_claim_lease(storage: SQLStorage) -> None:
+    """The POST's deadline ends a tenth of a lease before the claim's lease: a dripped answer is cut, the signals
+    released, never left in flight while another sender could claim them."""
+    import time
+
+    from hostile_server import HostileServer
+
+    with HostileServer() as srv:
+        srv.route(
+            "/v1/watchers/login",
+            lambda c, r: c.json(200, {"code": 200, "token": "T", "expire": "2099-01-01T00:00:00Z"}),
+        )
+        srv.route("/v1/alerts", lambda c, r: c.drip(201, b'["1"]' + b" " * 200, 0.5))
+        with LapiWatcher(srv.url, storage, machine_id="m", password="p", claim_lease=4.0, max_retries=0) as watcher:
+            watcher.add_signals(_signals(_scenario())[:1])
+            started = time.monotonic()
+            report = watcher.send_signals()
+            elapsed = time.monotonic() - started
+    assert report == 0 and isinstance(report.errors["m"], TransportError)
+    assert elapsed < 4.0  # cut at about 3.6 s (lease 4 s minus a tenth), not after the 100 s drip
+    assert storage.count_signals(destination="lapi") == QueueCounts(queued=1)

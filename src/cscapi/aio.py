@@ -37,9 +37,10 @@ class AsyncCAPIClient:
     async def _run(self, flow: Flow[T]) -> T:
         return await run_async(flow, self._transport, sleep=self._sleep, clocks=Clocks(utc=self._clock))
 
-    async def add_signals(self, signals: Iterable[Signal]) -> int:
-        """Validate and queue signals (the storage call runs in a worker thread)."""
-        return await self._run(self._core.add_signals(signals))
+    async def add_signals(self, signals: Iterable[Signal], destinations: Sequence[str] | str = ("capi",)) -> int:
+        """Validate and queue signals (the storage call runs in a worker thread); ``destinations`` as in the sync
+        client."""
+        return await self._run(self._core.add_signals(signals, destinations))
 
     async def send_signals(self, prune_after_send: bool = True, batch_size: int | None = None) -> SendReport:
         """Send every queued signal; the report is an ``int`` (the number accepted) with details as attributes."""

@@ -79,9 +79,10 @@ class CAPIClient:
 
     # ---- signals -----------------------------------------------------------------------------------------
 
-    def add_signals(self, signals: Iterable[Signal]) -> int:
-        """Validate and queue signals (one storage transaction); returns how many were new (same uuid: once)."""
-        return self._run(self._core.add_signals(signals))
+    def add_signals(self, signals: Iterable[Signal], destinations: Sequence[str] | str = ("capi",)) -> int:
+        """Validate and queue signals (one storage transaction); returns how many were new (same uuid: once).
+        ``destinations``: ``capi`` (this client sends them), ``lapi`` (a ``cscapi.lapi.LapiWatcher`` does) or both."""
+        return self._run(self._core.add_signals(signals, destinations))
 
     def send_signals(self, prune_after_send: bool = True, batch_size: int | None = None) -> SendReport:
         """Send every queued signal (≤ ``batch_size`` per POST, 250 at most).

@@ -25,7 +25,7 @@ from cscapi.protocol import Request, error_for, signals_to_wire
 from cscapi.protocol.responses import server_detail
 from cscapi.runtime import Flow, StorageCall
 from cscapi.signals import as_signal_list, validate_signals
-from cscapi.storage import Claim, StorageInterface
+from cscapi.storage import Claim, StorageInterface, check_destinations, queue_signals
 
 __all__ = ["MAX_BATCH_SIZE", "SignalFlows"]
 
@@ -88,13 +88,15 @@ class SignalFlows(FlowBase):
         super().__init__(auth.storage, auth.config, auth.endpoints, auth.retry)
         self.auth = auth
 
-    def add_signals(self, signals: Iterable[Signal]) -> Flow[int]:
-        """Validate every signal, then queue them all in one storage call; returns how many were new."""
+    def add_signals(self, signals: Iterable[Signal], destinations: Sequence[str] | str = ("capi",)) -> Flow[int]:
+        """Validate every signal, then queue them all in one storage call (for each of ``destinations``: ``capi``,
+        ``lapi``; a storage without destinations is called as before for CAPI); returns how many rows were new."""
+        wanted = check_destinations(destinations)
         originals = as_signal_list(signals)  # None, 5: InvalidArgumentError naming the argument, not a TypeError
         validated = validate_signals(originals, reuse=True)  # canonical signals are checked, not copied
         if not validated:
             return 0
-        count: int = yield from self._store(self.storage.add_signals, validated)
+        count: int = yield from self._store(queue_signals, self.storage, validated, wanted)
         for original, stored in zip(originals, validated):
             if isinstance(original, Signal) and stored.alert_id is not None:
                 original.alert_id = stored.alert_id
