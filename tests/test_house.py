@@ -169,6 +169,8 @@ def test_the_two_engines_expose_the_same_methods_and_signatures() -> None:
         "get_ip_remediation",
         "get_origins_count",
         "update_metrics_origins_count",
+        "add_local_decision",  # in force in process; the sync thread (or awaited write_local_decisions) writes it
+        "local_decisions",
         "require_ready",
         "release_locks",
         "sync",

@@ -212,3 +212,26 @@ def test_a_forked_child_does_not_flush_its_parents_counts(tmp_path: Path) -> Non
     assert os.waitstatus_to_exitcode(status) == 0
     assert engine.get_origins_count() == {"CAPI": {"ban": 13}}
     engine.close()
+
+
+def test_the_async_engine_flushes_and_writes_off_the_loop(tmp_path: Path) -> None:
+    import asyncio
+
+    from cscapi.remediation import AsyncRemediationEngine, Remediation
+
+    uri = f"sqlite:///{tmp_path / 'd.db'}"
+    reader = RemediationEngine(None, uri, sync_interval_ms=0)
+
+    async def main() -> None:
+        engine = AsyncRemediationEngine(None, uri, sync_interval_ms=0)
+        engine.update_metrics_origins_count("CAPI", "ban", 2)  # plain: no I/O
+        assert engine.add_local_decision("192.0.2.5", "ban", 60) == Remediation("ban", "local")  # plain: no I/O
+        assert await engine.flush_usage() == 2
+        assert await engine.write_local_decisions() == 1
+        await engine.aclose()
+
+    asyncio.run(main())
+    reader.sync()
+    assert reader.get_ip_remediation("192.0.2.5") == Remediation("ban", "local")
+    assert reader.get_origins_count() == {"CAPI": {"ban": 2}}
+    reader.close()

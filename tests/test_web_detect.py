@@ -155,6 +155,9 @@ def test_local_decisions_expire_in_every_worker(shared_store: tuple[str, dict[st
     try:
         a.add_local_decision("2001:db8::1", "captcha", 60, LOGIN)
         b.sync()
+        assert b.get_ip_remediation("2001:db8::1") is CLEAN  # not written yet (the sync thread is off here)
+        assert a.write_local_decisions() == 1
+        b.sync()
         assert b.get_ip_remediation("2001:db8:0::1") == Remediation("captcha", "local")
         clock.advance(61)
         assert b.get_ip_remediation("2001:db8::1") is CLEAN

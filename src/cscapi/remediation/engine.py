@@ -8,14 +8,11 @@ and ``run_async``, the ones the CAPI client uses). ``get_ip_remediation`` is the
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
 import threading
 import time
-import uuid
 import weakref
-from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, Generic, TypeVar
@@ -25,11 +22,12 @@ from cscapi.limits import MIN_REFRESH_INTERVAL
 from cscapi.remediation.contracts import AsyncDecisionSource, DecisionSource
 from cscapi.remediation.core import FlowContext, prune_flow, refresh_flow
 from cscapi.remediation.index import Index, Policy, build_index, empty_index, first_live
+from cscapi.remediation.local import DRAIN_AT, LocalOverlay, UsageCounts
 from cscapi.remediation.metrics import build_usage_metrics, nested_counts
 from cscapi.remediation.models import CLEAN, RefreshReport, Remediation
 from cscapi.remediation.state import State
 from cscapi.remediation.stores import DecisionStore, open_store
-from cscapi.remediation.stores.base import Counters, LocalDecisions
+from cscapi.remediation.stores.base import LocalDecisions
 from cscapi.runtime import EPOCH, Blocking, Clocks, Delegate, Flow, run_async, run_sync
 
 __all__ = ["AsyncRemediationEngine", "RemediationEngine"]
@@ -41,11 +39,8 @@ DEFAULT_LOGGER = logging.getLogger("cscapi.remediation")
 _LAST_PUSH = "last_metrics_push"
 _NOTIFY_SLICE = 0.25
 _LOST = "lost"
-_USAGE_DRAIN = 4096
-"""Pending usage increments past which the request path itself folds them into the sums (bounds the queue)."""
 USAGE_FLUSH_INTERVAL = 5.0
 """Seconds between two flushes of the usage sums by the sync thread (push, close and get_origins_count flush too)."""
-LOCAL_ORIGIN = "local"
 _LOST_HINT = (
     "The store held decisions and now holds none (Redis restarted without its data, was flushed or evicted the key; "
     "the SQLite file was replaced): this worker keeps serving the decisions it had until a refresh commits again "
@@ -67,11 +62,8 @@ def _after_fork_in_child() -> None:
         engine._renewing = False
         engine._sync_thread = None
         # the parent's counts are the parent's to flush: the child starts from zero (never counted twice)
-        engine._usage = deque()
-        engine._usage_sums = {}
-        engine._usage_batch = None
-        engine._usage_lock = threading.Lock()
-        engine._local_guard = threading.Lock()
+        engine._usage = UsageCounts()
+        engine._local.after_fork()
         engine._start_sync_thread()
 
 
@@ -125,8 +117,8 @@ def _sync_loop(ref: weakref.ref[_EngineBase[Any]], stop: threading.Event, interv
         if time.monotonic() - flushed_at >= USAGE_FLUSH_INTERVAL:
             flushed_at = time.monotonic()
             try:
-                engine.flush_usage()
-                engine.write_local_decisions()
+                engine._flush_usage()
+                engine._write_local()
             except Exception as exc:  # the sums are kept for the next try
                 if not failures:
                     engine._logger.warning("could not flush the usage counters (kept for the next try): %s", exc)
@@ -134,7 +126,11 @@ def _sync_loop(ref: weakref.ref[_EngineBase[Any]], stop: threading.Event, interv
 
 
 class _EngineBase(Generic[C]):
-    """Options, the index, the lookup, the store sync and the metrics: everything but how flows are driven."""
+    """Options, the index, the lookup, the store sync and the metrics: everything but how flows are driven.
+
+    Why this size: the engine's public surface (lookup, sync and health, usage counters, local decisions) is written
+    once here for both engines; the work itself is in ``index.py``, ``core.py``, ``local.py`` and the stores.
+    """
 
     def __init__(
         self,
@@ -200,17 +196,8 @@ class _EngineBase(Generic[C]):
         self._held_locks: set[str] = set()
         self._held_guard = threading.Lock()
         self.last_synced_at: float | None = None
-        # usage counts: appended lock-free by requests, summed and flushed by the sync thread (see flush_usage)
-        self._usage: deque[tuple[str, str, int]] = deque()
-        self._usage_sums: Counters = {}
-        self._usage_batch: tuple[str, Counters] | None = None  # sums whose flush failed, retried with the same id
-        self._usage_lock = threading.Lock()
-        # local decisions (this site's detectors): ip -> (expires at, rank, answer); merged over the index's answers
-        self._local: dict[str, tuple[float, int, Remediation]] = {}
-        self._local_version: str | None = None
-        self._local_pending: LocalDecisions = {}
-        self._local_guard = threading.Lock()
-        self._canonical: dict[str, str | None] = {}
+        self._usage = UsageCounts()  # appended lock-free by requests, flushed by the sync thread
+        self._local = LocalOverlay(self.policy, self._clock)  # this site's decisions, merged over the index's
         if self.store.shared:
             try:
                 self.sync()
@@ -234,29 +221,9 @@ class _EngineBase(Generic[C]):
         A local decision (``add_local_decision``) on ``ip`` wins when its remediation ranks higher.
         """
         found = self._lookup(ip)
-        if self._local:
-            return self._with_local(ip, found)
-        return found
-
-    def _with_local(self, ip: str, found: Remediation) -> Remediation:
         local = self._local
-        entry = local.get(ip)
-        if entry is None:
-            cache = self._canonical
-            try:
-                canonical = cache[ip]
-            except KeyError:  # other spellings (::ffff:1.2.3.4, 2001:db8:0::1): parsed once, cached (bounded)
-                canonical = _canonical_ip(ip)
-                if len(cache) >= 16384:
-                    cache.clear()
-                cache[ip] = canonical
-            except TypeError:
-                return found
-            entry = local.get(canonical) if canonical is not None else None
-        if entry is None or entry[0] <= self._clock():
-            return found
-        if found is CLEAN or entry[1] < self.policy.rank.get(found.remediation, len(self.policy.ordered)):
-            return entry[2]
+        if local.entries:
+            return local.answer(ip, found)
         return found
 
     def _lookup(self, ip: str) -> Remediation:
@@ -384,7 +351,7 @@ class _EngineBase(Generic[C]):
 
     def _sync(self) -> bool:
         with self._sync_lock:
-            self._sync_local()
+            self._local.sync(self.store)
             current = self.store.version()
             if current is None:
                 had = self._index.version
@@ -427,72 +394,28 @@ class _EngineBase(Generic[C]):
     # ---- local decisions ------------------------------------------------------------------------------------
 
     def add_local_decision(
-        self, ip: str, type_: str = "ban", duration: float = 4 * 3600.0, scenario: str = "", *, write: bool = True
+        self, ip: str, type_: str = "ban", duration: float = 4 * 3600.0, scenario: str = ""
     ) -> Remediation:
-        """Remediate ``ip`` with a decision of this site's own (origin ``local``) for ``duration`` seconds.
+        """Remediate ``ip`` with a decision of this site's own (origin ``local``) for ``duration`` seconds; no I/O.
 
-        In force in this process at once; written to the store (unless ``write=False``: then call
-        :meth:`write_local_decisions` later, off the request path), so every worker sharing it merges it within its
+        In force in this process at once; written to the store by the sync thread (within ``USAGE_FLUSH_INTERVAL``),
+        by :meth:`write_local_decisions` or at close, and then merged by every worker sharing the store within its
         sync interval. Kept apart from CAPI's decisions: a refresh never removes it; it expires by itself;
-        ``clear_cache`` drops it. Returns the answer lookups now give for ``ip`` (unless a CAPI decision ranks higher).
+        ``clear_cache`` drops it. Returns its answer (lookups give it unless a CAPI decision ranks higher).
         """
-        canonical = _canonical_ip(ip)
-        if canonical is None:
-            raise InvalidIPError(f"not an IP address: {ip!r}", field="ip")
-        if not isinstance(type_, str) or not type_:
-            raise ConfigurationError("a local decision's type must be a non-empty string (e.g. 'ban', 'captcha')")
-        if not isinstance(duration, (int, float)) or isinstance(duration, bool) or not duration > 0:
-            raise ConfigurationError("a local decision's duration must be a number of seconds > 0")
-        until = self._clock() + float(duration)
-        with self._local_guard:
-            self._local_pending[canonical] = (type_, until, scenario)
-            local = dict(self._local)
-            local[canonical] = self._local_entry(type_, until)
-            self._local = local
-        if write:
-            self.write_local_decisions()
-        return local[canonical][2]
-
-    def write_local_decisions(self) -> int:
-        """Write the local decisions this process added and has not written yet to the store; returns how many.
-
-        Raises the store's error (the decisions not written stay pending for the next call)."""
-        with self._local_guard:
-            pending = dict(self._local_pending)
-        for ip, (type_, until, scenario) in pending.items():
-            self.store.add_local_decision(ip, type_, until, scenario)
-            with self._local_guard:
-                if self._local_pending.get(ip) == (type_, until, scenario):
-                    del self._local_pending[ip]
-        return len(pending)
+        return self._local.add(ip, type_, duration, scenario)
 
     def local_decisions(self) -> LocalDecisions:
-        """The local decisions in force in this process: ``{ip: (type, expires at, scenario)}`` is what the store
-        holds; here ``{ip: (remediation, expires at, "")}`` of the merged view."""
-        now = self._clock()
-        return {ip: (e[2].remediation, e[0], "") for ip, e in self._local.items() if e[0] > now}
+        """The local decisions in force in this process: ``{ip: (remediation, expires at, "")}``; no I/O."""
+        return self._local.view()
 
-    def _local_entry(self, type_: str, until: float) -> tuple[float, int, Remediation]:
-        rank, remediation = self.policy.resolve(type_)
-        return until, rank, Remediation(remediation, LOCAL_ORIGIN)
+    def _write_local(self) -> int:
+        """Write the local decisions added here and not written yet (blocking; the detectors' thread calls it)."""
+        return self._local.write(self.store)
 
-    def _sync_local(self) -> None:
-        """Merge the store's local decisions when their version changed (and drop the expired ones)."""
-        version = self.store.local_version()
-        now = self._clock()
-        if version == self._local_version:
-            if self._local and min(e[0] for e in self._local.values()) <= now:
-                with self._local_guard:
-                    self._local = {ip: e for ip, e in self._local.items() if e[0] > now}
-            return
-        version, found = self.store.local_decisions(now)
-        with self._local_guard:
-            merged = {ip: self._local_entry(t, until) for ip, (t, until, _s) in found.items()}
-            for ip, (t, until, _s) in self._local_pending.items():
-                if until > now:
-                    merged[ip] = self._local_entry(t, until)
-            self._local = merged
-            self._local_version = version
+    def _flush_usage(self) -> int:
+        """Add this process's usage counts to the store in one atomic write (blocking); see ``UsageCounts``."""
+        return self._usage.flush(self.store)
 
     # ---- the sync thread -------------------------------------------------------------------------------------
 
@@ -553,63 +476,24 @@ class _EngineBase(Generic[C]):
         """Count ``delta`` requests answered with ``remediation`` from ``origin``: in process, no I/O, no lock.
 
         The count is appended to a ``collections.deque`` (its ``append`` and ``popleft`` are atomic: no increment is
-        lost between threads); the sync thread sums the queue and adds the sums to the store (``flush_usage``), and
-        so do ``push_usage_metrics``, ``get_origins_count`` and ``close``.
+        lost between threads); the sync thread sums the queue and adds the sums to the store every
+        ``USAGE_FLUSH_INTERVAL`` seconds, and so do ``flush_usage``, ``push_usage_metrics``, ``get_origins_count``
+        and ``close``.
         """
         if type(delta) is not int:
             raise ConfigurationError("delta must be an int")
-        usage = self._usage
-        usage.append((str(origin), str(remediation), delta))
-        if len(usage) > _USAGE_DRAIN:
-            self._drain_usage(blocking=False)
-
-    def _drain_usage(self, *, blocking: bool) -> None:
-        """Fold the queued increments into ``_usage_sums`` (a memory store gets them at once: no I/O there)."""
-        if not self._usage_lock.acquire(blocking=blocking):
-            return  # another thread is folding them right now
-        try:
-            self._fold_usage()
-            if not self.store.shared and self._usage_sums:
-                self.store.incr_counters(self._usage_sums)
-                self._usage_sums = {}
-        finally:
-            self._usage_lock.release()
-
-    def _fold_usage(self) -> None:
-        usage, sums = self._usage, self._usage_sums
-        popleft = usage.popleft
-        while True:
-            try:
-                origin, remediation, delta = popleft()
-            except IndexError:
-                return
-            key = (origin, remediation)
-            sums[key] = sums.get(key, 0) + delta
-
-    def flush_usage(self) -> int:
-        """Add the counts made in this process since the last flush to the store, in one atomic write; returns how
-        many requests that was. On a store error the sums are kept for the next flush (and the error raised)."""
-        flushed = 0
-        with self._usage_lock:
-            self._fold_usage()
-            while True:
-                if self._usage_batch is None:
-                    sums = {k: v for k, v in self._usage_sums.items() if v}
-                    if not sums:
-                        return flushed
-                    self._usage_batch, self._usage_sums = (uuid.uuid4().hex, sums), {}
-                batch_id, sums = self._usage_batch
-                self.store.incr_counters(sums, batch_id)  # raises: the batch stays, retried as is next time
-                self._usage_batch = None
-                flushed += sum(sums.values())
+        queue = self._usage.queue
+        queue.append((str(origin), str(remediation), delta))
+        if len(queue) > DRAIN_AT:
+            self._usage.drain(self.store)
 
     def get_origins_count(self) -> dict[str, dict[str, int]]:
         """Requests counted since the last successful push: ``{origin: {remediation: count}}`` (flushes first)."""
-        self.flush_usage()
+        self._flush_usage()
         return nested_counts(self.store.counters())
 
     def _metrics_payload(self, at: float) -> tuple[dict[str, Any], dict[tuple[str, str], int], int]:
-        self.flush_usage()  # this worker's counts join the others' before they are read
+        self._flush_usage()  # this worker's counts join the others' before they are read
         counts = self.store.counters()
         now = int(at)
         last = self.store.get_meta(_LAST_PUSH)
@@ -640,9 +524,7 @@ class _EngineBase(Generic[C]):
                 self.store.set_meta(_LOST, "")  # emptied on purpose: not lost
             self._lost = None
             self._index = empty_index()
-            with self._local_guard:
-                self._local, self._local_pending = {}, {}
-                self._local_version = self.store.local_version()
+            self._local.clear(self.store.local_version())
             self._last_sync_error = None
             self.last_synced_at = self._clock()
 
@@ -655,8 +537,8 @@ class _EngineBase(Generic[C]):
             thread.join(timeout=5)
         self.release_locks()  # a refresh still running in another thread loses its lock (its commit fails)
         try:
-            self.flush_usage()
-            self.write_local_decisions()
+            self._flush_usage()
+            self._write_local()
         except Exception as exc:
             self._logger.warning("could not flush the usage counters or local decisions at close: %s", exc)
         self.store.close()
@@ -665,17 +547,6 @@ class _EngineBase(Generic[C]):
         name = type(self).__name__
         health = "" if self.healthy else " unhealthy"
         return f"<{name} store={self.store!r} version={self.version!r} decisions={self._index.decisions}{health}>"
-
-
-def _canonical_ip(ip: str) -> str | None:
-    """The compressed form of ``ip`` (an IPv4-mapped IPv6 address as its IPv4), None when it is not an address."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except (ValueError, TypeError):
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return address.compressed
 
 
 def _is_live(client: Any) -> bool:
@@ -792,6 +663,18 @@ class RemediationEngine(_EngineBase[DecisionSource | None]):
         """Forget every decision (this engine's keys only); the next refresh is a startup pull."""
         self._run(_blocking(self._clear_local))
 
+    def flush_usage(self) -> int:
+        """Add the requests counted in this process to the store now, in one atomic write; returns how many.
+
+        The sync thread does it every ``USAGE_FLUSH_INTERVAL`` seconds, push and close too. On a store error the sums
+        are kept for the next flush (and the error raised)."""
+        return self._flush_usage()
+
+    def write_local_decisions(self) -> int:
+        """Write the local decisions added in this process and not written yet; returns how many (the sync thread
+        does it every ``USAGE_FLUSH_INTERVAL`` seconds, close too). A store error is raised; they stay pending."""
+        return self._write_local()
+
     def push_usage_metrics(self) -> dict[str, Any]:
         """Push the counters as ``AllMetrics``; after a 2xx, subtract exactly what was pushed. Returns the payload."""
         return self._run(_push_flow(self, self._need_client()))
@@ -866,6 +749,14 @@ class AsyncRemediationEngine(_EngineBase[AsyncDecisionSource | None]):
     async def clear_cache(self) -> None:
         """See :meth:`RemediationEngine.clear_cache`."""
         await self._run(_blocking(self._clear_local))
+
+    async def flush_usage(self) -> int:
+        """See :meth:`RemediationEngine.flush_usage` (the store write runs in a worker thread)."""
+        return await self._run(_blocking(self._flush_usage))
+
+    async def write_local_decisions(self) -> int:
+        """See :meth:`RemediationEngine.write_local_decisions` (the store writes run in a worker thread)."""
+        return await self._run(_blocking(self._write_local))
 
     async def push_usage_metrics(self) -> dict[str, Any]:
         """See :meth:`RemediationEngine.push_usage_metrics`."""

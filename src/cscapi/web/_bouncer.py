@@ -229,6 +229,11 @@ class Bouncer:
     the challenge form posts (handled by the bouncer). ``cookie_name``; ``max_body``: largest captcha POST read.
     ``remediation_map``: how to treat custom remediation types (``{"mfa": "captcha"}``); an unmapped type is treated
     as the engine's fallback remediation, and as ``bypass`` if that is custom too. ``clock``: for tests.
+    ``detectors``: a :class:`cscapi.web.detect.Detectors` fed by :meth:`report`, :meth:`report_failed_login` and the
+    middlewares' 404 hook (:meth:`observe_status`).
+
+    Why this size: the one framework-neutral object every adapter calls (decide, respond, captcha, detectors); the
+    work is in ``_ip.py``, ``walls.py``, ``captcha.py``, ``_signing.py`` and ``detect.py``.
     """
 
     def __init__(

@@ -237,7 +237,7 @@ class Detectors:
                 self._sweep(now)
             memory[key] = (level, now, until)
         if over:
-            self._overflow(ip, found, now, write=False)
+            self._overflow(ip, found, now)
         return over
 
     def _sweep(self, now: float) -> None:
@@ -269,13 +269,12 @@ class Detectors:
             return False
         return self.report(ip, self.not_found)
 
-    def _overflow(self, ip: str, scenario: Scenario, now: float, *, write: bool) -> None:
+    def _overflow(self, ip: str, scenario: Scenario, now: float) -> None:
+        """In force here at once (no I/O); the background thread writes it to the store and queues the signal."""
         self.counters.overflows += 1
         if scenario.decision_type is not None:
             try:
-                self.engine.add_local_decision(
-                    ip, scenario.decision_type, scenario.duration, scenario.name, write=write
-                )
+                self.engine.add_local_decision(ip, scenario.decision_type, scenario.duration, scenario.name)
                 self.counters.decisions += 1
             except Exception as exc:
                 self.counters.errors += 1
@@ -357,7 +356,7 @@ class Detectors:
                         logger.warning("detector %s: could not add the local decision: %s", name, exc)
                 overflows.append((ip, scenario, at))
         try:
-            self.engine.write_local_decisions()
+            self.engine._write_local()  # blocking, in this background thread (the async engine's twin awaits)
         except Exception as exc:
             self.counters.errors += 1
             logger.warning("detectors: could not write the local decisions (retried later): %s", exc)

@@ -103,7 +103,11 @@ def namespace(key_prefix: str) -> str:
 
 
 class RedisStore(DecisionStore):
-    """Decision store on Redis; ``key_prefix`` namespaces every key (several applications can share one database)."""
+    """Decision store on Redis; ``key_prefix`` namespaces every key (several applications can share one database).
+
+    Why this size: one short method per operation of the ``DecisionStore`` contract (state, lock, counters, meta,
+    cache, local decisions, buckets), each a Redis command or script.
+    """
 
     shared = True
     notifies = True

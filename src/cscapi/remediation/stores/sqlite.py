@@ -65,7 +65,11 @@ def path_from_uri(uri: str) -> str:
 
 
 class SQLiteStore(DecisionStore):
-    """Decision store in a SQLite file; safe for threads (a connection each) and processes (WAL, busy timeout)."""
+    """Decision store in a SQLite file; safe for threads (a connection each) and processes (WAL, busy timeout).
+
+    Why this size: one short method per operation of the ``DecisionStore`` contract (state, lock, counters, meta,
+    cache, local decisions, buckets), each a statement or one transaction.
+    """
 
     shared = True
 
