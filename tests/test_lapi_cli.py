@@ -198,3 +198,22 @@ def test_a_lapi_sending_every_decision_on_one_value_deleting_one_leaves_the_othe
     assert seen[2] == seen[1]
     assert seen[3][0] == "ban" and seen[3][1] < now + 1.2 * 3600  # 2 h gone: the 1 h one stands
     assert seen[4][0] == "bypass"
+
+
+def test_lapi_status_checks_the_watcher_login(lapi_env: CliEnv, lapi: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    machine, password = lapi.add_machine("cli-status-watcher", "a-good-watcher-password-123")
+    monkeypatch.setenv("CSCAPI_LAPI_MACHINE_ID", machine)
+    monkeypatch.setenv("CSCAPI_LAPI_PASSWORD", password)
+    report = ok(lapi_env.invoke(["--source", "lapi", "lapi", "status", "--json"]))
+    assert report["watcher"] == {"ok": True, "machine_id": machine, "error": None}
+    assert "logged in" in lapi_env.invoke(["--source", "lapi", "lapi", "status"]).stdout
+    wrong = "a-wrong-watcher-password-456"
+    monkeypatch.setenv("CSCAPI_LAPI_PASSWORD", wrong)
+    result = lapi_env.invoke(["--source", "lapi", "lapi", "status"])
+    assert_user_error(result, 5)
+    assert wrong not in result.output and "✓ bouncer" in result.stdout
+    monkeypatch.delenv("CSCAPI_LAPI_MACHINE_ID")
+    assert_user_error(lapi_env.invoke(["--source", "lapi", "lapi", "status"]), 2, "go together")
+    monkeypatch.delenv("CSCAPI_LAPI_PASSWORD")
+    report = ok(lapi_env.invoke(["--source", "lapi", "lapi", "status", "--json"]))
+    assert report["watcher"] is None

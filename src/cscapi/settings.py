@@ -286,6 +286,20 @@ def _check_lapi_url(value: str) -> str:
     return value if value.endswith("/") else value + "/"
 
 
+def _check_signal_destinations(value: list[str]) -> list[str]:
+    wanted: list[str] = []
+    for item in value:
+        for name in ("capi", "lapi") if item.strip().lower() == "both" else (item.strip().lower(),):
+            if name not in ("capi", "lapi"):
+                raise ConfigurationError(
+                    f"signal destination must be capi, lapi or both, not {item!r}",
+                    hint="capi: CrowdSec's Central API; lapi: a local CrowdSec engine (its machine: lapi_machine_id).",
+                )
+            if name not in wanted:
+                wanted.append(name)
+    return wanted or ["capi"]
+
+
 def _check_lapi_mode(value: str) -> str:
     mode = value.lower()
     if mode not in ("stream", "live"):
@@ -522,6 +536,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lapi_key", "source", "str", "", "The private key file of lapi_cert."),
     Setting("lapi_ca", "source", "str", "", "A CA file to verify the LAPI's https certificate (empty: the system's)."),
     Setting(
+        "lapi_machine_id",
+        "source",
+        "str",
+        "",
+        "Watcher: the machine name given to `cscli machines add NAME` (checked by `cscapi lapi status`).",
+    ),
+    Setting(
+        "lapi_password",
+        "source",
+        "str",
+        "",
+        "Watcher: that machine's password (`cscli machines add NAME --password ...`).",
+        secret=True,
+    ),
+    Setting(
         "lapi_mode",
         "source",
         "str",
@@ -558,11 +587,21 @@ SETTINGS: tuple[Setting, ...] = (
         low=1,
         high=86400,
     ),
+    Setting(
+        "signal_destinations",
+        "signals",
+        "list",
+        ["capi"],
+        "Where queued signals go: capi, lapi (the [source] lapi_url, as lapi_machine_id) or both; `cscapi run` "
+        "pushes to each.",
+        check=_check_signal_destinations,
+        key="destinations",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
 _BY_KEY = {(s.section, s.file_key): s for s in SETTINGS}
-SECTIONS = ("capi", "storage", "agent", "source")
+SECTIONS = ("capi", "storage", "agent", "source", "signals")
 
 
 # ---- masking ------------------------------------------------------------------------------------------------------

@@ -29,14 +29,49 @@ def _check_bouncer(settings: Any) -> dict[str, Any]:
         return {"ok": True, "auth": client.auth, "error": None, "hint": None, "exc": None}
 
 
+def _check_watcher(settings: Any) -> dict[str, Any] | None:
+    """Log the watcher in (``POST /v1/watchers/login``) when its machine and password are configured, else None."""
+    if not settings.lapi_machine_id and not settings.lapi_password:
+        return None
+    from cscapi.errors import CAPIError, ConfigurationError
+    from cscapi.lapi import LapiWatcher
+    from cscapi.sql_storage import SQLStorage
+
+    if not settings.lapi_machine_id or not settings.lapi_password:
+        raise ConfigurationError(
+            "lapi_machine_id and lapi_password go together (the watcher's machine and its password)",
+            hint="Set both (CSCAPI_LAPI_MACHINE_ID, CSCAPI_LAPI_PASSWORD) from `cscli machines add NAME`, or neither.",
+        )
+    storage = SQLStorage("sqlite://")  # the login touches no queue; an in-memory one satisfies the watcher
+    try:
+        options = {"ca": settings.lapi_ca or None, "max_retries": 0, "timeout": settings.timeout}
+        watcher = LapiWatcher(
+            settings.lapi_url,
+            storage,
+            machine_id=settings.lapi_machine_id,
+            password=settings.lapi_password,
+            **options,
+        )
+        try:
+            watcher.login()
+        except CAPIError as exc:
+            return {"ok": False, "machine_id": settings.lapi_machine_id, "error": exc.message, "exc": exc}
+        finally:
+            watcher.close()
+    finally:
+        storage.close()
+    return {"ok": True, "machine_id": settings.lapi_machine_id, "error": None, "exc": None}
+
+
 @lapi.command()
 @json_option
 @pass_app
 def status(app: AppContext) -> None:
-    """Check the bouncer credentials against the LAPI with a real request (a read-only decisions query).
+    """Check the bouncer credentials against the LAPI with a real request (a read-only decisions query), and the
+    watcher's (a login) when lapi_machine_id and lapi_password are set.
 
-    Exit 0 when the LAPI accepted them, 5 when it refused them (bad key or certificate), 3 when it did not answer,
-    2 when the [source] settings are incomplete.
+    Exit 0 when the LAPI accepted them, 5 when it refused one (bad key, certificate or password), 3 when it did not
+    answer, 2 when the [source] settings are incomplete.
 
     \b
     Example:
@@ -44,12 +79,13 @@ def status(app: AppContext) -> None:
     """
     settings = app.settings()
     bouncer = _check_bouncer(settings)
+    watcher = _check_watcher(settings)
     result = {
         "source": settings.values["source"],
         "lapi_url": settings.display("lapi_url"),
         "mode": settings.lapi_mode,
         "bouncer": {k: bouncer[k] for k in ("ok", "auth", "error")},
-        "watcher": None,
+        "watcher": None if watcher is None else {k: watcher[k] for k in ("ok", "machine_id", "error")},
     }
     if app.json_mode:
         app.out.emit_json(result)
@@ -62,5 +98,13 @@ def status(app: AppContext) -> None:
             app.out.ok(f"bouncer: the LAPI accepted the {auth}")
         else:
             app.out.print(f"[red]✗[/red] bouncer: {esc(bouncer['error'])}")
+        if watcher is None:
+            app.out.print("watcher: not configured (lapi_machine_id, lapi_password)")
+        elif watcher["ok"]:
+            app.out.ok(f"watcher: machine {esc(watcher['machine_id'])} logged in")
+        else:
+            app.out.print(f"[red]✗[/red] watcher: {esc(watcher['error'])}")
     if not bouncer["ok"]:
         raise bouncer["exc"]
+    if watcher is not None and not watcher["ok"]:
+        raise watcher["exc"]
