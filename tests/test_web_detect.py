@@ -311,3 +311,28 @@ def test_the_docs_snippet_runs(queue: SQLStorage) -> None:
     assert [s.scenario for s in queued(queue)] == ["acme/login-bf"]
     bouncer.detectors.close()
     engine.close()
+
+
+def test_the_agent_sends_what_the_detectors_queued_to_the_emulator(tmp_path: Path) -> None:
+    """End to end: a worker's detector overflows, its signal waits in the SQL queue, the agent's client sends it."""
+    from cscapi.emulator import EmbeddedEmulator, EmulatorConfig
+    from cscapi.utils import generate_machine_id_from_key
+
+    machine = generate_machine_id_from_key("detect-agent", prefix="w2")
+    storage = SQLStorage(f"sqlite:///{tmp_path / 'queue.db'}")
+    engine = RemediationEngine(None, "memory://")
+    with EmbeddedEmulator(EmulatorConfig(seed=3)) as emu:
+        config = CAPIClientConfig(scenarios=[LOGIN], base_url=emu.base_url, retry_delay=0.01)
+        with CAPIClient(storage, config) as agent:
+            detectors = Detectors(engine, [failed_login(LOGIN)], signals=agent, failed_login=LOGIN, machine_id=machine)
+            for _ in range(6):
+                detectors.report_failed_login("198.51.100.77")
+            assert detectors.flush()
+            assert agent.send_signals() == 1
+            (sent,) = emu.admin.signals(machine_id=machine)
+            signal = sent["signal"]
+            assert signal["scenario"] == LOGIN and signal["source"]["value"] == "198.51.100.77"
+            assert signal["decisions"][0]["type"] == "ban" and signal["decisions"][0]["duration"] == "4h0m0s"
+            detectors.close()
+    engine.close()
+    storage.close()
