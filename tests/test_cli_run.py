@@ -32,7 +32,7 @@ def test_run_once_pushes_refreshes_and_reports(capi_env: CliEnv, emulator) -> No
     assert health["jobs"]["push"]["last_result"]["sent"] == 1
     # seed 7: the community decisions of the scenarios the machine declared (the emulator tailors the list)
     assert health["jobs"]["refresh"]["last_result"]["decisions"] == 22
-    assert "pushed 1 signals" in result.stderr and "refreshed decisions" in result.stderr
+    assert "pushed 1 signal in 1 batch\n" in result.stderr and "refreshed decisions" in result.stderr
     assert {r["signal"]["source"]["value"] for r in emulator.admin.signals(machine_id=machine_id)} == {"203.0.113.66"}
     # the decisions it pulled are visible to the other commands (a shared SQLite decision store)
     value = emulator.admin.decisions()[0]["value"].split("/")[0]
@@ -105,7 +105,7 @@ def test_run_as_a_process_serves_health_and_stops_on_sigterm(capi_env: CliEnv, e
             proc.communicate()
     assert proc.returncode == 0, err
     assert "received SIGTERM: stopping" in err and "agent stopped" in err
-    assert "pushed 1 signals" in err
+    assert "pushed 1 signal in 1 batch\n" in err
     assert "Traceback" not in err
 
 

@@ -460,6 +460,7 @@ class Agent:
         self.banned_until: datetime | None = None
         self.in_flight: str | None = None
         self.health_server: HealthServer | None = None
+        self._queue_counts: Any = None  # the last count of the signal queue, read by the jobs (see ``health``)
         self.running_job: str | None = None
         self._job_started: float | None = None
         self.abandoned: str | None = None
@@ -519,7 +520,7 @@ class Agent:
                 )
                 keeper.start()
             if self.config.health_port:
-                self.health_server = HealthServer(self.health, self.config.health_port)
+                self.health_server = HealthServer(lambda: self.health(cached_queue=True), self.config.health_port)
                 self.log.info("health endpoint on http://127.0.0.1:%d/health", self.health_server.port)
             if self.machine_id is None:
                 _done, value = self._in_worker("machine", lambda: self._call("machine", self.client.default_machine_id))
@@ -772,6 +773,7 @@ class Agent:
             self.log.log(level, "pushed %s in %s%s", sent, batches, extra)
         else:
             self.log.debug("push: nothing queued")
+        self._count_queue()  # for the health endpoint, read here in the job's thread
         if self.machine_id is not None:
             # send_signals skips a banned machine's signals (or reports its failure) instead of raising: a login ban
             # must still pause the agent, and be visible in its health.
@@ -787,7 +789,7 @@ class Agent:
         report = self._call("refresh", self.engine.refresh_decisions)
         lists = getattr(report, "lists", {}) or {}
         failed = [name for name, outcome in lists.items() if not getattr(outcome, "ok", True)]
-        result = {
+        result: dict[str, Any] = {
             "new": int(getattr(report, "new", 0)),
             "deleted": int(getattr(report, "deleted", 0)),
             "decisions": int(getattr(report, "decisions", 0)),
@@ -824,6 +826,7 @@ class Agent:
         removed = int(self._call("prune", self.client.storage.prune, sent_before=cutoff))
         if removed:
             self.log.info("pruned %s sent before %s", plural(removed, "signal"), format_rfc3339(cutoff))
+        self._count_queue()
         return {"pruned": removed}
 
     def run_once(self) -> dict[str, Any]:
@@ -847,13 +850,23 @@ class Agent:
 
     # ---- health -----------------------------------------------------------------------------------------------
 
-    def health(self) -> dict[str, Any]:
-        """A JSON-able health report: ``status`` is ``ok``, ``degraded`` (a job failing or running past
-        ``stall_after``, the decision store unreadable or lost, a stop under way), ``banned`` or ``stopped``;
-        ``reasons`` says why it is not ``ok``."""
+    def _count_queue(self) -> Any:
+        """Count the signal queue (None when the storage fails) and keep the count for the health endpoint."""
         counts: Any = None
         with contextlib.suppress(Exception):
             counts = self.client.storage.count_signals()
+            self._queue_counts = counts
+        return counts
+
+    def health(self, *, cached_queue: bool = False) -> dict[str, Any]:
+        """A JSON-able health report: ``status`` is ``ok``, ``degraded`` (a job failing or running past
+        ``stall_after``, the decision store unreadable or lost, a stop under way), ``banned`` or ``stopped``;
+        ``reasons`` says why it is not ``ok``.
+
+        ``cached_queue``: the queue counts as the last job read them (push, prune, the health line) instead of a
+        storage read now. The health endpoint asks for that: a hung database must not stall its one thread (the
+        job stuck on it shows as running past ``stall_after`` instead)."""
+        counts = self._queue_counts if cached_queue else self._count_queue()
         reasons = [f"{j.name} failing: {j.last_error}" for j in self.jobs.values() if j.last_error]
         store = self._store_health()
         if store is not None and store.get("lost"):
