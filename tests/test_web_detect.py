@@ -336,3 +336,15 @@ def test_the_agent_sends_what_the_detectors_queued_to_the_emulator(tmp_path: Pat
             detectors.close()
     engine.close()
     storage.close()
+
+
+def test_memory_buckets_stay_bounded_under_many_addresses() -> None:
+    engine = RemediationEngine(None, "memory://")
+    detectors = Detectors(engine, [Scenario(PROBE, capacity=1000, leak_speed=3600, decision_type=None)])
+    for i in range(100_500):
+        detectors.report(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", PROBE)
+    assert len(detectors._memory) <= 100_000
+    assert detectors.counters.extra["buckets_evicted"] > 0
+    assert detectors.report("10.1.136.3", PROBE) is False  # the most recent are kept and still count
+    detectors.close()
+    engine.close()

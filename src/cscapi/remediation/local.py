@@ -139,11 +139,14 @@ class LocalOverlay:
             raise ConfigurationError("a local decision's duration must be a number of seconds > 0")
         if not isinstance(scenario, str):
             raise ConfigurationError("a local decision's scenario must be a string")
-        until = self.clock() + float(duration)
+        now = self.clock()
+        until = now + float(duration)
         entry = self._entry(type_, until)
         with self.guard:
             self.pending[canonical] = (type_, until, scenario)
-            self.entries = {**self.entries, canonical: entry}
+            live = {ip: e for ip, e in self.entries.items() if e[0] > now}  # the expired ones go (bounded)
+            live[canonical] = entry
+            self.entries = live
         return entry[2]
 
     def write(self, store: DecisionStore) -> int:

@@ -208,7 +208,7 @@ class Detectors:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._buffer: deque[tuple[str, str, str, float]] = deque()  # ("event"|"overflow", ip, scenario, at)
-        self._busy = 0
+        self._writing = threading.Lock()  # one writer at a time: the background thread or flush()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
 
@@ -249,8 +249,8 @@ class Detectors:
             if until <= now and _empty(level, last, now, scenarios[k[1]])
         ]:
             del self._memory[key]
-        if len(self._memory) >= 100_000:  # everything still live: forget the oldest half
-            oldest = sorted(self._memory, key=lambda k: self._memory[k][1])[: len(self._memory) // 2]
+        if len(self._memory) >= 75_000:  # mostly live: forget the least recent down to half (no sweep per event)
+            oldest = sorted(self._memory, key=lambda k: self._memory[k][1])[: len(self._memory) - 50_000]
             for key in oldest:
                 del self._memory[key]
             self.counters.extra["buckets_evicted"] = self.counters.extra.get("buckets_evicted", 0) + len(oldest)
@@ -312,22 +312,24 @@ class Detectors:
 
     # ---- the background side -------------------------------------------------------------------------------------
 
-    def _process(self) -> int:
-        """Write everything buffered: pour shared buckets, add decisions, queue the signals (one add_signals)."""
-        items = []
-        buffer = self._buffer
-        while True:
-            try:
-                items.append(buffer.popleft())
-            except IndexError:
-                break
-        if not items:
-            return 0
-        self._busy += 1
+    def _process(self, timeout: float = -1) -> bool:
+        """Write everything buffered (pour shared buckets, add decisions, queue the signals in one add_signals), as
+        the one writer; False when another writer kept the lock past ``timeout``."""
+        if not self._writing.acquire(timeout=timeout):
+            return False
         try:
-            return self._write(items)
+            items = []
+            buffer = self._buffer
+            while True:
+                try:
+                    items.append(buffer.popleft())
+                except IndexError:
+                    break
+            if items:
+                self._write(items)
+            return True
         finally:
-            self._busy -= 1
+            self._writing.release()
 
     def _write(self, items: list[tuple[str, str, str, float]]) -> int:
         overflows: list[tuple[str, Scenario, float]] = []
@@ -424,12 +426,12 @@ class Detectors:
         buffer is empty and nothing is being written at return (False after ``timeout``)."""
         deadline = time.monotonic() + timeout
         while True:
-            self._process()
-            if not self._buffer and not self._busy:
-                return True
+            if not self._process(timeout=max(0.0, deadline - time.monotonic())):
+                return False
+            if not self._buffer:
+                return True  # written under the writer lock: nothing is half-written by the other thread either
             if time.monotonic() >= deadline:
                 return False
-            time.sleep(0.005)
 
     def close(self) -> None:
         """Stop the background thread after writing what is buffered (also run at exit)."""
