@@ -127,8 +127,15 @@ def test_the_middleware_runs_in_the_mode_of_the_chain() -> None:
     async def async_view(request: Any) -> Any:
         return None
 
-    assert iscoroutinefunction(BouncerMiddleware(async_view))
-    assert not iscoroutinefunction(BouncerMiddleware(lambda request: None))
+    from test_web_support import make_bouncer, make_engine
+
+    engine = make_engine()
+    try:
+        with override_settings(CSCAPI={"BOUNCER": make_bouncer(engine)}):
+            assert iscoroutinefunction(BouncerMiddleware(async_view))
+            assert not iscoroutinefunction(BouncerMiddleware(lambda request: None))
+    finally:
+        engine.close()
 
 
 def fill_store(path: Path) -> str:
@@ -294,3 +301,16 @@ def test_user_login_failed_feeds_real_detectors_and_404_bursts_too() -> None:
     finally:
         detectors.close()
         engine.close()
+
+
+def test_a_bad_configuration_stops_the_server_at_startup() -> None:
+    """The middleware builds the bouncer when Django loads it (WSGIHandler()/ASGIHandler()), not on the 1st request."""
+    from django.core.handlers.asgi import ASGIHandler
+    from django.core.handlers.wsgi import WSGIHandler
+
+    from cscapi.errors import ConfigurationError
+
+    with override_settings(CSCAPI={"DECISION_STORE": "mysql://db/decisions"}):
+        for handler in (WSGIHandler, ASGIHandler):
+            with pytest.raises(ConfigurationError, match="unknown scheme"):
+                handler()

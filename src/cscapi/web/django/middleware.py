@@ -119,6 +119,9 @@ class BouncerMiddleware:
         self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)
+        # Built now, when Django loads its middleware (WSGIHandler/ASGIHandler creation, in a sync context): a bad
+        # configuration stops the server at startup, and no store is opened inside the event loop later.
+        get_bouncer()
 
     def __call__(self, request: HttpRequest) -> Any:
         if self._async:
