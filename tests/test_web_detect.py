@@ -348,3 +348,19 @@ def test_memory_buckets_stay_bounded_under_many_addresses() -> None:
     assert detectors.report("10.1.136.3", PROBE) is False  # the most recent are kept and still count
     detectors.close()
     engine.close()
+
+
+def test_a_dead_shared_store_costs_one_failure_per_batch(caplog: pytest.LogCaptureFixture) -> None:
+    engine = RemediationEngine(None, "redis://127.0.0.1:1/0", sync_interval_ms=0)  # nothing listens there
+    detectors = Detectors(engine, [failed_login(LOGIN)], failed_login=LOGIN, flush_interval=3600)
+    try:
+        with caplog.at_level(logging.WARNING, logger="cscapi.web.detect"):
+            with detectors._writing:  # the background writer waits: the 50 events form one batch
+                for i in range(50):
+                    assert detectors.report_failed_login(f"192.0.2.{i}") is False  # no I/O here
+            assert detectors.flush(timeout=120)
+        assert detectors.counters.errors == 50
+        assert caplog.text.count("could not be read") == 1  # one failure per batch, not per event
+    finally:
+        detectors.close()
+        engine.close()

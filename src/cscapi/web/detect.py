@@ -333,10 +333,14 @@ class Detectors:
 
     def _write(self, items: list[tuple[str, str, str, float]]) -> int:
         overflows: list[tuple[str, Scenario, float]] = []
+        store_down = False
         for kind, ip, name, at in items:
             scenario = self.scenarios[name]
             if kind == "overflow":
                 overflows.append((ip, scenario, at))
+                continue
+            if store_down:  # one timeout per batch, not one per event (an exit must not hang on a dead store)
+                self.counters.errors += 1
                 continue
             try:
                 key = f"{name}\x00{ip}"
@@ -345,7 +349,10 @@ class Detectors:
                 )
             except Exception as exc:
                 self.counters.errors += 1
-                logger.warning("detector %s: the shared bucket could not be read: %s", name, exc)
+                store_down = True
+                logger.warning(
+                    "detector %s: the shared bucket could not be read (this batch's events dropped): %s", name, exc
+                )
                 continue
             if over:
                 self.counters.overflows += 1
