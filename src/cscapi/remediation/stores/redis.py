@@ -3,7 +3,9 @@
 Every key lives under the namespace ``<p>#`` where ``<p>`` is ``key_prefix`` (default ``cscapi:``) with ``\\`` and
 ``#`` escaped by a backslash: ``<p>#state`` (a hash holding ``version`` and the serialised ``blob``, written together
 by one Lua script that first checks the refresh lock's token), ``<p>#dirty``, ``<p>#lock`` (``SET NX PX``, released by
-a token-checked Lua script), ``<p>#counters`` (a hash updated with ``HINCRBY``) and ``<p>#meta:*``. The first bare
+a token-checked Lua script), ``<p>#counters`` (a hash the workers' flushes add to, by a script applying each batch id
+once), ``<p>#local`` and ``<p>#local_version`` (local decisions), ``<p>#bucket:*`` (detector buckets, with a TTL) and
+``<p>#meta:*``. The first bare
 ``#`` ends the namespace, so no prefix's namespace is a prefix of another's keys (``a:`` never reaches ``a:x:``'s).
 ``clear`` deletes only that namespace (``SCAN`` + ``UNLINK``), never the database. Each commit (and ``clear``)
 publishes on the ``<p>#events`` channel: the sync thread of every worker subscribes to it and reloads at once,
