@@ -443,8 +443,10 @@ class Agent:
         logger: logging.Logger | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        watcher: Any | None = None,
     ) -> None:
         self.client = client
+        self.watcher = watcher  # a cscapi.lapi.LapiWatcher: the lapi signal queue is pushed every push_interval
         self.engine = engine
         self.config = config or AgentConfig()
         self.machine_id = machine_id
@@ -470,6 +472,8 @@ class Agent:
         self.repulls = 0
         now = clock()
         self.jobs: dict[str, _Job] = {"push": _Job("push", now)}
+        if watcher is not None:
+            self.jobs["lapi_push"] = _Job("lapi_push", now)
         if self.config.refresh_decisions and engine is not None:
             self.jobs["refresh"] = _Job("refresh", now)
         if self.config.push_metrics:
@@ -664,7 +668,7 @@ class Agent:
 
     def _run_job(self, job: _Job) -> None:
         now = self.clock()
-        if job.name != "health" and self.banned_until is not None:
+        if job.name not in ("health", "lapi_push") and self.banned_until is not None:  # a CAPI ban
             if utcnow() < self.banned_until:
                 job.due = now + max(1.0, (self.banned_until - utcnow()).total_seconds())
                 return
@@ -673,6 +677,9 @@ class Agent:
         try:
             if job.name == "push":
                 job.last_result = self.push_once()
+                job.due = now + self.config.push_interval
+            elif job.name == "lapi_push":
+                job.last_result = self.lapi_push_once()
                 job.due = now + self.config.push_interval
             elif job.name == "refresh":
                 job.last_result = self.refresh_once()
@@ -734,7 +741,7 @@ class Agent:
             )
 
     def _retry_delay(self, job: _Job) -> float:
-        if job.name == "push":
+        if job.name in ("push", "lapi_push"):
             return self.config.push_interval
         if job.name == "refresh" and self.config.min_refresh_interval < MIN_REFRESH_SECONDS:
             # a LAPI: retried from its own cadence up, doubling, at most every 5 min
@@ -783,6 +790,20 @@ class Agent:
                 raise LoginBannedError(f"machine {self.machine_id} is banned from logging in", until=until)
         return result
 
+    def lapi_push_once(self) -> dict[str, Any]:
+        """Push the lapi signal queue as alerts (one ``LapiWatcher.send_signals``); a LAPI failure is raised (the
+        job's retry and log), the signals staying queued."""
+        assert self.watcher is not None
+        report = self._call("lapi push", self.watcher.send_signals)
+        result = {"sent": int(report.sent), "quarantined": int(report.quarantined), "batches": int(report.batches)}
+        if report.sent or report.quarantined:
+            extra = f", {report.quarantined} quarantined (refused by the LAPI)" if report.quarantined else ""
+            level = logging.WARNING if report.quarantined else logging.INFO
+            self.log.log(level, "pushed %s to the LAPI%s", plural(report.sent, "alert"), extra)
+        for error in report.errors.values():
+            raise error
+        return result
+
     def refresh_once(self) -> dict[str, Any]:
         """Pull the decisions stream and the lists into the engine's store; one line with what changed."""
         assert self.engine is not None
@@ -824,6 +845,8 @@ class Agent:
         """Delete signals sent more than ``keep_sent`` seconds ago (kept that long for ``cscapi signals list``)."""
         cutoff = utcnow() - timedelta(seconds=self.config.keep_sent)
         removed = int(self._call("prune", self.client.storage.prune, sent_before=cutoff))
+        if self.watcher is not None:  # the lapi queue's sent rows too
+            removed += int(self._call("prune", self.watcher.storage.prune, sent_before=cutoff, destination="lapi"))
         if removed:
             self.log.info("pruned %s sent before %s", plural(removed, "signal"), format_rfc3339(cutoff))
         self._count_queue()
@@ -838,7 +861,7 @@ class Agent:
         try:
             if self.machine_id is None:
                 self.machine_id = self._call("machine", self.client.default_machine_id)
-            for name in ("push", "refresh", "metrics", "prune"):
+            for name in ("push", "lapi_push", "refresh", "metrics", "prune"):
                 job = self.jobs.get(name)
                 if job is not None:
                     self._run_job(job)

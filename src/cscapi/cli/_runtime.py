@@ -149,6 +149,34 @@ def open_lapi_client(settings: Settings, **overrides: Any) -> LapiClient:
     return LapiClient(settings.lapi_url, **options)
 
 
+def open_lapi_watcher(settings: Settings, storage: Any, **overrides: Any) -> Any:
+    """A ``LapiWatcher`` (pushes the ``lapi`` signal queue as alerts) from the ``[source]`` settings: lapi_url,
+    lapi_machine_id + lapi_password (`cscli machines add`), or lapi_cert + lapi_key."""
+    from cscapi.lapi import LapiWatcher
+
+    if not settings.lapi_url:
+        raise ConfigurationError(
+            "signals go to lapi but lapi_url is not set", hint="Set [source] lapi_url (CSCAPI_LAPI_URL)."
+        )
+    if not settings.lapi_cert and not (settings.lapi_machine_id and settings.lapi_password):
+        raise ConfigurationError(
+            "signals go to lapi but no watcher credentials are configured",
+            hint="Set lapi_machine_id and lapi_password to a machine from `cscli machines add NAME --password ...` "
+            "(or lapi_cert and lapi_key to a client certificate); see docs/lapi.md.",
+        )
+    options: dict[str, Any] = {
+        "machine_id": None if settings.lapi_cert else settings.lapi_machine_id,
+        "password": None if settings.lapi_cert else settings.lapi_password,
+        "cert": settings.lapi_cert or None,
+        "key": settings.lapi_key or None,
+        "ca": settings.lapi_ca or None,
+        "user_agent_prefix": settings.user_agent_prefix,
+        "timeout": settings.timeout,
+    }
+    options.update(overrides)
+    return LapiWatcher(settings.lapi_url, storage, **options)
+
+
 def _machine_ids(storage: Any, secrets: bool) -> list[str]:
     """The stored machines' ids; ``secrets=False`` reads no password (works without ``CSCAPI_STORAGE_KEY``)."""
     if not secrets and hasattr(storage, "machine_ids"):

@@ -144,6 +144,7 @@ def run(
         client = open_client(settings, storage, logger=logging.getLogger("cscapi.client"))
         engine = None
         source: Any = None
+        watcher: Any = None
         try:
             if refresh:
                 source = client
@@ -154,7 +155,13 @@ def run(
                 # a long-running agent outlives a store outage: it logs it and serves the last decisions it read
                 engine = open_engine(settings, source, machine_id or None, strict=False)
             lock = AgentLock(storage, settings.storage_uri)
-            agent = Agent(client, engine, config=config, machine_id=machine_id, lock=lock, logger=agent_log)
+            if "lapi" in settings.signal_destinations:  # the lapi signal queue, pushed as alerts by a watcher
+                from cscapi.cli._runtime import open_lapi_watcher
+
+                watcher = open_lapi_watcher(settings, storage, logger=logging.getLogger("cscapi.lapi"))
+            agent = Agent(
+                client, engine, config=config, machine_id=machine_id, lock=lock, logger=agent_log, watcher=watcher
+            )
             if once:
                 health = agent.run_once()
                 if app.json_mode:
@@ -172,6 +179,8 @@ def run(
                 _close_by(engine.close, deadline)
             if source is not None and source is not client:
                 _close_by(source.close, deadline)
+            if watcher is not None:
+                _close_by(watcher.close, deadline)
             _close_by(client.close, deadline)
     finally:
         _close_by(storage.close, deadline)

@@ -52,6 +52,12 @@ def _signal_row(signal: Any, state: str) -> dict[str, Any]:
 )
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), help="The file's format (default: extension).")
 @click.option("--skip-invalid", is_flag=True, help="Queue the valid lines even if some are rejected.")
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(["capi", "lapi", "both"]),
+    help="Queue for CAPI, the local LAPI (`LapiWatcher`) or both (default: [signals] destinations).",
+)
 @json_option
 @pass_app
 def add(
@@ -66,6 +72,7 @@ def add(
     path: str | None,
     fmt: str | None,
     skip_invalid: bool,
+    to: str | None,
 ) -> None:
     """Queue signals; they are validated first and stored in one transaction (all or nothing).
 
@@ -92,6 +99,7 @@ def add(
             "give --decision ban --duration 4h for a ban, or drop --duration for a whisper"
         )
     settings = app.settings()
+    destinations = ("capi", "lapi") if to == "both" else (to,) if to else tuple(settings.signal_destinations)
     # Queuing needs no secret: the machine is looked up without decrypting its password (no CSCAPI_STORAGE_KEY needed).
     with session(settings) as (storage, client):
         machine_id = require_machine_id(settings, storage, secrets=False)
@@ -137,16 +145,24 @@ def add(
         stored = 0
         if valid and (not rejected or skip_invalid):
             with app.out.progress(f"queuing {plural(len(valid), 'signal')} in one transaction", total=None):
-                stored = client.add_signals(valid)
+                stored = client.add_signals(valid, destinations)
         counts = storage.count_signals()
+        lapi_counts = storage.count_signals(destination="lapi") if "lapi" in destinations else None
     report = {
         "lines": lines,
         "valid": len(valid),
         "rejected": [{"line": r.line, "reason": r.reason} for r in rejected],
         "queued": stored,
-        "duplicates": len(valid) - stored if stored or not rejected or skip_invalid else 0,
+        "duplicates": len(valid) * len(destinations) - stored if stored or not rejected or skip_invalid else 0,
         "queue": {"queued": counts.queued, "sent": counts.sent, "quarantined": counts.quarantined},
+        "destinations": list(destinations),
     }
+    if lapi_counts is not None:
+        report["lapi_queue"] = {
+            "queued": lapi_counts.queued,
+            "sent": lapi_counts.sent,
+            "quarantined": lapi_counts.quarantined,
+        }
     if app.json_mode:
         app.out.emit_json(report)
     else:
