@@ -3,8 +3,8 @@ a page of an app served by uvicorn on loopback. Under captcha, it gets the chall
 it and the browser lands on the page it asked for; under a ban, it gets the ban page. No network: loopback only.
 
 Needs ``apt-get install chromium chromium-driver`` (.ci/run installs them); without them the tests skip locally and
-fail in CI. ``CSCAPI_WEB_SCREENSHOTS=docs/img`` also saves the walls as ban-wall.png, captcha-wall.png and
-image-captcha-wall.png.
+fail in CI. ``CSCAPI_WEB_SCREENSHOTS=docs/img`` saves the screenshots of the walls where the documentation shows them
+(ban-wall.png, captcha-wall.png, image-captcha-wall.png).
 """
 
 from __future__ import annotations
@@ -218,24 +218,53 @@ def test_a_banned_browser_sees_the_ban_page(browser: Any) -> None:
         engine.close()
 
 
-@pytest.mark.skipif(not os.environ.get("CSCAPI_WEB_SCREENSHOTS"), reason="set CSCAPI_WEB_SCREENSHOTS=docs/img")
-def test_screenshots_of_the_walls(browser: Any) -> None:
-    """Saves ban-wall.png, captcha-wall.png (the challenge page as it looks while the proof of work runs) and
-    image-captcha-wall.png."""
+def test_the_image_captcha_in_a_browser(browser: Any) -> None:
+    """The captcha for clients without JavaScript: the browser shows the rendered PNG, the visitor types the text
+    (recovered by the test from the signed challenge, see test_web_image) and submits; it lands on its page."""
+    pytest.importorskip("captcha", reason="pip install 'cscapi[web-image]'")
     from selenium.webdriver.common.by import By
 
-    out = Path(os.environ["CSCAPI_WEB_SCREENSHOTS"])
-    out.mkdir(parents=True, exist_ok=True)
+    from cscapi.web import ImageCaptcha
+    from test_web_image import answer_of
+
+    engine = engine_with("captcha")
+    try:
+        with Site(Bouncer(engine, secret_key=KEY, captcha=ImageCaptcha(length=3))) as site:
+            browser.get(site.url("/cart?item=3"))
+            image = _wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "img.cscapi-image"), "no image")
+            assert image[0].get_attribute("naturalWidth") not in (None, "0")  # the PNG decoded in the browser
+            field = browser.find_element(By.ID, "cscapi-answer")
+            field.send_keys(answer_of(browser.page_source).lower())
+            browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            landed = _wait_for(browser, lambda d: d.find_elements(By.ID, "landed"), "the browser never got in")
+            assert landed[0].text == "Welcome to the shop" and browser.current_url == site.url("/cart?item=3")
+            assert [s[2] for s in site.statuses[:3]] == [401, 303, 200]
+    finally:
+        engine.close()
+
+
+def test_screenshots_of_the_walls(browser: Any, tmp_path: Path) -> None:
+    """Screenshots of the walls as a browser renders them: ban-wall.png, captcha-wall.png (the challenge page as it
+    looks while the proof of work runs) and image-captcha-wall.png, in $CSCAPI_WEB_SCREENSHOTS (docs/img to refresh
+    the documentation's) or a temporary directory."""
+    from selenium.webdriver.common.by import By
+
     from cscapi.web import ImageCaptcha
 
-    walls = (("ban", "ban-wall.png", None), ("captcha", "captcha-wall.png", None))
-    for type_, name, captcha in (*walls, ("captcha", "image-captcha-wall.png", ImageCaptcha())):
+    out = Path(os.environ.get("CSCAPI_WEB_SCREENSHOTS") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    walls = (("ban", "ban-wall.png", None, "Access denied"), ("captcha", "captcha-wall.png", None, "One moment"))
+    image = ("captcha", "image-captcha-wall.png", ImageCaptcha(), "One moment")
+    for type_, name, captcha, heading in (*walls, image):
         engine = engine_with(type_)
         try:
             bouncer = Bouncer(engine, secret_key=KEY, **({"captcha": captcha} if captcha else {}))
             with Site(bouncer, freeze_challenge=True) as site:
                 browser.get(site.url("/"))
-                _wait_for(browser, lambda d: d.find_elements(By.TAG_NAME, "h1"), "no page")
+                h1 = _wait_for(browser, lambda d: d.find_elements(By.TAG_NAME, "h1"), "no page")
+                assert h1[0].text.startswith(heading)
                 assert browser.save_screenshot(str(out / name))
+            png = (out / name).read_bytes()
+            assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
         finally:
             engine.close()
