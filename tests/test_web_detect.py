@@ -20,7 +20,7 @@ from cscapi.errors import ConfigurationError
 from cscapi.models import Machine
 from cscapi.remediation import CLEAN, Remediation, RemediationEngine
 from cscapi.sql_storage import SQLStorage
-from cscapi.web import Bouncer
+from cscapi.web import Bouncer, Request
 from cscapi.web.asgi import BouncerMiddleware as AsgiMiddleware
 from cscapi.web.detect import Detectors, Scenario, failed_login, http_probing
 from cscapi.web.wsgi import BouncerMiddleware as WsgiMiddleware
@@ -364,3 +364,43 @@ def test_a_dead_shared_store_costs_one_failure_per_batch(caplog: pytest.LogCaptu
     finally:
         detectors.close()
         engine.close()
+
+
+def test_workers_with_their_sync_threads_apply_each_others_local_decisions(redis_url: str, redis_prefix: str) -> None:
+    """Real timing, no manual sync: worker A's detectors overflow; worker B's sync thread applies the decision."""
+    a = RemediationEngine(None, redis_url, key_prefix=redis_prefix, sync_interval_ms=50)
+    b = RemediationEngine(None, redis_url, key_prefix=redis_prefix, sync_interval_ms=50)
+    detectors = Detectors(a, [failed_login(LOGIN, capacity=2)], failed_login=LOGIN)
+    bouncer = Bouncer(a, secret_key="k" * 32, detectors=detectors, trusted_proxies=["10.0.0.0/8"])
+    try:
+        request = Request("POST", "/login", headers={"x-forwarded-for": "198.51.100.9"}, peer="10.1.1.1")
+        for _ in range(3):
+            assert bouncer.report_failed_login(request) is False  # shared buckets: poured off the request path
+        deadline = time.monotonic() + 60
+        while b.get_ip_remediation("198.51.100.9") != LOCAL_BAN:  # the forwarded client, not the proxy
+            assert time.monotonic() < deadline, (detectors.counters, b.local_decisions())
+            time.sleep(0.02)
+        assert b.get_ip_remediation("10.1.1.1") is CLEAN
+    finally:
+        detectors.close()
+        a.close()
+        b.close()
+
+
+def test_reporting_to_shared_buckets_does_no_store_io(redis_url: str, redis_prefix: str) -> None:
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    engine = RemediationEngine(None, redis_url, key_prefix=redis_prefix, sync_interval_ms=0)
+    detectors = Detectors(engine, [failed_login(LOGIN)], failed_login=LOGIN, flush_interval=3600)
+    try:
+        with detectors._writing:  # hold the background writer: whatever reaches Redis now came from report()
+            for _ in range(3):
+                detectors.report_failed_login("192.0.2.1")
+            assert list(r.scan_iter(match=redis_prefix + "*bucket*")) == []
+        assert detectors.flush()
+        assert len(list(r.scan_iter(match=redis_prefix + "*bucket*"))) == 1
+    finally:
+        detectors.close()
+        engine.close()
+        r.close()
