@@ -262,3 +262,47 @@ def test_a_slow_lapi_answer_never_outlives_the_claim_lease(storage: SQLStorage) 
     assert report == 0 and isinstance(report.errors["m"], TransportError)
     assert elapsed < 4.0  # cut at about 3.6 s (lease 4 s minus a tenth), not after the 100 s drip
     assert storage.count_signals(destination="lapi") == QueueCounts(queued=1)
+
+
+def test_web_detectors_queue_for_the_configured_destinations(tmp_path: Any, lapi: Any) -> None:
+    from cscapi.legacy_storage import LegacyStorageAdapter
+    from cscapi.models import Machine
+    from cscapi.storage import IncompatibleStorageError
+    from cscapi.web.detect import Detectors, failed_login
+    from test_legacy_storage import MemoryLegacyStorage
+    from test_remediation_support import Clock
+
+    scenario = "acme/login-bf"
+    clock = Clock()
+    engine = RemediationEngine(None, "memory://", clock=clock)
+    with SQLStorage(f"sqlite:///{tmp_path / 'queue.db'}") as queue:
+        queue.update_or_create_machine(Machine(machine_id=MACHINE_A, password="p" * 32))
+        detectors = Detectors(
+            engine,
+            [failed_login(scenario, capacity=1, duration=600)],
+            signals=queue,
+            allowed_scenarios=[scenario],
+            failed_login=scenario,
+            clock=clock,
+            destinations="both",
+        )
+        for _ in range(2):
+            detectors.report_failed_login("192.0.2.201")
+        assert detectors.flush()
+        assert queue.count_signals() == QueueCounts(queued=1)
+        assert queue.count_signals(destination="lapi") == QueueCounts(queued=1)
+        machine, password = lapi.add_machine(f"w{secrets.token_hex(6)}")
+        with LapiWatcher(lapi.base_url, queue, machine_id=machine, password=password) as watcher:
+            assert watcher.send_signals() == 1
+        detectors.close()
+    alerts = [a for a in lapi.alerts() if a["source"]["value"] == "192.0.2.201" and a["scenario"] == scenario]
+    assert len(alerts) == 1
+    with pytest.raises(IncompatibleStorageError):
+        Detectors(
+            engine,
+            [failed_login(scenario)],
+            signals=LegacyStorageAdapter(MemoryLegacyStorage()),
+            allowed_scenarios=[scenario],
+            destinations=("lapi",),
+        )
+    engine.close()

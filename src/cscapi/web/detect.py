@@ -128,7 +128,9 @@ class Detectors:
     SQLite or Redis: workers count together); default shared when the store is. ``failed_login`` and ``not_found``:
     the scenario names used by :meth:`report_failed_login` and :meth:`observe_status` (404s). ``machine_id``: the
     signals' machine (None: the queue storage's first machine, the agent's). ``buffer_size``: pending items kept
-    before dropping.
+    before dropping. ``destinations``: the queues the signals go to, ``("capi",)`` (default), ``("lapi",)`` (a
+    ``cscapi.lapi.LapiWatcher`` pushes them to a local CrowdSec) or both; ``lapi`` needs a storage that keeps
+    destinations (``SQLStorage``).
     """
 
     def __init__(
@@ -145,7 +147,13 @@ class Detectors:
         buffer_size: int = 10_000,
         flush_interval: float = 1.0,
         clock: Callable[[], float] | None = None,
+        destinations: Sequence[str] | str = ("capi",),
     ) -> None:
+        from cscapi.storage import check_destinations, require_destinations
+
+        self.destinations = check_destinations(destinations)
+        if "lapi" in self.destinations and signals is not None:  # a client queues into its storage
+            require_destinations(getattr(signals, "storage", signals))
         if not callable(getattr(engine, "add_local_decision", None)):
             raise ConfigurationError("engine must be a RemediationEngine (it has no add_local_decision())")
         self.engine = engine
@@ -409,7 +417,10 @@ class Detectors:
         if not signals:
             return
         try:
-            self.signals.add_signals(signals)
+            if self.destinations == ("capi",):
+                self.signals.add_signals(signals)  # any add_signals(signals), as before destinations existed
+            else:
+                self.signals.add_signals(signals, destinations=self.destinations)
             self.counters.signals_queued += len(signals)
         except Exception as exc:
             self.counters.errors += len(signals)
