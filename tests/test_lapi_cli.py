@@ -217,3 +217,23 @@ def test_lapi_status_checks_the_watcher_login(lapi_env: CliEnv, lapi: Any, monke
     monkeypatch.delenv("CSCAPI_LAPI_PASSWORD")
     report = ok(lapi_env.invoke(["--source", "lapi", "lapi", "status", "--json"]))
     assert report["watcher"] is None
+
+
+def test_tls_client_certificate_through_the_settings(cli_env: CliEnv, crowdsec_lapi_tls: Any) -> None:
+    lapi, certs = crowdsec_lapi_tls, crowdsec_lapi_tls.certs
+    lapi.delete_decisions(everything=True)
+    lapi.add_decision(ip="192.0.2.40", type="captcha", duration="1h")
+    env = {
+        "CSCAPI_SOURCE": "lapi",
+        "CSCAPI_LAPI_URL": lapi.base_url,
+        "CSCAPI_LAPI_CERT": str(certs.bouncer),
+        "CSCAPI_LAPI_KEY": str(certs.bouncer_key),
+        "CSCAPI_LAPI_CA": str(certs.ca),
+    }
+    report = ok(cli_env.invoke(["lapi", "status", "--json"], env=env))
+    assert report["bouncer"] == {"ok": True, "auth": "tls", "error": None}
+    assert ok(cli_env.invoke(["decisions", "refresh", "--json"], env=env))["new"] == 1
+    rows = ok(cli_env.invoke(["decisions", "check", "192.0.2.40", "--json"], env=env))
+    assert rows[0]["remediation"] == "captcha"
+    stranger = {**env, "CSCAPI_LAPI_CERT": str(certs.stranger), "CSCAPI_LAPI_KEY": str(certs.stranger_key)}
+    assert_user_error(cli_env.invoke(["lapi", "status"], env=stranger), 5)
