@@ -233,3 +233,23 @@ def test_apps_on_one_store_share_one_engine_closed_at_exit(tmp_path: Path) -> No
     CrowdSec(app)
     assert CrowdSec.bouncer_of(app).engine is not engine  # a closed engine is never handed out again
     close_engines()
+
+
+def test_proxyfix_applied_after_init_app_runs_before_the_bouncer() -> None:
+    """What docs/web.md says about werkzeug's ProxyFix: wrapped after init_app, it rewrites REMOTE_ADDR first and the
+    bouncer checks the client it found; wrapped before, the bouncer sees the proxy (and, untrusted, ignores headers)."""
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    engine = _engine()
+    try:
+        after = make_app([])
+        CrowdSec(after, bouncer=Bouncer(engine, secret_key=KEY))
+        after.wsgi_app = ProxyFix(after.wsgi_app, x_for=1)
+        proxied = {"environ_base": {"REMOTE_ADDR": PROXY}, "headers": {"X-Forwarded-For": BANNED}}
+        assert after.test_client().get("/", **proxied).status_code == 403
+        before = make_app([])
+        before.wsgi_app = ProxyFix(before.wsgi_app, x_for=1)
+        CrowdSec(before, bouncer=Bouncer(engine, secret_key=KEY))
+        assert before.test_client().get("/", **proxied).status_code == 200  # the proxy's address was checked
+    finally:
+        engine.close()
