@@ -314,3 +314,27 @@ def test_a_bad_configuration_stops_the_server_at_startup() -> None:
         for handler in (WSGIHandler, ASGIHandler):
             with pytest.raises(ConfigurationError, match="unknown scheme"):
                 handler()
+
+
+FACTORY_ENGINES: list[Any] = []
+
+
+def bouncer_factory() -> Bouncer:
+    """CSCAPI['BOUNCER'] as a dotted path to a function building the bouncer."""
+    from test_web_support import make_bouncer, make_engine
+
+    engine = make_engine()
+    FACTORY_ENGINES.append(engine)
+    return make_bouncer(engine)
+
+
+def test_bouncer_as_a_dotted_path_to_a_factory() -> None:
+    try:
+        with override_settings(CSCAPI={"BOUNCER": f"{__name__}.bouncer_factory"}):
+            assert cscapi_errors() == []
+            assert Client(REMOTE_ADDR=BANNED).get("/").status_code == 403
+            assert Client(REMOTE_ADDR=CLEAN_IP).get("/").status_code == 200
+            assert get_bouncer().engine is FACTORY_ENGINES[-1]
+    finally:
+        for engine in FACTORY_ENGINES:
+            engine.close()
