@@ -253,3 +253,19 @@ def test_proxyfix_applied_after_init_app_runs_before_the_bouncer() -> None:
         assert before.test_client().get("/", **proxied).status_code == 200  # the proxy's address was checked
     finally:
         engine.close()
+
+
+def test_settings_from_the_environment_through_from_prefixed_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What docs/web.md says: FLASK_CSCAPI_* variables (JSON for lists) become the CSCAPI_* keys."""
+    from test_web_docs import filled_store
+
+    monkeypatch.setenv("FLASK_SECRET_KEY", KEY)
+    monkeypatch.setenv("FLASK_CSCAPI_DECISION_STORE", filled_store(tmp_path))
+    monkeypatch.setenv("FLASK_CSCAPI_TRUSTED_PROXIES", '["10.0.0.0/8"]')
+    app = make_app([])
+    app.config.from_prefixed_env()
+    CrowdSec(app)
+    proxied = {"environ_base": {"REMOTE_ADDR": PROXY}, "headers": {"X-Forwarded-For": BANNED}}
+    assert app.test_client().get("/", **proxied).status_code == 403
