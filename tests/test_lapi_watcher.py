@@ -306,3 +306,23 @@ def test_web_detectors_queue_for_the_configured_destinations(tmp_path: Any, lapi
             destinations=("lapi",),
         )
     engine.close()
+
+
+def test_the_watcher_snippet_of_docs_lapi_md_runs(lapi: Any, tmp_path: Any) -> None:
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "lapi.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "LapiWatcher(" in b)
+    machine, password = lapi.add_machine(f"w{secrets.token_hex(6)}")
+    for old, new in (
+        ("http://127.0.0.1:8080/", lapi.base_url),
+        ("sqlite:////var/lib/myapp/signals.db", f"sqlite:///{tmp_path / 'signals.db'}"),
+        ('"my-python-app"', repr(machine)),
+    ):
+        assert old in code
+        code = code.replace(old, new)
+    scope: dict[str, Any] = {"PASSWORD": password, "MACHINE_ID": MACHINE_A}
+    exec(compile(code, "docs/lapi.md", "exec"), scope)
+    assert scope["report"] == 1 and not scope["report"].errors
+    assert [a["scenario"] for a in lapi.alerts() if a["source"]["value"] == "203.0.113.7"][-1:] == ["myapp/login-bf"]
