@@ -338,3 +338,12 @@ def test_bouncer_as_a_dotted_path_to_a_factory() -> None:
     finally:
         for engine in FACTORY_ENGINES:
             engine.close()
+
+
+def test_without_django_the_import_says_what_to_install() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['django'] = None\nimport cscapi.web.django"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "pip install 'cscapi[django]'" in done.stderr

@@ -5,6 +5,11 @@ to ``MIDDLEWARE``, configure it in one ``CSCAPI`` dict. ``manage.py check`` flag
 
 from __future__ import annotations
 
+try:
+    import django  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised without Django installed
+    raise ImportError(f"cscapi.web.django needs Django: pip install 'cscapi[django]' ({exc})") from exc
+
 from cscapi.web.django.middleware import BouncerMiddleware, get_bouncer, report_failed_login, settings_dict
 
 __all__ = ["BouncerMiddleware", "get_bouncer", "report_failed_login", "settings_dict"]
