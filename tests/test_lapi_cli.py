@@ -53,6 +53,10 @@ def test_refresh_then_check_sees_a_cscli_ban(lapi_env: CliEnv, lapi: Any) -> Non
     assert stats["by_origin"] == {"cscli": 1} and stats["by_type"] == {"captcha": 1}
     human = lapi_env.invoke(["--source", "lapi", "decisions", "refresh"])
     assert human.exit_code == 0 and "LAPI decisions" in human.stdout and "community" not in human.stdout
+    human = lapi_env.invoke(["--source", "lapi", "decisions", "stats"])
+    assert human.exit_code == 0 and "LAPI stream pulled" in human.stdout
+    shown = lapi_env.invoke(["--source", "lapi", "config", "show"])
+    assert f"from the LAPI at {lapi.base_url} (stream mode)" in shown.stdout
 
 
 def test_source_from_the_config_file_section(lapi_env: CliEnv, lapi: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,6 +45,8 @@ def show(app: AppContext) -> None:
     found = "" if settings.config_found else " (not found: defaults apply; `cscapi init` creates it)"
     app.out.print(f"config file: {esc(settings.config_path)}{found}")
     app.out.print(f"CAPI URL:    {esc(settings.display_base_url)}")
+    if settings.is_lapi:
+        app.out.print(f"decisions:   from the LAPI at {esc(settings.display('lapi_url'))} ({settings.lapi_mode} mode)")
     app.out.print(f"secrets at rest in the storage: encryption {encryption}")
     rows = [(s.section, s.name, settings.display(s.name), settings.source(s.name)) for s in SETTINGS]
     app.out.table(["section", "setting", "value", "source"], rows)

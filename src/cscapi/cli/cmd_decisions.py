@@ -391,7 +391,7 @@ def stats(app: AppContext) -> None:
         return
     app.out.print(
         f"{result['total']} live decisions in {esc(store)}; "
-        f"community stream pulled {_ago(result['last_pull_seconds_ago'])}"
+        f"{'LAPI' if settings.is_lapi else 'community'} stream pulled {_ago(result['last_pull_seconds_ago'])}"
     )
     for title, key in (("origin", "by_origin"), ("scope", "by_scope"), ("type", "by_type")):
         app.out.table([title, "decisions"], list(result[key].items()), title=f"by {title}")
