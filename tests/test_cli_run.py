@@ -156,6 +156,7 @@ def test_sigterm_finishes_or_abandons_the_batch_in_flight(capi_env: CliEnv, emul
         assert [r["state"] for r in rows] == ["queued"]
         counts = json.loads(capi_env.invoke(["machines", "status", "--json"]).stdout)["signals"]
         assert counts["queued"] + counts["claimed"] == 1 and counts["sent"] == 0
+        assert counts["claimed"] == 0  # its claim was given back on exit, not left to lapse after claim_lease
 
 
 @pytest.mark.slow
@@ -210,3 +211,54 @@ def test_sigterm_exits_within_the_bound_when_capi_hangs(capi_env: CliEnv, free_t
         assert store.acquire_lock("next-agent", 30)  # the refresh lock was released, not left for lock_ttl
     finally:
         store.close()
+
+
+@pytest.mark.slow
+def test_two_sigterms_during_a_hung_refresh_free_every_lock(capi_env: CliEnv) -> None:
+    """CAPI drips a byte a second; the refresh (its login first) hangs on it. Two SIGTERMs: the refresh is abandoned
+    at once, exit 130 within the bound, and the decision store's refresh lock and the machine's login lock are both
+    free at once (not held for lock_ttl / login_lock_ttl)."""
+    from cscapi.remediation import open_store
+    from cscapi.sql_storage import SQLStorage
+    from test_agent_loop import DripServer
+
+    machine_id = json.loads(capi_env.invoke(["machines", "register", "--json"]).stdout)["machine_id"]
+    drip = DripServer()  # from now on CAPI hangs: the agent's login (for its first pull) drips
+    env = {**os.environ, "CSCAPI_TARGET": drip.base_url}
+    cscapi = Path(sys.executable).with_name("cscapi")
+    proc = subprocess.Popen(
+        [str(cscapi), "run", "--no-metrics", "--stop-timeout", "5"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while drip.requests < 1:  # the refresh's login reached the hung CAPI
+            assert time.monotonic() < deadline and proc.poll() is None, "the agent never called CAPI"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        _out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        drip.close()
+    assert proc.returncode == 130, err
+    assert took <= 5 + 3, (took, err)  # the bound, plus the interpreter's exit on a loaded machine
+    assert "abandoned the refresh in flight" in err and "Traceback" not in err
+    store = open_store(f"sqlite:///{capi_env.data_dir / 'decisions.db'}")
+    try:
+        assert store.acquire_lock("next-agent", 30)  # the refresh lock is free
+    finally:
+        store.close()
+    storage = SQLStorage(f"sqlite:///{capi_env.data_dir / 'cscapi.db'}")
+    try:
+        assert storage.acquire_login_lock(machine_id, "next-agent", 60)  # the login lock is free too
+    finally:
+        storage.close()

@@ -640,6 +640,9 @@ class Agent:
         release_locks = getattr(self.engine, "release_locks", None)
         if self.abandoned and callable(release_locks):
             _bounded(release_locks, left(), "releasing the decision store's refresh lock", self.log)
+        give_back = getattr(self.client, "release_locks", None)  # the abandoned push's claims, a login lock
+        if self.abandoned and callable(give_back):
+            _bounded(give_back, left(), "releasing the claims and login lock of the abandoned job", self.log)
         if self.lock is not None:
             _bounded(self.lock.release, left(), "releasing the agent lock", self.log)
 

@@ -113,6 +113,14 @@ class AsyncCAPIClient:
         """``POST /v3/metrics`` describing this SDK."""
         await self._run(self._core.send_metrics(machine_id))
 
+    async def release_locks(self) -> int:
+        """Give back the login locks and the claimed signals that calls in flight hold (see
+        ``CAPIClient.release_locks``); the storage calls run in a worker thread."""
+        calls = self._core.auth.held.take()
+        for call in calls:
+            await asyncio.to_thread(self._core.auth._release_now, call)
+        return len(calls)
+
     async def aclose(self) -> None:
         """Close the HTTP connection pool (the storage stays open)."""
         await self._transport.aclose()

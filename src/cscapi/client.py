@@ -170,6 +170,20 @@ class CAPIClient:
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
 
+    def release_locks(self) -> int:
+        """Give back, now and from any thread, the login locks and the claimed signals that calls in flight hold;
+        returns how many holdings were released.
+
+        For a shutdown that abandons a call stuck in I/O (``cscapi run`` after a second SIGTERM): another sender
+        takes the signals, or logs in, at once instead of after ``claim_lease`` or ``login_lock_ttl``. The
+        abandoned call starts no new POST of the signals given back. Storage errors are logged (the holdings lapse
+        by themselves).
+        """
+        calls = self._core.auth.held.take()
+        for call in calls:
+            self._core.auth._release_now(call)
+        return len(calls)
+
     def close(self) -> None:
         """Close the HTTP connection pool (the storage stays open: it is yours)."""
         self._transport.close()

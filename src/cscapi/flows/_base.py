@@ -8,6 +8,7 @@ claim, a login lock) safe on every exit, including a flow closed mid-way.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -69,6 +70,34 @@ def _release_name(release: StorageCall) -> str:
     return f"release the login lock of machine {release.args[0]}"
 
 
+class Holdings:
+    """What the flows of one client hold right now (login locks, claimed signals), each with the storage calls that
+    give it back: ``take`` hands them to a caller abandoning a flow that cannot run its own cleanup (a worker thread
+    stuck in I/O at shutdown), so other senders need not wait for the lock's or the lease's lapse."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._held: dict[object, Callable[[], list[StorageCall]]] = {}
+
+    def hold(self, releases: Callable[[], list[StorageCall]]) -> object:
+        """Record a holding; ``releases()`` gives the calls that release it. Returns the key to ``drop`` it with."""
+        key = object()
+        with self._guard:
+            self._held[key] = releases
+        return key
+
+    def drop(self, key: object) -> bool:
+        """Forget a holding its flow is about to release itself; False when ``take`` released it already."""
+        with self._guard:
+            return self._held.pop(key, None) is not None
+
+    def take(self) -> list[StorageCall]:
+        """Every holding's release calls, forgotten here: the caller makes them."""
+        with self._guard:
+            found, self._held = list(self._held.values()), {}
+        return [call for releases in found for call in releases()]
+
+
 class FlowBase:
     """The wiring shared by the flow groups of one ``Core`` and the primitive steps they are written with."""
 
@@ -82,6 +111,7 @@ class FlowBase:
         self.retry = retry
         self.scenarios = list(config.scenarios)
         self._config_scenarios = frozenset(self.scenarios)
+        self.held = Holdings()  # a flow group acting as machines shares its AuthFlows' (see SignalFlows)
 
     def _store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Flow[T]:
         result: T = yield StorageCall(fn, args, kwargs)
@@ -138,15 +168,19 @@ class FlowBase:
         A flow closed mid-way (``close()``: a discarded task, a SIGTERM unwinding a driver) gets ``GeneratorExit``
         and must not yield again ("generator ignored GeneratorExit"): the release is then called directly.
         """
+        key = self.held.hold(lambda: [release])  # for an abandoning caller: ``Holdings.take``
         try:
             result = yield from body
         except GeneratorExit:
-            self._release_now(release)
+            if self.held.drop(key):
+                self._release_now(release)
             raise
         except BaseException:
-            yield from self._release(release)
+            if self.held.drop(key):
+                yield from self._release(release)
             raise
-        yield from self._release(release)
+        if self.held.drop(key):
+            yield from self._release(release)
         return result
 
     def _release(self, release: StorageCall) -> Flow[None]:

@@ -87,6 +87,7 @@ class SignalFlows(FlowBase):
     def __init__(self, auth: AuthFlows) -> None:
         super().__init__(auth.storage, auth.config, auth.endpoints, auth.retry)
         self.auth = auth
+        self.held = auth.held  # one registry per client: ``release_locks`` gives back claims and login locks alike
 
     def add_signals(self, signals: Iterable[Signal], destinations: Sequence[str] | str = ("capi",)) -> Flow[int]:
         """Validate every signal, then queue them all in one storage call (for each of ``destinations``: ``capi``,
@@ -134,6 +135,7 @@ class SignalFlows(FlowBase):
         batches: list[_Batch] = []
         seen: set[int] = set()
         machines: dict[str, Machine] = {}  # logged-in machines of this call: no storage read per claim round
+        key = self.held.hold(lambda: _open_claims(self.storage, batches))  # for an abandoning caller
         try:
             more = True
             while more:
@@ -163,13 +165,16 @@ class SignalFlows(FlowBase):
                         if not isinstance(error, LoginBannedError):
                             yield from self._mark_failing(machine_id, error.message)
         except GeneratorExit:  # closed mid-way: no yield any more, release the claims directly
+            self.held.drop(key)
             for release in _open_claims(self.storage, batches):
                 self._release_now(release)
             raise
         except BaseException:
+            self.held.drop(key)
             for release in _open_claims(self.storage, batches):
                 yield from self._release(release)
             raise
+        self.held.drop(key)
         for release in _open_claims(self.storage, batches):
             yield from self._release(release)
         report.failed_machines.update(failed)
@@ -301,6 +306,8 @@ class SignalFlows(FlowBase):
         """
 
         def before(request: Request) -> Flow[Request | None]:
+            if not batch.open:  # given back by an abandoning caller (``release_locks``): nothing here is ours
+                return None
             now = yield from self._now()
             lease = float(self.config.claim_lease)
             if batch.expires_at - now >= timedelta(seconds=lease / 2):
