@@ -74,6 +74,8 @@ class LapiCerts:
     bouncer_key: Path
     stranger: Path
     stranger_key: Path
+    agent: Path | None = None  # a watcher's client certificate (OU agent-ou, which LAPI accepts as a machine)
+    agent_key: Path | None = None
 
 
 def make_lapi_certs(directory: Path) -> LapiCerts:
@@ -136,7 +138,8 @@ def make_lapi_certs(directory: Path) -> LapiCerts:
     server, server_key = leaf("server", "127.0.0.1", None, True)
     bouncer, bouncer_key = leaf("bouncer", "cscapi-bouncer", "bouncer-ou", False)
     stranger, stranger_key = leaf("stranger", "stranger", "other-ou", False)
-    return LapiCerts(ca_path, server, server_key, bouncer, bouncer_key, stranger, stranger_key)
+    agent, agent_key = leaf("agent", "cscapi-watcher", "agent-ou", False)
+    return LapiCerts(ca_path, server, server_key, bouncer, bouncer_key, stranger, stranger_key, agent, agent_key)
 
 
 def _tls_yaml(certs: LapiCerts | None) -> str:

@@ -326,3 +326,20 @@ def test_the_watcher_snippet_of_docs_lapi_md_runs(lapi: Any, tmp_path: Any) -> N
     exec(compile(code, "docs/lapi.md", "exec"), scope)
     assert scope["report"] == 1 and not scope["report"].errors
     assert [a["scenario"] for a in lapi.alerts() if a["source"]["value"] == "203.0.113.7"][-1:] == ["myapp/login-bf"]
+
+
+def test_watcher_logs_in_with_a_tls_client_certificate(crowdsec_lapi_tls: Any, storage: SQLStorage) -> None:
+    lapi, certs = crowdsec_lapi_tls, crowdsec_lapi_tls.certs
+    assert certs.agent is not None and certs.agent_key is not None
+    scenario = _scenario()
+    options = {"cert": str(certs.agent), "key": str(certs.agent_key), "ca": str(certs.ca)}
+    with LapiWatcher(lapi.base_url, storage, **options) as watcher:
+        assert watcher.auth == "tls" and watcher.label == "tls"
+        watcher.add_signals(_signals(scenario)[:1])
+        report = watcher.send_signals()
+        assert report == 1, report.errors
+    assert len(_mine(_all_alerts(lapi), scenario)) == 1
+    stranger = {"cert": str(certs.stranger), "key": str(certs.stranger_key), "ca": str(certs.ca)}
+    # an OU LAPI does not accept for agents
+    with LapiWatcher(lapi.base_url, storage, **stranger) as watcher, pytest.raises(AuthenticationError):
+        watcher.login()
