@@ -404,3 +404,42 @@ def test_reporting_to_shared_buckets_does_no_store_io(redis_url: str, redis_pref
         detectors.close()
         engine.close()
         r.close()
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Any, dict[str, Any]]:
+    if request.param == "memory":
+        from cscapi.remediation.stores.memory import MemoryStore
+
+        return MemoryStore(), {}
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'decisions.db'}", {}
+    return request.getfixturevalue("redis_url"), {"key_prefix": request.getfixturevalue("redis_prefix")}
+
+
+def test_a_weaker_local_decision_never_replaces_a_stronger_one(any_store: tuple[Any, dict[str, Any]]) -> None:
+    store, kw = any_store
+    clock = Clock()
+    src = FakeSource()
+    src.streams += [stream([]), stream([])]
+    a = RemediationEngine(src, store, sync_interval_ms=0, clock=clock, **kw)
+    b = RemediationEngine(None, store, sync_interval_ms=0, clock=clock, **kw)
+    try:
+        a.add_local_decision("192.0.2.44", "ban", 100, LOGIN)
+        a.add_local_decision("192.0.2.44", "captcha", 1000, PROBE)  # weaker, longer: kept beside the ban
+        a.add_local_decision("192.0.2.44", "ban", 50, LOGIN)  # same type, shorter: the later expiry stays
+        assert a.write_local_decisions() == 2
+        a.refresh_decisions()  # a refresh (lock, commit, release) keeps them in the store
+        for engine in (a, b):
+            engine.sync()
+            assert engine.get_ip_remediation("192.0.2.44") == LOCAL_BAN
+        clock.advance(101)  # the ban is over: the captcha still applies, in both workers
+        for engine in (a, b):
+            engine.sync()
+            assert engine.get_ip_remediation("192.0.2.44") == Remediation("captcha", "local")
+        fresh = RemediationEngine(None, store, sync_interval_ms=0, clock=clock, **kw)  # reads the store itself
+        assert fresh.get_ip_remediation("192.0.2.44") == Remediation("captcha", "local") or not fresh.store.shared
+        fresh.close()
+    finally:
+        a.close()
+        b.close()

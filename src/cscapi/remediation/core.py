@@ -93,6 +93,9 @@ def apply_stream(
     dups: LapiDups = {} if startup else {key: dict(group) for key, group in state.lapi_dups.items()}
     deleted = 0
     doomed: set[str] = set()
+    kinds: dict[tuple[str, str], list[tuple[str, str, str]]] = {}  # (type, scope) -> its groups
+    for group_key in capi:
+        kinds.setdefault((group_key[1], group_key[2]), []).append(group_key)
     for item in stream.deleted:
         try:
             value = canonical_value(item.value)
@@ -102,10 +105,10 @@ def apply_stream(
         if item.scenario is not None and item.type is not None:  # a LAPI deletion names its decision
             key = (group_scenario(item.origin or "CAPI", item.scenario), item.type, item.scope.lower())
             named = capi.get(key)
-            if named is None or value not in named:
-                continue
-            shared = dups.get(key, {}).pop(value, None)  # several LAPI decisions on this value: drop only this one
-            if shared is not None:
+            shared = None
+            if named is not None and value in named:
+                shared = dups.get(key, {}).pop(value, None)  # several decisions of this group: drop only this one
+            if shared is not None and named is not None:
                 gone = item.id if item.id in shared else -1  # -1: the first one, whose id was not kept
                 if gone not in shared:
                     dups[key][value] = shared  # it names a decision this state does not hold
@@ -116,8 +119,14 @@ def apply_stream(
                     dups[key][value] = rest  # even one: its id is known, a deletion naming another leaves it
                     deleted += 1
                     continue
-            del named[value]
-            deleted += 1
+            # A LAPI sends one decision per type and value (the longest), and a deletion once no decision of that type
+            # stands on the value any more: it may name another scenario than the one held, so the value leaves
+            # every group of this type and scope (a captcha deletion never lifts a ban).
+            for other in kinds.get((key[1], key[2]), ()):
+                if capi[other].pop(value, None) is not None:
+                    deleted += 1
+                    if other in dups:
+                        dups[other].pop(value, None)
             continue
         doomed.add(value)
     if doomed and capi:

@@ -27,7 +27,6 @@ from cscapi.remediation.metrics import build_usage_metrics, nested_counts
 from cscapi.remediation.models import CLEAN, RefreshReport, Remediation
 from cscapi.remediation.state import State
 from cscapi.remediation.stores import DecisionStore, open_store
-from cscapi.remediation.stores.base import LocalDecisions
 from cscapi.runtime import EPOCH, Blocking, Clocks, Delegate, Flow, run_async, run_sync
 
 __all__ = ["AsyncRemediationEngine", "RemediationEngine"]
@@ -405,8 +404,9 @@ class _EngineBase(Generic[C]):
         """
         return self._local.add(ip, type_, duration, scenario)
 
-    def local_decisions(self) -> LocalDecisions:
-        """The local decisions in force in this process: ``{ip: (remediation, expires at, "")}``; no I/O."""
+    def local_decisions(self) -> dict[str, tuple[str, float, str]]:
+        """The strongest local decision in force in this process on each IP: ``{ip: (remediation, expires at,
+        type)}``; no I/O."""
         return self._local.view()
 
     def _write_local(self) -> int:

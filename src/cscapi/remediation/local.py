@@ -17,7 +17,7 @@ from collections.abc import Callable
 from cscapi.errors import ConfigurationError, InvalidIPError
 from cscapi.remediation.index import Policy
 from cscapi.remediation.models import CLEAN, Remediation
-from cscapi.remediation.stores.base import Counters, DecisionStore, LocalDecisions
+from cscapi.remediation.stores.base import Counters, DecisionStore
 
 __all__ = ["LOCAL_ORIGIN", "LocalOverlay", "UsageCounts", "canonical_ip"]
 
@@ -86,8 +86,13 @@ class UsageCounts:
                 flushed += sum(sums.values())
 
 
+Entry = tuple[float, int, Remediation, str]
+"""(expires at, rank, answer, decision type) of one local decision."""
+
+
 class LocalOverlay:
-    """Local decisions in force in this process: ``entries`` maps a canonical IP to (expires at, rank, answer).
+    """Local decisions in force in this process: ``entries`` maps a canonical IP to its decisions (one per type),
+    strongest first.
 
     ``entries`` is replaced whole (never mutated) so that lookups read it without a lock; ``pending`` holds the ones
     added here and not yet written to the store (kept over reloads until written).
@@ -96,17 +101,18 @@ class LocalOverlay:
     def __init__(self, policy: Policy, clock: Callable[[], float]) -> None:
         self.policy = policy
         self.clock = clock
-        self.entries: dict[str, tuple[float, int, Remediation]] = {}
+        self.entries: dict[str, tuple[Entry, ...]] = {}
         self.version: str | None = None
-        self.pending: LocalDecisions = {}
+        self.pending: dict[tuple[str, str], tuple[float, str]] = {}  # (ip, type) -> (until, scenario)
         self.guard = threading.Lock()
         self._canonical: dict[str, str | None] = {}
 
     def answer(self, ip: str, found: Remediation) -> Remediation:
-        """The local decision on ``ip`` when it ranks above ``found`` (the index's answer), else ``found``."""
+        """The strongest local decision on ``ip`` still in force when it ranks above ``found`` (the index's answer),
+        else ``found``."""
         entries = self.entries
-        entry = entries.get(ip)
-        if entry is None:
+        mine = entries.get(ip)
+        if mine is None:
             cache = self._canonical
             try:
                 canonical = cache[ip]
@@ -117,24 +123,43 @@ class LocalOverlay:
                 cache[ip] = canonical
             except TypeError:
                 return found
-            entry = entries.get(canonical) if canonical is not None else None
-        if entry is None or entry[0] <= self.clock():
-            return found
-        if found is CLEAN or entry[1] < self.policy.rank.get(found.remediation, len(self.policy.ordered)):
-            return entry[2]
+            mine = entries.get(canonical) if canonical is not None else None
+            if mine is None:
+                return found
+        now = self.clock()
+        for entry in mine:
+            if entry[0] > now:
+                if found is CLEAN or entry[1] < self.policy.rank.get(found.remediation, len(self.policy.ordered)):
+                    return entry[2]
+                return found
         return found
 
-    def _entry(self, type_: str, until: float) -> tuple[float, int, Remediation]:
+    def _entry(self, type_: str, until: float) -> Entry:
         rank, remediation = self.policy.resolve(type_)
-        return until, rank, Remediation(remediation, LOCAL_ORIGIN)
+        return until, rank, Remediation(remediation, LOCAL_ORIGIN), type_
+
+    @staticmethod
+    def _merge(into: dict[str, dict[str, Entry]], ip: str, entry: Entry) -> None:
+        """Keep the later expiry per (ip, type)."""
+        per_ip = into.setdefault(ip, {})
+        old = per_ip.get(entry[3])
+        if old is None or old[0] < entry[0]:
+            per_ip[entry[3]] = entry
+
+    @staticmethod
+    def _freeze(merged: dict[str, dict[str, Entry]]) -> dict[str, tuple[Entry, ...]]:
+        return {ip: tuple(sorted(per.values(), key=lambda e: (e[1], -e[0]))) for ip, per in merged.items() if per}
+
+    def _live(self, now: float) -> dict[str, dict[str, Entry]]:
+        return {ip: {e[3]: e for e in es if e[0] > now} for ip, es in self.entries.items()}
 
     def add(self, ip: str, type_: str, duration: float, scenario: str) -> Remediation:
-        """Put a decision in force here at once and mark it to be written (see ``write``)."""
+        """Put a decision in force here at once and mark it to be written (see ``write``); returns its answer."""
         canonical = canonical_ip(ip)
         if canonical is None:
             raise InvalidIPError(f"not an IP address: {ip!r}", field="ip")
-        if not isinstance(type_, str) or not type_:
-            raise ConfigurationError("a local decision's type must be a non-empty string (e.g. 'ban', 'captcha')")
+        if not isinstance(type_, str) or not type_ or not type_.isprintable():
+            raise ConfigurationError("a local decision's type must be a non-empty printable string (e.g. 'ban')")
         if not isinstance(duration, (int, float)) or isinstance(duration, bool) or not duration > 0:
             raise ConfigurationError("a local decision's duration must be a number of seconds > 0")
         if not isinstance(scenario, str):
@@ -143,21 +168,23 @@ class LocalOverlay:
         until = now + float(duration)
         entry = self._entry(type_, until)
         with self.guard:
-            self.pending[canonical] = (type_, until, scenario)
-            live = {ip: e for ip, e in self.entries.items() if e[0] > now}  # the expired ones go (bounded)
-            live[canonical] = entry
-            self.entries = live
+            old = self.pending.get((canonical, type_))
+            if old is None or old[0] < until:
+                self.pending[(canonical, type_)] = (until, scenario)
+            live = self._live(now)  # the expired ones go (bounded without a sync thread)
+            self._merge(live, canonical, entry)
+            self.entries = self._freeze(live)
         return entry[2]
 
     def write(self, store: DecisionStore) -> int:
         """Write the pending decisions to the store; a store error is raised, the rest stay pending."""
         with self.guard:
             pending = dict(self.pending)
-        for ip, item in pending.items():
-            store.add_local_decision(ip, *item)
+        for key, item in pending.items():
+            store.add_local_decision(key[0], key[1], item[0], item[1])
             with self.guard:
-                if self.pending.get(ip) == item:
-                    del self.pending[ip]
+                if self.pending.get(key) == item:
+                    del self.pending[key]
         return len(pending)
 
     def sync(self, store: DecisionStore) -> None:
@@ -165,26 +192,34 @@ class LocalOverlay:
         version = store.local_version()
         now = self.clock()
         if version == self.version:
-            if self.entries and min(e[0] for e in self.entries.values()) <= now:
+            if self.entries and min(e[0] for es in self.entries.values() for e in es) <= now:
                 with self.guard:
-                    self.entries = {ip: e for ip, e in self.entries.items() if e[0] > now}
+                    self.entries = self._freeze(self._live(now))
             return
         version, found = store.local_decisions(now)
         with self.guard:
-            merged = {ip: self._entry(t, until) for ip, (t, until, _s) in found.items()}
-            for ip, (t, until, _s) in self.pending.items():
+            merged: dict[str, dict[str, Entry]] = {}
+            for ip, type_, until, _scenario in found:
                 if until > now:
-                    merged[ip] = self._entry(t, until)
-            self.entries, self.version = merged, version
+                    self._merge(merged, ip, self._entry(type_, until))
+            for (ip, type_), (until, _scenario) in self.pending.items():
+                if until > now:
+                    self._merge(merged, ip, self._entry(type_, until))
+            self.entries, self.version = self._freeze(merged), version
 
     def clear(self, version: str | None) -> None:
         with self.guard:
             self.entries, self.pending, self.version = {}, {}, version
 
-    def view(self) -> LocalDecisions:
-        """``{ip: (remediation, expires at, "")}`` of the decisions in force here now."""
+    def view(self) -> dict[str, tuple[str, float, str]]:
+        """``{ip: (remediation, expires at, type)}``: the strongest decision in force here now on each IP."""
         now = self.clock()
-        return {ip: (e[2].remediation, e[0], "") for ip, e in self.entries.items() if e[0] > now}
+        out = {}
+        for ip, es in self.entries.items():
+            live = [e for e in es if e[0] > now]
+            if live:
+                out[ip] = (live[0][2].remediation, live[0][0], live[0][3])
+        return out
 
     def after_fork(self) -> None:
         self.guard = threading.Lock()

@@ -21,8 +21,9 @@ CACHE_PREFIX = "cache:"
 Counters = dict[tuple[str, str], int]
 """(origin, remediation) -> count."""
 
-LocalDecisions = dict[str, tuple[str, float, str]]
-"""ip -> (decision type, expires at in Unix seconds, scenario): the decisions this site's detectors took."""
+LocalDecisions = list[tuple[str, str, float, str]]
+"""(ip, decision type, expires at in Unix seconds, scenario): the decisions this site's detectors took, one per
+(ip, type)."""
 
 _LOCAL_META = "local_decisions"
 
@@ -118,14 +119,17 @@ class DecisionStore(ABC):
 
     def add_local_decision(self, ip: str, type_: str, until: float, scenario: str) -> None:
         """Record a decision of this site's own (a detector's) on ``ip`` until ``until``, and change the local
-        version so that every worker merges it within its sync interval. A later decision on the same IP replaces it.
+        version so that every worker merges it within its sync interval. One per (ip, type): the later expiry wins
+        (a decision of another type is kept beside it; lookups answer the strongest).
 
         The default keeps them as JSON in meta (not atomic across processes); the built-in stores override it."""
         import json
 
         found = json.loads(self.get_meta(_LOCAL_META) or "{}")
-        entries = {k: v for k, v in found.get("d", {}).items() if v[1] > time.time()}
-        entries[ip] = [type_, until, scenario]
+        entries = {k: v for k, v in found.get("d", {}).items() if v[0] > time.time()}
+        key = f"{ip}\x1f{type_}"
+        if key not in entries or entries[key][0] < until:
+            entries[key] = [until, scenario]
         self.set_meta(_LOCAL_META, json.dumps({"v": int(found.get("v", 0)) + 1, "d": entries}))
 
     def local_version(self) -> str | None:
@@ -141,9 +145,13 @@ class DecisionStore(ABC):
 
         raw = self.get_meta(_LOCAL_META)
         if not raw:
-            return None, {}
+            return None, []
         found = json.loads(raw)
-        live = {k: (str(v[0]), float(v[1]), str(v[2])) for k, v in found.get("d", {}).items() if v[1] > now}
+        live: LocalDecisions = []
+        for key, (until, scenario) in found.get("d", {}).items():
+            ip, _, type_ = key.partition("\x1f")
+            if until > now:
+                live.append((ip, type_, float(until), str(scenario)))
         return str(found.get("v")), live
 
     # ---- leaky buckets (cscapi.web.detect's shared detectors) -------------------------------------------------

@@ -28,7 +28,7 @@ class MemoryStore(DecisionStore):
         self._meta: dict[str, str] = {}
         self._cache: dict[str, tuple[float, str]] = {}
         self._cache_sweep_at = 1024
-        self._local: LocalDecisions = {}
+        self._local: dict[tuple[str, str], tuple[float, str]] = {}  # (ip, type) -> (until, scenario)
         self._local_version = 0
         self._buckets: dict[str, tuple[float, float, float, float]] = {}  # key -> (level, last, until, expires)
 
@@ -65,9 +65,6 @@ class MemoryStore(DecisionStore):
         with self._lock:
             if self._holder is not None and self._holder[0] == token:
                 self._holder = None
-            if self._local:
-                self._local = {}
-                self._local_version += 1
 
     def incr_counter(self, origin: str, remediation: str, delta: int = 1) -> None:
         key = (origin, remediation)
@@ -82,8 +79,10 @@ class MemoryStore(DecisionStore):
     def add_local_decision(self, ip: str, type_: str, until: float, scenario: str) -> None:
         with self._lock:
             now = time.time()
-            self._local = {k: v for k, v in self._local.items() if v[1] > now}
-            self._local[ip] = (type_, until, scenario)
+            self._local = {k: v for k, v in self._local.items() if v[0] > now}
+            old = self._local.get((ip, type_))
+            if old is None or old[0] < until:
+                self._local[(ip, type_)] = (until, scenario)
             self._local_version += 1
 
     def leak_bucket(self, key: str, capacity: int, leak_seconds: float, blackhole: float, now: float) -> bool:
@@ -103,7 +102,7 @@ class MemoryStore(DecisionStore):
 
     def local_decisions(self, now: float) -> tuple[str | None, LocalDecisions]:
         with self._lock:
-            live = {k: v for k, v in self._local.items() if v[1] > now}
+            live = [(ip, t, until, s) for (ip, t), (until, s) in self._local.items() if until > now]
             return self.local_version(), live
 
     def counters(self) -> Counters:

@@ -4,7 +4,7 @@ Every key lives under the namespace ``<p>#`` where ``<p>`` is ``key_prefix`` (de
 ``#`` escaped by a backslash: ``<p>#state`` (a hash holding ``version`` and the serialised ``blob``, written together
 by one Lua script that first checks the refresh lock's token), ``<p>#dirty``, ``<p>#lock`` (``SET NX PX``, released by
 a token-checked Lua script), ``<p>#counters`` (a hash the workers' flushes add to, by a script applying each batch id
-once), ``<p>#local`` and ``<p>#local_version`` (local decisions), ``<p>#bucket:*`` (detector buckets, with a TTL) and
+once), ``<p>#local_decisions`` and ``<p>#local_version``, ``<p>#bucket:*`` (detector buckets, with a TTL) and
 ``<p>#meta:*``. The first bare
 ``#`` ends the namespace, so no prefix's namespace is a prefix of another's keys (``a:`` never reaches ``a:x:``'s).
 ``clear`` deletes only that namespace (``SCAN`` + ``UNLINK``), never the database. Each commit (and ``clear``)
@@ -79,6 +79,14 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return over
 """
 
+_ADD_LOCAL = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur or tonumber(cjson.decode(cur)[1]) < tonumber(ARGV[3]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', KEYS[3], 'local')
+return 1
+"""
+
 _MIGRATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[7]) == 1 then return 0 end
 redis.call('SET', KEYS[7], '1')
@@ -139,13 +147,14 @@ class RedisStore(DecisionStore):
         self.k_counters = ns + "counters"
         self.k_events = ns + "events"
         self.k_meta = ns + "meta:"
-        self.k_local = ns + "local"
+        self.k_local = ns + "local_decisions"
         self.k_local_version = ns + "local_version"
         self._commit = self._redis.register_script(_COMMIT)
         self._release = self._redis.register_script(_RELEASE)
         self._decr = self._redis.register_script(_DECR)
         self._incr = self._redis.register_script(_INCR)
         self._leak = self._redis.register_script(_LEAK)
+        self._add_local = self._redis.register_script(_ADD_LOCAL)
         self._migrate = self._redis.register_script(_MIGRATE)
         self._migrated = False
         self._pubsub: Any = None
@@ -257,14 +266,13 @@ class RedisStore(DecisionStore):
     # ---- local decisions ------------------------------------------------------------------------------------
 
     def add_local_decision(self, ip: str, type_: str, until: float, scenario: str) -> None:
-        """``HSET`` the decision, ``INCR`` the local version and publish, in one ``MULTI``."""
-        value = json.dumps([type_, float(until), scenario], separators=(",", ":"))
+        """One script: keep the later expiry of (ip, type) in the hash, ``INCR`` the local version, publish."""
+        value = json.dumps([float(until), scenario], separators=(",", ":"))
         try:
-            with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self.k_local, ip, value)
-                pipe.incr(self.k_local_version)
-                pipe.publish(self.k_events, "local")
-                pipe.execute()
+            self._add_local(
+                keys=[self.k_local, self.k_local_version, self.k_events],
+                args=[ip + "\x1f" + type_, value, repr(float(until))],
+            )
         except self._errors as exc:
             raise self._fail(exc) from exc
 
@@ -292,17 +300,20 @@ class RedisStore(DecisionStore):
                 pipe.get(self.k_local_version)
                 pipe.hgetall(self.k_local)
                 raw_version, raw = pipe.execute()
-            live: LocalDecisions = {}
+            live: LocalDecisions = []
             expired: list[bytes] = []
             for field, value in raw.items():
                 try:
-                    type_, until, scenario = json.loads(value)
-                    entry = (str(type_), float(until), str(scenario))
+                    ip, sep, type_ = field.decode().partition("\x1f")
+                    until, scenario = json.loads(value)
+                    entry = (ip, type_, float(until), str(scenario))
+                    if not sep:
+                        raise ValueError(field)
                 except (ValueError, TypeError):
                     log.warning("ignoring an unreadable local decision in %s", self.uri)
                     continue
-                if entry[1] > now:
-                    live[field.decode()] = entry
+                if entry[2] > now:
+                    live.append(entry)
                 else:
                     expired.append(field)
             if expired:

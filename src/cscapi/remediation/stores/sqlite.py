@@ -45,7 +45,9 @@ CREATE TABLE IF NOT EXISTS cscapi_kv (key TEXT PRIMARY KEY, value TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS cscapi_counters (
     origin TEXT NOT NULL, remediation TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (origin, remediation)
 );
-CREATE TABLE IF NOT EXISTS cscapi_local (ip TEXT PRIMARY KEY, type TEXT NOT NULL, until REAL NOT NULL, scenario TEXT);
+CREATE TABLE IF NOT EXISTS cscapi_local_decisions (
+    ip TEXT NOT NULL, type TEXT NOT NULL, until REAL NOT NULL, scenario TEXT, PRIMARY KEY (ip, type)
+);
 CREATE TABLE IF NOT EXISTS cscapi_buckets (
     key TEXT PRIMARY KEY, level REAL NOT NULL, last REAL NOT NULL, until REAL NOT NULL, expires REAL NOT NULL
 );
@@ -208,12 +210,14 @@ class SQLiteStore(DecisionStore):
     # ---- local decisions ------------------------------------------------------------------------------------
 
     def add_local_decision(self, ip: str, type_: str, until: float, scenario: str) -> None:
-        """Upsert the decision, drop the expired ones and bump the local version, in one transaction."""
+        """Upsert the decision (the later expiry wins), drop the expired ones and bump the local version, in one
+        transaction."""
         with self._tx() as c:
-            c.execute("DELETE FROM cscapi_local WHERE until <= ?", (time.time(),))
+            c.execute("DELETE FROM cscapi_local_decisions WHERE until <= ?", (time.time(),))
             c.execute(
-                "INSERT INTO cscapi_local (ip, type, until, scenario) VALUES (?, ?, ?, ?) ON CONFLICT (ip) DO UPDATE "
-                "SET type = excluded.type, until = excluded.until, scenario = excluded.scenario",
+                "INSERT INTO cscapi_local_decisions (ip, type, until, scenario) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (ip, type) DO UPDATE SET until = MAX(until, excluded.until), scenario = CASE WHEN "
+                "excluded.until > until THEN excluded.scenario ELSE scenario END",
                 (ip, type_, until, scenario),
             )
             self._bump_local(c)
@@ -253,11 +257,11 @@ class SQLiteStore(DecisionStore):
             try:
                 row = c.execute("SELECT value FROM cscapi_kv WHERE key = 'local_version'").fetchone()
                 rows = c.execute(
-                    "SELECT ip, type, until, scenario FROM cscapi_local WHERE until > ?", (now,)
+                    "SELECT ip, type, until, scenario FROM cscapi_local_decisions WHERE until > ?", (now,)
                 ).fetchall()
             finally:
                 c.execute("COMMIT")
-            live = {str(ip): (str(t), float(u), str(s or "")) for ip, t, u, s in rows}
+            live = [(str(ip), str(t), float(u), str(s or "")) for ip, t, u, s in rows]
             return (None if row is None else str(row[0])), live
 
         return self._run(read)
@@ -311,7 +315,7 @@ class SQLiteStore(DecisionStore):
                 (cleared, b""),
             )
             c.execute("DELETE FROM cscapi_kv WHERE key IN ('lock', 'dirty')")
-            if c.execute("DELETE FROM cscapi_local").rowcount:
+            if c.execute("DELETE FROM cscapi_local_decisions").rowcount:
                 self._bump_local(c)
 
     def close(self) -> None:
