@@ -67,6 +67,26 @@ def _tls_context(cert: str | None, key: str | None, ca: str | None, verify: bool
     return context
 
 
+def call_lapi(
+    retry: RetryPolicy | None, request: Request, what: str, passthrough: tuple[int, ...] = ()
+) -> Flow[Response]:
+    """Send ``request`` with ``retry`` on network failures, 429 and 5xx (None: one try); the 2xx or ``passthrough``
+    ``Response``, else a typed error (shared by the bouncer client and the watcher)."""
+    attempt = 0
+    while True:
+        result: Response | NetworkFailure = yield HttpCall(request)
+        if isinstance(result, Response) and (result.ok or result.status_code in passthrough):
+            return result
+        if retry is not None and retry.should_retry(result, attempt):
+            now = yield NOW
+            yield Sleep(retry.delay(attempt, result, now))
+            attempt += 1
+            continue
+        if isinstance(result, NetworkFailure):
+            raise lapi_failure_error(result, what, attempt + 1)
+        raise lapi_error_for(result, what)
+
+
 class _LapiCore:
     """Settings and flows shared by the sync and the async client (no I/O here)."""
 
@@ -193,19 +213,8 @@ class _LapiCore:
 
     def _call(self, request: Request, what: str, *, retries: bool = True) -> Flow[Any]:
         """Send ``request`` with retries on network failures, 429 and 5xx; the 2xx ``Response`` or a typed error."""
-        attempt = 0
-        while True:
-            result: Response | NetworkFailure = yield HttpCall(request)
-            if isinstance(result, Response) and result.ok:
-                return result
-            if retries and self.retry.should_retry(result, attempt):
-                now = yield NOW
-                yield Sleep(self.retry.delay(attempt, result, now))
-                attempt += 1
-                continue
-            if isinstance(result, NetworkFailure):
-                raise lapi_failure_error(result, what, attempt + 1)
-            raise lapi_error_for(result, what)
+        response = yield from call_lapi(self.retry if retries else None, request, what)
+        return response
 
     def _log_skip(self, what: str) -> Any:
         count = 0

@@ -16,18 +16,19 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from cscapi._version import __version__
 from cscapi.errors import AuthenticationError, CAPIError, ConfigurationError, StorageError
+from cscapi.flows.signals import _Batch
 from cscapi.lapi.alerts import alert_from_signal, alerts_request, login_request, parse_login
-from cscapi.lapi.client import _tls_context
-from cscapi.lapi.protocol import lapi_error_for, lapi_failure_error, normalise_lapi_url
+from cscapi.lapi.client import _tls_context, call_lapi
+from cscapi.lapi.protocol import lapi_error_for, normalise_lapi_url
 from cscapi.models import SendReport, SendTally, Signal
-from cscapi.protocol.http import NetworkFailure, Request, Response, safe_url
+from cscapi.protocol.http import Request, Response, safe_url
 from cscapi.protocol.retry import RetryPolicy
-from cscapi.runtime import NOW, Flow, HttpCall, Sleep, StorageCall, run_async, run_sync
+from cscapi.runtime import NOW, Flow, StorageCall, run_async, run_sync
 from cscapi.signals import as_signal_list, validate_signals
 from cscapi.storage import Claim, check_storage, require_destinations
 from cscapi.transport import AsyncTransport, SyncTransport, TransportSettings
@@ -43,16 +44,6 @@ _AUTH_HINT = (
     "LAPI refused the watcher's credentials: check the machine id and password (`cscli machines list`; "
     "`cscli machines add NAME --password ...` registers one) or the TLS client certificate (agents' OU)."
 )
-
-
-class _Batch:
-    """One claim's signals still to settle (sent, quarantined or released) and a lower bound of their lease."""
-
-    def __init__(self, claim: Claim) -> None:
-        self.claim = claim
-        self.open: set[int] = {s.alert_id for s in claim.signals if s.alert_id is not None}
-        expires = claim.expires_at
-        self.expires_at = expires if expires.tzinfo is not None else expires.replace(tzinfo=timezone.utc)
 
 
 class _WatcherCore:
@@ -137,19 +128,8 @@ class _WatcherCore:
 
     def _call(self, request: Request, what: str, passthrough: tuple[int, ...] = ()) -> Flow[Response]:
         """Send with retries on network failures, 429 and 5xx; a 2xx or ``passthrough`` answer, else a typed error."""
-        attempt = 0
-        while True:
-            result: Response | NetworkFailure = yield HttpCall(request)
-            if isinstance(result, Response) and (result.ok or result.status_code in passthrough):
-                return result
-            if self.retry.should_retry(result, attempt):
-                now = yield NOW
-                yield Sleep(self.retry.delay(attempt, result, now))
-                attempt += 1
-                continue
-            if isinstance(result, NetworkFailure):
-                raise lapi_failure_error(result, what, attempt + 1)
-            raise lapi_error_for(result, what)
+        response = yield from call_lapi(self.retry, request, what, passthrough)
+        return response
 
     def _login_flow(self) -> Flow[str]:
         request = login_request(self.base_url, self.machine_id, self._password, self.scenarios)
@@ -256,7 +236,7 @@ class _WatcherCore:
                     ids = [int(s.alert_id) for s in part if s.alert_id is not None]
                     if response.ok:
                         yield StorageCall(self.storage.mark_sent, (claim, ids))
-                        batch.open.difference_update(ids)
+                        batch.settle(ids)
                         report.sent += len(part)
                     elif len(part) > 1:
                         half = len(part) // 2
@@ -265,7 +245,7 @@ class _WatcherCore:
                         error = lapi_error_for(response, "alerts")
                         reason = f"{response.status_code} {error.message}"
                         yield StorageCall(self.storage.quarantine, (claim, ids, reason))
-                        batch.open.difference_update(ids)
+                        batch.settle(ids)
                         report.quarantined += 1
                         self.logger.warning("Quarantined LAPI signal %s: %s", part[0].uuid, reason)
                 if len(claim.signals) < limit or not fresh:
@@ -301,7 +281,7 @@ class _WatcherCore:
         batch.expires_at = now + timedelta(seconds=self.claim_lease)
         lost = batch.open.difference(kept)
         if lost:
-            batch.open.difference_update(lost)
+            batch.settle(lost)
             self.logger.warning("The lease on %d claimed LAPI signal(s) ran out before they were sent.", len(lost))
         return [s for s in part if s.alert_id in batch.open]
 
