@@ -343,3 +343,24 @@ def test_watcher_logs_in_with_a_tls_client_certificate(crowdsec_lapi_tls: Any, s
     # an OU LAPI does not accept for agents
     with LapiWatcher(lapi.base_url, storage, **stranger) as watcher, pytest.raises(AuthenticationError):
         watcher.login()
+
+
+@pytest.mark.parametrize(("expire", "logins"), [("2099-01-01T00:00:00Z", 1), ("2000-01-01T00:00:00Z", 2)])
+def test_token_reused_until_it_expires_and_never_logged(
+    storage: SQLStorage, caplog: pytest.LogCaptureFixture, expire: str, logins: int
+) -> None:
+    from hostile_server import HostileServer
+
+    token = "tok-" + secrets.token_hex(16)
+    caplog.set_level(logging.DEBUG)
+    with HostileServer() as srv:
+        srv.route("/v1/watchers/login", lambda c, r: c.json(200, {"code": 200, "token": token, "expire": expire}))
+        srv.route("/v1/alerts", lambda c, r: c.json(201, ["1"]))
+        with LapiWatcher(srv.url, storage, machine_id="m", password="pw-" + token) as watcher:
+            for signal in _signals(_scenario())[:2]:
+                watcher.add_signals([signal])
+                assert watcher.send_signals() == 1
+            assert token not in repr(watcher)
+        assert srv.count("/v1/watchers/login") == logins
+        assert all(r.headers.get("authorization") == f"Bearer {token}" for r in srv.received if "alerts" in r.path)
+    assert token not in caplog.text
