@@ -59,8 +59,11 @@ class Scenario:
             value = getattr(self, what)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigurationError(f"scenario {self.name!r}: {what} must be a number of seconds >= 0")
-        if self.decision_type is not None and (not isinstance(self.decision_type, str) or not self.decision_type):
-            raise ConfigurationError(f"scenario {self.name!r}: decision_type must be a non-empty string or None")
+        kind = self.decision_type
+        if kind is not None and (not isinstance(kind, str) or not kind or not kind.isprintable()):
+            raise ConfigurationError(
+                f"scenario {self.name!r}: decision_type must be a non-empty printable string or None"
+            )
         if self.decision_type is not None and not self.duration > 0:
             raise ConfigurationError(f"scenario {self.name!r}: a decision needs a duration > 0")
 
