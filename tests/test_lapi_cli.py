@@ -241,3 +241,22 @@ def test_tls_client_certificate_through_the_settings(cli_env: CliEnv, crowdsec_l
     assert rows[0]["remediation"] == "captcha"
     stranger = {**env, "CSCAPI_LAPI_CERT": str(certs.stranger), "CSCAPI_LAPI_KEY": str(certs.stranger_key)}
     assert_user_error(cli_env.invoke(["lapi", "status"], env=stranger), 5)
+
+
+def test_cscli_unban_of_an_ip_with_decisions_of_two_scenarios(lapi_env: CliEnv, lapi: Any) -> None:
+    """1.4.6 sends the longest decision (scenario x-b) and, once both are deleted, a deletion naming the other one
+    (x-a): the IP must be unbanned all the same; a captcha deletion never lifts a ban on the same IP."""
+    refresh = ["--source", "lapi", "decisions", "refresh", "--json"]
+    lapi.add_decision(ip="192.0.2.32", duration="1h", reason="x-a")
+    lapi.add_decision(ip="192.0.2.32", duration="4h", reason="x-b")
+    lapi.add_decision(ip="192.0.2.33", duration="2h", reason="y", type="captcha")
+    lapi.add_decision(ip="192.0.2.33", duration="1h", reason="y")
+    ok(lapi_env.invoke(refresh))
+    check = ["--source", "lapi", "decisions", "check", "192.0.2.32", "192.0.2.33", "--json"]
+    assert [r["remediation"] for r in ok(lapi_env.invoke(check))] == ["ban", "ban"]
+    lapi.delete_decisions(ip="192.0.2.32")  # the admin lifts the ban
+    lapi.delete_decisions(ip="192.0.2.33", type="captcha")
+    assert ok(lapi_env.invoke(refresh))["deleted"] >= 2
+    assert [r["remediation"] for r in ok(lapi_env.invoke(check))] == ["bypass", "ban"]
+    stats = ok(lapi_env.invoke(["--source", "lapi", "decisions", "stats", "--json"]))
+    assert stats["by_type"] == {"ban": 1}
