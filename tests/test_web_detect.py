@@ -443,3 +443,28 @@ def test_a_weaker_local_decision_never_replaces_a_stronger_one(any_store: tuple[
     finally:
         a.close()
         b.close()
+
+
+def test_a_custom_store_without_the_new_methods_still_works() -> None:
+    """A DecisionStore subclass written for 1.0 (no incr_counters, no local decisions) gets working defaults."""
+    from cscapi.remediation.stores.base import DecisionStore
+    from cscapi.remediation.stores.memory import MemoryStore
+
+    class OldStore(MemoryStore):
+        incr_counters = DecisionStore.incr_counters
+        add_local_decision = DecisionStore.add_local_decision
+        local_version = DecisionStore.local_version
+        local_decisions = DecisionStore.local_decisions
+
+    store = OldStore()
+    engine = RemediationEngine(None, store)
+    engine.update_metrics_origins_count("CAPI", "ban", 3)
+    assert engine.get_origins_count() == {"CAPI": {"ban": 3}}
+    engine.add_local_decision("192.0.2.8", "captcha", 60)
+    engine.add_local_decision("192.0.2.8", "ban", 30)
+    assert engine.write_local_decisions() == 2
+    other = RemediationEngine(None, store)
+    other.sync()
+    assert other.get_ip_remediation("192.0.2.8") == LOCAL_BAN
+    engine.close()
+    other.close()
