@@ -35,7 +35,7 @@ def test_run_once_on_lapi_without_a_capi_machine_refreshes_only(lapi_env: CliEnv
     assert health["jobs"]["refresh"]["last_result"]["new"] == 1
     assert health["jobs"]["refresh"]["last_error"] is None
     assert "metrics" not in health["jobs"]  # no CAPI machine: nothing to push metrics for
-    assert "only refreshing decisions from the LAPI" in result.stderr
+    assert "no CAPI machine is registered: nothing is pushed to CAPI" in result.stderr
     rows = json.loads(lapi_env.invoke(["decisions", "check", "192.0.2.20", "--json"]).stdout)
     assert (rows[0]["remediation"], rows[0]["origin"]) == ("ban", "cscli")
     # a second run at once is not refused by CAPI's 1 h 30 guard: a delta pull

@@ -137,8 +137,8 @@ def run(
     deadline: float | None = None
     try:
         if not capi_machine:
-            machine_id = ""  # no CAPI machine: the agent only refreshes decisions from the LAPI
-            agent_log.info("no CAPI machine is registered: only refreshing decisions from the LAPI")
+            machine_id = ""  # no CAPI machine: decisions from the LAPI, nothing pushed to CAPI
+            agent_log.info("no CAPI machine is registered: nothing is pushed to CAPI; decisions come from the LAPI")
         else:
             machine_id = require_machine_id(settings, storage)
         client = open_client(settings, storage, logger=logging.getLogger("cscapi.client"))
