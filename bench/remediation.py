@@ -131,6 +131,56 @@ def time_batches(fn: Any, queries: list[str]) -> list[float]:
     return per_call
 
 
+KINDS = ("mixed (bench mix)", "IPv4 range hit", "IPv6 miss", "::ffff: mapped hit", "IPv4 plain hit", "hot mixed")
+
+
+def query_kinds(data: dict[str, Any], n: int, seed: int) -> dict[str, list[str]]:
+    """``n`` queries of each kind of issue 13's table, plus plain IPv4 hits (the reference of the mapped hits)."""
+    import ipaddress
+
+    rng = random.Random(seed + 13)
+    nets = [ipaddress.ip_network(r, strict=False) for r in data["ranges4"]]
+    members = []
+    for _ in range(n):
+        net = rng.choice(nets)
+        members.append(str(net.network_address + rng.randrange(net.num_addresses)))
+    hot = make_queries(data, 1000, seed + 7)
+    return {
+        "mixed (bench mix)": make_queries(data, n, seed),
+        "IPv4 range hit": members,
+        "IPv6 miss": [v6(rng) for _ in range(n)],
+        "::ffff: mapped hit": ["::ffff:" + rng.choice(data["ips4"]) for _ in range(n)],
+        "IPv4 plain hit": [rng.choice(data["ips4"]) for _ in range(n)],
+        "hot mixed": [hot[i % 1000] for i in range(n)],
+    }
+
+
+def interleaved(fns: dict[str, Any], kinds: dict[str, list[str]], rounds: int) -> dict[str, dict[str, float]]:
+    """Median ns per call of each function on each kind, batch by batch in turn (same cache and load conditions).
+
+    Every timed batch gets fresh string objects (``bytes.decode``): no cached hash, no identity shortcut in the dict.
+    """
+    samples: dict[str, dict[str, list[float]]] = {k: {f: [] for f in fns} for k in kinds}
+    names = list(fns)
+    gc.disable()
+    try:
+        for r in range(rounds):
+            for kind, queries in kinds.items():
+                for i in range(0, len(queries) - BATCH + 1, BATCH):
+                    chunk = queries[i : i + BATCH]
+                    order = names[r % len(names) :] + names[: r % len(names)]
+                    for name in order:
+                        fresh = [q.encode().decode() for q in chunk]
+                        fn = fns[name]
+                        t = time.perf_counter_ns()
+                        for q in fresh:
+                            fn(q)
+                        samples[kind][name].append((time.perf_counter_ns() - t) / BATCH)
+    finally:
+        gc.enable()
+    return {k: {f: statistics.median(v) for f, v in by.items()} for k, by in samples.items()}
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]

@@ -95,8 +95,8 @@ class Index:
     """One immutable snapshot of the decisions, for lookups. ``version`` is the store version it was built from."""
 
     __slots__ = (
-        "decisions", "exact", "fast", "horizon", "last_pull", "ranges", "v4_buckets", "v4_wide", "v6_buckets",
-        "v6_exact", "v6_wide", "version",
+        "decisions", "exact", "fast", "horizon", "last_pull", "memo", "ranges", "v4_buckets", "v4_wide",
+        "v6_buckets", "v6_exact", "v6_wide", "version",
     )  # fmt: skip
 
     def __init__(
@@ -114,6 +114,8 @@ class Index:
         self.v6_exact = v6_exact if v6_exact is not None else {}
         self.v4_buckets, self.v4_wide = v4
         self.v6_buckets, self.v6_wide = v6
+        # answers of the costly slow paths (IPv6, IPv4-mapped forms) by raw string, bounded; a new index starts empty
+        self.memo: dict[str, Entries] = {}
         self.version = version
         self.decisions = decisions
         self.ranges = ranges
@@ -164,20 +166,32 @@ class Index:
                 i = bisect_right(bucket[0], packed) - 1
                 return bucket[1][i] if i >= 0 else None
             return bucket[1][bisect_right(bucket[0], packed) - 1]
-        try:
-            packed = inet_pton(AF_INET6, ip)
-        except (OSError, ValueError):
-            raise _invalid(ip) from None
-        if packed[:12] == MAPPED_PREFIX:
-            packed = packed[12:]
-            entries = self.exact.get(inet_ntop(AF_INET, packed))
-            if entries is not None:
-                return entries
-            return _in_ranges(self.v4_buckets, self.v4_wide, packed, 2)
-        entries = self.v6_exact.get(packed)  # any spelling of an IPv6 address: its packed form is the key
+        memo = self.memo
+        entries = memo.get(ip)
         if entries is not None:
             return entries
-        return _in_ranges(self.v6_buckets, self.v6_wide, packed, 4)
+        if ip[0] == ":" and ip[:7] == "::ffff:" and ":" not in ip[7:]:  # the usual mapped spelling: its IPv4 tail
+            entries = self.exact.get(ip[7:])
+        if entries is None:
+            try:
+                packed = inet_pton(AF_INET6, ip)
+            except (OSError, ValueError):
+                raise _invalid(ip) from None
+            if packed[:12] == MAPPED_PREFIX:
+                packed = packed[12:]
+                entries = self.exact.get(inet_ntop(AF_INET, packed))
+                if entries is None:
+                    entries = _in_ranges(self.v4_buckets, self.v4_wide, packed, 2)
+            else:
+                entries = self.v6_exact.get(packed)  # any spelling of an IPv6 address: its packed form is the key
+                if entries is None:
+                    entries = _in_ranges(self.v6_buckets, self.v6_wide, packed, 4)
+            if entries is None:
+                return None  # not remembered: a unique miss would pay for it, and misses are the common case
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+        memo[ip] = entries
+        return entries
 
     def lookup(self, ip: Any, now: float) -> Remediation | None:
         """The live remediation for ``ip`` at ``now`` (None if nothing applies); the engine inlines this."""
@@ -212,6 +226,10 @@ def _in_ranges(buckets: dict[bytes, _Bucket], wide: _Bucket, packed: bytes, widt
         i = bisect_right(bucket[0], packed) - 1
         return bucket[1][i] if i >= 0 else None
     return bucket[1][bisect_right(bucket[0], packed) - 1]
+
+
+MEMO_SIZE = 4096
+"""Slow-path answers an index remembers (IPv6 and mapped forms only: a unique IPv4 miss is cheaper than a memo)."""
 
 
 def _invalid(ip: str) -> InvalidIPError:
