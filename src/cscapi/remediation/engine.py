@@ -13,15 +13,17 @@ import os
 import threading
 import time
 import weakref
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from socket import AF_INET, inet_pton
 from typing import Any, Generic, TypeVar
 
 from cscapi.errors import ConfigurationError, DecisionStoreError, InvalidIPError
 from cscapi.limits import MIN_REFRESH_INTERVAL
 from cscapi.remediation.contracts import AsyncDecisionSource, DecisionSource
 from cscapi.remediation.core import FlowContext, prune_flow, refresh_flow
-from cscapi.remediation.index import Index, Policy, build_index, empty_index, first_live
+from cscapi.remediation.index import Index, Policy, build_index, empty_index, first_live, invalid_ip
 from cscapi.remediation.local import DRAIN_AT, LocalOverlay, UsageCounts
 from cscapi.remediation.metrics import build_usage_metrics, nested_counts
 from cscapi.remediation.models import CLEAN, RefreshReport, Remediation
@@ -232,7 +234,15 @@ class _EngineBase(Generic[C]):
         except TypeError:
             raise InvalidIPError(f"not an IP address: a {type(ip).__name__} was given", field="ip") from None
         if found is None:
-            entries = idx.lookup_slow(ip)
+            if type(ip) is str and ":" not in ip:  # an IPv4 miss, the commonest slow path, inlined (no call)
+                try:
+                    packed = inet_pton(AF_INET, ip)
+                except (OSError, ValueError):
+                    raise invalid_ip(ip) from None
+                starts, values = idx.v4_buckets.get(packed[:2]) or idx.v4_wide  # the wide ones start at 0.0.0.0
+                entries = values[bisect_right(starts, packed) - 1] if starts else None
+            else:
+                entries = idx.lookup_slow(ip)
             if entries is None:
                 return CLEAN if self.live is None else self._live_miss(ip)
             now = self._clock()

@@ -32,7 +32,9 @@ from cscapi.remediation.models import Remediation
 from cscapi.remediation.parsing import MAPPED_PREFIX, parse_range
 from cscapi.remediation.state import State, group_origin
 
-__all__ = ["BOUNCING_LEVELS", "Entries", "Index", "Policy", "build_index", "empty_index", "first_live"]
+__all__ = [
+    "BOUNCING_LEVELS", "Entries", "Index", "Policy", "build_index", "empty_index", "first_live", "invalid_ip",
+]  # fmt: skip
 
 Entries = tuple[Any, ...]
 """A flat ``(expires_at, Remediation, ...)`` tuple, best first."""
@@ -113,6 +115,9 @@ class Index:
         self.exact = exact
         self.v6_exact = v6_exact if v6_exact is not None else {}
         self.v4_buckets, self.v4_wide = v4
+        starts, values = self.v4_wide
+        if starts and starts[0] != bytes(4):  # the wide intervals start at 0.0.0.0: a bisect never lands before them
+            self.v4_wide = ([bytes(4), *starts], [None, *values])
         self.v6_buckets, self.v6_wide = v6
         # answers of the costly slow paths (IPv6, IPv4-mapped forms) by raw string, bounded; a new index starts empty
         self.memo: dict[str, Entries] = {}
@@ -157,7 +162,7 @@ class Index:
             try:
                 packed = inet_pton(AF_INET, ip)
             except (OSError, ValueError):
-                raise _invalid(ip) from None
+                raise invalid_ip(ip) from None
             bucket = self.v4_buckets.get(packed[:2])
             if bucket is None:
                 bucket = self.v4_wide
@@ -166,28 +171,39 @@ class Index:
                 i = bisect_right(bucket[0], packed) - 1
                 return bucket[1][i] if i >= 0 else None
             return bucket[1][bisect_right(bucket[0], packed) - 1]
+        if ip[0] == ":" and ip[:7] == "::ffff:":  # the usual IPv4-mapped spelling: probe its IPv4 tail first
+            tail = ip[7:]
+            if ":" not in tail:
+                entries = self.exact.get(tail)
+                if entries is not None:
+                    return entries
         memo = self.memo
         entries = memo.get(ip)
         if entries is not None:
             return entries
-        if ip[0] == ":" and ip[:7] == "::ffff:" and ":" not in ip[7:]:  # the usual mapped spelling: its IPv4 tail
-            entries = self.exact.get(ip[7:])
-        if entries is None:
-            try:
-                packed = inet_pton(AF_INET6, ip)
-            except (OSError, ValueError):
-                raise _invalid(ip) from None
-            if packed[:12] == MAPPED_PREFIX:
-                packed = packed[12:]
-                entries = self.exact.get(inet_ntop(AF_INET, packed))
-                if entries is None:
-                    entries = _in_ranges(self.v4_buckets, self.v4_wide, packed, 2)
-            else:
-                entries = self.v6_exact.get(packed)  # any spelling of an IPv6 address: its packed form is the key
-                if entries is None:
-                    entries = _in_ranges(self.v6_buckets, self.v6_wide, packed, 4)
+        try:
+            packed = inet_pton(AF_INET6, ip)
+        except (OSError, ValueError):
+            raise invalid_ip(ip) from None
+        if packed[:12] == MAPPED_PREFIX:
+            packed = packed[12:]
+            entries = self.exact.get(inet_ntop(AF_INET, packed))
             if entries is None:
-                return None  # not remembered: a unique miss would pay for it, and misses are the common case
+                entries = _in_ranges(self.v4_buckets, self.v4_wide, packed, 2)
+        else:
+            entries = self.v6_exact.get(packed)  # any spelling of an IPv6 address: its packed form is the key
+            if entries is None:
+                bucket = self.v6_buckets.get(packed[:4])
+                if bucket is None:
+                    bucket = self.v6_wide
+                    if not bucket[0]:
+                        return None
+                    i = bisect_right(bucket[0], packed) - 1
+                    entries = bucket[1][i] if i >= 0 else None
+                else:
+                    entries = bucket[1][bisect_right(bucket[0], packed) - 1]
+        if entries is None:
+            return None  # not remembered: a unique miss would pay for it, and misses are the common case
         if len(memo) >= MEMO_SIZE:
             memo.clear()
         memo[ip] = entries
@@ -232,7 +248,8 @@ MEMO_SIZE = 4096
 """Slow-path answers an index remembers (IPv6 and mapped forms only: a unique IPv4 miss is cheaper than a memo)."""
 
 
-def _invalid(ip: str) -> InvalidIPError:
+def invalid_ip(ip: str) -> InvalidIPError:
+    """The error for a string that is not an IP address (shown shortened)."""
     shown = ip if len(ip) <= 60 else ip[:60] + "..."
     return InvalidIPError(f"not an IP address: {shown!r}", field="ip")
 
