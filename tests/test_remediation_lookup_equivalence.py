@@ -151,6 +151,8 @@ def probes(rng: random.Random, items: list[tuple[str, str, str, float]], n: int)
         first, last = int(net.network_address), int(net.broadcast_address)
         for x in (first, last, min(top, last + 1), max(0, first - 1), rng.randint(first, last)):
             out.append(str(ipaddress.ip_address(x) if net.version == 4 else ipaddress.IPv6Address(x)))
+            if net.version == 4:  # the IPv6 address ::ffff:XXXX (not mapped: 0:0:0:0:0:0:ffff:XXXX) next to it
+                out.append(str(ipaddress.IPv6Address((0xFFFF << 16) | (x & 0xFFFF))))
     for _ in range(n):
         if rng.random() < 0.5:
             out.append(str(ipaddress.IPv4Address(rng.choice(V4_REGIONS) + rng.randrange(4200))))
@@ -164,7 +166,11 @@ def spellings(ip: str) -> list[str]:
     address = ipaddress.ip_address(ip)
     if address.version == 4:
         return [ip, f"::ffff:{ip}", f"::FFFF:{ip}", f"0:0:0:0:0:ffff:{ip}", str(ipaddress.IPv6Address(f"::ffff:{ip}"))]
-    return [ip, address.exploded, address.exploded.upper(), ip.upper()]
+    out = [ip, address.exploded, address.exploded.upper(), ip.upper()]
+    low = int(address) & 0xFFFFFFFF
+    if int(address) >> 32 == 0 and low >> 16 == 0xFFFF:  # ::ffff:abcd is 0:..:0:ffff:abcd, not an IPv4-mapped address
+        out.append(f"::ffff:{low & 0xFFFF:x}")
+    return out
 
 
 INVALID = [
@@ -183,19 +189,23 @@ def test_engine_lookup_equals_the_reference(seed: int) -> None:
     try:
         index = build_index(make_state(items), engine.policy, "v", NOW)
         assert index.ranges > 500 and index.decisions > 2500
-        engine._install(index)  # what a refresh does once it has committed
         reference = Reference(items, engine.policy)
         queries = probes(rng, items, 2000)
         assert len(queries) > 8000
         covering = {ip: reference.covering(ip) for ip in queries}
-        # before any expiry, after the first ones, after most, and repeated (the slow-path memo answers then)
-        for now in (NOW, NOW + 150, NOW + 150, NOW + 450, NOW + 5000):
-            clock.now = now
-            for ip in queries:
-                expected = reference.answers(covering[ip], now)
-                for spelling in spellings(ip):
-                    got = engine.get_ip_remediation(spelling)
-                    assert (got.remediation, got.origin) in expected, (spelling, now, got, expected)
+        engine._renewing = True  # no background horizon renewal: each pass below runs the path it says
+        # without a horizon (every hit reads its expiries), then with one (hits before it answer without reading
+        # them, after it through the full entries); before any expiry, after the first ones, after most. The
+        # second pass shares the first's slow-path memo, so remembered answers are checked too.
+        for installed in (index, index.with_horizon(NOW)):
+            engine._index = installed
+            for now in (NOW, NOW + 150, NOW + 450, NOW + 5000):
+                clock.now = now
+                for ip in queries:
+                    expected = reference.answers(covering[ip], now)
+                    for spelling in spellings(ip):
+                        got = engine.get_ip_remediation(spelling)
+                        assert (got.remediation, got.origin) in expected, (spelling, now, got, expected)
         for bad in [*INVALID, None, 123, b"10.0.0.1", 1.5]:
             with pytest.raises(InvalidIPError):
                 engine.get_ip_remediation(bad)  # type: ignore[arg-type]

@@ -233,26 +233,38 @@ class _EngineBase(Generic[C]):
             found = idx.fast.get(ip)
         except TypeError:
             raise InvalidIPError(f"not an IP address: a {type(ip).__name__} was given", field="ip") from None
+        key = ip
         if found is None:
-            if type(ip) is str and ":" not in ip:  # an IPv4 miss, the commonest slow path, inlined (no call)
+            if type(ip) is not str:
+                entries = idx.lookup_slow(ip)
+            elif ":" not in ip:  # an IPv4 miss, the commonest slow path, inlined (no call)
                 try:
                     packed = inet_pton(AF_INET, ip)
                 except (OSError, ValueError):
                     raise invalid_ip(ip) from None
                 starts, values = idx.v4_buckets.get(packed[:2]) or idx.v4_wide  # the wide ones start at 0.0.0.0
                 entries = values[bisect_right(starts, packed) - 1] if starts else None
+            elif ip[0] == ":" and ip[:7] == "::ffff:" and ":" not in (key := ip[7:]):
+                found = idx.fast.get(key)  # ::ffff:a.b.c.d: if its IPv4 tail is a key, answered as that hit below
+                entries = idx.lookup_slow(ip) if found is None else None
             else:
                 entries = idx.lookup_slow(ip)
-            if entries is None:
-                return CLEAN if self.live is None else self._live_miss(ip)
-            now = self._clock()
-        elif (now := self._clock()) < idx.horizon:
+            if found is None:
+                if entries is None:
+                    return CLEAN if self.live is None else self._live_miss(ip)
+                now = self._clock()
+                if entries[0] > now:
+                    return entries[1]  # type: ignore[no-any-return]
+                if len(entries) == 2:
+                    return CLEAN
+                return first_live(entries, now) or CLEAN
+        if (now := self._clock()) < idx.horizon:
             if type(found) is not tuple:
                 return found  # type: ignore[return-value]
             entries = found
         else:
             self._renew_horizon(idx)
-            entries = idx.exact[ip]
+            entries = idx.exact[key]
         if entries[0] > now:
             return entries[1]  # type: ignore[no-any-return]
         if len(entries) == 2:
