@@ -99,7 +99,7 @@ def test_version_4_migrates_and_honours_an_old_agents_live_lease(database_url: s
     finally:
         engine.dispose()
     assert agent_rows(database_url) == ([lock.holder], [])
-    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3, 4, 5]
+    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3, 4, 5, 6]
 
 
 def test_version_4_drops_a_lapsed_old_style_lease(database_url: str) -> None:

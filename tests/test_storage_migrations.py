@@ -37,11 +37,11 @@ def query(url: str, sql: str) -> list[Any]:
 
 def test_new_database_gets_the_current_version(database_url: str) -> None:
     with SQLStorage(database_url) as storage:
-        assert storage.schema_version == migrations.CURRENT_VERSION == 5
+        assert storage.schema_version == migrations.CURRENT_VERSION == 6
         assert storage.schema_version_found == 0
-    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3, 4, 5]
+    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3, 4, 5, 6]
     with SQLStorage(database_url) as storage:  # reopening: nothing to do
-        assert storage.schema_version_found == 5
+        assert storage.schema_version_found == 6
 
 
 def test_a_newer_database_is_refused_and_left_untouched(database_url: str) -> None:
@@ -121,7 +121,7 @@ def test_version_2_drops_the_claim_token_index_of_a_version_1_database(database_
         assert storage.mark_sent(claim) == 3
         assert storage.count_signals() == QueueCounts(queued=1, sent=3)
     assert "ix_signals_claim_token" not in signal_indexes(database_url)
-    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3, 4, 5]
+    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3, 4, 5, 6]
     engine = create_engine(database_url)
     try:
         with engine.begin() as conn:
@@ -167,7 +167,7 @@ def test_version_3_drops_the_attempts_column_of_a_version_2_database(database_ur
         assert len(storage.claim_signals(10, lease_seconds=60).signals) == 4
         assert storage.count_signals() == QueueCounts(claimed=6)
         assert "ix_signals_destination_status_alert_id" in signal_indexes(database_url)
-    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3, 4, 5]
+    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3, 4, 5, 6]
     engine = create_engine(database_url)
     try:
         with engine.begin() as conn:
@@ -334,3 +334,63 @@ def test_legacy_database_with_machines_only(database_url: str) -> None:
         machine = storage.get_machine_by_id(MACHINE_A)
         assert machine is not None and machine.password == "pw" and machine.token is None
         assert storage.count_signals() == QueueCounts()
+
+
+# ---- version 6: a claim is a live lease on a queued row -----------------------------------------------------------
+
+
+def test_version_6_turns_claimed_rows_into_leases_of_queued_rows(database_url: str) -> None:
+    from datetime import timedelta
+
+    from cscapi._sql.schema import format_utc
+    from cscapi.storage import Claim
+    from cscapi.timeutil import utcnow
+
+    stored = make_signals(5, MACHINE_A)
+    with SQLStorage(database_url) as storage:
+        storage.add_signals(stored)
+        claim = storage.claim_signals(2, lease_seconds=3600)
+        # The new representation: a claim changes no indexed column, the rows stay queued.
+        assert [row[0] for row in query(database_url, "SELECT status FROM signals ORDER BY alert_id")] == ["queued"] * 5
+        assert storage.count_signals() == QueueCounts(queued=3, claimed=2)
+        storage.mark_sent(claim)
+        ids = [int(s.alert_id or 0) for s in stored]
+    # A version 5 database as version 5 wrote it: a live claim, a lapsed claim (status 'claimed'), and no fillfactor.
+    live, lapsed = format_utc(utcnow() + timedelta(hours=1)), format_utc(utcnow() - timedelta(hours=1))
+    statements = [
+        f"UPDATE signals SET status = 'claimed', claim_token = 'old-live', claimed_until = '{live}' "
+        f"WHERE alert_id = {ids[2]}",
+        f"UPDATE signals SET status = 'claimed', claim_token = 'old-lapsed', claimed_until = '{lapsed}' "
+        f"WHERE alert_id = {ids[3]}",
+        "DELETE FROM schema_version WHERE version >= 6",
+    ]
+    if database_url.startswith("postgresql"):
+        statements.append("ALTER TABLE signals RESET (fillfactor)")
+    run_sql(database_url, *statements)
+    with SQLStorage(database_url) as storage:
+        assert storage.schema_version_found == 5
+        statuses = [row[0] for row in query(database_url, "SELECT status FROM signals ORDER BY alert_id")]
+        assert statuses == ["sent", "sent", "queued", "queued", "queued"]
+        assert storage.count_signals() == QueueCounts(queued=2, claimed=1, sent=2)  # the lapsed claim is queued
+        taken = storage.claim_signals(10, lease_seconds=60)
+        assert sorted(int(s.alert_id or 0) for s in taken.signals) == [ids[3], ids[4]]  # never the live claim
+        old = Claim(token="old-lapsed", signals=[], expires_at=utcnow())
+        assert storage.mark_sent(old, [ids[3]]) == 0  # re-claimed: the old holder touches nothing
+        kept = Claim(token="old-live", signals=[], expires_at=utcnow())
+        assert storage.extend_claim(kept, [ids[2]], 60) == [ids[2]]  # the live claim is still held by its token
+        assert storage.mark_sent(kept, [ids[2]]) == 1
+        assert storage.mark_sent(taken) == 2
+        assert storage.count_signals() == QueueCounts(sent=5)
+    if database_url.startswith("postgresql"):
+        options = query(database_url, "SELECT reloptions FROM pg_class WHERE relname = 'signals'")
+        assert f"fillfactor={migrations.SIGNALS_FILLFACTOR}" in (options[0][0] or [])
+    assert sorted(row[0] for row in query(database_url, "SELECT version FROM schema_version")) == [1, 2, 3, 4, 5, 6]
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            ctx = migrations.MigrationContext(engine=engine, encrypt_secret=lambda c, v: v)
+            migrations._v6(conn, ctx)  # idempotent: MariaDB may re-run it after a crash between DDL and the version
+    finally:
+        engine.dispose()
+    with SQLStorage(database_url) as storage:
+        assert storage.count_signals() == QueueCounts(sent=5)

@@ -383,3 +383,21 @@ def test_legacy_deletes_accept_model_objects(storage: SQLStorage) -> None:
     assert storage.list_machines() == []
     with pytest.raises(ValidationError):
         storage.delete_signals(["x"])  # type: ignore[list-item]
+
+
+def test_a_large_batch_with_known_uuids_adds_only_the_new_ones_in_order(storage: SQLStorage) -> None:
+    """PostgreSQL COPYs a large batch in a savepoint and falls back to the conflict-skipping insert when a uuid is
+    already queued: nothing duplicated, nothing lost, ids in the caller's order, known signals keep their ids."""
+    first = make_signals(100)
+    assert storage.add_signals(first, destinations=("capi", "lapi")) == 200
+    assert ids(first) == sorted(ids(first)) and len(set(ids(first))) == 100
+    known = {s.uuid: s.alert_id for s in first}
+    more = [make_signal(i, uuid=s.uuid) for i, s in enumerate(first)] + make_signals(50, start=100)  # 100 known
+    assert storage.add_signals(more) == 50
+    assert [s.alert_id for s in more[:100]] == [known[s.uuid] for s in more[:100]]
+    assert ids(more[100:]) == sorted(ids(more[100:])) and min(ids(more[100:])) > max(ids(first))
+    assert storage.count_signals() == QueueCounts(queued=150)
+    assert storage.count_signals(destination="lapi") == QueueCounts(queued=100)
+    claim = storage.claim_signals(1000, lease_seconds=60)
+    assert [s.uuid for s in claim.signals] == [s.uuid for s in more]
+    assert [s.message for s in claim.signals] == [s.message for s in more]

@@ -198,12 +198,33 @@ def _v5(conn: Connection, ctx: MigrationContext) -> None:
         conn.exec_driver_sql(f"DROP INDEX {_V4_INDEX} ON signals" if mysql else f"DROP INDEX {_V4_INDEX}")
 
 
+# ---- version 6: a claim changes no indexed column ----------------------------------------------------------------
+
+# PostgreSQL leaves this share of each heap page free, so a claim (which changes only unindexed columns) rewrites the
+# row in the same page: a HOT update, with no new index entries.
+SIGNALS_FILLFACTOR = 50
+
+
+def _v6(conn: Connection, ctx: MigrationContext) -> None:
+    """A claimed row stays ``queued``: "claimed" is a live lease (``claimed_until`` not passed, with the claim's
+    token). Rows an older version marked ``claimed`` become ``queued`` with their token and lease kept, so a live
+    claim is still a claim and a lapsed one is claimable, as before. On PostgreSQL the table gets a fillfactor (new
+    pages only). Idempotent, like ``_v2``."""
+    signals = schema.signals
+    conn.execute(
+        signals.update().where(signals.c.status == schema.CLAIMED).values(status=schema.QUEUED),
+    )
+    if ctx.engine.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"ALTER TABLE signals SET (fillfactor = {SIGNALS_FILLFACTOR})")
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "initial schema (imports a cscapi 0.7.0 database)", _v1),
     Migration(2, "drop the unused claim_token index (faster claims)", _v2),
     Migration(3, "drop the never-read attempts column", _v3),
     Migration(4, "the agent's lease in its own table (agent_leases)", _v4),
     Migration(5, "a destination per queued signal (capi, lapi)", _v5),
+    Migration(6, "a claim is a live lease on a queued row (no indexed column changes)", _v6),
 ]
 CURRENT_VERSION = MIGRATIONS[-1].version
 

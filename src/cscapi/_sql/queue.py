@@ -5,8 +5,9 @@ what a claim still holds; requeue, list, count and prune.
 the plumbing of :class:`~cscapi._sql.engine.SQLEngine` (``_tx``, ``_run``, ``_alert_id_in``, ``_skip_locked``) and
 two tables: ``signals`` (its rows) and ``machines`` (a claim skips the signals of a machine cooling down). Its public
 methods are the queue contract of :class:`cscapi.storage.StorageInterface`: a claim is a random token plus a lease
-(``claimed_until``); every later call acts only on rows still carrying that token, so a sender whose lease lapsed
-and was re-claimed by another touches nothing. Concurrent claimers never get the same row: ``FOR UPDATE SKIP LOCKED``
+(``claimed_until``) on rows that stay ``queued`` (claimed = a live lease: a claim changes no indexed column); every
+later call acts only on rows still carrying that token, so a sender whose lease lapsed and was re-claimed by another
+touches nothing. Concurrent claimers never get the same row: ``FOR UPDATE SKIP LOCKED``
 on PostgreSQL and MariaDB >= 10.6, ``BEGIN IMMEDIATE`` on SQLite. See ``docs/storage.md``.
 """
 
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, delete, exists, func, or_, select, union_all, update
+from sqlalchemy import Connection, and_, case, delete, exists, func, or_, select, update
 
 from cscapi.errors import ValidationError
 from cscapi.models import QueueCounts, Signal
@@ -25,7 +26,7 @@ from cscapi.storage import Claim, check_destinations
 from cscapi.timeutil import utcnow
 
 from . import schema
-from .bulk import PG_BULK_INSERT, json_batches, raw_insert, raw_lookup, row_tuples
+from .bulk import COPY_MIN_ROWS, PG_BULK_INSERT, json_batches, pg_copy, raw_insert, raw_lookup, row_tuples
 from .codec import signal_from_row, signal_row
 from .dialects import insert_ignore
 from .engine import SQLEngine, chunks, int_ids, positive
@@ -97,6 +98,8 @@ class SignalQueue(SQLEngine):
             if alert_id is not None:
                 return added, {row["uuid"]: int(alert_id)}
             missing = [row["uuid"]]
+        elif self._backend == "postgresql" and len(rows) >= COPY_MIN_ROWS and (copied := pg_copy(conn, rows)):
+            return len(rows), copied  # see cscapi._sql.bulk: COPY in a savepoint, none of the uuids was queued
         elif self._backend == "postgresql":  # see cscapi._sql.bulk: one JSON parameter, RETURNING the new ids
             for batch in json_batches(rows):
                 for uuid, alert_id in conn.exec_driver_sql(PG_BULK_INSERT, {"batch": batch}):
@@ -144,43 +147,35 @@ class SignalQueue(SQLEngine):
             _M.c.machine_id == _S.c.machine_id,
             or_(_M.c.failing_until > now, _M.c.login_banned_until > now),
         )
-        # Two index-friendly selects (queued; claimed with a lapsed lease) rather than one OR that would scan
-        # every sent row: each walks the (status, alert_id) index in order and stops at ``limit``.
-        base = select(_S.c.alert_id, _S.c.payload).where(_S.c.destination == destination)
+        # A claim changes no indexed column: the row stays ``queued`` and "claimed" is a live lease (``claimed_until``
+        # not yet passed, with the claim's token). So one select walks the (destination, status, alert_id) index in
+        # order, skips the rows under a live lease and stops at ``limit``; the update touches only unindexed columns
+        # (PostgreSQL rewrites the row in place: a HOT update, see schema version 6).
+        claimable = or_(_S.c.claimed_until.is_(None), _S.c.claimed_until < now)
+        stmt = select(_S.c.alert_id, _S.c.payload).where(
+            _S.c.destination == destination, _S.c.status == schema.QUEUED, claimable
+        )
         if destination == schema.CAPI:
-            base = base.where(~cooling)
-        base = base.order_by(_S.c.alert_id).limit(limit)
+            stmt = stmt.where(~cooling)
         if machine_ids is not None:
-            base = base.where(_S.c.machine_id.in_(list(machine_ids)))
-        selects = [
-            base.where(_S.c.status == schema.QUEUED),
-            base.where(_S.c.status == schema.CLAIMED, _S.c.claimed_until < now),
-        ]
+            stmt = stmt.where(_S.c.machine_id.in_(list(machine_ids)))
+        stmt = stmt.order_by(_S.c.alert_id).limit(limit)
         if self._skip_locked:
-            selects = [stmt.with_for_update(skip_locked=True) for stmt in selects]
+            stmt = stmt.with_for_update(skip_locked=True)
         elif self._backend != "sqlite":
-            selects = [stmt.with_for_update() for stmt in selects]  # old MariaDB/MySQL: claimers wait in turn
+            stmt = stmt.with_for_update()  # old MariaDB/MySQL: claimers wait in turn
 
-        values = {
-            "status": schema.CLAIMED,
-            "claim_token": token,
-            "claimed_until": expires_at,
-        }
+        values = {"claim_token": token, "claimed_until": expires_at}
 
         def claim(conn: Connection) -> list[Any]:
-            found = [row for stmt in selects for row in conn.execute(stmt).all()]
-            rows = sorted(found, key=lambda row: int(row[0]))[:limit]
+            rows = list(conn.execute(stmt).all())
             for among in self._alert_id_in([int(row[0]) for row in rows]):
                 conn.execute(update(_S).where(among).values(**values))
             return rows
 
         if self._backend == "postgresql":
-            # The same selects (and row locks) as one statement: lock both candidate sets, keep the oldest ``limit``,
-            # update them and return their payloads. One round trip, no id list sent back.
-            # (PostgreSQL refuses FOR UPDATE inside a UNION: each locking select is a CTE of its own.)
-            locked = [stmt.with_only_columns(_S.c.alert_id).cte(f"found_{i}") for i, stmt in enumerate(selects)]
-            found = union_all(*[select(cte.c.alert_id) for cte in locked]).subquery("found")
-            pick = select(found.c.alert_id).order_by(found.c.alert_id).limit(limit).cte("pick")
+            # The same select (and row locks) and the update as one statement: one round trip, no id list sent back.
+            pick = stmt.with_only_columns(_S.c.alert_id).cte("pick")
             claim_all = (
                 update(_S)
                 .where(_S.c.alert_id == pick.c.alert_id)
@@ -201,7 +196,7 @@ class SignalQueue(SQLEngine):
         self, operation: str, claim: Claim, signal_ids: Sequence[int] | None, values: dict[str, Any]
     ) -> int:
         """Apply ``values`` to the rows this claim still holds (a re-claimed row has another token: untouched)."""
-        held = and_(_S.c.claim_token == claim.token, _S.c.status == schema.CLAIMED)
+        held = and_(_S.c.claim_token == claim.token, _S.c.status == schema.QUEUED)
         ids = int_ids(signal_ids, "signal_ids")
         # By primary key, not by token alone: no index-range locks (MariaDB deadlocked on those).
         ids = [int(s.alert_id) for s in claim.signals if s.alert_id is not None] if ids is None else sorted(set(ids))
@@ -224,7 +219,7 @@ class SignalQueue(SQLEngine):
         if not ids:
             return []
         now = utcnow()
-        held = and_(_S.c.claim_token == claim.token, _S.c.status == schema.CLAIMED, _S.c.claimed_until > now)
+        held = and_(_S.c.claim_token == claim.token, _S.c.status == schema.QUEUED, _S.c.claimed_until > now)
         values = {"claimed_until": now + timedelta(seconds=float(lease_seconds))}
         returning = bool(self.engine.dialect.update_returning)
 
@@ -252,7 +247,7 @@ class SignalQueue(SQLEngine):
 
     def release_claim(self, claim: Claim, signal_ids: Sequence[int] | None = None) -> int:
         """Put the claim's signals back in the queue (all, or these ids). Returns how many."""
-        values = {"status": schema.QUEUED, "claim_token": None, "claimed_until": None}
+        values = {"claim_token": None, "claimed_until": None}  # still queued: only the lease goes
         return self._update_claimed("releasing claimed signals", claim, signal_ids, values)
 
     def quarantine(self, claim: Claim, signal_ids: Sequence[int], reason: str) -> int:
@@ -290,7 +285,7 @@ class SignalQueue(SQLEngine):
             .limit(int(limit))
         )
         with self._tx("listing quarantined signals", write=False) as conn:
-            rows = conn.execute(stmt).all()
+            rows = list(conn.execute(stmt).all())
         return [(signal_from_row(a, p, schema.QUARANTINED), str(r or "")) for a, p, r in rows]
 
     def count_signals(self, machine_id: str | None = None, *, destination: str = schema.CAPI) -> QueueCounts:
@@ -299,7 +294,7 @@ class SignalQueue(SQLEngine):
         now = utcnow()
         # One statement, so the counts are one consistent snapshot on every database.
         state = case(
-            (and_(_S.c.status == schema.CLAIMED, _S.c.claimed_until < now), schema.QUEUED), else_=_S.c.status
+            (and_(_S.c.status == schema.QUEUED, _S.c.claimed_until >= now), schema.CLAIMED), else_=_S.c.status
         ).label("state")
         stmt = select(state, func.count()).where(_S.c.destination == destination).group_by("state")
         if machine_id is not None:
