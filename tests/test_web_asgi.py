@@ -213,9 +213,11 @@ def test_trusted_proxy_headers_and_spoofing_attempts(engine: RemediationEngine) 
     # Trusted hops are skipped right to left.
     assert proxied.get("/", headers={"x-forwarded-for": f"{BANNED}, 10.1.1.1, 10.2.2.2"}).status_code == 403
     assert proxied.get("/", headers={"x-forwarded-for": f"{BANNED}:5678"}).status_code == 403
-    assert proxied.get("/", headers={"forwarded": f'for="[{V6_BANNED}]:443";proto=https'}).status_code == 403
-    assert proxied.get("/", headers={"forwarded": f"for={CLEAN_IP}, for={RANGE_IP}"}).status_code == 403
-    assert proxied.get("/", headers={"x-real-ip": BANNED}).status_code == 403
+    fwd = client(make_bouncer(engine, trusted_proxies=["10.0.0.0/8", "fd00::/8"], forwarded_header="forwarded"), PROXY)
+    assert fwd.get("/", headers={"forwarded": f'for="[{V6_BANNED}]:443";proto=https'}).status_code == 403
+    assert fwd.get("/", headers={"forwarded": f"for={CLEAN_IP}, for={RANGE_IP}"}).status_code == 403
+    real = client(make_bouncer(engine, trusted_proxies=["10.0.0.0/8"], forwarded_header="x-real-ip"), PROXY)
+    assert real.get("/", headers={"x-real-ip": BANNED}).status_code == 403
     assert proxied.get("/", headers={"x-forwarded-for": CLEAN_IP}).status_code == 200
     # An untrusted peer's headers are ignored, whatever they say.
     direct = client(bouncer, CLEAN_IP)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from cscapi.errors import ConfigurationError
 from cscapi.web import Bouncer, HCaptcha, ImageCaptcha, ReCaptcha, Request, Turnstile, Walls, safe_return_path
-from cscapi.web._ip import Networks, parse_hop, resolve_client_ip
+from cscapi.web._ip import UNRESOLVED, Networks, parse_hop, resolve_client_ip
 from cscapi.web._signing import Signer
 from cscapi.web.captcha import _POW_JS
 from test_web_support import CAPTCHA, KEY, form_fields, make_bouncer, make_engine
@@ -54,14 +54,18 @@ def test_client_ip_walks_right_to_left_skipping_trusted_hops() -> None:
     assert resolve_client_ip("10.0.0.1", h, TRUSTED) == "1.1.1.1"
     assert resolve_client_ip("9.9.9.9", h, TRUSTED) == "9.9.9.9"  # untrusted peer: headers ignored
     assert resolve_client_ip("10.0.0.1", {"x-forwarded-for": "10.0.0.3, 10.0.0.2"}, TRUSTED) == "10.0.0.3"
-    # Garbage stops the walk at the last trusted hop's view.
-    assert resolve_client_ip("10.0.0.1", {"x-forwarded-for": "1.1.1.1, garbage, 10.0.0.2"}, TRUSTED) == "10.0.0.2"
-    assert resolve_client_ip("10.0.0.1", {"x-forwarded-for": "garbage"}, TRUSTED) == "10.0.0.1"
-    # Forwarded wins over X-Forwarded-For; quoted IPv6 with port; other parameters ignored.
+    # Garbage makes the client unresolved: never the last trusted hop (a proxy's own, clean, address).
+    assert resolve_client_ip("10.0.0.1", {"x-forwarded-for": "1.1.1.1, garbage, 10.0.0.2"}, TRUSTED) == UNRESOLVED
+    assert resolve_client_ip("10.0.0.1", {"x-forwarded-for": "garbage"}, TRUSTED) == UNRESOLVED
+    # Only the configured header is read; quoted IPv6 with port; other parameters ignored.
     h = {"forwarded": 'for=1.1.1.1;proto=http, for="[2001:db8:ffff::7]:80";by=x', "x-forwarded-for": "5.5.5.5"}
-    assert resolve_client_ip("10.0.0.1", h, TRUSTED) == "1.1.1.1"
-    assert resolve_client_ip("2001:db8:ffff::1", {"x-real-ip": "8.8.8.8"}, TRUSTED) == "8.8.8.8"
-    assert resolve_client_ip("10.0.0.1", {"forwarded": "for=unknown"}, TRUSTED) == "10.0.0.1"
+    assert resolve_client_ip("10.0.0.1", h, TRUSTED) == "5.5.5.5"
+    assert resolve_client_ip("10.0.0.1", h, TRUSTED, "forwarded") == "1.1.1.1"
+    assert resolve_client_ip("10.0.0.1", h, TRUSTED, "x-real-ip") == "10.0.0.1"  # absent: the proxy's own request
+    assert resolve_client_ip("2001:db8:ffff::1", {"x-real-ip": "8.8.8.8"}, TRUSTED, "x-real-ip") == "8.8.8.8"
+    assert resolve_client_ip("2001:db8:ffff::1", {"x-real-ip": "8.8.8.8"}, TRUSTED) == "2001:db8:ffff::1"
+    for bad in ("for=unknown", "for=_obfuscated", "proto=https", "for="):
+        assert resolve_client_ip("10.0.0.1", {"forwarded": bad}, TRUSTED, "forwarded") == UNRESOLVED, bad
     mapped = Networks(["::ffff:10.0.0.0/104"], what="t")
     assert "10.1.2.3" in mapped
     unix = Networks(["unix"], what="t")
@@ -278,7 +282,7 @@ def test_a_client_cannot_spoof_by_prepending_anything(prepended: list[str], head
         value = ", ".join([*(f"for={p}" for p in prepended), f'for="{real}:1234"'])
     else:
         value = ", ".join([*prepended, real])
-    assert resolve_client_ip("10.0.0.1", {header: value}, TRUSTED) == real
+    assert resolve_client_ip("10.0.0.1", {header: value}, TRUSTED, header) == real
 
 
 def test_used_challenge_ids_are_bounded_and_forgotten_after_expiry() -> None:

@@ -191,6 +191,7 @@ def cscapi_errors() -> list[checks.CheckMessage]:
         ({"DECISION_STORE": "redis://127.0.0.1:1/0", "SECRET_KEY": "short"}, "cscapi.E003", "16 characters"),
         ({"DECISION_STORE": "redis://127.0.0.1:1/0", "TRUSTED_PROXIES": ["10.0.0.0/40"]}, "cscapi.E004", "CIDR"),
         ({"DECISION_STORE": "redis://127.0.0.1:1/0", "EXEMPT_IPS": ["office"]}, "cscapi.E004", "'office'"),
+        ({"DECISION_STORE": "redis://127.0.0.1:1/0", "FORWARDED_HEADER": "true-client-ip"}, "cscapi.E004", "one of"),
         ({"DECISION_STORE": "redis://127.0.0.1:1/0", "CAPTCHA": "sudoku"}, "cscapi.E005", "'sudoku' is unknown"),
         ({"DECISION_STORE": "redis://127.0.0.1:1/0", "FAIL_OPN": False}, "cscapi.E006", "FAIL_OPN"),
         ({"BOUNCER": "os.getcwd"}, "cscapi.E008", "not a cscapi.web.Bouncer"),
@@ -208,7 +209,11 @@ def test_system_checks_flag_a_bad_configuration(config: dict[str, Any] | None, c
 def test_system_checks_missing_secret_and_a_good_configuration(tmp_path: Path) -> None:
     with override_settings(CSCAPI={"DECISION_STORE": "redis://127.0.0.1:1/0"}, SECRET_KEY=""):
         assert [m.id for m in cscapi_errors()] == ["cscapi.E003"]
-    good = {"DECISION_STORE": fill_store(tmp_path), "TRUSTED_PROXIES": ["10.0.0.0/8", "fd00::/8", "unix"]}
+    good = {
+        "DECISION_STORE": fill_store(tmp_path),
+        "TRUSTED_PROXIES": ["10.0.0.0/8", "fd00::/8", "unix"],
+        "FORWARDED_HEADER": "forwarded",
+    }
     with override_settings(CSCAPI=good):
         assert cscapi_errors() == []
         call_command("check")  # raises SystemCheckError on any error

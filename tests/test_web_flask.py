@@ -85,6 +85,7 @@ def test_configured_from_app_config(tmp_path: Path) -> None:
         SECRET_KEY=KEY,
         CSCAPI_DECISION_STORE=store,
         CSCAPI_TRUSTED_PROXIES=["10.0.0.0/8"],
+        CSCAPI_FORWARDED_HEADER="X-Real-IP",
         CSCAPI_EXEMPT_PATHS=["/health"],
         CSCAPI_CAPTCHA="pow",
         CSCAPI_CAPTCHA_OPTIONS={"difficulty": 10},
@@ -101,7 +102,10 @@ def test_configured_from_app_config(tmp_path: Path) -> None:
     assert c.get("/", environ_base={"REMOTE_ADDR": BANNED}).status_code == 403
     assert c.get("/health", environ_base={"REMOTE_ADDR": BANNED}).status_code == 200
     proxied = {"REMOTE_ADDR": PROXY}
-    assert c.get("/", headers={"X-Forwarded-For": BANNED}, environ_base=proxied).status_code == 403
+    assert bouncer.forwarded_header == "x-real-ip"
+    assert c.get("/", headers={"X-Real-IP": BANNED}, environ_base=proxied).status_code == 403
+    spoof = {"X-Real-IP": BANNED, "X-Forwarded-For": CLEAN_IP}  # a header the proxy does not set is ignored
+    assert c.get("/", headers=spoof, environ_base=proxied).status_code == 403
     assert c.get("/", environ_base={"REMOTE_ADDR": CLEAN_IP}).status_code == 200
     assert ran == ["/health", "/"]
     with pytest.raises(ConfigurationError, match="already"):
@@ -120,6 +124,7 @@ def test_configured_from_app_config(tmp_path: Path) -> None:
         ({"CSCAPI_DECISION_STORE": "redis://127.0.0.1:1/0", "CSCAPI_TRUSTED_PROXIES": ["10.0.0.0/33"]}, "CIDR"),
         ({"CSCAPI_DECISION_STORE": "redis://127.0.0.1:1/0", "CSCAPI_TRUSTED_PROXIES": "10.0.0.0/8"}, "a list"),
         ({"CSCAPI_DECISION_STORE": "redis://127.0.0.1:1/0", "CSCAPI_CAPTCHA": "recaptcha-v9"}, "is unknown"),
+        ({"CSCAPI_DECISION_STORE": "redis://127.0.0.1:1/0", "CSCAPI_FORWARDED_HEADER": "x-forwarded"}, "one of"),
         ({"CSCAPI_DECISION_STORE": "redis://127.0.0.1:1/0", "CSCAPI_TRUSTD_PROXIES": []}, "CSCAPI_TRUSTD_PROXIES"),
     ],
 )

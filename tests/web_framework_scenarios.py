@@ -185,12 +185,53 @@ def proxies_and_spoofing(build: Build) -> None:
         assert site.get(PROXY, "/", headers={"x-forwarded-for": BANNED}).status == 403
         assert site.get(PROXY, "/", headers={"x-forwarded-for": f"{CLEAN_IP}, {BANNED}"}).status == 403
         assert site.get(PROXY, "/", headers={"x-forwarded-for": f"{BANNED}, 10.1.1.1"}).status == 403
-        assert site.get(PROXY, "/", headers={"forwarded": f'for="[{V6_BANNED}]:443"'}).status == 403
+        forwarded = build(make_bouncer(engine, trusted_proxies=["10.0.0.0/8"], forwarded_header="forwarded"))
+        assert forwarded.get(PROXY, "/", headers={"forwarded": f'for="[{V6_BANNED}]:443"'}).status == 403
         assert site.get(PROXY, "/", headers={"x-forwarded-for": CLEAN_IP}).status == 200
         # Untrusted peers: their headers are ignored.
         assert site.get(CLEAN_IP, "/", headers={"x-forwarded-for": BANNED}).status == 200
         assert site.get(BANNED, "/", headers={"x-forwarded-for": CLEAN_IP, "x-real-ip": CLEAN_IP}).status == 403
         assert site.get(BANNED, "/", headers={"forwarded": f"for={CLEAN_IP}"}).status == 403
+    finally:
+        engine.close()
+
+
+_SET_BY_PROXY = {
+    "x-forwarded-for": f"{BANNED}",
+    "forwarded": f'for="{BANNED}:4711";proto=https',
+    "x-real-ip": BANNED,
+}
+_ADDED_BY_CLIENT = {
+    "x-forwarded-for": CLEAN_IP,
+    "forwarded": f"for={CLEAN_IP}",
+    "x-real-ip": CLEAN_IP,
+}
+
+
+def one_forwarding_header(build: Build) -> None:
+    """Only the configured header is read: a banned client behind the proxy cannot get through by adding another
+    forwarding header (every pair), and an unreadable hop is never answered as the proxy's own (clean) address."""
+    engine = make_engine()
+    try:
+        for configured, proxy_value in _SET_BY_PROXY.items():
+            bouncer = make_bouncer(engine, trusted_proxies=["10.0.0.0/8"], forwarded_header=configured)
+            site = build(bouncer)
+            assert site.get(PROXY, "/", headers={configured: proxy_value}).status == 403, configured
+            for added, client_value in _ADDED_BY_CLIENT.items():
+                if added != configured:
+                    spoof = {added: client_value, configured: proxy_value}
+                    assert site.get(PROXY, "/", headers=spoof).status == 403, (configured, added)
+            # The proxy's own requests (no header) are the proxy's.
+            assert site.get(PROXY, "/").status == 200
+            assert bouncer.counters.unresolved_client_ip == 0
+        for bad in ("for=unknown", "for=_hidden", "proto=https", "for=garbage"):
+            passing = make_bouncer(engine, trusted_proxies=["10.0.0.0/8"], forwarded_header="forwarded")
+            assert build(passing).get(PROXY, "/", headers={"forwarded": bad}).status == 200, bad
+            assert passing.counters.unresolved_client_ip == 1, bad  # counted (and warned), not a clean proxy IP
+            closed = make_bouncer(engine, trusted_proxies=["10.0.0.0/8"], forwarded_header="forwarded", fail_open=False)
+            assert build(closed).get(PROXY, "/", headers={"forwarded": bad}).status == 503, bad
+        closed = make_bouncer(engine, trusted_proxies=["10.0.0.0/8"], fail_open=False)
+        assert build(closed).get(PROXY, "/", headers={"x-forwarded-for": f"{BANNED}, junk"}).status == 503
     finally:
         engine.close()
 
@@ -216,6 +257,7 @@ SCENARIOS: dict[str, Callable[[Build], None]] = {
         no_open_redirect,
         allowlist_and_exempt,
         proxies_and_spoofing,
+        one_forwarding_header,
         fail_open_and_closed,
     )
 }

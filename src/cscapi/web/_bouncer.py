@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from cscapi.errors import ConfigurationError
-from cscapi.web._ip import Networks, parse_hop, resolve_client_ip
+from cscapi.web._ip import FORWARDED_HEADERS, UNRESOLVED, Networks, parse_hop, resolve_client_ip
 from cscapi.web._signing import Signer
 from cscapi.web.captcha import CaptchaContext, CaptchaKind, ProofOfWork
 from cscapi.web.walls import Walls
@@ -42,6 +42,9 @@ class Reason:
     """The peer has no IP address (a Unix socket not listed in ``trusted_proxies``): nothing to look up."""
     STORE_UNAVAILABLE = "store-unavailable"
     """The decision store could not be read: passed (``fail_open``) or refused with 503."""
+    UNRESOLVED_CLIENT_IP = "unresolved-client-ip"
+    """A trusted proxy's forwarding header could not be read (``for=unknown``, garbage, no ``for=``): passed
+    (``fail_open``) or refused with 503, counted and warned about; never the proxy's own address."""
 
 
 class Decision(NamedTuple):
@@ -209,6 +212,8 @@ class BouncerCounters:
     store_unavailable: int = 0
     """Requests checked while the store could not be read (passed or refused per ``fail_open``)."""
     metrics_errors: int = 0
+    unresolved_client_ip: int = 0
+    """Requests from a trusted proxy whose forwarding header could not be read (passed or refused per ``fail_open``)."""
     captcha_solved: int = 0
     captcha_failed: int = 0
     extra: dict[str, int] = field(default_factory=dict)
@@ -219,7 +224,9 @@ class Bouncer:
 
     ``engine``: a :class:`~cscapi.remediation.RemediationEngine` or :class:`~cscapi.remediation.AsyncRemediationEngine`
     (only its in-memory lookup, ``healthy`` and ``update_metrics_origins_count`` are used per request).
-    ``trusted_proxies``: CIDRs (or ``"unix"``) whose forwarding headers are believed (see docs/web.md, "Client IP").
+    ``trusted_proxies``: CIDRs (or ``"unix"``) whose forwarding header is believed (see docs/web.md, "Client IP").
+    ``forwarded_header``: the ONE header those proxies set, ``x-forwarded-for`` (default), ``forwarded`` or
+    ``x-real-ip`` (the others are ignored: a client could add one its proxy passes untouched).
     ``exempt_paths``: path prefixes never checked, matched on segment boundaries (``/health`` covers ``/health`` and
     ``/health/db``, not ``/healthz``). ``exempt_ips``: CIDRs never checked. ``secret_key``: signs challenges and pass
     cookies (give the same key to every worker; None: a random key per process, with a warning). ``captcha``: a
@@ -241,6 +248,7 @@ class Bouncer:
         engine: Any,
         *,
         trusted_proxies: Iterable[str] = (),
+        forwarded_header: str = "x-forwarded-for",
         exempt_paths: Iterable[str] = (),
         exempt_ips: Iterable[str] = (),
         secret_key: str | bytes | None = None,
@@ -263,6 +271,12 @@ class Bouncer:
             raise ConfigurationError("engine must be a RemediationEngine (it has no healthy property)")
         self.engine = engine
         self.trusted_proxies = Networks(trusted_proxies, what="trusted_proxies")
+        if not isinstance(forwarded_header, str) or forwarded_header.lower() not in FORWARDED_HEADERS:
+            raise ConfigurationError(
+                f"forwarded_header must be one of {', '.join(FORWARDED_HEADERS)} (the header your proxy sets), "
+                f"not {str(forwarded_header)[:60]!r}"
+            )
+        self.forwarded_header = forwarded_header.lower()
         self.exempt_ips = Networks(exempt_ips, what="exempt_ips")
         paths = []
         for p in exempt_paths if not isinstance(exempt_paths, str) else [exempt_paths]:
@@ -314,6 +328,7 @@ class Bouncer:
         self.counters = BouncerCounters()
         self._warn_store = _RateLimitedWarning(60.0)
         self._warn_metrics = _RateLimitedWarning(60.0)
+        self._warn_unresolved = _RateLimitedWarning(60.0)
         self._peers: dict[str, str | None] = {}
         if detectors is not None and not callable(getattr(detectors, "observe_status", None)):
             raise ConfigurationError("detectors must be a cscapi.web.detect.Detectors")
@@ -367,15 +382,29 @@ class Bouncer:
             cache[peer] = ip
             return ip
 
-    def client_ip(self, request: Request) -> str | None:
-        """The client's canonical IP (the peer, or what trusted proxies say: docs/web.md, "Client IP")."""
+    def _resolve(self, request: Request) -> str | None:
+        """:meth:`client_ip`, with ``UNRESOLVED`` ("") when a trusted proxy's header cannot be read."""
         peer = request.peer
         ip = self._peer_ip(peer) if peer else None
         if peer and ip is None:
             return None
         if not self.trusted_proxies:
             return ip
-        return resolve_client_ip(ip, request.headers, self.trusted_proxies)
+        return resolve_client_ip(ip, request.headers, self.trusted_proxies, self.forwarded_header)
+
+    def client_ip(self, request: Request) -> str | None:
+        """The client's canonical IP (the peer, or what trusted proxies say: docs/web.md, "Client IP"); None when
+        unknown (no IP peer, or a trusted proxy's header that cannot be read)."""
+        return self._resolve(request) or None
+
+    def _unresolved(self) -> Decision:
+        self.counters.unresolved_client_ip += 1
+        self._warn_unresolved(
+            "a trusted proxy's %s header could not be read (unknown, obfuscated or garbage hop): %s requests",
+            self.forwarded_header,
+            "passing" if self.fail_open else "refusing (503)",
+        )
+        return Decision("bypass" if self.fail_open else "unavailable", "", None, Reason.UNRESOLVED_CLIENT_IP)
 
     def _exempt_path(self, path: str) -> bool:
         if "/." in path:  # a dot segment (/static/../admin) is never exempt: the application may normalise it
@@ -386,9 +415,9 @@ class Bouncer:
         """The :class:`Decision` for ``request`` (counted in the engine's usage metrics unless exempt)."""
         if self._exempt_paths and self._exempt_path(request.path):
             return Decision("bypass", "", None, Reason.EXEMPT_PATH)
-        ip = self.client_ip(request)
-        if ip is None:
-            return Decision("bypass", "", None, Reason.NO_CLIENT_IP)
+        ip = self._resolve(request)
+        if not ip:
+            return self._unresolved() if ip == UNRESOLVED else Decision("bypass", "", None, Reason.NO_CLIENT_IP)
         if self.exempt_ips and ip in self.exempt_ips:
             return Decision("bypass", "", ip, Reason.EXEMPT_IP)
         engine = self.engine
@@ -559,9 +588,9 @@ class Bouncer:
         return None, form, target, decision.ip
 
     def _lookup_only(self, request: Request) -> Decision:
-        ip = self.client_ip(request)
-        if ip is None:
-            return Decision("bypass", "", None, Reason.NO_CLIENT_IP)
+        ip = self._resolve(request)
+        if not ip:
+            return self._unresolved() if ip == UNRESOLVED else Decision("bypass", "", None, Reason.NO_CLIENT_IP)
         try:
             found = self.engine.get_ip_remediation(ip)
         except Exception:

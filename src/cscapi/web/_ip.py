@@ -1,11 +1,12 @@
 """The client IP of a request: the socket peer, or what trusted proxies say it is.
 
-Rules (docs/web.md, "Client IP"): forwarding headers are read only when the socket peer is a trusted proxy. Then the
-first header present among ``Forwarded`` (RFC 7239, its ``for=`` parameters), ``X-Forwarded-For`` and ``X-Real-IP`` is
-walked right to left, skipping trusted hops; the first untrusted hop is the client (entries a client prepends are
-never reached). A hop that cannot be read (``unknown``, an obfuscated ``_name``, garbage) stops the walk: the answer is
-then the last trusted hop seen, the closest address we can vouch for. When every hop is trusted, the leftmost is the
-client.
+Rules (docs/web.md, "Client IP"): forwarding headers are read only when the socket peer is a trusted proxy. Then ONE
+configured header (``X-Forwarded-For`` by default, or ``Forwarded`` (RFC 7239, its ``for=`` parameters), or
+``X-Real-IP``) is walked right to left, skipping trusted hops; the first untrusted hop is the client (entries a client
+prepends are never reached). The other headers are ignored: a client could add one its proxy passes untouched. A hop
+that cannot be read (``unknown``, an obfuscated ``_name``, garbage), or a ``Forwarded`` header without any ``for=``,
+makes the client UNRESOLVED (:data:`UNRESOLVED`, never the proxy's own address): the bouncer then applies its fail
+policy. When every hop is trusted, the leftmost is the client.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from cscapi.errors import ConfigurationError
 from cscapi.iputil import canonical_address
 
-__all__ = ["Networks", "parse_hop", "resolve_client_ip"]
+__all__ = ["FORWARDED_HEADERS", "UNRESOLVED", "Networks", "parse_hop", "resolve_client_ip"]
+
+FORWARDED_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
+"""The header names ``forwarded_header`` takes (lower case)."""
+
+UNRESOLVED = ""
+"""What :func:`resolve_client_ip` answers when a trusted proxy's header cannot be read (never a valid address)."""
 
 _Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -121,34 +128,38 @@ def _forwarded_for(header: str) -> list[str]:
     return values
 
 
-def _hops(headers: Mapping[str, str]) -> Sequence[str] | None:
-    forwarded = headers.get("forwarded")
-    if forwarded:
-        return _forwarded_for(forwarded)
-    xff = headers.get("x-forwarded-for")
-    if xff:
-        return xff.split(",")
-    real = headers.get("x-real-ip")
-    if real:
-        return [real]
-    return None
+def _hops(headers: Mapping[str, str], header: str) -> Sequence[str] | None:
+    value = headers.get(header)
+    if value is None:
+        return None
+    if header == "forwarded":
+        return _forwarded_for(value)
+    if header == "x-forwarded-for":
+        return value.split(",")
+    return [value]
 
 
-def resolve_client_ip(peer: str | None, headers: Mapping[str, str], trusted: Networks) -> str | None:
+def resolve_client_ip(
+    peer: str | None, headers: Mapping[str, str], trusted: Networks, header: str = "x-forwarded-for"
+) -> str | None:
     """The client's canonical IP: ``peer`` (already canonical, None for a Unix socket) unless it is a trusted proxy.
 
-    ``headers`` are looked up by lower-case name; only read when the peer is trusted.
+    Then ``header`` (one of :data:`FORWARDED_HEADERS`; ``headers`` are looked up by lower-case name) is walked right
+    to left. Its absence means the request comes from the proxy itself (``peer``); a hop that cannot be read, or a
+    header with no hop, gives :data:`UNRESOLVED`.
     """
     if not trusted or peer not in trusted:
         return peer
-    hops = _hops(headers)
-    if not hops:
+    hops = _hops(headers, header)
+    if hops is None:
         return peer
+    if not hops:
+        return UNRESOLVED  # e.g. Forwarded: proto=https with no for=
     current = peer
     for raw in reversed(hops):
         hop = parse_hop(raw)
         if hop is None:
-            return current  # garbage or an obfuscated hop: stop at the last trusted hop's view
+            return UNRESOLVED  # garbage or an obfuscated hop: we cannot vouch for anyone (never the proxy's address)
         current = hop
         if hop not in trusted:
             return hop

@@ -14,6 +14,7 @@ from typing import Any
 
 from cscapi.errors import ConfigurationError
 from cscapi.web._bouncer import Bouncer
+from cscapi.web._ip import FORWARDED_HEADERS
 from cscapi.web.captcha import CaptchaKind, HCaptcha, ImageCaptcha, ProofOfWork, ReCaptcha, Turnstile
 from cscapi.web.walls import Walls
 
@@ -35,6 +36,7 @@ OPTIONS: dict[str, str | None] = {
     "engine": None,
     "captcha_options": None,
     "trusted_proxies": "trusted_proxies",
+    "forwarded_header": "forwarded_header",
     "exempt_paths": "exempt_paths",
     "exempt_ips": "exempt_ips",
     "secret_key": "secret_key",
@@ -154,6 +156,15 @@ def problems(settings: Mapping[str, Any], *, default_secret: object = None) -> l
     for name in ("trusted_proxies", "exempt_ips"):
         if name in settings:
             found.extend(_cidr_problems(name, settings[name]))
+    header = settings.get("forwarded_header", "x-forwarded-for")
+    if not isinstance(header, str) or header.lower() not in FORWARDED_HEADERS:
+        found.append(
+            (
+                "forwarded_header",
+                f"forwarded_header {str(header)[:60]!r} is unknown: one of {', '.join(FORWARDED_HEADERS)} "
+                "(the one header your proxy sets)",
+            )
+        )
     captcha = settings.get("captcha", "pow")
     if not isinstance(captcha, CaptchaKind) and captcha not in CAPTCHA_KINDS:
         found.append(

@@ -17,6 +17,7 @@ IDS = {
     "secret_key": "cscapi.E003",
     "trusted_proxies": "cscapi.E004",
     "exempt_ips": "cscapi.E004",
+    "forwarded_header": "cscapi.E004",
     "captcha": "cscapi.E005",
     "unknown": "cscapi.E006",
     "walls": "cscapi.E007",
