@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import secrets
@@ -413,6 +414,39 @@ class Bouncer:
 
     def decide(self, request: Request) -> Decision:
         """The :class:`Decision` for ``request`` (counted in the engine's usage metrics unless exempt)."""
+        return self._decide(request, None)
+
+    async def adecide(self, request: Request) -> Decision:
+        """:meth:`decide` for async adapters. A live-mode engine (LAPI asked per IP) answers a miss after asking the
+        LAPI, never with the fallback: the async engine's lookup is awaited, a sync engine's runs in a thread (the
+        loop never blocks). Cache hits and stream-mode engines stay synchronous and I/O-free."""
+        engine = self.engine
+        if getattr(engine, "live", None) is None or (self._exempt_paths and self._exempt_path(request.path)):
+            return self._decide(request, None)
+        ip = self._resolve(request)
+        if not ip or (self.exempt_ips and ip in self.exempt_ips):
+            return self._decide(request, None)
+        live = engine.live
+        clock = getattr(engine, "_clock", time.time)
+        if live.cached(ip, clock()) is not None:
+            return self._decide(request, None)  # a cached answer: the engine's I/O-free lookup gives it
+        lookup = engine.lookup_ip_remediation
+        known: Any
+        try:
+            if inspect.iscoroutinefunction(lookup):
+                known = await lookup(ip)
+            else:
+                import asyncio
+
+                known = await asyncio.to_thread(lookup, ip)  # a sync engine's miss asks the LAPI: off the loop
+        except Exception as exc:
+            known = exc
+        if not isinstance(known, Exception) and live.cached(ip, clock()) is not None:
+            known = None  # now cached: the engine's own lookup answers it (its local decisions included)
+        return self._decide(request, known)
+
+    def _decide(self, request: Request, known: Any) -> Decision:
+        """:meth:`decide`; ``known``: the engine's answer (or the exception it raised) already awaited, or None."""
         if self._exempt_paths and self._exempt_path(request.path):
             return Decision("bypass", "", None, Reason.EXEMPT_PATH)
         ip = self._resolve(request)
@@ -424,7 +458,12 @@ class Bouncer:
         try:
             if not engine.healthy:
                 raise _Unavailable
-            found = engine.get_ip_remediation(ip)
+            if known is None:
+                found = engine.get_ip_remediation(ip)
+            elif isinstance(known, Exception):
+                raise known
+            else:
+                found = known
         except Exception as exc:
             self.counters.store_unavailable += 1
             why = "its last sync failed" if isinstance(exc, _Unavailable) else f"the lookup raised {type(exc).__name__}"
@@ -433,9 +472,10 @@ class Bouncer:
             )
             if not self.fail_open:
                 return Decision("unavailable", "", ip, Reason.STORE_UNAVAILABLE)
-            if not isinstance(exc, _Unavailable):
+            if not isinstance(exc, _Unavailable) or isinstance(known, Exception):
                 return Decision("bypass", "", ip, Reason.STORE_UNAVAILABLE)
-            found = engine.get_ip_remediation(ip)  # unhealthy: the engine still serves its last good index
+            # unhealthy: the engine still serves its last good index (or the answer the LAPI just gave)
+            found = engine.get_ip_remediation(ip) if known is None else known
         remediation = found.remediation
         origin = found.origin
         if remediation not in _KNOWN:
@@ -488,7 +528,7 @@ class Bouncer:
         """:meth:`handle` for async adapters (third-party captchas are verified with ``httpx.AsyncClient``)."""
         if self.is_captcha_post(request):
             return await self.asolve(request, body or b"")
-        return self.respond(request, self.decide(request))
+        return self.respond(request, await self.adecide(request))
 
     def respond(self, request: Request, decision: Decision) -> Response | None:
         """The wall for ``decision`` (None for ``bypass``): HTML, or JSON for clients that ask for it."""

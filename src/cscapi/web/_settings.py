@@ -35,6 +35,9 @@ OPTIONS: dict[str, str | None] = {
     "key_prefix": None,
     "engine": None,
     "captcha_options": None,
+    "lapi_mode": None,
+    "lapi_url": None,
+    "lapi_api_key": None,
     "trusted_proxies": "trusted_proxies",
     "forwarded_header": "forwarded_header",
     "exempt_paths": "exempt_paths",
@@ -54,22 +57,28 @@ OPTIONS: dict[str, str | None] = {
 
 logger = logging.getLogger("cscapi.web")
 
-_ENGINES: dict[tuple[str, str], Any] = {}
+_ENGINES: dict[tuple[str, str, tuple[str, str] | None], Any] = {}
 _LOCK = threading.Lock()
 
 
-def engine_for(uri: str, key_prefix: str = "cscapi:") -> Any:
+def engine_for(uri: str, key_prefix: str = "cscapi:", lapi: tuple[str, str] | None = None) -> Any:
     """This process's engine reading the decision store ``uri`` (no source: the agent fills the store), made once;
-    closed at exit (which flushes its last usage counts to the store)."""
+    closed at exit (which flushes its last usage counts to the store). ``lapi``: (url, bouncer key) of a CrowdSec
+    LAPI asked per IP (live mode; the answers cached in ``uri``), for an agent that pulls nothing."""
     with _LOCK:
-        engine = _ENGINES.get((uri, key_prefix))
+        engine = _ENGINES.get((uri, key_prefix, lapi))
         if engine is None:
             from cscapi.remediation import RemediationEngine
 
-            engine = RemediationEngine(None, store=uri, key_prefix=key_prefix)
+            source = None
+            if lapi is not None:
+                from cscapi.lapi import LapiClient
+
+                source = LapiClient(lapi[0], api_key=lapi[1], mode="live")
+            engine = RemediationEngine(source, store=uri, key_prefix=key_prefix)
             if not _ENGINES:
                 atexit.register(close_engines)
-            _ENGINES[(uri, key_prefix)] = engine
+            _ENGINES[(uri, key_prefix, lapi)] = engine
         return engine
 
 
@@ -128,6 +137,33 @@ def _cidr_problems(name: str, value: object) -> list[tuple[str, str]]:
     return found
 
 
+def _lapi_problems(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``lapi_mode``: stream (default; the agent, ``cscapi run``, fills the store) or live (this process asks the
+    LAPI per IP: it needs ``lapi_url`` and ``lapi_api_key``; a store filled by nobody would let every IP through)."""
+    mode = settings.get("lapi_mode", "stream")
+    if mode not in ("stream", "live"):
+        return [("lapi_mode", f"lapi_mode must be stream or live, not {str(mode)[:60]!r}")]
+    if mode == "stream":
+        given = [name for name in ("lapi_url", "lapi_api_key") if name in settings]
+        if given:
+            return [
+                (
+                    given[0],
+                    f"{', '.join(given)} only serve lapi_mode live (in stream mode the agent, cscapi run, fills "
+                    "decision_store from the LAPI): set lapi_mode to live or remove them",
+                )
+            ]
+        return []
+    if settings.get("engine") is not None:
+        return [("lapi_mode", "lapi_mode live builds the engine: give engine= or lapi_mode live, not both")]
+    found = []
+    for name, what in (("lapi_url", "the LAPI's http(s):// URL"), ("lapi_api_key", "a key from `cscli bouncers add`")):
+        value = settings.get(name)
+        if not isinstance(value, str) or not value:
+            found.append((name, f"lapi_mode live needs {name}: {what}"))
+    return found
+
+
 def problems(settings: Mapping[str, Any], *, default_secret: object = None) -> list[tuple[str, str]]:
     """What is wrong with ``settings`` (lower-case option names): (option, sentence) pairs; empty when usable.
 
@@ -173,6 +209,7 @@ def problems(settings: Mapping[str, Any], *, default_secret: object = None) -> l
     options = settings.get("captcha_options", {})
     if not isinstance(options, Mapping):
         found.append(("captcha", "captcha_options must be a dict of the captcha kind's keyword arguments"))
+    found.extend(_lapi_problems(settings))
     walls = settings.get("walls")
     if walls is not None and not isinstance(walls, Walls):
         found.append(("walls", "walls must be a cscapi.web.Walls"))
@@ -193,7 +230,10 @@ def bouncer_from_settings(settings: Mapping[str, Any], *, default_secret: object
         raise ConfigurationError("cscapi.web settings: " + "; ".join(text for _, text in found))
     engine = settings.get("engine")
     if engine is None:
-        engine = engine_for(settings["decision_store"], settings.get("key_prefix", "cscapi:"))
+        lapi = None
+        if settings.get("lapi_mode") == "live":
+            lapi = (settings["lapi_url"], settings["lapi_api_key"])
+        engine = engine_for(settings["decision_store"], settings.get("key_prefix", "cscapi:"), lapi)
     kwargs: dict[str, Any] = {}
     for name, keyword in OPTIONS.items():
         if keyword is not None and name in settings:

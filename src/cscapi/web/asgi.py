@@ -69,7 +69,7 @@ class BouncerMiddleware:
             body = await self._read_body(receive, bouncer.max_body)
             await send_response(send, await bouncer.asolve(request, body))
             return
-        decision = bouncer.decide(request)
+        decision = await bouncer.adecide(request)
         if decision.remediation == "bypass":
             detectors = bouncer.detectors
             if detectors is None or detectors.not_found is None:
@@ -105,7 +105,7 @@ class BouncerMiddleware:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         bouncer = self.bouncer
         request = request_from_scope(scope)
-        decision = bouncer.decide(request)
+        decision = await bouncer.adecide(request)
         if decision.remediation == "bypass":
             await self.app(scope, receive, send)
             return

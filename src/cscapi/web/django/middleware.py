@@ -145,7 +145,7 @@ class BouncerMiddleware:
         view = request_view(request)
         if bouncer.is_captcha_post(view):  # Django's ASGI handler has already spooled the body: no blocking read
             return to_django(await bouncer.asolve(view, _body(request, bouncer.max_body)))
-        decision = bouncer.decide(view)
+        decision = await bouncer.adecide(view)
         request.cscapi_decision = decision
         if decision.remediation == "bypass":
             get_response: Callable[[HttpRequest], Awaitable[Any]] = self.get_response
