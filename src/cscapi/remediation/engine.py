@@ -133,6 +133,9 @@ class _EngineBase(Generic[C]):
     once here for both engines; the work itself is in ``index.py``, ``core.py``, ``local.py`` and the stores.
     """
 
+    _defer_first_sync = False
+    """True: the constructor never reads a shared store (unless ``strict``); its sync thread does at once."""
+
     def __init__(
         self,
         client: C,
@@ -199,7 +202,14 @@ class _EngineBase(Generic[C]):
         self.last_synced_at: float | None = None
         self._usage = UsageCounts()  # appended lock-free by requests, flushed by the sync thread
         self._local = LocalOverlay(self.policy, self._clock)  # this site's decisions, merged over the index's
-        if self.store.shared:
+        deferred = self.store.shared and self._defer_first_sync and not strict
+        if deferred:  # the async engine: no blocking store read on the event loop; a thread reads it at once
+            self._last_sync_error = DecisionStoreError(
+                f"the decisions from {self.store.uri} are not loaded yet (the first sync runs in a background thread; "
+                "`await engine.aready()` waits for it)",
+                hint=_NEVER_LOADED_HINT,
+            )
+        elif self.store.shared:
             try:
                 self.sync()
             except Exception as exc:
@@ -211,6 +221,28 @@ class _EngineBase(Generic[C]):
             self.last_synced_at = self._clock()
         _register_fork_hook()
         _engines.add(self)
+        if deferred:
+            ref, stop, interval = weakref.ref(self), self._sync_stop, self._sync_interval
+
+            def first_sync_then_loop() -> None:
+                engine = ref()
+                if engine is not None and not stop.is_set():
+                    try:
+                        engine.sync()
+                    except Exception as exc:
+                        if not stop.is_set():
+                            engine._logger.warning(
+                                "could not load the decisions from %s yet, serving none: %s", engine.store.uri, exc
+                            )
+                del engine
+                if interval > 0 and not stop.is_set():
+                    _sync_loop(ref, stop, interval)
+
+            # the sync thread itself (close() stops and joins it), starting with the first sync
+            self._sync_thread = threading.Thread(
+                target=first_sync_then_loop, name="cscapi-remediation-sync", daemon=True
+            )
+            self._sync_thread.start()
         self._start_sync_thread()
 
     # ---- the lookup ------------------------------------------------------------------------------------------
@@ -712,8 +744,18 @@ class AsyncRemediationEngine(_EngineBase[AsyncDecisionSource | None]):
     """Awaiting engine over an :class:`cscapi.remediation.contracts.AsyncDecisionSource` (e.g. ``AsyncCAPIClient``).
 
     Same options and semantics as :class:`RemediationEngine`; store calls and index builds run in a worker thread,
-    never on the event loop. ``get_ip_remediation`` stays a plain (synchronous, I/O-free) method.
+    never on the event loop. ``get_ip_remediation`` stays a plain (synchronous, I/O-free) method. The constructor does
+    no store read (a shared store is first read by the sync thread, at once; until then ``healthy`` is False and
+    lookups answer from an empty index): ``await engine.aready()`` waits for it. ``strict=True`` keeps the blocking
+    first read in the constructor (it raises there); prefer ``aready()`` inside a running loop.
     """
+
+    _defer_first_sync = True
+
+    async def aready(self) -> None:
+        """:meth:`require_ready` off the event loop: raise :class:`cscapi.errors.DecisionStoreError` unless the index
+        reflects the store (an engine not loaded yet, or unhealthy, first tries one sync in a worker thread)."""
+        await self._run(_blocking(self.require_ready))
 
     async def _run(self, flow: Flow[R]) -> R:
         try:
