@@ -13,8 +13,9 @@ import ssl
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from cscapi._validators import check_deadline, check_max_retries, check_timeout, check_user_agent_prefix
 from cscapi._version import __version__
 from cscapi.errors import CAPIError, ConfigurationError, NotFoundError
 from cscapi.lapi.geoip import CountryDatabase, expand_countries
@@ -35,6 +36,9 @@ from cscapi.protocol.http import NetworkFailure, Request, Response, safe_url
 from cscapi.protocol.retry import RetryPolicy
 from cscapi.runtime import NOW, Compute, Flow, HttpCall, Sleep, run_async, run_sync
 from cscapi.transport import AsyncTransport, SyncTransport, TransportSettings
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["DEFAULT_REFRESH_INTERVAL", "AsyncLapiClient", "LapiClient"]
 
@@ -87,6 +91,15 @@ def call_lapi(
         raise lapi_error_for(result, what)
 
 
+def check_transport_options(
+    user_agent_prefix: object, timeout: Any, deadline: object, max_retries: object
+) -> tuple[Any, float, int]:
+    """The CAPI client's own checks (:mod:`cscapi._validators`) on the options every LAPI class shares: a value is
+    judged the same way by ``CAPIClientConfig``, the settings, ``LapiClient`` and ``LapiWatcher``."""
+    check_user_agent_prefix(user_agent_prefix)
+    return check_timeout(timeout), check_deadline(deadline), check_max_retries(max_retries)
+
+
 class _LapiCore:
     """Settings and flows shared by the sync and the async client (no I/O here)."""
 
@@ -104,7 +117,7 @@ class _LapiCore:
         ca: str | None = None,
         verify: bool = True,
         user_agent_prefix: str = "",
-        timeout: float = 10.0,
+        timeout: float | httpx.Timeout = 10.0,
         deadline: float = 30.0,
         max_retries: int = 2,
         retry_base_delay: float = 0.5,
@@ -136,9 +149,8 @@ class _LapiCore:
             raise ConfigurationError("TLS client authentication (cert/key) needs an https:// base_url.")
         if mode not in ("stream", "live"):
             raise ConfigurationError(f"mode must be 'stream' or 'live' (got {mode!r}).")
+        timeout, deadline, max_retries = check_transport_options(user_agent_prefix, timeout, deadline, max_retries)
         checked = (
-            ("timeout", timeout),
-            ("deadline", deadline),
             ("refresh_interval", refresh_interval),
             ("bad_ip_cache_duration", bad_ip_cache_duration),
             ("clean_ip_cache_duration", clean_ip_cache_duration),
@@ -146,8 +158,6 @@ class _LapiCore:
         for name, value in checked:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ConfigurationError(f"{name} must be a number of seconds > 0 (got {value!r}).")
-        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or not 0 <= max_retries <= 10:
-            raise ConfigurationError(f"max_retries must be an int from 0 to 10 (got {max_retries!r}).")
         for name, cap in (("max_stream_bytes", max_stream_bytes), ("max_response_bytes", max_response_bytes)):
             if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1024:
                 raise ConfigurationError(f"{name} must be an int of at least 1024 bytes (got {cap!r}).")
@@ -178,7 +188,7 @@ class _LapiCore:
         prefix = f"{user_agent_prefix}-" if user_agent_prefix else ""
         self.settings = TransportSettings(
             user_agent=f"{prefix}cscapi-lapi-bouncer/v{__version__}",
-            timeout=float(timeout),
+            timeout=timeout,
             verify=_tls_context(cert, key, ca, verify),
             deadline=float(deadline),
             max_response_bytes=max_response_bytes,

@@ -17,13 +17,13 @@ import logging
 import threading
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cscapi._version import __version__
 from cscapi.errors import AuthenticationError, CAPIError, ConfigurationError, StorageError
 from cscapi.flows.signals import _Batch
 from cscapi.lapi.alerts import alert_from_signal, alerts_request, login_request, parse_login
-from cscapi.lapi.client import _tls_context, call_lapi
+from cscapi.lapi.client import _tls_context, call_lapi, check_transport_options
 from cscapi.lapi.protocol import lapi_error_for, normalise_lapi_url
 from cscapi.models import SendReport, SendTally, Signal
 from cscapi.protocol.http import Request, Response, safe_url
@@ -32,6 +32,9 @@ from cscapi.runtime import NOW, Flow, StorageCall, run_async, run_sync
 from cscapi.signals import as_signal_list, validate_signals
 from cscapi.storage import Claim, check_storage, require_destinations
 from cscapi.transport import AsyncTransport, SyncTransport, TransportSettings
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["AsyncLapiWatcher", "LapiWatcher"]
 
@@ -62,7 +65,7 @@ class _WatcherCore:
         verify: bool = True,
         scenarios: Sequence[str] = (),
         user_agent_prefix: str = "",
-        timeout: float = 10.0,
+        timeout: float | httpx.Timeout = 10.0,
         deadline: float = 30.0,
         max_retries: int = 2,
         retry_base_delay: float = 0.5,
@@ -86,13 +89,11 @@ class _WatcherCore:
         for name, text in (("machine_id", machine_id), ("password", password)):
             if text is not None and (not isinstance(text, str) or not text.isprintable()):
                 raise ConfigurationError(f"{name} must be a printable string.")
-        for name, value in (("timeout", timeout), ("deadline", deadline), ("claim_lease", claim_lease)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ConfigurationError(f"{name} must be a number of seconds > 0 (got {value!r}).")
+        timeout, deadline, max_retries = check_transport_options(user_agent_prefix, timeout, deadline, max_retries)
+        if not isinstance(claim_lease, (int, float)) or isinstance(claim_lease, bool) or not claim_lease > 0:
+            raise ConfigurationError(f"claim_lease must be a number of seconds > 0 (got {claim_lease!r}).")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 1000:
             raise ConfigurationError(f"batch_size must be an int from 1 to 1000 (got {batch_size!r}).")
-        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or not 0 <= max_retries <= 10:
-            raise ConfigurationError(f"max_retries must be an int from 0 to 10 (got {max_retries!r}).")
         self.storage = check_storage(storage)
         require_destinations(self.storage)
         self.machine_id = machine_id if cert is None else None
@@ -107,7 +108,7 @@ class _WatcherCore:
         prefix = f"{user_agent_prefix}-" if user_agent_prefix else ""
         self.settings = TransportSettings(
             user_agent=f"{prefix}cscapi-lapi-watcher/v{__version__}",
-            timeout=float(timeout),
+            timeout=timeout,
             verify=_tls_context(cert, key, ca, verify),
             deadline=float(deadline),
             max_response_bytes=max_response_bytes,
@@ -377,7 +378,12 @@ class AsyncLapiWatcher(_WatcherCore):
         return count
 
     async def aclose(self) -> None:
+        """Close the HTTP connections (the storage is the caller's)."""
         await self._transport.aclose()
+
+    async def close(self) -> None:
+        """Alias of :meth:`aclose` (the house convention: every async class has both)."""
+        await self.aclose()
 
     async def __aenter__(self) -> AsyncLapiWatcher:
         return self
