@@ -225,6 +225,7 @@ def lapi(crowdsec_lapi: Any) -> Any:
     if not crowdsec_lapi.alive():
         pytest.fail(f"the private CrowdSec LAPI died: {crowdsec_lapi.log_tail()}")
     crowdsec_lapi.delete_decisions(everything=True)
+    crowdsec_lapi.delete_alerts()  # their decisions' ids would show in a later test's alerts()
     return crowdsec_lapi
 
 

@@ -335,6 +335,11 @@ class LocalLapi:
             raise ValueError("delete_decisions needs a filter or everything=True")
         self.cscli(*args)
 
+    def delete_alerts(self) -> None:
+        """``cscli alerts delete --all``: every alert (and so every decision) goes; a deleted decision's alert
+        outlives ``delete_decisions``, and a later test reading alerts back would see it."""
+        self.cscli("alerts", "delete", "--all")
+
     def decisions(self) -> list[dict[str, Any]]:
         """``cscli decisions list -o json``: the alerts carrying active decisions (cscli's own shape)."""
         return self._json("decisions", "list", "-o", "json")

@@ -151,7 +151,7 @@ def _expiry(store: str, ip: str) -> float:
 
 def test_two_cscli_decisions_on_one_ip_deleting_one_leaves_the_other(lapi_env: CliEnv, lapi: Any) -> None:
     """The real 1.4.6 engine sends one decision per value (the longest); deleting the shorter one changes nothing."""
-    ip = "192.0.2.30"
+    ip = "192.0.2.155"  # used by no other test: the LAPI is shared by the session
     refresh = ["--source", "lapi", "decisions", "refresh", "--json"]
     check = ["--source", "lapi", "decisions", "check", ip, "--json"]
     lapi.add_decision(ip=ip, duration="4h", reason="dup-test")
