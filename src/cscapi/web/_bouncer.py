@@ -528,7 +528,7 @@ class Bouncer:
         """:meth:`handle` for async adapters (third-party captchas are verified with ``httpx.AsyncClient``)."""
         if self.is_captcha_post(request):
             return await self.asolve(request, body or b"")
-        return self.respond(request, await self.adecide(request))
+        return await self.arespond(request, await self.adecide(request))
 
     def respond(self, request: Request, decision: Decision) -> Response | None:
         """The wall for ``decision`` (None for ``bypass``): HTML, or JSON for clients that ask for it."""
@@ -539,6 +539,21 @@ class Bouncer:
         if decision.remediation == "unavailable":
             return self._page(request, 503, "unavailable", extra_headers=(("retry-after", "30"),))
         return self._page(request, 403, "ban")
+
+    async def arespond(self, request: Request, decision: Decision) -> Response | None:
+        """:meth:`respond` for async adapters: a challenge whose widget is costly to make (the image captcha's PNG)
+        is made off the event loop (:meth:`CaptchaKind.aissue`)."""
+        if decision.remediation == "captcha":
+            return await self._achallenge(request, decision.ip or "", error=False)
+        return self.respond(request, decision)
+
+    async def _achallenge(self, request: Request, ip: str, *, error: bool) -> Response:
+        if self._wants_json(request):  # no widget in a JSON answer
+            return self._challenge(request, ip, error=error)
+        lang = self.walls.language(request.headers.get("accept-language"))
+        nonce = secrets.token_urlsafe(16)
+        issued = await self.captcha.aissue(self._context(ip, lang, nonce))
+        return self._page(request, 401, "captcha", content=lambda _lang, _nonce: issued, error=error, nonce=nonce)
 
     def _wants_json(self, request: Request) -> bool:
         accept = request.headers.get("accept", "")
@@ -553,6 +568,7 @@ class Bouncer:
         content: Callable[[str, str], tuple[dict[str, str], str]] | None = None,
         error: bool = False,
         extra_headers: tuple[tuple[str, str], ...] = (),
+        nonce: str | None = None,
     ) -> Response:
         lang = self.walls.language(request.headers.get("accept-language"))
         base = (("cache-control", "no-store"), ("x-content-type-options", "nosniff"), *extra_headers)
@@ -561,7 +577,7 @@ class Bouncer:
             remediation = {"ban": "ban", "captcha": "captcha"}.get(kind, kind)
             body = json.dumps({"remediation": remediation, "message": texts[f"{kind}_message"]}).encode()
             return Response(status, (("content-type", "application/json"), *base), body)
-        nonce = secrets.token_urlsafe(16)
+        nonce = nonce or secrets.token_urlsafe(16)
         inner = ""
         if content is not None:
             attrs, html_inner = content(lang, nonce)
@@ -681,6 +697,9 @@ class Bouncer:
         if early is not None:
             return early
         ok = await self.captcha.averify(self._context(ip, "en", ""), form)
+        if not ok:
+            self.counters.captcha_failed += 1
+            return await self._achallenge(request, ip, error=True)
         return self._after_solve(request, ok, target, ip)
 
     def __repr__(self) -> str:

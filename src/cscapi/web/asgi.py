@@ -83,7 +83,7 @@ class BouncerMiddleware:
 
             await self.app(scope, receive, watch)
             return
-        response = bouncer.respond(request, decision)
+        response = await bouncer.arespond(request, decision)
         assert response is not None
         await send_response(send, response)
 
@@ -110,7 +110,7 @@ class BouncerMiddleware:
             await self.app(scope, receive, send)
             return
         if "websocket.http.response" in scope.get("extensions", {}):
-            response = bouncer.respond(request, decision)
+            response = await bouncer.arespond(request, decision)
             assert response is not None
             if decision.remediation == "captcha":  # a handshake cannot solve a challenge: refuse it like a ban
                 response = Response(403, response.headers, response.body)

@@ -23,6 +23,7 @@ import json
 import logging
 import secrets
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -102,6 +103,11 @@ class CaptchaKind:
         token = ctx.signer.sign(_PURPOSE, self.kind, challenge_id, str(int(ctx.now + ctx.lifetime)), ctx.ip, *extra)
         hidden = f'<input type="hidden" name="cscapi_challenge" value="{html.escape(token)}">'
         return self.form_attributes(ctx, challenge_id), hidden + self.widget(ctx, challenge_id)
+
+    async def aissue(self, ctx: CaptchaContext) -> tuple[dict[str, str], str]:
+        """:meth:`issue` for async adapters: a kind with costly work (the image captcha's PNG) does it off the event
+        loop; the default calls :meth:`issue`, which must then not block."""
+        return self.issue(ctx)
 
     def form_attributes(self, ctx: CaptchaContext, challenge_id: str) -> dict[str, str]:
         """Attributes of the challenge ``<form>`` (unescaped: the wall escapes them); none by default."""
@@ -277,14 +283,24 @@ class ImageCaptcha(CaptchaKind):
     """A distorted text to type, for clients without JavaScript, rendered as an inline PNG (no external resource).
 
     The answer is never stored: the challenge token carries only a keyed digest of it. ``renderer`` turns the text into
-    PNG bytes (default: the ``captcha`` package, ``pip install 'cscapi[web-image]'``).
+    PNG bytes (default: the ``captcha`` package, ``pip install 'cscapi[web-image]'``). Under ASGI the PNG is rendered
+    in a worker thread (:meth:`aissue`), at most ``max_concurrent_renders`` at once per event loop (the others wait
+    their turn): a burst of challenge pages neither blocks the loop nor takes every core.
     """
 
     kind: ClassVar[str] = "image"
 
-    def __init__(self, length: int = 5, renderer: Callable[[str], bytes] | None = None) -> None:
+    def __init__(
+        self, length: int = 5, renderer: Callable[[str], bytes] | None = None, *, max_concurrent_renders: int = 2
+    ) -> None:
         if not isinstance(length, int) or not 3 <= length <= 10:
             raise ConfigurationError(f"ImageCaptcha length must be an int from 3 to 10, not {length!r}")
+        if not isinstance(max_concurrent_renders, int) or not 1 <= max_concurrent_renders <= 64:
+            raise ConfigurationError(
+                f"ImageCaptcha max_concurrent_renders must be an int from 1 to 64, not {max_concurrent_renders!r}"
+            )
+        self.max_concurrent_renders = max_concurrent_renders
+        self._slots: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()  # event loop -> Semaphore
         self.length = length
         if renderer is None:
             try:
@@ -301,14 +317,35 @@ class ImageCaptcha(CaptchaKind):
         """What is compared: upper case, without spaces (the alphabet has no 0/O nor 1/I to confuse)."""
         return "".join(answer.split()).upper()[:20]
 
-    def issue(self, ctx: CaptchaContext) -> tuple[dict[str, str], str]:
-        import base64
-
+    def _new(self, ctx: CaptchaContext) -> tuple[str, str]:
+        """A new challenge: its text and its signed token."""
         challenge_id = secrets.token_urlsafe(12)
         text = "".join(secrets.choice(_ALPHABET) for _ in range(self.length))
         digest = ctx.signer.digest("cscapi-image-answer", f"{challenge_id}|{text}")
         token = ctx.signer.sign(_PURPOSE, self.kind, challenge_id, str(int(ctx.now + ctx.lifetime)), ctx.ip, digest)
-        png = base64.b64encode(self.renderer(text)).decode("ascii")
+        return text, token
+
+    def issue(self, ctx: CaptchaContext) -> tuple[dict[str, str], str]:
+        text, token = self._new(ctx)
+        return self._form(ctx, token, self.renderer(text))
+
+    async def aissue(self, ctx: CaptchaContext) -> tuple[dict[str, str], str]:
+        """:meth:`issue` with the PNG rendered in a worker thread, ``max_concurrent_renders`` at a time."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        slots = self._slots.get(loop)
+        if slots is None:
+            slots = self._slots[loop] = asyncio.Semaphore(self.max_concurrent_renders)
+        text, token = self._new(ctx)
+        async with slots:
+            png = await asyncio.to_thread(self.renderer, text)
+        return self._form(ctx, token, png)
+
+    def _form(self, ctx: CaptchaContext, token: str, png_bytes: bytes) -> tuple[dict[str, str], str]:
+        import base64
+
+        png = base64.b64encode(png_bytes).decode("ascii")
         texts = ctx.texts
         return {}, (
             f'<input type="hidden" name="cscapi_challenge" value="{html.escape(token)}">'

@@ -152,7 +152,7 @@ class BouncerMiddleware:
             response = await get_response(request)
             _observe(bouncer, view, response)
             return response
-        response = bouncer.respond(view, decision)
+        response = await bouncer.arespond(view, decision)
         assert response is not None
         return to_django(response)
 
