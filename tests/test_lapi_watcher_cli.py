@@ -73,3 +73,45 @@ def test_run_with_lapi_destination_needs_watcher_credentials(capi_env: CliEnv, m
     monkeypatch.setenv("CSCAPI_SIGNAL_DESTINATIONS", "both")
     monkeypatch.setenv("CSCAPI_LAPI_URL", "http://127.0.0.1:9/")
     assert_user_error(capi_env.invoke(["run", "--once", "--no-refresh"]), 2, "watcher credentials")
+
+
+def test_signals_push_list_and_prune_to_lapi(capi_env: CliEnv, lapi: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cscapi signals push/list/prune --to lapi` work on the LAPI queue (they were CAPI's only), with the [source]
+    watcher; `--to capi` (the default) leaves it alone."""
+    machine, password = lapi.add_machine(f"w{secrets.token_hex(6)}")
+    monkeypatch.setenv("CSCAPI_LAPI_URL", lapi.base_url)
+    monkeypatch.setenv("CSCAPI_LAPI_MACHINE_ID", machine)
+    monkeypatch.setenv("CSCAPI_LAPI_PASSWORD", password)
+    capi_env.invoke(["machines", "register"])  # `signals add` asks for one (the signal's machine_id)
+    add = ["signals", "add", "--ip", "203.0.113.69", "--scenario", "crowdsecurity/ssh-bf", "--decision", "ban"]
+    ok(capi_env.invoke([*add, "--to", "lapi", "--json"]))
+    assert _counts(capi_env) == (QueueCounts(), QueueCounts(queued=1))
+    assert ok(capi_env.invoke(["signals", "push", "--json"]))["sent"] == 0  # CAPI's queue: empty, LAPI's untouched
+    assert _counts(capi_env)[1] == QueueCounts(queued=1)
+
+    pushed = ok(capi_env.invoke(["signals", "push", "--to", "lapi", "--json"]))
+    assert pushed["sent"] == 1 and pushed["queue"] == {"queued": 0, "sent": 1, "quarantined": 0}
+    assert [a["scenario"] for a in lapi.alerts() if a["source"]["value"] == "203.0.113.69"] == ["crowdsecurity/ssh-bf"]
+    assert password not in json.dumps(pushed)
+
+    assert ok(capi_env.invoke(["signals", "list", "--to", "lapi", "--json"])) == []  # nothing quarantined
+    assert capi_env.invoke(["signals", "list", "--to", "lapi", "--state", "queued"]).exit_code == 2
+    assert ok(capi_env.invoke(["signals", "prune", "--to", "lapi", "--requeue-quarantined", "--json"]))["requeued"] == 0
+    pruned = ok(capi_env.invoke(["signals", "prune", "--to", "lapi", "--sent", "--json"]))
+    assert pruned["deleted"] == 1 and _counts(capi_env) == (QueueCounts(), QueueCounts())
+    assert capi_env.invoke(["signals", "prune", "--to", "lapi", "--failing-machines"]).exit_code == 2
+
+
+def test_signals_push_to_lapi_with_a_wrong_password_fails_and_keeps_the_queue(
+    capi_env: CliEnv, lapi: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    machine, _password = lapi.add_machine(f"w{secrets.token_hex(6)}")
+    monkeypatch.setenv("CSCAPI_LAPI_URL", lapi.base_url)
+    monkeypatch.setenv("CSCAPI_LAPI_MACHINE_ID", machine)
+    monkeypatch.setenv("CSCAPI_LAPI_PASSWORD", "not-the-password")
+    capi_env.invoke(["machines", "register"])
+    add = ["signals", "add", "--ip", "203.0.113.70", "--scenario", "crowdsecurity/ssh-bf", "--to", "lapi"]
+    ok(capi_env.invoke(add))
+    result = capi_env.invoke(["signals", "push", "--to", "lapi"])
+    assert result.exit_code != 0 and "not-the-password" not in result.output
+    assert _counts(capi_env)[1] == QueueCounts(queued=1)

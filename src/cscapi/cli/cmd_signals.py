@@ -185,6 +185,37 @@ def add(
         )
 
 
+_QUEUE = click.option(
+    "--to",
+    "to",
+    type=click.Choice(["capi", "lapi"]),
+    default="capi",
+    show_default=True,
+    help="Which queue: CAPI's, or the local LAPI's (`signals add --to lapi`, pushed as alerts by a watcher).",
+)
+
+
+def _push_lapi(app: AppContext, settings: Any, keep_sent: bool) -> tuple[Any, Any, Any]:
+    """Push the lapi queue with the ``[source]`` settings' watcher: (report, counts before, counts after)."""
+    from cscapi.cli._runtime import open_lapi_watcher, open_storage
+
+    storage = open_storage(settings)
+    try:
+        watcher = open_lapi_watcher(settings, storage)
+        try:
+            before = storage.count_signals(destination="lapi")
+            with app.out.progress(f"pushing {plural(before.pending, 'queued signal')} to LAPI", total=None):
+                report = watcher.send_signals()
+            if not keep_sent:
+                storage.prune(destination="lapi")
+            after = storage.count_signals(destination="lapi")
+        finally:
+            watcher.close()
+    finally:
+        storage.close()
+    return report, before, after
+
+
 @signals.command()
 @click.option("--keep-sent/--prune-sent", default=True, help="Keep sent signals for `signals list` (default).")
 @click.option(
@@ -193,19 +224,26 @@ def add(
     is_flag=True,
     help="Try machines cooling down after a recent failure at once (clears their cool-down; not a login ban).",
 )
+@_QUEUE
 @json_option
 @pass_app
-def push(app: AppContext, keep_sent: bool, now: bool) -> None:
-    """Send every queued signal to CAPI now (the agent does this every push_interval).
+def push(app: AppContext, keep_sent: bool, now: bool, to: str) -> None:
+    """Send every queued signal to CAPI now (the agent does this every push_interval); `--to lapi`: the LAPI
+    queue, as alerts, with the [source] watcher credentials.
 
     \b
     Example:
       cscapi signals push --json
       cscapi signals push --now        # CAPI is back: do not wait out the cool-down of the last failure
+      cscapi signals push --to lapi    # the local CrowdSec engine's queue (lapi_machine_id, lapi_password)
     """
     from cscapi.cli._runtime import session, stored_machine_id
 
     settings = app.settings()
+    if to == "lapi":
+        report, before, after = _push_lapi(app, settings, keep_sent)
+        _report_push(app, report, before, after, "LAPI")
+        return
     settings.require_scenarios()
     with session(settings) as (storage, client):
         if now:
@@ -218,6 +256,11 @@ def push(app: AppContext, keep_sent: bool, now: bool) -> None:
         with app.out.progress(f"pushing {plural(before.pending, 'queued signal')}", total=None):
             report = client.send_signals(prune_after_send=not keep_sent)
         after = storage.count_signals()
+    _report_push(app, report, before, after, "CAPI")
+
+
+def _report_push(app: AppContext, report: Any, before: Any, after: Any, target: str) -> None:
+    """Print (or emit as JSON) a push's outcome; a push that failed for some machines exits non-zero."""
     # machines whose queued signals were not tried: they wait out an earlier failure's cool-down or a login ban
     held = {m: exc for m, exc in report.errors.items() if m not in report.failed_machines}
     result = {
@@ -242,8 +285,8 @@ def push(app: AppContext, keep_sent: bool, now: bool) -> None:
             app.out.ok(line)
         if report.quarantined:
             app.out.warn(
-                f"{plural(report.quarantined, 'signal')} refused by CAPI and quarantined "
-                "(`cscapi signals list --state quarantined`)"
+                f"{plural(report.quarantined, 'signal')} refused by {target} and quarantined "
+                f"(`cscapi signals list --state quarantined{' --to lapi' if target == 'LAPI' else ''}`)"
             )
         for machine, reason in report.failed_machines.items():
             app.out.print(f"[red]✗[/red] machine {esc(machine)}: {esc(reason)} (its signals stay queued)")
@@ -350,36 +393,49 @@ def _fail_push(app: AppContext, failed: dict[str, str], held: dict[str, Any], er
 @click.option(
     "--limit", type=click.IntRange(1, 100000), default=50, show_default=True, help="Show at most this many signals."
 )
+@_QUEUE
 @json_option
 @pass_app
-def list_(app: AppContext, state: str, limit: int) -> None:
-    """List signals in the queue, oldest first, with their state.
+def list_(app: AppContext, state: str, limit: int, to: str) -> None:
+    """List signals in the queue, oldest first, with their state (`--to lapi`: the LAPI queue's quarantined
+    signals and its counts).
 
     \b
     Example:
       cscapi signals list --state quarantined
+      cscapi signals list --to lapi --state quarantined
     """
     from cscapi.cli._runtime import open_storage
 
+    if to == "lapi" and state in ("queued", "sent"):
+        raise click.UsageError(
+            "--to lapi lists quarantined signals (--state quarantined or all) and counts the others; "
+            "queued and sent LAPI signals are read back with `cscli alerts list`"
+        )
     settings = app.settings()
     storage = open_storage(settings, create=False)
+    rows: list[dict[str, Any]] = []
     try:
-        quarantined = storage.list_quarantined(limit=100000 if state == "all" else limit)
-        reasons = {s.alert_id: reason for s, reason in quarantined}
-        rows: list[dict[str, Any]] = []
-        if state == "quarantined":
-            for signal, reason in quarantined[:limit]:
+        if to == "lapi":
+            for signal, reason in storage.list_quarantined(limit=limit, destination="lapi"):
                 rows.append({**_signal_row(signal, "quarantined"), "reason": reason})
+            counts = storage.count_signals(destination="lapi")
         else:
-            sent = {"queued": False, "sent": True, "all": None}[state]
-            for signal in storage.get_signals(limit, 0, sent=sent):
-                if signal.alert_id in reasons:
-                    if state == "queued":
-                        continue
-                    rows.append({**_signal_row(signal, "quarantined"), "reason": reasons[signal.alert_id]})
-                else:
-                    rows.append(_signal_row(signal, "sent" if signal.sent else "queued"))
-        counts = storage.count_signals()
+            quarantined = storage.list_quarantined(limit=100000 if state == "all" else limit)
+            reasons = {s.alert_id: reason for s, reason in quarantined}
+            if state == "quarantined":
+                for signal, reason in quarantined[:limit]:
+                    rows.append({**_signal_row(signal, "quarantined"), "reason": reason})
+            else:
+                sent = {"queued": False, "sent": True, "all": None}[state]
+                for signal in storage.get_signals(limit, 0, sent=sent):
+                    if signal.alert_id in reasons:
+                        if state == "queued":
+                            continue
+                        rows.append({**_signal_row(signal, "quarantined"), "reason": reasons[signal.alert_id]})
+                    else:
+                        rows.append(_signal_row(signal, "sent" if signal.sent else "queued"))
+            counts = storage.count_signals()
     finally:
         storage.close()
     if app.json_mode:
@@ -414,6 +470,7 @@ def list_(app: AppContext, state: str, limit: int) -> None:
 @click.option(
     "--requeue-quarantined", is_flag=True, help="Instead of deleting, put quarantined signals back in the queue."
 )
+@_QUEUE
 @json_option
 @pass_app
 def prune(
@@ -423,6 +480,7 @@ def prune(
     quarantined: bool,
     failing_machines: bool,
     requeue_quarantined: bool,
+    to: str,
 ) -> None:
     """Delete what each flag names (sent, quarantined, failing machines' signals); nothing else is touched.
 
@@ -431,6 +489,7 @@ def prune(
       cscapi signals prune --sent-before 7d
       cscapi signals prune --quarantined
       cscapi signals prune --requeue-quarantined
+      cscapi signals prune --to lapi --quarantined
     """
     from datetime import datetime, timezone
 
@@ -443,6 +502,8 @@ def prune(
         raise click.UsageError(
             "say what to prune: --sent, --sent-before AGE, --quarantined, --failing-machines or --requeue-quarantined"
         )
+    if failing_machines and to == "lapi":
+        raise click.UsageError("--failing-machines is about CAPI machines: it cannot be combined with --to lapi")
     cutoff = _parse_age(sent_before) if sent_before else None
     if not (sent or sent_before):
         # storage.prune always deletes sent signals before a cut-off: one before any signal was sent deletes none
@@ -451,19 +512,20 @@ def prune(
     storage = open_storage(settings)
     try:
         result: dict[str, int] = {}
+        queue: dict[str, Any] = {} if to == "capi" else {"destination": to}  # CAPI's: the 0.7.0 call (any storage)
         if requeue_quarantined:
-            result["requeued"] = storage.requeue_quarantined()
+            result["requeued"] = storage.requeue_quarantined(**queue)
         else:
             result["deleted"] = 0
             if sent or sent_before or quarantined:
-                result["deleted"] = storage.prune(sent_before=cutoff, quarantined=quarantined)
+                result["deleted"] = storage.prune(sent_before=cutoff, quarantined=quarantined, **queue)
             if failing_machines:
                 client = open_client(settings, storage)
                 try:
                     result["deleted_failing"] = client.prune_failing_machines_signals()
                 finally:
                     client.close()
-        counts = storage.count_signals()
+        counts = storage.count_signals(**queue)
     finally:
         storage.close()
     result.update({"queued": counts.queued, "sent": counts.sent, "quarantined": counts.quarantined})
