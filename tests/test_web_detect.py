@@ -70,6 +70,10 @@ def test_scenarios_are_validated_at_construction(queue: SQLStorage) -> None:
         Detectors(engine, [failed_login(LOGIN)], failed_login="other")
     with pytest.raises(ConfigurationError, match="shared store"):
         Detectors(engine, [failed_login(LOGIN)], buckets="shared")
+    for bad in ("m1", "x" * 47 + "!", 48):  # every signal would be dropped at run time: refused now
+        with pytest.raises(ConfigurationError, match="48 letters or digits"):
+            Detectors(engine, [failed_login(LOGIN)], machine_id=bad)  # type: ignore[arg-type]
+    assert Detectors(engine, [failed_login(LOGIN)], machine_id="a" * 48).machine_id == "a" * 48
     with pytest.raises(ConfigurationError, match="unknown scenario"):
         Detectors(engine, [failed_login(LOGIN)]).report("1.2.3.4", "nope")
     engine.close()

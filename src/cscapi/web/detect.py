@@ -205,6 +205,14 @@ class Detectors:
             raise ConfigurationError("flush_interval must be > 0 seconds")
         self.buffer_size = buffer_size
         self.flush_interval = float(flush_interval)
+        if machine_id is not None:  # checked now: a bad id would otherwise drop every signal at run time
+            from cscapi.errors import ValidationError
+            from cscapi.machines import validate_machine_id
+
+            try:
+                validate_machine_id(machine_id)
+            except ValidationError as exc:
+                raise ConfigurationError(f"Detectors(machine_id=...): {exc.message}", hint=exc.hint) from None
         self.machine_id = machine_id
         self.counters = DetectorCounters()
         self._clock = clock or time.time
