@@ -247,6 +247,31 @@ def fail_open_and_closed(build: Build) -> None:
         engine.close()
 
 
+class RaisingEngine(RemediationEngine):
+    """An engine whose lookup raises (a bug, a failing live source): the contract under test is the bouncer's."""
+
+    def get_ip_remediation(self, ip: str) -> Any:
+        raise RuntimeError("the lookup failed")
+
+
+def a_lookup_that_raises(build: Build) -> None:
+    """Passed with ``fail_open`` (counted, and in the usage metrics as origin ``unavailable``), 503 without."""
+    engine = RaisingEngine(None, sync_interval_ms=0)
+    try:
+        passing = make_bouncer(engine)
+        site = build(passing)
+        assert site.get(BANNED, "/x").status == 200
+        assert site.get(CLEAN_IP, "/x").status == 200
+        assert passing.counters.store_unavailable == 2
+        assert site.ran == ["/x", "/x"]
+        closed = make_bouncer(engine, fail_open=False)
+        assert build(closed).get(BANNED, "/x").status == 503
+        assert closed.counters.store_unavailable == 1
+        assert engine.get_origins_count() == {"unavailable": {"bypass": 2}}  # a refused request is not a bypass
+    finally:
+        engine.close()
+
+
 SCENARIOS: dict[str, Callable[[Build], None]] = {
     f.__name__: f
     for f in (
@@ -259,6 +284,7 @@ SCENARIOS: dict[str, Callable[[Build], None]] = {
         proxies_and_spoofing,
         one_forwarding_header,
         fail_open_and_closed,
+        a_lookup_that_raises,
     )
 }
 

@@ -205,6 +205,9 @@ class _RateLimitedWarning:
 
 _DEFAULT_CAPTCHA: Any = object()
 
+UNAVAILABLE_ORIGIN = "unavailable"
+"""The usage-metrics origin of a request passed (``fail_open``) because the engine's lookup raised."""
+
 
 @dataclass
 class BouncerCounters:
@@ -473,7 +476,8 @@ class Bouncer:
             if not self.fail_open:
                 return Decision("unavailable", "", ip, Reason.STORE_UNAVAILABLE)
             if not isinstance(exc, _Unavailable) or isinstance(known, Exception):
-                return Decision("bypass", "", ip, Reason.STORE_UNAVAILABLE)
+                self._count(UNAVAILABLE_ORIGIN, "bypass")  # passed without an answer: say so in the usage metrics
+                return Decision("bypass", UNAVAILABLE_ORIGIN, ip, Reason.STORE_UNAVAILABLE)
             # unhealthy: the engine still serves its last good index (or the answer the LAPI just gave)
             found = engine.get_ip_remediation(ip) if known is None else known
         remediation = found.remediation
