@@ -53,6 +53,9 @@ PUBLIC_NAMES: dict[str, tuple[str, ...]] = {
     "cscapi.redact": ("mask_url", "scrub"),
     "cscapi.storage_crypto": ("generate_key", "KEY_ENV_VAR", "SecretBox", "is_encrypted"),
     "cscapi.secrets": ("generate_key", "KEY_ENV_VAR", "SecretBox", "is_encrypted"),  # old name, documented in 1.0.0a1
+    "cscapi.lapi": ("LapiClient", "AsyncLapiClient", "LapiWatcher", "AsyncLapiWatcher", "LapiDecision"),
+    "cscapi.web": ("Bouncer", "BouncerCounters", "Decision", "Request", "Response"),
+    "cscapi.settings": ("Settings", "load_settings", "SETTINGS"),
 }
 
 
@@ -179,15 +182,43 @@ def test_the_two_engines_expose_the_same_methods_and_signatures() -> None:
     _assert_twins(RemediationEngine, AsyncRemediationEngine, blocking_in_async=plain)
 
 
+def test_the_two_lapi_clients_expose_the_same_methods_and_signatures() -> None:
+    from cscapi.lapi import AsyncLapiClient, LapiClient
+
+    _assert_twins(LapiClient, AsyncLapiClient, blocking_in_async={"live_cache"})  # builds the engine's cache, no I/O
+
+
+def test_the_two_lapi_watchers_expose_the_same_methods_and_signatures() -> None:
+    from cscapi.lapi import AsyncLapiWatcher, LapiWatcher
+
+    _assert_twins(LapiWatcher, AsyncLapiWatcher, blocking_in_async=set())
+
+
 # ---- aclose on every async class -------------------------------------------------------------------------------------
 
 
 def _async_classes() -> list[type]:
     from cscapi.aio import AsyncCAPIClient
+    from cscapi.lapi import AsyncLapiClient, AsyncLapiWatcher
     from cscapi.remediation import AsyncRemediationEngine
     from cscapi.transport import AsyncTransport
 
-    return [AsyncCAPIClient, AsyncRemediationEngine, AsyncTransport]
+    return [AsyncCAPIClient, AsyncRemediationEngine, AsyncTransport, AsyncLapiClient, AsyncLapiWatcher]
+
+
+def _async_classes_with_close_alias() -> list[type]:
+    from cscapi.aio import AsyncCAPIClient
+    from cscapi.lapi import AsyncLapiClient, AsyncLapiWatcher
+
+    return [AsyncCAPIClient, AsyncLapiClient, AsyncLapiWatcher]
+
+
+@pytest.mark.parametrize("cls", _async_classes_with_close_alias(), ids=lambda c: c.__name__)
+def test_async_clients_have_a_coroutine_close_alias_of_aclose(cls: type) -> None:
+    """The house convention: ``close()`` is a coroutine too (the engine's blocking close is the documented
+    exception)."""
+    assert inspect.iscoroutinefunction(cls.close)
+    assert "aclose()" in inspect.getsource(cls.close)
 
 
 @pytest.mark.parametrize("cls", _async_classes(), ids=lambda c: c.__name__)
