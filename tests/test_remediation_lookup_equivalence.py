@@ -34,7 +34,7 @@ class Clock:
         return self.now
 
 
-def random_value(rng: random.Random) -> str:
+def random_value(rng: random.Random, wide_v6: bool) -> str:
     """An address or a range (any prefix length, host bits sometimes set), IPv4, IPv6 or IPv4-mapped IPv6."""
     kind = rng.random()
     if kind < 0.55:
@@ -43,8 +43,12 @@ def random_value(rng: random.Random) -> str:
         )
         prefix = rng.choice((32, 32, 32, rng.randint(0, 32), rng.randint(20, 31)))
     elif kind < 0.9:
-        address = ipaddress.IPv6Address(rng.choice(V6_REGIONS) + rng.getrandbits(rng.choice((8, 16, 40))))
+        far = rng.getrandbits(128) & ~(0xFFFF << 112) | (0x2A00 << 112)  # anywhere in 2a00::/16: own 32-bit prefix
+        near = rng.choice(V6_REGIONS) + rng.getrandbits(rng.choice((8, 16, 40)))
+        address = ipaddress.IPv6Address(far if rng.random() < 0.1 else near)
         prefix = rng.choice((128, 128, 128, rng.randint(0, 128), rng.randint(100, 127), rng.randint(32, 64)))
+        if not wide_v6:
+            prefix = max(prefix, 33)  # no IPv6 range wider than a 32-bit bucket: the index's IPv6 prefilter is on
     else:  # a mapped range or address: must match the IPv4 addresses it covers
         address = ipaddress.IPv6Address((0xFFFF << 32) + rng.choice(V4_REGIONS) + rng.randrange(4096))
         prefix = rng.randint(96, 128)
@@ -100,12 +104,12 @@ class Reference:
         return {(row[5], row[6]) for row in live if (row[4], -row[3]) == best}
 
 
-def make_items(rng: random.Random, n: int) -> list[tuple[str, str, str, float]]:
+def make_items(rng: random.Random, n: int, wide_v6: bool) -> list[tuple[str, str, str, float]]:
     """(value, type, origin, expiry): CAPI decisions (own expiries), two blocklists (one type and expiry each), an
     allowlist (some entries forever)."""
     items: list[tuple[str, str, str, float]] = []
     for i in range(n):
-        value = random_value(rng)
+        value = random_value(rng, wide_v6)
         which = rng.random()
         if which < 0.7:
             items.append((value, rng.choice(TYPES), f"CAPI-{i % 3}", NOW + rng.choice((50, 200, 400, 3000))))
@@ -130,7 +134,8 @@ def make_state(items: list[tuple[str, str, str, float]]) -> State:
         elif origin.startswith("lists:"):
             lists.setdefault(origin, []).append(canon)
         else:
-            allow[canon] = None if expiry == float("inf") else expiry
+            prev = allow.get(canon, 0.0)  # one entry per value: the longest-lived (None: forever) as the reference
+            allow[canon] = None if prev is None or expiry == float("inf") else max(prev, expiry)
     # the reference must hold what the state holds: a repeated CAPI decision of one group keeps its longest expiry
     blocklists = {
         name: BlocklistState(
@@ -180,15 +185,16 @@ INVALID = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_engine_lookup_equals_the_reference(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "wide_v6"), [(1, True), (2, False)])
+def test_engine_lookup_equals_the_reference(seed: int, wide_v6: bool) -> None:
     rng = random.Random(seed)
-    items = make_items(rng, 3000)
+    items = make_items(rng, 3000, wide_v6)
     clock = Clock()
     engine = RemediationEngine(None, "memory://", clock=clock, sync_interval_ms=0)
     try:
         index = build_index(make_state(items), engine.policy, "v", NOW)
         assert index.ranges > 500 and index.decisions > 2500
+        assert (index.v6_prefixes is None) is wide_v6  # both IPv6 miss paths: with and without the prefilter
         reference = Reference(items, engine.policy)
         queries = probes(rng, items, 2000)
         assert len(queries) > 8000
