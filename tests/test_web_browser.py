@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from conftest import service_unavailable
+from conftest import require_module, service_unavailable
 from cscapi.remediation import RemediationEngine
 from cscapi.web import Bouncer, ProofOfWork
 from cscapi.web.asgi import BouncerMiddleware
@@ -221,7 +221,7 @@ def test_a_banned_browser_sees_the_ban_page(browser: Any) -> None:
 def test_the_image_captcha_in_a_browser(browser: Any) -> None:
     """The captcha for clients without JavaScript: the browser shows the rendered PNG, the visitor types the text
     (recovered by the test from the signed challenge, see test_web_image) and submits; it lands on its page."""
-    pytest.importorskip("captcha", reason="pip install 'cscapi[web-image]'")
+    require_module("captcha")
     from selenium.webdriver.common.by import By
 
     from cscapi.web import ImageCaptcha
@@ -268,3 +268,32 @@ def test_screenshots_of_the_walls(browser: Any, tmp_path: Path) -> None:
             assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
         finally:
             engine.close()
+
+
+def test_the_page_script_solves_a_challenge_with_and_without_webcrypto(browser: Any) -> None:
+    """The proof-of-work script with a minimal stand-in form, in the real Chromium: the bundled SHA-256 (no WebCrypto,
+    as on plain http off localhost) and WebCrypto both find an answer the server accepts."""
+    import hashlib
+
+    from cscapi.web.captcha import _POW_JS, leading_zero_bits
+
+    browser.set_script_timeout(DEADLINE)
+    engine = engine_with("ban")
+    try:
+        with Site(Bouncer(engine, secret_key=KEY)) as site:
+            browser.get(site.url("/"))  # http://127.0.0.1: a secure context, where WebCrypto exists
+    finally:
+        engine.close()
+    assert browser.execute_script("return !!(window.crypto && window.crypto.subtle)"), "no WebCrypto to compare with"
+    for subtle in ("undefined", "globalThis.crypto.subtle"):
+        harness = (
+            "var callback=arguments[arguments.length-1];(function(){"
+            "var answer={value:''};"
+            "var form={getAttribute:function(n){return {'data-salt':'salt-Ab9_','data-bits':'12'}[n]},"
+            "elements:{answer:answer},submit:function(){callback(answer.value)}};"
+            "var document={getElementById:function(i){return i==='cscapi-form'?form:null}};"
+            f"var window={{crypto:{{subtle:{subtle}}}}};" + _POW_JS + "})();"
+        )
+        answer = browser.execute_async_script(harness)
+        assert isinstance(answer, str) and answer.isdigit(), (subtle, answer)
+        assert leading_zero_bits(hashlib.sha256(f"salt-Ab9_{answer}".encode()).digest()) >= 12, subtle

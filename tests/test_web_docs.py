@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from conftest import require_module
 from cscapi.web import Walls
 from test_web_support import BANNED, CLEAN_IP, KEY, make_engine
 
@@ -113,7 +114,7 @@ def test_the_django_settings_snippet(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
 
 def test_every_django_check_id_is_documented() -> None:
-    pytest.importorskip("django")
+    require_module("django")
     from cscapi.web.django.checks import IDS
 
     text = DOC.read_text()

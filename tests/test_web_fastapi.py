@@ -11,6 +11,7 @@ from fastapi.responses import PlainTextResponse
 from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketDenialResponse
 
+from conftest import require_module
 from cscapi.web import Bouncer
 from cscapi.web.asgi import BouncerMiddleware
 from test_web_support import BANNED, CAPTCHA, CLEAN_IP, make_bouncer, make_engine
@@ -82,7 +83,7 @@ def test_websocket_routes_are_protected() -> None:
 
 
 def test_the_image_captcha_over_asgi() -> None:
-    pytest.importorskip("captcha", reason="pip install 'cscapi[web-image]'")
+    require_module("captcha")
     from test_web_image import solve_image_page
 
     solve_image_page(FastAPISite)

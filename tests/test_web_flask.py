@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from conftest import require_module
 from cscapi.errors import ConfigurationError
 from cscapi.web import Bouncer, ImageCaptcha, ProofOfWork
 from cscapi.web.flask import CrowdSec
@@ -166,7 +167,7 @@ def _engine() -> Any:
 def test_image_captcha_with_the_real_captcha_package() -> None:
     """The real ``captcha`` package renders a PNG; the answer (read from the signed challenge's digest by trying the
     test's candidates, never by OCR) is accepted."""
-    pytest.importorskip("captcha", reason="pip install 'cscapi[web-image]'")
+    require_module("captcha")
     from test_web_image import solve_image_page
 
     solve_image_page(FlaskSite, ImageCaptcha)

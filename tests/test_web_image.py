@@ -8,14 +8,13 @@ import itertools
 import re
 from typing import Any
 
-import pytest
-
+from conftest import require_module
 from cscapi.web import Bouncer, ImageCaptcha
 from cscapi.web._signing import Signer
 from cscapi.web.captcha import _ALPHABET
 from test_web_support import CAPTCHA, KEY, form_fields, make_bouncer, make_engine
 
-pytest.importorskip("captcha", reason="the image captcha needs pip install 'cscapi[web-image]'")
+require_module("captcha")
 
 
 def answer_of(page: str, key: str = KEY) -> str:
