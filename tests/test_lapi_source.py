@@ -118,6 +118,24 @@ def test_stream_filters_origins_and_scopes(lapi: Any, lapi_bouncer_key: str) -> 
         assert client.get_decisions(startup=True).new == []  # cscli's decisions are not from crowdsec
 
 
+def test_stream_scenario_and_origin_filters_on_the_real_engine(lapi: Any, lapi_bouncer_key: str) -> None:
+    """``scenarios_containing``, ``scenarios_not_containing`` and ``origins=["cscli"]`` each return their subset
+    (``cscli decisions add --reason`` is the decision's scenario)."""
+    lapi.add_decision(ip="192.0.2.161", duration="1h", reason="l4test/alpha-probe")
+    lapi.add_decision(ip="192.0.2.162", duration="1h", reason="l4test/beta-scan")
+
+    def values(**filters: Any) -> list[str]:
+        with LapiClient(lapi.base_url, api_key=lapi_bouncer_key, **filters) as client:
+            return sorted(d.value for d in client.get_decisions(startup=True).new)
+
+    assert values() == ["192.0.2.161", "192.0.2.162"]
+    assert values(scenarios_containing=["alpha"]) == ["192.0.2.161"]
+    assert values(scenarios_not_containing=["alpha"]) == ["192.0.2.162"]
+    assert values(scenarios_containing=["alpha", "beta"]) == ["192.0.2.161", "192.0.2.162"]
+    assert values(origins=["cscli"]) == ["192.0.2.161", "192.0.2.162"]
+    assert values(origins=["cscli"], scenarios_not_containing=["beta"]) == ["192.0.2.161"]
+
+
 # ---- live mode -------------------------------------------------------------------------------------------------
 
 
@@ -315,6 +333,53 @@ def test_usage_metrics_on_1_4_6_are_skipped_with_one_info_line(
             engine.close()
     lines = [r for r in caplog.records if "usage metrics" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelno == logging.INFO, [r.getMessage() for r in lines]
+
+
+def test_usage_metrics_are_posted_with_the_key_and_a_valid_body(lapi_spec: Any, validate_against: Any) -> None:
+    """A LAPI that takes usage metrics (1.4.7+) gets ``POST /v1/usage-metrics`` with ``X-Api-Key`` and an
+    ``AllMetrics`` body that fits the LAPI's swagger, counting the requests the engine saw."""
+    seen: list[Received] = []
+
+    def metrics(conn: Conn, request: Received) -> None:
+        seen.append(request)
+        conn.json(201, {})
+
+    with HostileServer() as srv:
+        _stream_route(srv, lambda c, r: c.json(200, {"new": [{**GOOD, "value": "192.0.2.171"}], "deleted": []}))
+        srv.route("/v1/usage-metrics", metrics)
+        with LapiClient(srv.url, api_key="metrics-key") as client:
+            engine = _engine(client)
+            try:
+                engine.refresh_decisions()
+                found = engine.get_ip_remediation("192.0.2.171")
+                engine.update_metrics_origins_count(found.origin, found.remediation)
+                engine.push_usage_metrics()
+            finally:
+                engine.close()
+    (request,) = seen
+    assert request.method == "POST" and request.headers["x-api-key"] == "metrics-key"
+    body = json.loads(request.body)
+    validate_against(lapi_spec, "AllMetrics", body)
+    (component,) = body["remediation_components"]
+    (window,) = component["metrics"]
+    dropped = [m for m in window["items"] if m["name"] == "dropped"]
+    assert dropped and dropped[0]["value"] == 1 and dropped[0]["labels"]["origin"] == found.origin
+
+
+def test_usage_metrics_404_stops_later_requests() -> None:
+    """A LAPI without the endpoint (404) is asked once: later pushes send nothing."""
+    with HostileServer() as srv:
+        _stream_route(srv, lambda c, r: c.json(200, {"new": [], "deleted": []}))
+        srv.route("/v1/usage-metrics", lambda c, r: c.json(404, {"message": "not found"}))
+        with LapiClient(srv.url, api_key="k") as client:
+            engine = _engine(client)
+            try:
+                engine.refresh_decisions()
+                for _ in range(3):
+                    engine.push_usage_metrics()
+            finally:
+                engine.close()
+        assert srv.count("/v1/usage-metrics") == 1
 
 
 # ---- async ---------------------------------------------------------------------------------------------------------
