@@ -41,7 +41,7 @@ from django.urls import re_path
 from django.views.decorators.csrf import csrf_exempt
 
 from cscapi.web import Bouncer
-from cscapi.web.django import get_bouncer
+from cscapi.web.django import get_bouncer, report_failed_login
 from web_framework_scenarios import SCENARIOS, RecordingBouncer, Resp, header_map
 
 RAN: list[str] = []
@@ -50,6 +50,8 @@ RAN: list[str] = []
 @csrf_exempt
 def page(request: HttpRequest) -> HttpResponse:
     RAN.append(request.path)
+    if request.path == "/login" and request.method == "POST":
+        report_failed_login(request)  # a wrong password (web_framework_scenarios.detectors_across_workers)
     if request.path.startswith("/missing/"):
         return HttpResponse("not found", status=404, content_type="text/plain")
     return HttpResponse(f"app {request.path}", content_type="text/plain")

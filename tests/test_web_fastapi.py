@@ -13,7 +13,7 @@ from starlette.testclient import WebSocketDenialResponse
 
 from conftest import require_module
 from cscapi.web import Bouncer
-from cscapi.web.asgi import BouncerMiddleware
+from cscapi.web.asgi import BouncerMiddleware, request_from_scope
 from test_web_support import BANNED, CAPTCHA, CLEAN_IP, make_bouncer, make_engine
 from web_framework_scenarios import SCENARIOS, Resp, header_map
 
@@ -30,6 +30,8 @@ def make_app(bouncer: Bouncer, ran: list[str]) -> FastAPI:
     @app.api_route("/{path:path}", methods=["GET", "POST"], response_class=PlainTextResponse)
     async def page(request: Request, path: str) -> str:
         ran.append(request.url.path)
+        if request.url.path == "/login" and request.method == "POST":  # a wrong password
+            bouncer.report_failed_login(request_from_scope(request.scope))
         return f"app {request.url.path}"
 
     app.add_middleware(BouncerMiddleware, bouncer=bouncer)

@@ -59,6 +59,8 @@ def make_app(ran: list[str]) -> Flask:
         from flask import request
 
         ran.append(request.path)
+        if request.path == "/login" and request.method == "POST":
+            CrowdSec().report_failed_login()  # a wrong password (web_framework_scenarios.detectors_across_workers)
         return f"app {request.path}"
 
     return app

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import require_module
 from cscapi.web import Bouncer
-from cscapi.web.asgi import ASGIApp, BouncerMiddleware, Receive, Scope, Send
+from cscapi.web.asgi import ASGIApp, BouncerMiddleware, Receive, Scope, Send, request_from_scope
 from test_web_support import BANNED, CAPTCHA, CLEAN_IP, make_bouncer, make_engine, solved_form
 from web_framework_scenarios import SCENARIOS, Resp, header_map
 
@@ -63,6 +63,8 @@ class LitestarSite:
         @route(["/", "/{rest:path}"], http_method=["GET", "POST"], status_code=200)
         async def page(request: Request[Any, Any, Any]) -> str:
             ran.append(request.url.path)
+            if request.url.path == "/login" and request.method == "POST":  # a wrong password
+                bouncer.report_failed_login(request_from_scope(request.scope))
             return f"app {request.url.path}"
 
         if self.wrap:
@@ -105,6 +107,8 @@ class QuartSite:
         @app.route("/<path:rest>", methods=["GET", "POST"])
         async def page(rest: str) -> str:
             self.ran.append(request.path)
+            if request.path == "/login" and request.method == "POST":  # a wrong password
+                bouncer.report_failed_login(request_from_scope(request.scope))
             return f"app {request.path}"
 
         app.asgi_app = BouncerMiddleware(app.asgi_app, bouncer=bouncer)  # type: ignore[method-assign]

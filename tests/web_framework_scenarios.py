@@ -1,9 +1,12 @@
 """The scenarios every framework adapter must pass (Flask, Django, FastAPI), each driven by the framework's own test
 client through a small :class:`Site` adapter: walls, ranges, IPv6, the captcha flow and its refusals, allowlist,
-exempt paths, proxies, JSON clients, fail-open and fail-closed. A test module gives ``build(bouncer) -> Site``."""
+exempt paths, proxies, JSON clients, fail-open and fail-closed, detectors across workers. A test module gives
+``build(bouncer) -> Site``; its application answers every path, and ``POST /login`` reports a failed login through the
+framework's own helper."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -272,6 +275,55 @@ def a_lookup_that_raises(build: Build) -> None:
         engine.close()
 
 
+LOGIN_SCENARIO = "acme/login-bf"
+DETECTOR_MACHINE = "d" * 48
+ATTACKER = "203.0.113.66"
+
+
+def detectors_across_workers(build: Build) -> None:
+    """Failed logins reported in worker A through the framework's own helper (each test app's ``POST /login`` calls
+    it) overflow a bucket in the shared SQLite store: worker B, a second engine on that store, remediates the IP after
+    its sync, and one signal is queued in the SQL queue."""
+    from cscapi.models import Machine
+    from cscapi.sql_storage import SQLStorage
+    from cscapi.web.detect import Detectors, failed_login
+
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{tmp}/decisions.db"
+        queue = SQLStorage(f"sqlite:///{tmp}/queue.db")
+        queue.update_or_create_machine(Machine(machine_id=DETECTOR_MACHINE, password="p" * 32))
+        a = RemediationEngine(None, uri, sync_interval_ms=0)
+        b = RemediationEngine(None, uri, sync_interval_ms=0)
+        detectors = Detectors(
+            a,
+            [failed_login(LOGIN_SCENARIO, capacity=3, leak_speed=3600, duration=3600)],
+            signals=queue,
+            allowed_scenarios=[LOGIN_SCENARIO],
+            failed_login=LOGIN_SCENARIO,
+            machine_id=DETECTOR_MACHINE,
+        )
+        try:
+            assert detectors.buckets == "shared"
+            worker_a = build(make_bouncer(a, detectors=detectors))
+            for _ in range(4):  # capacity 3: the 4th failure overflows
+                assert worker_a.post(ATTACKER, "/login", {"user": "admin", "password": "nope"}).status == 200
+            assert detectors.flush()  # what the background thread does within flush_interval
+            assert detectors.counters.overflows == 1
+            worker_b = build(make_bouncer(b))
+            b.sync()  # what its sync thread does within sync_interval_ms
+            assert b.get_ip_remediation(ATTACKER).origin == "local"
+            assert worker_b.get(ATTACKER, "/").status == 403
+            assert worker_b.get(CLEAN_IP, "/").status == 200
+            (signal,) = queue.get_signals(100)
+            assert signal.scenario == LOGIN_SCENARIO and signal.source.value == ATTACKER
+            assert signal.machine_id == DETECTOR_MACHINE
+        finally:
+            detectors.close()
+            a.close()
+            b.close()
+            queue.close() if hasattr(queue, "close") else None
+
+
 SCENARIOS: dict[str, Callable[[Build], None]] = {
     f.__name__: f
     for f in (
@@ -285,6 +337,7 @@ SCENARIOS: dict[str, Callable[[Build], None]] = {
         one_forwarding_header,
         fail_open_and_closed,
         a_lookup_that_raises,
+        detectors_across_workers,
     )
 }
 
