@@ -21,8 +21,3 @@ def load_capi_spec() -> dict[str, Any]:
 def load_lapi_spec() -> dict[str, Any]:
     """The LAPI swagger, whose ``AllMetrics`` model CAPI's ``/v3/usage-metrics`` takes."""
     return dict(json.loads(resources.files(__name__).joinpath("lapi.json").read_text("utf-8")))
-
-
-def definition_schema(spec: dict[str, Any], name: str) -> dict[str, Any]:
-    """A JSON schema for one swagger definition, with the spec's definitions attached for ``$ref``."""
-    return {"$ref": f"#/definitions/{name}", "definitions": spec["definitions"]}

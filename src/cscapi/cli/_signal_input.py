@@ -47,7 +47,6 @@ FLAT_FIELDS = (
     "as_name",
     "cn",
 )
-FORMATS = ("jsonl", "csv")
 #: Namespace of the uuids derived from a line's content (uuid5), so that re-adding a file is idempotent.
 LINE_UUID_NAMESPACE = uuid.UUID("5f0c1d2e-6a3b-5c4d-8e9f-0a1b2c3d4e5f")
 

@@ -15,9 +15,8 @@ from typing import Any
 import jsonschema
 
 from cscapi._spec import load_capi_spec, load_lapi_spec
-from cscapi.emulator.jsonlimits import loads_limited
 
-__all__ = ["BodyValidator", "compile_schema", "drop_nulls", "loads_without_nulls", "validator_for"]
+__all__ = ["BodyValidator", "compile_schema", "drop_nulls", "validator_for"]
 
 _MAX_REPORTED = 10
 
@@ -34,11 +33,6 @@ def _inline(node: Any, definitions: dict[str, Any], stack: tuple[str, ...] = ())
     if isinstance(node, list):
         return [_inline(v, definitions, stack) for v in node]
     return node
-
-
-def loads_without_nulls(raw: bytes | str) -> Any:
-    """``json.loads`` dropping ``null`` object members as it parses; nesting bounded (``JSONTooDeep``)."""
-    return loads_limited(raw, drop_null=True)
 
 
 def drop_nulls(value: Any) -> Any:

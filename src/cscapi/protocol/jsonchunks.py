@@ -1,9 +1,9 @@
 """Parse a large JSON document in many short C calls instead of one long ``json.loads``.
 
-``json.loads`` holds the GIL for the whole document (~60-80 ms for a 100k-decision stream), so even in a worker thread
-it stalls the event loop that long. :func:`loads_in_pieces` walks the outer containers in Python and hands the C
-scanner either one value or a batch of array elements of about ``budget`` characters at a time; the GIL can change
-hands between calls. The result equals ``json.loads`` (same values, same errors as ``ValueError``).
+``json.loads`` holds the GIL for the whole document (tens of milliseconds for a large stream: docs/benchmarks.md), so
+even in a worker thread it stalls the event loop that long. :func:`loads_in_pieces` walks the outer containers in
+Python and hands the C scanner either one value or a batch of array elements of about ``budget`` characters at a time;
+the GIL can change hands between calls. The result equals ``json.loads`` (same values, same errors as ``ValueError``).
 
 Why a batch is safe: a batch is the text between an element's start and a candidate separator (``},{``...), parsed as
 ``[...]``. The scanner starts in the state the full parse has there (outside any string, at the array's depth), so if
