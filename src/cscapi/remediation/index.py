@@ -98,7 +98,7 @@ class Index:
 
     __slots__ = (
         "decisions", "exact", "fast", "horizon", "last_pull", "memo", "ranges", "v4_buckets", "v4_wide",
-        "v6_buckets", "v6_exact", "v6_prefixes", "v6_wide", "version",
+        "v6_buckets", "v6_exact", "v6_wide", "version",
     )  # fmt: skip
 
     def __init__(
@@ -119,11 +119,6 @@ class Index:
         if starts and starts[0] != bytes(4):  # the wide intervals start at 0.0.0.0: a bisect never lands before them
             self.v4_wide = ([bytes(4), *starts], [None, *values])
         self.v6_buckets, self.v6_wide = v6
-        # the first 32 bits of every IPv6 key and range bucket: an IPv6 miss elsewhere costs one probe, not two (None
-        # when wide IPv6 ranges exist: then any prefix may be covered)
-        self.v6_prefixes: frozenset[bytes] | None = (
-            None if self.v6_wide[0] else frozenset([*self.v6_buckets, *(k[:4] for k in self.v6_exact)])
-        )
         # answers of the costly slow paths (IPv6, IPv4-mapped forms) by raw string, bounded; a new index starts empty
         self.memo: dict[str, Entries] = {}
         self.version = version
@@ -196,9 +191,6 @@ class Index:
             if entries is None:
                 entries = _in_ranges(self.v4_buckets, self.v4_wide, packed, 2)
         else:
-            prefixes = self.v6_prefixes
-            if prefixes is not None and packed[:4] not in prefixes:
-                return None
             entries = self.v6_exact.get(packed)  # any spelling of an IPv6 address: its packed form is the key
             if entries is None:
                 bucket = self.v6_buckets.get(packed[:4])
