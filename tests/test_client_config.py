@@ -266,6 +266,19 @@ def test_a_batch_size_outside_1_to_250_is_refused_by_every_config_naming_the_lim
             load_settings(env={"CSCAPI_BATCH_SIZE": str(size), "HOME": "/nonexistent"})
 
 
+@pytest.mark.parametrize("size", [0, 251, 5000])
+def test_the_cli_settings_refuse_a_batch_size_with_the_one_rule_s_message(size: int) -> None:
+    """The ``batch_size`` Setting had its own 1-250 bounds, so the CLI said "between 1 and 250" before the shared
+    check ran: now its message is CAPIClientConfig's (plus where the value came from)."""
+    from cscapi.settings import load_settings
+
+    with pytest.raises(ConfigurationError) as by_client:
+        CAPIClientConfig(SCEN, batch_size=size)
+    with pytest.raises(ConfigurationError) as by_settings:
+        load_settings(env={"CSCAPI_BATCH_SIZE": str(size), "HOME": "/nonexistent"})
+    assert by_settings.value.message.startswith(by_client.value.message.rstrip("."))
+
+
 def test_the_limits_every_layer_uses_are_the_protocol_module_s() -> None:
     """The URLs and limits have one home, ``cscapi.limits``; the legacy and public names are the same values."""
     import cscapi.client

@@ -492,9 +492,7 @@ SETTINGS: tuple[Setting, ...] = (
         "int",
         50,
         f"Signals per POST (1 to {MAX_BATCH}; CrowdSec's engine sends 50).",
-        low=1,
-        high=MAX_BATCH,
-        check=check_batch_size,
+        check=check_batch_size,  # no low/high here: the one rule's message (naming CAPI's limit) is the one shown
     ),
     Setting(
         "health_port",
