@@ -427,9 +427,12 @@ class Agent:
     :class:`cscapi.remediation.RemediationEngine` built on it (no engine: no decision refresh). ``machine_id`` is the
     machine used for metrics (default: ``client.default_machine_id()``).
 
-    Why this size: one loop and its state (stop and abandon deadlines, the worker thread and its lease keeper, the
-    store-loss check, each job's retry delay) shared by its jobs (push, refresh, metrics, prune) and the health
-    report; the job bodies are short calls into the client and the engine.
+    Why this size: the public surface is the per-job API (``push_once``, ``lapi_push_once``, ``refresh_once``,
+    ``metrics_once``, ``prune_once``, ``run_once``, ``health``, ``health_line``; docs/cli.md shows ``run_once``) on
+    top of one loop whose state every job reads and writes under the same rules: the CAPI ban that holds the CAPI
+    jobs, the stop and abandon deadlines, the worker thread and its lease keeper, the store-loss check, each job's
+    retry delay and last result, which ``health`` reports. The job bodies are 10-35 lines each; moving them to a
+    module would leave them taking the agent for that shared state, so they stay methods.
     """
 
     def __init__(
