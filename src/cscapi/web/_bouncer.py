@@ -23,6 +23,7 @@ __all__ = ["Bouncer", "BouncerCounters", "Decision", "Reason", "Request", "Respo
 logger = logging.getLogger("cscapi.web")
 
 _COOKIE_PURPOSE = "cscapi-pass"
+_CHALLENGE_PURPOSE = "cscapi-challenge"  # captcha.py's signed challenge token
 _KNOWN = ("ban", "captcha", "bypass")
 _PATH_SAFE = "/:@!$&'()*+,;=~-._"
 _QUERY_SAFE = _PATH_SAFE + "?%"
@@ -336,6 +337,9 @@ class Bouncer:
         self._peers: dict[str, str | None] = {}
         if detectors is not None and not callable(getattr(detectors, "observe_status", None)):
             raise ConfigurationError("detectors must be a cscapi.web.detect.Detectors")
+        store = getattr(engine, "store", None)
+        self._shared_store: Any = store if getattr(store, "shared", False) is True else None
+        """The engine's store when shared by workers (SQLite, Redis): solved challenge ids are recorded there."""
         self.detectors = detectors
         """The :class:`cscapi.web.detect.Detectors` fed by ``report``/``report_failed_login``/the 404 hook, or None."""
 
@@ -693,6 +697,8 @@ class Bouncer:
         if early is not None:
             return early
         ok = self.captcha.verify(self._context(ip, "en", ""), form)
+        if ok and self._shared_store is not None:
+            ok = self._claim_across_workers(form)
         return self._after_solve(request, ok, target, ip)
 
     async def asolve(self, request: Request, body: bytes) -> Response:
@@ -701,10 +707,34 @@ class Bouncer:
         if early is not None:
             return early
         ok = await self.captcha.averify(self._context(ip, "en", ""), form)
+        if ok and self._shared_store is not None:
+            import asyncio
+
+            ok = await asyncio.to_thread(self._claim_across_workers, form)  # store I/O: off the event loop
         if not ok:
             self.counters.captcha_failed += 1
             return await self._achallenge(request, ip, error=True)
         return self._after_solve(request, ok, target, ip)
+
+    def _claim_across_workers(self, form: Mapping[str, str]) -> bool:
+        """True the first time any worker sharing the engine's store accepts this (already verified) challenge id:
+        one atomic store operation (a leaky bucket of capacity 0 whose blackhole lasts until the challenge expires:
+        the first pour overflows, every later one is ignored). A store error accepts it (this process's own single-use
+        check still applies), counted and warned about."""
+        fields = self._signer.unsign(_CHALLENGE_PURPOSE, form.get("cscapi_challenge", ""))
+        if fields is None or len(fields) < 3:
+            return False
+        now = self._clock()
+        try:
+            keep = max(1.0, float(fields[2]) - now + 1.0)
+            store = self._shared_store
+            return bool(store.leak_bucket(f"challenge:{fields[1]}", 0, 0.0, keep, now))
+        except Exception as exc:
+            self.counters.store_unavailable += 1
+            self._warn_store(
+                "could not record a solved challenge in the shared store (%s): accepted", type(exc).__name__
+            )
+            return True
 
     def __repr__(self) -> str:
         return (
