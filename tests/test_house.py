@@ -125,7 +125,7 @@ def test_no_module_level_transport_hook() -> None:
 
 # ---- sync and async twins --------------------------------------------------------------------------------------------
 
-_ASYNC_ONLY = {"aclose", "__aenter__", "__aexit__"}
+_ASYNC_ONLY = {"aclose", "aready", "__aenter__", "__aexit__"}  # aready: require_ready off the loop (async engine)
 _SYNC_ONLY = {"__enter__", "__exit__"}  # the async engine keeps no sync context manager
 
 
