@@ -165,6 +165,26 @@ async def test_async_live_against_real_lapi(lapi: Any, lapi_bouncer_key: str) ->
         await client.aclose()
 
 
+@pytest.mark.anyio
+async def test_async_live_lookup_keeps_local_decisions(lapi: Any, lapi_bouncer_key: str) -> None:
+    """``await lookup_ip_remediation`` answers like ``get_ip_remediation``: a local ban on an IP that LAPI says is
+    clean still bans (it used to return LAPI's bypass), and a LAPI ban on another IP is still seen."""
+    lapi.add_decision(ip="192.0.2.177", type="ban", duration="1h")
+    client = AsyncLapiClient(lapi.base_url, api_key=lapi_bouncer_key, mode="live")
+    engine = AsyncRemediationEngine(client, "memory://")
+    try:
+        engine.add_local_decision("192.0.2.176", "ban", 600.0, scenario="me/brute")
+        local = await engine.lookup_ip_remediation("192.0.2.176")
+        assert (local.remediation, local.origin) == ("ban", "local")
+        assert (await engine.lookup_ip_remediation("192.0.2.176")).origin == "local"  # cached clean: still local
+        remote = await engine.lookup_ip_remediation("192.0.2.177")
+        assert (remote.remediation, remote.origin) == ("ban", "cscli")
+        assert (await engine.lookup_ip_remediation("198.51.100.177")).remediation == "bypass"
+    finally:
+        await engine.aclose()
+        await client.aclose()
+
+
 @pytest.fixture(params=["memory", "sqlite", "redis"])
 def cache_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     from cscapi.remediation import open_store

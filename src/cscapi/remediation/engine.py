@@ -782,12 +782,21 @@ class AsyncRemediationEngine(_EngineBase[AsyncDecisionSource | None]):
         """:meth:`get_ip_remediation`, but a live-mode miss awaits the source's answer (off the loop's thread for
         store calls; concurrent misses on one IP share one lookup). Stream mode: the same I/O-free answer."""
         live = self.live
-        if live is None:
-            return self.get_ip_remediation(ip)
-        hit = live.cached(ip, self._clock())
-        if hit is not None:
-            return hit  # type: ignore[no-any-return]
-        return await live.fetch(ip, lambda: run_async(live.flow(ip), clocks=self._clocks()))  # type: ignore[no-any-return]
+        if live is None or live.cached(ip, self._clock()) is not None or not self._asks_live_source(ip):
+            return self.get_ip_remediation(ip)  # the index, the local decisions and the cache: no I/O
+        fetched: Remediation = await live.fetch(ip, lambda: run_async(live.flow(ip), clocks=self._clocks()))
+        if live.cached(ip, self._clock()) is None:  # an answer not cached (the source failed: the fallback)
+            local = self._local
+            return local.answer(ip, fetched) if local.entries else fetched
+        return self.get_ip_remediation(ip)  # the fetched answer is cached now: merged with the local decisions
+
+    def _asks_live_source(self, ip: str) -> bool:
+        """True when :meth:`get_ip_remediation` would miss the index and ask the live source (as ``_lookup`` does)."""
+        idx = self._index
+        try:
+            return idx.fast.get(ip) is None and idx.lookup_slow(ip) is None
+        except (TypeError, ValueError):
+            return False  # not an address: get_ip_remediation raises InvalidIPError
 
     async def refresh_decisions(self, force: bool = False) -> RefreshReport:
         """See :meth:`RemediationEngine.refresh_decisions`."""
