@@ -201,8 +201,7 @@ def test_engine_lookup_equals_the_reference(seed: int, wide_v6: bool) -> None:
         covering = {ip: reference.covering(ip) for ip in queries}
         engine._renewing = True  # no background horizon renewal: each pass below runs the path it says
         # without a horizon (every hit reads its expiries), then with one (hits before it answer without reading
-        # them, after it through the full entries); before any expiry, after the first ones, after most. The
-        # second pass shares the first's slow-path memo, so remembered answers are checked too.
+        # them, after it through the full entries); before any expiry, after the first ones, after most.
         for installed in (index, index.with_horizon(NOW)):
             engine._index = installed
             for now in (NOW, NOW + 150, NOW + 450, NOW + 5000):
