@@ -216,3 +216,40 @@ def test_engine_lookup_equals_the_reference(seed: int, wide_v6: bool) -> None:
                 engine.get_ip_remediation(bad)  # type: ignore[arg-type]
     finally:
         engine.close()
+
+
+def test_local_decisions_win_on_every_lookup_path() -> None:
+    """A local ban outranks the index's captcha on every path of the inlined lookup: a hit before the horizon (bare
+    answer or full entries), a hit past it or with no horizon, a mapped or expanded spelling, a range hit, a miss; a
+    CAPI ban keeps winning over a local captcha until it expires."""
+    items = [
+        ("10.0.0.1", "captcha", "CAPI", NOW + 3600),  # outlives the horizon: the fast map holds the bare answer
+        ("10.0.0.2", "captcha", "CAPI", NOW + 60),  # expires before it: the fast map holds the entries
+        ("10.1.0.0/16", "captcha", "CAPI", NOW + 3600),
+        ("2001:db8::1", "captcha", "CAPI", NOW + 3600),
+        ("10.0.0.3", "ban", "CAPI", NOW + 3600),
+    ]
+    clock = Clock()
+    engine = RemediationEngine(None, "memory://", clock=clock, sync_interval_ms=0)
+    try:
+        index = build_index(make_state(items), engine.policy, "v", NOW)
+        engine._renewing = True  # no background horizon renewal: each pass runs the path it says
+        for ip in ("10.0.0.1", "10.0.0.2", "10.1.2.3", "2001:db8::1", "10.9.9.9", "2001:db8::9"):
+            engine.add_local_decision(ip, "ban", 10_000)
+        engine.add_local_decision("10.0.0.3", "captcha", 10_000)
+        queries = [
+            "10.0.0.1", "::ffff:10.0.0.1", "10.0.0.2", "::FFFF:10.0.0.2", "10.1.2.3", "::ffff:10.1.2.3",
+            "2001:db8::1", "2001:0db8:0:0:0:0:0:1", "10.9.9.9", "2001:db8::9",
+        ]  # fmt: skip
+        for installed in (index, index.with_horizon(NOW)):
+            engine._index = installed
+            for now in (NOW, NOW + 120, NOW + 5000):
+                clock.now = now
+                for ip in queries:
+                    got = engine.get_ip_remediation(ip)
+                    assert (got.remediation, got.origin) == ("ban", "local"), (ip, now, installed.horizon)
+                got = engine.get_ip_remediation("10.0.0.3")
+                expected = ("captcha", "local") if now > NOW + 3600 else ("ban", "CAPI")
+                assert (got.remediation, got.origin) == expected, (now, installed.horizon, got)
+    finally:
+        engine.close()
