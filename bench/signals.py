@@ -119,6 +119,8 @@ def run_legacy(base_url: str, db_url: str, count: int, single: int, timeout: flo
         timeout=timeout,
         check=False,
         cwd=tempfile.gettempdir(),
+        # the legacy venv's own cscapi 0.7.0, never ours: a PYTHONPATH pointing at this tree would shadow it
+        env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")},
     )
     if completed.returncode != 0:
         raise RuntimeError(f"legacy run failed: {completed.stderr[-2000:]}")
@@ -227,6 +229,11 @@ def main() -> int:
                         else:
                             result = run_legacy(emu.base_url, db_url, args.count, single, args.legacy_timeout)
                         result["received"] = received(emu.admin, result["machine_id"])
+                        if result["received"] != args.count:  # a run that lost or skipped signals measures nothing
+                            raise SystemExit(
+                                f"[{backend}] {who}: the emulator received {result['received']:,} of "
+                                f"{args.count:,} signals: the figures of this run would be meaningless"
+                            )
                         runs[who].append(result)
                     finally:
                         if pg_name:
