@@ -101,6 +101,26 @@ def check_deadline(value: object) -> float:
     )
 
 
+CACHE_DURATION_MIN = 1
+CACHE_DURATION_MAX = 86400
+
+
+def check_cache_duration(name: str, value: object) -> float:
+    """A LAPI live-mode cache duration (``bad_ip_cache_duration``, ``clean_ip_cache_duration``): 1 to 86400 seconds,
+    the one rule for ``LapiClient`` and the settings."""
+    if (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and CACHE_DURATION_MIN <= value <= CACHE_DURATION_MAX
+    ):
+        return float(value)
+    raise ConfigurationError(
+        f"{name} must be a number of seconds from {CACHE_DURATION_MIN} to {CACHE_DURATION_MAX}, not {_short(value)}.",
+        hint="It is how long a live-mode LAPI answer about an IP stays cached (docs/lapi.md).",
+    )
+
+
 def check_byte_cap(name: str, value: object) -> int:
     """A decompressed size cap (``max_stream_bytes``, ``max_link_bytes``): a whole number of bytes, at least 1."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:

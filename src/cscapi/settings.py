@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from cscapi._validators import (
     check_batch_size,
     check_byte_cap,
+    check_cache_duration,
     check_deadline,
     check_machine_id_prefix,
     check_max_retries,
@@ -573,6 +574,7 @@ SETTINGS: tuple[Setting, ...] = (
         "float",
         120.0,
         "Live mode: seconds a LAPI decision on an IP stays cached (or its remaining time, if shorter).",
+        check=lambda v: check_cache_duration("bad_ip_cache_duration", v),
         low=1,
         high=86400,
     ),
@@ -582,6 +584,7 @@ SETTINGS: tuple[Setting, ...] = (
         "float",
         60.0,
         "Live mode: seconds a clean LAPI answer for an IP stays cached.",
+        check=lambda v: check_cache_duration("clean_ip_cache_duration", v),
         low=1,
         high=86400,
     ),

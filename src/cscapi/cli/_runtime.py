@@ -117,6 +117,12 @@ def open_client(settings: Settings, storage: Any, **overrides: Any) -> CAPIClien
     return CAPIClient(storage, client_config(settings, **overrides))
 
 
+def _lapi_limits(settings: Settings, *names: str) -> dict[str, Any]:
+    """The transport limits (``deadline``, ``max_stream_bytes``) set in the settings, for a LAPI client or watcher;
+    a limit left at its CAPI-sized default keeps the LAPI classes' own default (30 s: a local engine answers fast)."""
+    return {name: getattr(settings, name) for name in names if settings.source(name) != "default"}
+
+
 def open_lapi_client(settings: Settings, **overrides: Any) -> LapiClient:
     """A ``LapiClient`` (a decision source) from the ``[source]`` settings: API key or TLS client certificate."""
     from cscapi.lapi import LapiClient
@@ -144,6 +150,7 @@ def open_lapi_client(settings: Settings, **overrides: Any) -> LapiClient:
         "refresh_interval": settings.lapi_refresh_interval,
         "bad_ip_cache_duration": settings.bad_ip_cache_duration,
         "clean_ip_cache_duration": settings.clean_ip_cache_duration,
+        **_lapi_limits(settings, "deadline", "max_stream_bytes"),
     }
     options.update(overrides)
     return LapiClient(settings.lapi_url, **options)
@@ -172,6 +179,7 @@ def open_lapi_watcher(settings: Settings, storage: Any, **overrides: Any) -> Any
         "ca": settings.lapi_ca or None,
         "user_agent_prefix": settings.user_agent_prefix,
         "timeout": settings.timeout,
+        **_lapi_limits(settings, "deadline"),
     }
     options.update(overrides)
     return LapiWatcher(settings.lapi_url, storage, **options)

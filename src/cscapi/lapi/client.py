@@ -15,7 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cscapi._validators import check_deadline, check_max_retries, check_timeout, check_user_agent_prefix
+from cscapi._validators import (
+    check_cache_duration,
+    check_deadline,
+    check_max_retries,
+    check_timeout,
+    check_user_agent_prefix,
+)
 from cscapi._version import __version__
 from cscapi.errors import CAPIError, ConfigurationError, NotFoundError
 from cscapi.lapi.geoip import CountryDatabase, expand_countries
@@ -150,14 +156,11 @@ class _LapiCore:
         if mode not in ("stream", "live"):
             raise ConfigurationError(f"mode must be 'stream' or 'live' (got {mode!r}).")
         timeout, deadline, max_retries = check_transport_options(user_agent_prefix, timeout, deadline, max_retries)
-        checked = (
-            ("refresh_interval", refresh_interval),
-            ("bad_ip_cache_duration", bad_ip_cache_duration),
-            ("clean_ip_cache_duration", clean_ip_cache_duration),
-        )
-        for name, value in checked:
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ConfigurationError(f"{name} must be a number of seconds > 0 (got {value!r}).")
+        interval = refresh_interval
+        if not isinstance(interval, (int, float)) or isinstance(interval, bool) or not interval > 0:
+            raise ConfigurationError(f"refresh_interval must be a number of seconds > 0 (got {refresh_interval!r}).")
+        bad_ip_cache_duration = check_cache_duration("bad_ip_cache_duration", bad_ip_cache_duration)
+        clean_ip_cache_duration = check_cache_duration("clean_ip_cache_duration", clean_ip_cache_duration)
         for name, cap in (("max_stream_bytes", max_stream_bytes), ("max_response_bytes", max_response_bytes)):
             if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1024:
                 raise ConfigurationError(f"{name} must be an int of at least 1024 bytes (got {cap!r}).")
