@@ -1,8 +1,11 @@
 """The LAPI client and watcher the CLI builds get the ``deadline`` and size caps from the settings (a dripping LAPI is
-cut), and the live-mode cache durations follow one rule (1 to 86400 s) in ``LapiClient`` and in the settings."""
+cut), the live-mode cache durations follow one rule (1 to 86400 s) in ``LapiClient`` and in the settings, and
+`signals add --to lapi` needs no CAPI machine."""
 
 from __future__ import annotations
 
+import json
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -81,3 +84,26 @@ def test_cli_deadline_cuts_a_dripping_lapi(cli_env: CliEnv) -> None:
     assert result.exit_code != 0, result.output
     assert elapsed < 25, elapsed
     assert "deadline" in result.output.lower() or "deadline" in str(result.exception).lower(), result.output
+
+
+def test_signals_add_to_lapi_needs_no_capi_machine(cli_env: CliEnv, lapi: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`signals add --to lapi` with no CAPI machine registered queues the signal; `signals push --to lapi` delivers it
+    to the real engine as the [source] watcher; `--to capi` still asks for a CAPI machine."""
+    machine, password = lapi.add_machine(f"w{secrets.token_hex(6)}")
+    monkeypatch.setenv("CSCAPI_LAPI_URL", lapi.base_url)
+    monkeypatch.setenv("CSCAPI_LAPI_MACHINE_ID", machine)
+    monkeypatch.setenv("CSCAPI_LAPI_PASSWORD", password)
+    add = ["signals", "add", "--ip", "203.0.113.71", "--scenario", "crowdsecurity/ssh-bf", "--decision", "ban"]
+    result = cli_env.invoke([*add, "--to", "lapi", "--json"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert json.loads(result.stdout)["queued"] == 1
+    with SQLStorage(f"sqlite:///{cli_env.data_dir / 'cscapi.db'}") as storage:
+        assert storage.count_signals(destination="lapi").queued == 1
+        assert storage.list_machines() == []
+    pushed = cli_env.invoke(["signals", "push", "--to", "lapi", "--json"])
+    assert pushed.exit_code == 0, (pushed.output, pushed.exception)
+    assert json.loads(pushed.stdout)["sent"] == 1
+    alerts = [a for a in lapi.alerts() if a["source"]["value"] == "203.0.113.71"]
+    assert [a["scenario"] for a in alerts] == ["crowdsecurity/ssh-bf"]
+    capi = cli_env.invoke([*add, "--to", "capi"])
+    assert capi.exit_code == 2 and "machines register" in capi.output, capi.output

@@ -200,6 +200,19 @@ def stored_machine_id(settings: Settings, storage: Any, *, secrets: bool = True)
     return ids[0] if ids else None
 
 
+def lapi_signal_machine_id(settings: Settings) -> str:
+    """The machine id of signals queued for the LAPI only: ``lapi_machine_id`` when it is a 48-character id, else one
+    derived from it (or from ``lapi_url`` with a client certificate). The watcher pushes them under its own login, so
+    no CAPI machine is needed."""
+    from cscapi.machines import is_valid_machine_id
+    from cscapi.utils import generate_machine_id_from_key
+
+    name = str(settings.lapi_machine_id or "")
+    if name and is_valid_machine_id(name):
+        return name
+    return generate_machine_id_from_key(f"lapi-watcher:{name or settings.lapi_url or 'tls'}")
+
+
 def require_machine_id(settings: Settings, storage: Any, *, secrets: bool = True) -> str:
     """Like :func:`stored_machine_id`, but a ``ConfigurationError`` saying what to do when there is none.
 

@@ -86,7 +86,7 @@ def add(
     File lines (JSON lines shown; CSV uses the same names as header columns, context.KEY for context):
       {"ip": "203.0.113.7", "scenario": "crowdsecurity/ssh-bf", "decision": "ban", "duration": "4h"}
     """
-    from cscapi.cli._runtime import require_machine_id, session
+    from cscapi.cli._runtime import lapi_signal_machine_id, require_machine_id, session
     from cscapi.errors import ValidationError
 
     if path and (ip or scenario or decision_type or duration or message or created_at or contexts):
@@ -102,7 +102,10 @@ def add(
     destinations = ("capi", "lapi") if to == "both" else (to,) if to else tuple(settings.signal_destinations)
     # Queuing needs no secret: the machine is looked up without decrypting its password (no CSCAPI_STORAGE_KEY needed).
     with session(settings) as (storage, client):
-        machine_id = require_machine_id(settings, storage, secrets=False)
+        if "capi" in destinations:
+            machine_id = require_machine_id(settings, storage, secrets=False)
+        else:  # only the LAPI: its watcher pushes them under its own login, no CAPI machine needed
+            machine_id = lapi_signal_machine_id(settings)
         if path:
             from cscapi.cli import _signal_input as reader
 
