@@ -196,7 +196,8 @@ def cscapi_errors() -> list[checks.CheckMessage]:
         ({"DECISION_STORE": "redis://127.0.0.1:1/0", "FORWARDED_HEADER": "true-client-ip"}, "cscapi.E004", "one of"),
         ({"DECISION_STORE": "redis://127.0.0.1:1/0", "CAPTCHA": "sudoku"}, "cscapi.E005", "'sudoku' is unknown"),
         ({"DECISION_STORE": "redis://127.0.0.1:1/0", "FAIL_OPN": False}, "cscapi.E006", "FAIL_OPN"),
-        ({"BOUNCER": "os.getcwd"}, "cscapi.E008", "not a cscapi.web.Bouncer"),
+        ({"BOUNCER": "os.sep"}, "cscapi.E008", "not a cscapi.web.Bouncer"),
+        ({"BOUNCER": f"{__name__}.not_a_bouncer_factory"}, "cscapi.E008", "not a cscapi.web.Bouncer"),
         ({"BOUNCER": "no.such.module"}, "cscapi.E001", "cannot be read"),
     ],
 )
@@ -333,6 +334,24 @@ def bouncer_factory() -> Bouncer:
     engine = make_engine()
     FACTORY_ENGINES.append(engine)
     return make_bouncer(engine)
+
+
+def not_a_bouncer_factory() -> str:
+    """A BOUNCER factory whose annotation says it builds no Bouncer (cscapi.E008 without calling it)."""
+    raise AssertionError("the system checks must not call a BOUNCER factory")
+
+
+def test_system_checks_build_no_engine_from_a_factory() -> None:
+    """Running the checks (twice) calls no BOUNCER factory: no engine is built, no store left open."""
+    before = len(FACTORY_ENGINES)
+    try:
+        with override_settings(CSCAPI={"BOUNCER": f"{__name__}.bouncer_factory"}):
+            assert cscapi_errors() == []
+            assert cscapi_errors() == []
+            assert len(FACTORY_ENGINES) == before
+    finally:
+        for engine in FACTORY_ENGINES[before:]:
+            engine.close()
 
 
 def test_bouncer_as_a_dotted_path_to_a_factory() -> None:

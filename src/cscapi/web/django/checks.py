@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 from django.conf import settings
@@ -36,13 +37,27 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     if getattr(settings, "CSCAPI", None) is None:
         return [Error("settings.CSCAPI is missing", hint="Add CSCAPI = {'DECISION_STORE': ...}.", id=IDS["settings"])]
     try:
-        found = settings_dict()
+        found = settings_dict(build=False)  # a BOUNCER factory is not called: a check must not build an engine
     except Exception as exc:  # a non-dict, or a BOUNCER path that does not import
         return [Error(f"settings.CSCAPI cannot be read: {exc}", hint=_HINT, id=IDS["settings"])]
     if "bouncer" in found:
-        if isinstance(found["bouncer"], Bouncer):
+        if isinstance(found["bouncer"], Bouncer) or _builds_a_bouncer(found["bouncer"]):
             return []
         return [Error("CSCAPI['BOUNCER'] is not a cscapi.web.Bouncer", hint=_HINT, id=IDS["bouncer"])]
     return [
         Error(text, hint=_HINT, id=IDS[option]) for option, text in problems(found, default_secret=django_secret_key())
     ]
+
+
+def _builds_a_bouncer(factory: object) -> bool:
+    """A callable whose return annotation does not rule out a ``Bouncer`` (judged without calling it: what it really
+    returns is checked when the middleware builds the bouncer, at server startup)."""
+    from cscapi.web._bouncer import Bouncer
+
+    if isinstance(factory, type) or not callable(factory):
+        return isinstance(factory, type) and issubclass(factory, Bouncer)
+    try:
+        returns = typing.get_type_hints(factory).get("return", Bouncer)
+    except Exception:  # an annotation that does not resolve (or a builtin without any): not judged here
+        return True
+    return issubclass(returns, Bouncer) if isinstance(returns, type) else True  # Any, a Union...: not judged

@@ -23,9 +23,10 @@ _lock = threading.Lock()
 _bouncer: Bouncer | None = None
 
 
-def settings_dict() -> dict[str, Any]:
+def settings_dict(*, build: bool = True) -> dict[str, Any]:
     """``settings.CSCAPI`` with lower-case names (``TRUSTED_PROXIES`` -> ``trusted_proxies``); ``BOUNCER`` as a
-    dotted path is imported (a Bouncer, or a callable returning one, called without arguments)."""
+    dotted path is imported (a Bouncer, or a callable returning one, called without arguments; ``build=False``: the
+    callable is left uncalled, so the system checks build no engine)."""
     raw = getattr(settings, "CSCAPI", None)
     if raw is None:
         return {}
@@ -38,7 +39,7 @@ def settings_dict() -> dict[str, Any]:
     bouncer = found.get("bouncer")
     if isinstance(bouncer, str):
         target = import_string(bouncer)
-        found["bouncer"] = target if isinstance(target, Bouncer) else target()
+        found["bouncer"] = target if isinstance(target, Bouncer) or not build else target()
     return found
 
 
