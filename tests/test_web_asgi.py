@@ -29,6 +29,7 @@ from test_web_support import (
     make_bouncer,
     make_engine,
     solved_form,
+    wrong_answer,
 )
 
 RAN: list[str] = []
@@ -123,7 +124,7 @@ def test_captcha_full_flow_sets_a_cookie_bound_to_the_ip_and_returns_to_the_page
     fields = form_fields(r.text)
     assert fields["return"] == "/shop/cart?item=3"
     # A wrong answer: the challenge again, with an error, no cookie.
-    wrong = c.post("/.cscapi/captcha", data=solved_form(r.text, answer="999999999999"))
+    wrong = c.post("/.cscapi/captcha", data=solved_form(r.text, answer=wrong_answer(r.text)))
     assert wrong.status_code == 401 and "set-cookie" not in wrong.headers and 'role="alert"' in wrong.text
     form = solved_form(r.text)
     ok = c.post("/.cscapi/captcha", data=form)

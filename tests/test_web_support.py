@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 from typing import Any
 
 from cscapi.remediation import RemediationEngine
 from cscapi.web import Bouncer, ProofOfWork
-from cscapi.web.captcha import solve_proof_of_work
+from cscapi.web.captcha import leading_zero_bits, solve_proof_of_work
 from test_remediation_support import FakeSource, decision, stream
 
 BANNED = "192.0.2.1"
@@ -53,6 +54,17 @@ def form_fields(page: str) -> dict[str, str]:
     for m in re.finditer(r'data-(salt|bits)="([^"]*)"', page):
         fields["data-" + m.group(1)] = html.unescape(m.group(2))
     return fields
+
+
+def wrong_answer(page: str) -> str:
+    """An answer that does NOT solve the page's proof of work (a fixed number solves a low-difficulty challenge by
+    chance, 1 in 2**bits: checked, not assumed)."""
+    fields = form_fields(page)
+    salt, bits = fields["data-salt"], int(fields["data-bits"])
+    n = 999_999_999_999
+    while leading_zero_bits(hashlib.sha256(f"{salt}{n}".encode()).digest()) >= bits:
+        n += 1
+    return str(n)
 
 
 def solved_form(page: str, *, answer: str | None = None, return_to: str | None = None) -> dict[str, str]:

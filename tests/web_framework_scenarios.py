@@ -26,6 +26,7 @@ from test_web_support import (
     make_bouncer,
     make_engine,
     solved_form,
+    wrong_answer,
 )
 
 ALLOWED_BANNED = "192.0.2.50"  # banned by CAPI, and in the "office" allowlist
@@ -116,7 +117,7 @@ def captcha_flow(build: Build) -> None:
         r = site.get(CAPTCHA, "/shop/cart?item=3")
         assert r.status == 401 and site.ran == []
         assert form_fields(r.text)["return"] == "/shop/cart?item=3"
-        wrong = site.post(CAPTCHA, "/.cscapi/captcha", solved_form(r.text, answer="999999999999"))
+        wrong = site.post(CAPTCHA, "/.cscapi/captcha", solved_form(r.text, answer=wrong_answer(r.text)))
         assert wrong.status == 401 and wrong.set_cookie is None and 'role="alert"' in wrong.text
         form = solved_form(r.text)
         ok = site.post(CAPTCHA, "/.cscapi/captcha", form)
