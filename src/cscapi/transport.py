@@ -221,6 +221,15 @@ class _Reading:
         # incompressible data by well under 1 %): stop reading it off the network there.
         self.raw_limit = self.limit + self.limit // 64 + 4096
 
+    def capped(self, request: Request, resp: httpx.Response) -> bytes:
+        """An already-read body within the cap: cut (error bodies) or refused (``ResponseTooLargeError``)."""
+        content = resp.content
+        if len(content) > self.limit:
+            if not self.truncate:
+                raise self.too_large(request, resp.request.url)
+            content = content[: self.limit]
+        return content
+
     def too_large(self, request: Request, url: httpx.URL) -> ResponseTooLargeError:
         return ResponseTooLargeError(
             f"The {request.operation} answer from {safe_url(str(url))} is larger than {self.name} "
@@ -433,12 +442,7 @@ class SyncTransport:
                     continue
                 reading = _Reading(self.settings, request, resp.status_code)
                 if resp.is_stream_consumed:  # a body read before it reached us (an httpx.MockTransport answer)
-                    content = resp.content
-                    if len(content) > reading.limit:
-                        if not reading.truncate:
-                            raise reading.too_large(request, resp.request.url)
-                        content = content[: reading.limit]
-                    return _response(resp, content)
+                    return _response(resp, reading.capped(request, resp))
                 chunks: list[bytes] = []
                 size = 0
                 for chunk in resp.iter_raw():
@@ -518,12 +522,7 @@ class AsyncTransport:
                     continue
                 reading = _Reading(self.settings, request, resp.status_code)
                 if resp.is_stream_consumed:  # a body read before it reached us (an httpx.MockTransport answer)
-                    content = resp.content
-                    if len(content) > reading.limit:
-                        if not reading.truncate:
-                            raise reading.too_large(request, resp.request.url)
-                        content = content[: reading.limit]
-                    return _response(resp, content)
+                    return _response(resp, reading.capped(request, resp))
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in resp.aiter_raw():
