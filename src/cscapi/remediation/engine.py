@@ -254,7 +254,9 @@ class _EngineBase(Generic[C]):
         A local decision (``add_local_decision``) on ``ip`` wins when its remediation ranks higher.
         """
         # The whole lookup is inlined here: a call per lookup cost 10-15% of a hit (issue 13). Every answer goes
-        # through the local overlay when it holds decisions. tests/test_remediation_lookup_equivalence.py holds it.
+        # through the local overlay when it holds decisions. A slow-path answer (a range hit, a miss, a ``::ffff:``
+        # spelling) is memoised in ``idx.fast`` while it has room (index.MEMO_ENTRIES): a repeated client is then one
+        # probe. tests/test_remediation_lookup_equivalence.py holds it.
         local = self._local
         idx = self._index
         try:
@@ -263,9 +265,14 @@ class _EngineBase(Generic[C]):
             raise InvalidIPError(f"not an IP address: a {type(ip).__name__} was given", field="ip") from None
         key = ip
         if found is None:
-            if type(ip) is not str:
+            if type(ip) is not str:  # a str subclass or an ipaddress object: never memoised
                 entries = idx.lookup_slow(ip)
-            elif ":" not in ip:  # an IPv4 miss, the commonest slow path, inlined (no call)
+                if entries is None:
+                    found = CLEAN if self.live is None else self._live_miss(ip)
+                else:
+                    found = first_live(entries, self._clock()) or CLEAN
+                return local.answer(ip, found) if local.entries else found
+            if ":" not in ip:  # an IPv4 miss, the commonest slow path, inlined (no call)
                 try:
                     packed = inet_pton(AF_INET, ip)
                 except (OSError, ValueError):
@@ -274,20 +281,33 @@ class _EngineBase(Generic[C]):
                 entries = values[bisect_right(starts, packed) - 1] if starts else None
             elif ip[0] == ":" and ip[:7] == "::ffff:" and ":" not in (key := ip[7:]):
                 found = idx.fast.get(key)  # ::ffff:a.b.c.d: if its IPv4 tail is a key, answered as that hit below
-                entries = idx.lookup_slow(ip) if found is None else None
+                if found is None:
+                    entries = idx.lookup_slow(ip)
+                elif idx.memo_room > 0:  # the tail's own value (a memoised one too): valid for this spelling
+                    idx.memo_room -= 1
+                    idx.fast[ip] = found
             else:
                 entries = idx.lookup_slow(ip)
             if found is None:
                 if entries is None:
-                    found = CLEAN if self.live is None else self._live_miss(ip)
+                    if self.live is not None:  # live mode: the source answers misses (never memoised)
+                        found = self._live_miss(ip)
+                        return local.answer(ip, found) if local.entries else found
+                    found = CLEAN
+                    if idx.memo_room > 0:
+                        idx.memo_room -= 1
+                        idx.fast[ip] = CLEAN
+                    return local.answer(ip, found) if local.entries else found
+                if idx.memo_room > 0:  # as with_horizon derives a value: bare when it outlives the horizon
+                    idx.memo_room -= 1
+                    idx.fast[ip] = entries[1] if entries[0] > idx.horizon else entries
+                now = self._clock()
+                if entries[0] > now:
+                    found = entries[1]
+                elif len(entries) == 2:
+                    found = CLEAN
                 else:
-                    now = self._clock()
-                    if entries[0] > now:
-                        found = entries[1]
-                    elif len(entries) == 2:
-                        found = CLEAN
-                    else:
-                        found = first_live(entries, now) or CLEAN
+                    found = first_live(entries, now) or CLEAN
                 return local.answer(ip, found) if local.entries else found
         if (now := self._clock()) < idx.horizon:
             if type(found) is not tuple:
@@ -295,7 +315,13 @@ class _EngineBase(Generic[C]):
             entries = found
         else:
             self._renew_horizon(idx)
-            entries = idx.exact[key]
+            past = idx.exact.get(key)
+            if past is None:  # a memoised answer, stale past the horizon: asked again
+                past = idx.lookup_slow(ip)
+                if past is None:
+                    found = CLEAN if self.live is None else self._live_miss(ip)
+                    return local.answer(ip, found) if local.entries else found
+            entries = past
         if entries[0] > now:
             found = entries[1]
         elif len(entries) == 2:

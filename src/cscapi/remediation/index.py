@@ -1,6 +1,7 @@
 """The in-process lookup index: from an IP string to the live remediation, with no I/O and almost no allocation.
 
-Layout (built once per state version, then only read; a refresh builds a new one and swaps one reference):
+Layout (built once per state version, then only read but for the memo of ``fast``; a refresh builds a new one and
+swaps one reference):
 
 * entries: a flat tuple ``(expires_at, Remediation, expires_at, Remediation, ...)`` sorted best first (allowlists,
   then ``ordered_remediations``, then the longest-lived); the lookup returns the first one alive at lookup time.
@@ -33,7 +34,8 @@ from cscapi.remediation.parsing import MAPPED_PREFIX, parse_range
 from cscapi.remediation.state import State, group_origin
 
 __all__ = [
-    "BOUNCING_LEVELS", "Entries", "Index", "Policy", "build_index", "empty_index", "first_live", "invalid_ip",
+    "BOUNCING_LEVELS", "MEMO_ENTRIES", "Entries", "Index", "Policy", "build_index", "empty_index", "first_live",
+    "invalid_ip",
 ]  # fmt: skip
 
 Entries = tuple[Any, ...]
@@ -46,6 +48,10 @@ _MAPPED_INT = 0xFFFF << 32
 _V4_BUCKET_BYTES = 2
 HORIZON = 600.0
 """Seconds during which the ``fast`` map of a new index is valid (see ``Index.with_horizon``)."""
+MEMO_ENTRIES = 65_536
+"""Answers of the slow path (range hits, misses, ``::ffff:`` spellings) a ``fast`` map memoises, at most: a repeated
+client is then one probe. Bounds the memory a flood of unique addresses can take (about 6 MB); the map and its memo
+are rebuilt at each new index and each horizon (every ``HORIZON`` seconds at most), so the memo starts over."""
 _V6_BUCKET_BYTES = 4
 
 
@@ -97,7 +103,7 @@ class Index:
     """One immutable snapshot of the decisions, for lookups. ``version`` is the store version it was built from."""
 
     __slots__ = (
-        "decisions", "exact", "fast", "horizon", "last_pull", "ranges", "v4_buckets", "v4_wide",
+        "decisions", "exact", "fast", "horizon", "last_pull", "memo_room", "ranges", "v4_buckets", "v4_wide",
         "v6_buckets", "v6_exact", "v6_wide", "version",
     )  # fmt: skip
 
@@ -125,8 +131,11 @@ class Index:
         self.last_pull = last_pull
         # ``fast``: the same keys as ``exact``; the value is the bare Remediation when its best decision outlives
         # ``horizon`` (then, before the horizon, nothing needs checking), else the entries. Set by with_horizon.
+        # Its one mutable part: the engine memoises slow-path answers in it, ``memo_room`` more at most (none
+        # while ``fast`` is ``exact``). A memoised key is in ``fast`` but not in ``exact``.
         self.fast: dict[str, Remediation | Entries] = exact  # type: ignore[assignment]
         self.horizon = -math.inf
+        self.memo_room = 0
 
     def with_horizon(self, now: float, span: float = HORIZON) -> Index:
         """A copy whose ``fast`` map answers without reading expiries until ``now + span`` (shares everything else).
@@ -141,6 +150,7 @@ class Index:
             setattr(twin, name, getattr(self, name))
         twin.fast = {key: (e[1] if e[0] > horizon else e) for key, e in self.exact.items()}
         twin.horizon = horizon
+        twin.memo_room = MEMO_ENTRIES
         return twin
 
     def lookup_slow(self, ip: Any) -> Entries | None:

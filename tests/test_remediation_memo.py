@@ -1,0 +1,129 @@
+"""Issue 13: the lookup memoises slow-path answers (range hits, misses, ``::ffff:`` spellings) in the index's ``fast``
+map, so that a repeated client costs one dictionary probe. The memo must answer exactly as the index does, stay
+bounded, never touch ``exact`` (the index without a horizon), never hold a live-mode miss, and never outlive the
+horizon's promise (a memoised range answer is re-read once the horizon passes)."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import socket
+
+from cscapi.lapi import LapiClient
+from cscapi.remediation import RemediationEngine
+from cscapi.remediation.index import MEMO_ENTRIES, build_index
+from test_remediation_lookup_equivalence import NOW, Clock, Reference, make_items, make_state, probes, spellings
+
+
+def _engine(clock: Clock) -> RemediationEngine:
+    engine = RemediationEngine(None, "memory://", clock=clock, sync_interval_ms=0)
+    engine._renewing = True  # no background horizon renewal: the tests install the index they inspect
+    return engine
+
+
+def test_a_repeated_query_is_answered_from_the_memo_exactly_as_the_index_answers() -> None:
+    rng = random.Random(5)
+    items = make_items(rng, 1500, True)
+    clock = Clock()
+    engine = _engine(clock)
+    try:
+        index = build_index(make_state(items), engine.policy, "v", NOW).with_horizon(NOW)
+        assert index.memo_room == MEMO_ENTRIES
+        room = 400
+        index.memo_room = room
+        engine._index = index
+        reference = Reference(items, engine.policy)
+        queries = [s for ip in probes(rng, items, 1000) for s in spellings(ip)]
+        slow = [q for q in dict.fromkeys(queries) if q not in index.exact]
+        assert len(slow) > 2 * room  # range hits, misses and spellings enough to fill the memo
+        covering = {q: reference.covering(q) for q in queries}
+        for now in (NOW, NOW + 150, NOW + 450, NOW + 5000):  # the last pass is past the horizon (NOW + 600)
+            clock.now = now
+            for _ in range(2):  # a first sight fills the memo, the repeat reads it
+                for q in queries:
+                    got = engine.get_ip_remediation(q)
+                    assert (got.remediation, got.origin) in reference.answers(covering[q], now), (q, now, got)
+        # bounded: exactly ``room`` memoised keys, all of them slow-path spellings; ``exact`` untouched
+        memoised = [k for k in index.fast if k not in index.exact]
+        assert len(memoised) == room and index.memo_room == 0
+        assert set(memoised) <= set(slow)
+        assert len(index.exact) == len(set(index.exact)) and all(k in index.fast for k in index.exact)
+    finally:
+        engine.close()
+
+
+def test_a_mapped_spelling_is_memoised_with_its_ipv4_answer() -> None:
+    items = [("10.0.0.1", "ban", "CAPI", NOW + 3600), ("10.1.0.0/16", "captcha", "CAPI", NOW + 3600)]
+    clock = Clock()
+    engine = _engine(clock)
+    try:
+        engine._index = index = build_index(make_state(items), engine.policy, "v", NOW).with_horizon(NOW)
+        assert engine.get_ip_remediation("::ffff:10.0.0.1").remediation == "ban"
+        assert index.fast["::ffff:10.0.0.1"] is index.fast["10.0.0.1"]
+        assert engine.get_ip_remediation("::ffff:10.1.2.3").remediation == "captcha"  # a range hit, by its tail
+        assert engine.get_ip_remediation("::ffff:10.1.2.3").remediation == "captcha"
+        assert "::ffff:10.1.2.3" in index.fast and "::ffff:10.1.2.3" not in index.exact
+        assert engine.get_ip_remediation("::ffff:10.2.0.1").remediation == "bypass"
+        assert index.memo_room == MEMO_ENTRIES - 3
+    finally:
+        engine.close()
+
+
+def test_no_memo_without_a_horizon_and_none_for_address_objects() -> None:
+    """Before its horizon is set, ``fast`` *is* ``exact``: a memo there would turn misses into keys of the index."""
+    items = [("10.1.0.0/16", "ban", "CAPI", NOW + 3600)]
+    clock = Clock()
+    engine = _engine(clock)
+    try:
+        engine._index = index = build_index(make_state(items), engine.policy, "v", NOW)
+        assert index.fast is index.exact and index.memo_room == 0
+        for ip in ("10.1.2.3", "10.2.0.1", "::ffff:10.1.2.3", "2001:db8::1"):
+            engine.get_ip_remediation(ip)
+        assert len(index.exact) == 0  # one range: no exact keys, before and after
+        engine._index = index = index.with_horizon(NOW)
+        for address in (ipaddress.IPv4Address("10.1.2.3"), ipaddress.IPv6Address("2001:db8::1")):
+            engine.get_ip_remediation(address)  # type: ignore[arg-type]
+        assert len(index.fast) == 0 and index.memo_room == MEMO_ENTRIES
+    finally:
+        engine.close()
+
+
+def test_a_memoised_range_answer_is_read_again_past_the_horizon() -> None:
+    """A range ban outliving the horizon is memoised bare; once it expires (after the horizon) the answer is clean."""
+    items = [("10.1.0.0/16", "ban", "CAPI", NOW + 1000)]
+    clock = Clock()
+    engine = _engine(clock)
+    try:
+        engine._index = index = build_index(make_state(items), engine.policy, "v", NOW).with_horizon(NOW)
+        assert engine.get_ip_remediation("10.1.2.3").remediation == "ban"
+        assert index.fast["10.1.2.3"] is engine.get_ip_remediation("10.1.2.3")  # bare: valid until the horizon
+        clock.now = NOW + 900  # past the horizon, before the expiry
+        assert engine.get_ip_remediation("10.1.2.3").remediation == "ban"
+        clock.now = NOW + 1001
+        assert engine.get_ip_remediation("10.1.2.3").remediation == "bypass"
+        assert engine.get_ip_remediation("::ffff:10.1.2.3").remediation == "bypass"
+    finally:
+        engine.close()
+
+
+def test_a_live_mode_miss_is_never_memoised() -> None:
+    """In live mode the source answers misses (its own cache decides how long): a memoised clean answer would stop
+    the engine from asking. A dead LAPI answers the fallback each time, and each miss is asked again."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = LapiClient(f"http://127.0.0.1:{port}/", api_key="k", mode="live", max_retries=0)
+    clock = Clock()
+    engine = RemediationEngine(client, "memory://", clock=clock, sync_interval_ms=0, fallback_remediation="captcha")
+    engine._renewing = True
+    try:
+        items = [("10.1.0.0/16", "ban", "CAPI", NOW + 3600)]
+        engine._index = index = build_index(make_state(items), engine.policy, "v", NOW).with_horizon(NOW)
+        for _ in range(2):
+            assert engine.get_ip_remediation("10.2.0.1").remediation == "captcha"  # the fallback
+            assert engine.get_ip_remediation("10.1.2.3").remediation == "ban"  # a range hit: the index answers
+        assert engine.live.failures == 2
+        assert "10.2.0.1" not in index.fast and "10.1.2.3" in index.fast
+    finally:
+        engine.close()
+        client.close()
