@@ -383,7 +383,7 @@ def fresh_fast_map(engine: Any, memo: bool = True) -> Any:
     """Give ``engine`` a fresh ``fast`` map (an empty memo; none at all with ``memo=False``) and return its index."""
     index = engine.index.with_horizon(time.time())
     if not memo:
-        index.memo_room = 0
+        index.memo_limit = 0
     engine._renewing = True  # the bench installs its own maps: no background renewal swaps them meanwhile
     engine._index = index
     return index

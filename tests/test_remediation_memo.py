@@ -28,9 +28,9 @@ def test_a_repeated_query_is_answered_from_the_memo_exactly_as_the_index_answers
     engine = _engine(clock)
     try:
         index = build_index(make_state(items), engine.policy, "v", NOW).with_horizon(NOW)
-        assert index.memo_room == MEMO_ENTRIES
+        assert index.memo_limit == len(index.exact) + MEMO_ENTRIES
         room = 400
-        index.memo_room = room
+        index.memo_limit = len(index.exact) + room
         engine._index = index
         reference = Reference(items, engine.policy)
         queries = [s for ip in probes(rng, items, 1000) for s in spellings(ip)]
@@ -45,7 +45,7 @@ def test_a_repeated_query_is_answered_from_the_memo_exactly_as_the_index_answers
                     assert (got.remediation, got.origin) in reference.answers(covering[q], now), (q, now, got)
         # bounded: exactly ``room`` memoised keys, all of them slow-path spellings; ``exact`` untouched
         memoised = [k for k in index.fast if k not in index.exact]
-        assert len(memoised) == room and index.memo_room == 0
+        assert len(memoised) == room and len(index.fast) == index.memo_limit
         assert set(memoised) <= set(slow)
         assert len(index.exact) == len(set(index.exact)) and all(k in index.fast for k in index.exact)
     finally:
@@ -64,7 +64,7 @@ def test_a_mapped_spelling_is_memoised_with_its_ipv4_answer() -> None:
         assert engine.get_ip_remediation("::ffff:10.1.2.3").remediation == "captcha"
         assert "::ffff:10.1.2.3" in index.fast and "::ffff:10.1.2.3" not in index.exact
         assert engine.get_ip_remediation("::ffff:10.2.0.1").remediation == "bypass"
-        assert index.memo_room == MEMO_ENTRIES - 3
+        assert len(index.fast) == len(index.exact) + 3
     finally:
         engine.close()
 
@@ -76,14 +76,14 @@ def test_no_memo_without_a_horizon_and_none_for_address_objects() -> None:
     engine = _engine(clock)
     try:
         engine._index = index = build_index(make_state(items), engine.policy, "v", NOW)
-        assert index.fast is index.exact and index.memo_room == 0
+        assert index.fast is index.exact and index.memo_limit == 0
         for ip in ("10.1.2.3", "10.2.0.1", "::ffff:10.1.2.3", "2001:db8::1"):
             engine.get_ip_remediation(ip)
         assert len(index.exact) == 0  # one range: no exact keys, before and after
         engine._index = index = index.with_horizon(NOW)
         for address in (ipaddress.IPv4Address("10.1.2.3"), ipaddress.IPv6Address("2001:db8::1")):
             engine.get_ip_remediation(address)  # type: ignore[arg-type]
-        assert len(index.fast) == 0 and index.memo_room == MEMO_ENTRIES
+        assert len(index.fast) == 0 and index.memo_limit == MEMO_ENTRIES
     finally:
         engine.close()
 

@@ -260,7 +260,7 @@ class _EngineBase(Generic[C]):
         local = self._local
         idx = self._index
         try:
-            found = idx.fast.get(ip)
+            found = (fast := idx.fast).get(ip)
         except TypeError:
             raise InvalidIPError(f"not an IP address: a {type(ip).__name__} was given", field="ip") from None
         key = ip
@@ -283,9 +283,8 @@ class _EngineBase(Generic[C]):
                 found = idx.fast.get(key)  # ::ffff:a.b.c.d: if its IPv4 tail is a key, answered as that hit below
                 if found is None:
                     entries = idx.lookup_slow(ip)
-                elif idx.memo_room > 0:  # the tail's own value (a memoised one too): valid for this spelling
-                    idx.memo_room -= 1
-                    idx.fast[ip] = found
+                elif len(fast) < idx.memo_limit:  # the tail's value (memoised or not) holds for this spelling
+                    fast[ip] = found
             else:
                 entries = idx.lookup_slow(ip)
             if found is None:
@@ -294,13 +293,11 @@ class _EngineBase(Generic[C]):
                         found = self._live_miss(ip)
                         return local.answer(ip, found) if local.entries else found
                     found = CLEAN
-                    if idx.memo_room > 0:
-                        idx.memo_room -= 1
-                        idx.fast[ip] = CLEAN
+                    if len(fast) < idx.memo_limit:
+                        fast[ip] = CLEAN
                     return local.answer(ip, found) if local.entries else found
-                if idx.memo_room > 0:  # as with_horizon derives a value: bare when it outlives the horizon
-                    idx.memo_room -= 1
-                    idx.fast[ip] = entries[1] if entries[0] > idx.horizon else entries
+                if len(fast) < idx.memo_limit:  # as with_horizon derives a value: bare when it outlives the horizon
+                    fast[ip] = entries[1] if entries[0] > idx.horizon else entries
                 now = self._clock()
                 if entries[0] > now:
                     found = entries[1]

@@ -103,7 +103,7 @@ class Index:
     """One immutable snapshot of the decisions, for lookups. ``version`` is the store version it was built from."""
 
     __slots__ = (
-        "decisions", "exact", "fast", "horizon", "last_pull", "memo_room", "ranges", "v4_buckets", "v4_wide",
+        "decisions", "exact", "fast", "horizon", "last_pull", "memo_limit", "ranges", "v4_buckets", "v4_wide",
         "v6_buckets", "v6_exact", "v6_wide", "version",
     )  # fmt: skip
 
@@ -131,11 +131,11 @@ class Index:
         self.last_pull = last_pull
         # ``fast``: the same keys as ``exact``; the value is the bare Remediation when its best decision outlives
         # ``horizon`` (then, before the horizon, nothing needs checking), else the entries. Set by with_horizon.
-        # Its one mutable part: the engine memoises slow-path answers in it, ``memo_room`` more at most (none
-        # while ``fast`` is ``exact``). A memoised key is in ``fast`` but not in ``exact``.
+        # Its one mutable part: the engine memoises slow-path answers in it while it holds fewer than ``memo_limit``
+        # keys (none while ``fast`` is ``exact``). A memoised key is in ``fast`` but not in ``exact``.
         self.fast: dict[str, Remediation | Entries] = exact  # type: ignore[assignment]
         self.horizon = -math.inf
-        self.memo_room = 0
+        self.memo_limit = 0
 
     def with_horizon(self, now: float, span: float = HORIZON) -> Index:
         """A copy whose ``fast`` map answers without reading expiries until ``now + span`` (shares everything else).
@@ -150,7 +150,7 @@ class Index:
             setattr(twin, name, getattr(self, name))
         twin.fast = {key: (e[1] if e[0] > horizon else e) for key, e in self.exact.items()}
         twin.horizon = horizon
-        twin.memo_room = MEMO_ENTRIES
+        twin.memo_limit = len(twin.fast) + MEMO_ENTRIES
         return twin
 
     def lookup_slow(self, ip: Any) -> Entries | None:
