@@ -50,8 +50,9 @@ HORIZON = 600.0
 """Seconds during which the ``fast`` map of a new index is valid (see ``Index.with_horizon``)."""
 MEMO_ENTRIES = 65_536
 """Answers of the slow path (range hits, misses, ``::ffff:`` spellings) a ``fast`` map memoises, at most: a repeated
-client is then one probe. Bounds the memory a flood of unique addresses can take (about 6 MB); the map and its memo
-are rebuilt at each new index and each horizon (every ``HORIZON`` seconds at most), so the memo starts over."""
+client is then one probe. Bounds the memory a flood of unique addresses can take (4-6 MB of strings, and at most one
+growth of the map's table); the map and its memo are rebuilt at each new index and each horizon (every ``HORIZON``
+seconds at most), so the memo starts over."""
 _V6_BUCKET_BYTES = 4
 
 
