@@ -9,6 +9,9 @@ import ipaddress
 import random
 import socket
 
+import pytest
+
+from cscapi.errors import InvalidIPError
 from cscapi.lapi import LapiClient
 from cscapi.remediation import RemediationEngine
 from cscapi.remediation.index import MEMO_ENTRIES, build_index
@@ -52,19 +55,30 @@ def test_a_repeated_query_is_answered_from_the_memo_exactly_as_the_index_answers
         engine.close()
 
 
-def test_a_mapped_spelling_is_memoised_with_its_ipv4_answer() -> None:
+def test_a_mapped_spelling_is_answered_and_memoised_as_its_ipv4_tail() -> None:
+    """``::ffff:a.b.c.d`` probes its IPv4 tail only: a range hit or a miss is memoised under the tail, so the plain
+    and the mapped spelling share one entry. Other spellings are memoised as they are; ``::ffff:abcd`` (IPv6 text
+    with a tail that is no IPv4 address) is answered the IPv6 way and memoised nowhere: not as ``abcd``."""
     items = [("10.0.0.1", "ban", "CAPI", NOW + 3600), ("10.1.0.0/16", "captcha", "CAPI", NOW + 3600)]
     clock = Clock()
     engine = _engine(clock)
     try:
         engine._index = index = build_index(make_state(items), engine.policy, "v", NOW).with_horizon(NOW)
         assert engine.get_ip_remediation("::ffff:10.0.0.1").remediation == "ban"
-        assert index.fast["::ffff:10.0.0.1"] is index.fast["10.0.0.1"]
+        assert len(index.fast) == len(index.exact)  # an exact hit by its tail: nothing to memoise
         assert engine.get_ip_remediation("::ffff:10.1.2.3").remediation == "captcha"  # a range hit, by its tail
-        assert engine.get_ip_remediation("::ffff:10.1.2.3").remediation == "captcha"
-        assert "::ffff:10.1.2.3" in index.fast and "::ffff:10.1.2.3" not in index.exact
+        assert "10.1.2.3" in index.fast and "::ffff:10.1.2.3" not in index.fast
+        assert engine.get_ip_remediation("10.1.2.3").remediation == "captcha"  # the plain spelling: the same entry
         assert engine.get_ip_remediation("::ffff:10.2.0.1").remediation == "bypass"
-        assert len(index.fast) == len(index.exact) + 3
+        assert engine.get_ip_remediation("::ffff:10.2.0.1").remediation == "bypass"
+        assert "10.2.0.1" in index.fast
+        assert engine.get_ip_remediation("::ffff:a01:203").remediation == "captcha"  # ::ffff:10.1.2.3 in hex
+        assert engine.get_ip_remediation("::FFFF:10.1.2.3").remediation == "captcha"
+        assert {"::ffff:a01:203", "::FFFF:10.1.2.3"} <= set(index.fast)
+        assert engine.get_ip_remediation("::ffff:abcd").remediation == "bypass"  # 0:0:0:0:0:0:ffff:abcd
+        assert "abcd" not in index.fast and "::ffff:abcd" not in index.fast
+        with pytest.raises(InvalidIPError):
+            engine.get_ip_remediation("abcd")  # never answered from a memo of the tail above
     finally:
         engine.close()
 
@@ -81,9 +95,16 @@ def test_no_memo_without_a_horizon_and_none_for_address_objects() -> None:
             engine.get_ip_remediation(ip)
         assert len(index.exact) == 0  # one range: no exact keys, before and after
         engine._index = index = index.with_horizon(NOW)
-        for address in (ipaddress.IPv4Address("10.1.2.3"), ipaddress.IPv6Address("2001:db8::1")):
-            engine.get_ip_remediation(address)  # type: ignore[arg-type]
-        assert len(index.fast) == 0 and index.memo_limit == MEMO_ENTRIES
+        for address in (ipaddress.IPv4Address("10.1.2.3"), ipaddress.IPv6Address("::ffff:10.1.2.3")):
+            assert engine.get_ip_remediation(address).remediation == "ban"  # type: ignore[arg-type]
+        assert engine.get_ip_remediation(ipaddress.IPv6Address("2001:db8::1")).remediation == "bypass"  # type: ignore[arg-type]
+
+        class Text(str):
+            """A str subclass (its hash and equality could be anything: never a key of the memo)."""
+
+        for text, expected in (("10.1.2.3", "ban"), ("::ffff:10.1.2.3", "ban"), ("10.2.0.1", "bypass")):
+            assert engine.get_ip_remediation(Text(text)).remediation == expected
+        assert len(index.fast) == 1 and index.memo_limit == MEMO_ENTRIES  # the plain "10.1.2.3": a str tail
     finally:
         engine.close()
 

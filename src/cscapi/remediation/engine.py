@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from socket import AF_INET, inet_pton
 from typing import Any, Generic, TypeVar
 
-from cscapi.errors import ConfigurationError, DecisionStoreError, InvalidIPError
+from cscapi.errors import ConfigurationError, DecisionStoreError
 from cscapi.limits import MIN_REFRESH_INTERVAL
 from cscapi.remediation.contracts import AsyncDecisionSource, DecisionSource
 from cscapi.remediation.core import FlowContext, prune_flow, refresh_flow
@@ -254,58 +254,50 @@ class _EngineBase(Generic[C]):
         A local decision (``add_local_decision``) on ``ip`` wins when its remediation ranks higher.
         """
         # The whole lookup is inlined here: a call per lookup cost 10-15% of a hit (issue 13). Every answer goes
-        # through the local overlay when it holds decisions. A slow-path answer (a range hit, a miss, a ``::ffff:``
-        # spelling) is memoised in ``idx.fast`` while it has room (index.MEMO_ENTRIES): a repeated client is then one
-        # probe. tests/test_remediation_lookup_equivalence.py holds it.
+        # through the local overlay when it holds decisions. ``key`` is the string probed: the raw one, or the IPv4
+        # tail of ``::ffff:a.b.c.d`` (told apart by one string compare: IPv4 and 2000::/3 text sort before ":").
+        # A slow-path answer (a range hit, a miss) is memoised under ``key`` in ``idx.fast`` while it has room
+        # (index.MEMO_ENTRIES): a repeated client is then one probe. tests/test_remediation_lookup_equivalence.py and
+        # tests/test_remediation_memo.py hold it.
         local = self._local
         idx = self._index
         try:
-            found = (fast := idx.fast).get(ip)
-        except TypeError:
-            raise InvalidIPError(f"not an IP address: a {type(ip).__name__} was given", field="ip") from None
-        key = ip
+            # a dual-stack socket's IPv4 client (::ffff:a.b.c.d): its IPv4 tail is the key, no probe of the spelling
+            key = ip if ip < ":" or ip[:7] != "::ffff:" or ":" in (tail := ip[7:]) else tail
+        except TypeError:  # not a str: an ipaddress object, or not an address at all (InvalidIPError)
+            return self._other_remediation(ip)
+        found = (fast := idx.fast).get(key)
         if found is None:
-            if type(ip) is not str:  # a str subclass or an ipaddress object: never memoised
-                entries = idx.lookup_slow(ip)
-                if entries is None:
-                    found = CLEAN if self.live is None else self._live_miss(ip)
-                else:
-                    found = first_live(entries, self._clock()) or CLEAN
-                return local.answer(ip, found) if local.entries else found
-            if ":" not in ip:  # an IPv4 miss, the commonest slow path, inlined (no call)
+            if type(key) is not str:  # a str subclass: never memoised
+                return self._other_remediation(ip)
+            if ":" not in key:  # an IPv4 miss, the commonest slow path, inlined (no call)
                 try:
-                    packed = inet_pton(AF_INET, ip)
+                    packed = inet_pton(AF_INET, key)
                 except (OSError, ValueError):
-                    raise invalid_ip(ip) from None
+                    if key is ip:
+                        raise invalid_ip(ip) from None
+                    return self._other_remediation(ip)  # ::ffff:abcd (not a mapped address) or ::ffff:01.2.3.4
                 starts, values = idx.v4_buckets.get(packed[:2]) or idx.v4_wide  # the wide ones start at 0.0.0.0
                 entries = values[bisect_right(starts, packed) - 1] if starts else None
-            elif ip[0] == ":" and ip[:7] == "::ffff:" and ":" not in (key := ip[7:]):
-                found = idx.fast.get(key)  # ::ffff:a.b.c.d: if its IPv4 tail is a key, answered as that hit below
-                if found is None:
-                    entries = idx.lookup_slow(ip)
-                elif len(fast) < idx.memo_limit:  # the tail's value (memoised or not) holds for this spelling
-                    fast[ip] = found
             else:
                 entries = idx.lookup_slow(ip)
-            if found is None:
-                if entries is None:
-                    if self.live is not None:  # live mode: the source answers misses (never memoised)
-                        found = self._live_miss(ip)
-                        return local.answer(ip, found) if local.entries else found
-                    found = CLEAN
-                    if len(fast) < idx.memo_limit:
-                        fast[ip] = CLEAN
+            if entries is None:
+                if self.live is not None:  # live mode: the source answers misses (never memoised)
+                    found = self._live_miss(ip)
                     return local.answer(ip, found) if local.entries else found
-                if len(fast) < idx.memo_limit:  # as with_horizon derives a value: bare when it outlives the horizon
-                    fast[ip] = entries[1] if entries[0] > idx.horizon else entries
-                now = self._clock()
-                if entries[0] > now:
-                    found = entries[1]
-                elif len(entries) == 2:
-                    found = CLEAN
-                else:
-                    found = first_live(entries, now) or CLEAN
-                return local.answer(ip, found) if local.entries else found
+                if len(fast) < idx.memo_limit:
+                    fast[key] = CLEAN
+                return local.answer(ip, CLEAN) if local.entries else CLEAN
+            if len(fast) < idx.memo_limit:  # as with_horizon derives a value: bare when it outlives the horizon
+                fast[key] = entries[1] if entries[0] > idx.horizon else entries
+            now = self._clock()
+            if entries[0] > now:
+                found = entries[1]
+            elif len(entries) == 2:
+                found = CLEAN
+            else:
+                found = first_live(entries, now) or CLEAN
+            return local.answer(ip, found) if local.entries else found
         if (now := self._clock()) < idx.horizon:
             if type(found) is not tuple:
                 return local.answer(ip, found) if local.entries else found  # type: ignore[arg-type,return-value]
@@ -325,6 +317,17 @@ class _EngineBase(Generic[C]):
             found = CLEAN
         else:
             found = first_live(entries, now) or CLEAN
+        return local.answer(ip, found) if local.entries else found
+
+    def _other_remediation(self, ip: Any) -> Remediation:
+        """:meth:`get_ip_remediation` through ``Index.lookup_slow``, nothing memoised: an ``ipaddress`` object, a str
+        subclass, an IPv6 spelling that only looks mapped; :class:`InvalidIPError` for what is not an address."""
+        entries = self._index.lookup_slow(ip)
+        if entries is None:
+            found = CLEAN if self.live is None else self._live_miss(ip)
+        else:
+            found = first_live(entries, self._clock()) or CLEAN
+        local = self._local
         return local.answer(ip, found) if local.entries else found
 
     def _live_miss(self, ip: str) -> Remediation:
