@@ -105,6 +105,18 @@ def test_no_memo_without_a_horizon_and_none_for_address_objects() -> None:
         for text, expected in (("10.1.2.3", "ban"), ("::ffff:10.1.2.3", "ban"), ("10.2.0.1", "bypass")):
             assert engine.get_ip_remediation(Text(text)).remediation == expected
         assert len(index.fast) == 1 and index.memo_limit == MEMO_ENTRIES  # the plain "10.1.2.3": a str tail
+
+        class Odd:
+            """Sorts before anything and cannot be hashed: still an InvalidIPError, not a TypeError."""
+
+            __hash__ = None  # type: ignore[assignment]
+
+            def __lt__(self, other: object) -> bool:
+                return True
+
+        for bad in (Odd(), ["10.1.2.3"], b"::ffff:10.1.2.3", None):
+            with pytest.raises(InvalidIPError):
+                engine.get_ip_remediation(bad)  # type: ignore[arg-type]
     finally:
         engine.close()
 

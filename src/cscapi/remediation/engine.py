@@ -255,7 +255,8 @@ class _EngineBase(Generic[C]):
         """
         # The whole lookup is inlined here: a call per lookup cost 10-15% of a hit (issue 13). Every answer goes
         # through the local overlay when it holds decisions. ``key`` is the string probed: the raw one, or the IPv4
-        # tail of ``::ffff:a.b.c.d`` (told apart by one string compare: IPv4 and 2000::/3 text sort before ":").
+        # tail of ``::ffff:a.b.c.d`` (one string compare passes IPv4 and 2000::/3 text, which sort before ":"; then
+        # ``removeprefix`` gives the tail, or ``ip`` itself when the prefix is not there).
         # A slow-path answer (a range hit, a miss) is memoised under ``key`` in ``idx.fast`` while it has room
         # (index.MEMO_ENTRIES): a repeated client is then one probe. tests/test_remediation_lookup_equivalence.py and
         # tests/test_remediation_memo.py hold it.
@@ -263,10 +264,10 @@ class _EngineBase(Generic[C]):
         idx = self._index
         try:
             # a dual-stack socket's IPv4 client (::ffff:a.b.c.d): its IPv4 tail is the key, no probe of the spelling
-            key = ip if ip < ":" or ip[:7] != "::ffff:" or ":" in (tail := ip[7:]) else tail
+            key = ip if ip < ":" or (tail := ip.removeprefix("::ffff:")) is ip or ":" in tail else tail
+            found = (fast := idx.fast).get(key)
         except TypeError:  # not a str: an ipaddress object, or not an address at all (InvalidIPError)
             return self._other_remediation(ip)
-        found = (fast := idx.fast).get(key)
         if found is None:
             if type(key) is not str:  # a str subclass: never memoised
                 return self._other_remediation(ip)
