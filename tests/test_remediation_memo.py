@@ -8,10 +8,11 @@ from __future__ import annotations
 import ipaddress
 import random
 import socket
+import time
 
 import pytest
 
-from cscapi.errors import InvalidIPError
+from cscapi.errors import ConfigurationError, InvalidIPError
 from cscapi.lapi import LapiClient
 from cscapi.remediation import RemediationEngine
 from cscapi.remediation.index import MEMO_ENTRIES, build_index
@@ -160,3 +161,31 @@ def test_a_live_mode_miss_is_never_memoised() -> None:
     finally:
         engine.close()
         client.close()
+
+
+@pytest.mark.parametrize("memo", [0, 2])
+def test_lookup_memo_sets_the_room_of_each_renewed_map(memo: int) -> None:
+    """``lookup_memo`` reaches the maps the engine derives itself (the background horizon renewal): 0 memoises
+    nothing, 2 memoises two answers, whatever the traffic."""
+    clock = Clock()
+    engine = RemediationEngine(None, "memory://", clock=clock, sync_interval_ms=0, lookup_memo=memo)
+    try:
+        items = [("10.0.0.1", "ban", "CAPI", NOW + 3600), ("10.1.0.0/16", "captcha", "CAPI", NOW + 3600)]
+        engine._index = build_index(make_state(items), engine.policy, "v", NOW)
+        assert engine.get_ip_remediation("10.0.0.1").remediation == "ban"  # no horizon yet: a renewal starts
+        deadline = time.monotonic() + 10
+        while engine.index.horizon == float("-inf") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        index = engine.index
+        assert index.horizon == NOW + 600
+        for ip in ("10.1.2.3", "10.2.0.1", "10.3.0.1", "2001:db8::1", "10.1.2.3"):
+            engine.get_ip_remediation(ip)
+        assert len(index.fast) - len(index.exact) == memo
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "10", None])
+def test_lookup_memo_must_be_a_count(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="lookup_memo"):
+        RemediationEngine(None, "memory://", lookup_memo=bad)  # type: ignore[arg-type]

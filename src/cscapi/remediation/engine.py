@@ -23,7 +23,15 @@ from cscapi.errors import ConfigurationError, DecisionStoreError
 from cscapi.limits import MIN_REFRESH_INTERVAL
 from cscapi.remediation.contracts import AsyncDecisionSource, DecisionSource
 from cscapi.remediation.core import FlowContext, prune_flow, refresh_flow
-from cscapi.remediation.index import Index, Policy, build_index, empty_index, first_live, invalid_ip
+from cscapi.remediation.index import (
+    MEMO_ENTRIES,
+    Index,
+    Policy,
+    build_index,
+    empty_index,
+    first_live,
+    invalid_ip,
+)
 from cscapi.remediation.local import DRAIN_AT, LocalOverlay, UsageCounts
 from cscapi.remediation.metrics import build_usage_metrics, nested_counts
 from cscapi.remediation.models import CLEAN, RefreshReport, Remediation
@@ -157,6 +165,7 @@ class _EngineBase(Generic[C]):
         logger: logging.Logger | None = None,
         clock: Callable[[], float] | None = None,
         strict: bool = False,
+        lookup_memo: int = MEMO_ENTRIES,
     ) -> None:
         if min_refresh_interval is None:  # CAPI's cadence guard, unless the source says otherwise (a LAPI: 0)
             given = getattr(client, "min_refresh_interval", None)
@@ -164,6 +173,11 @@ class _EngineBase(Generic[C]):
             min_refresh_interval = float(given) if usable and given is not None else float(MIN_REFRESH_INTERVAL)
         if min_refresh_interval < 0 or sync_interval_ms < 0 or lock_ttl <= 0:
             raise ConfigurationError("min_refresh_interval and sync_interval_ms must be >= 0, lock_ttl > 0")
+        if type(lookup_memo) is not int or lookup_memo < 0:
+            raise ConfigurationError(
+                f"lookup_memo must be a whole number of addresses >= 0 (0 turns the memo off), not {lookup_memo!r}"
+            )
+        self._memo_entries = lookup_memo
         self.client = client
         self.policy = Policy(ordered_remediations, fallback_remediation, bouncing_level)
         self._logger = logger or DEFAULT_LOGGER
@@ -258,8 +272,8 @@ class _EngineBase(Generic[C]):
         # tail of ``::ffff:a.b.c.d`` (one string compare passes IPv4 and 2000::/3 text, which sort before ":"; then
         # ``removeprefix`` gives the tail, or ``ip`` itself when the prefix is not there).
         # A slow-path answer (a range hit, a miss) is memoised under ``key`` in ``idx.fast`` while it has room
-        # (index.MEMO_ENTRIES): a repeated client is then one probe. tests/test_remediation_lookup_equivalence.py and
-        # tests/test_remediation_memo.py hold it.
+        # (``lookup_memo``, index.MEMO_ENTRIES by default): a repeated client is then one probe.
+        # tests/test_remediation_lookup_equivalence.py and tests/test_remediation_memo.py hold it.
         local = self._local
         idx = self._index
         try:
@@ -343,7 +357,7 @@ class _EngineBase(Generic[C]):
 
         def renew() -> None:
             try:
-                fresh = idx.with_horizon(self._clock())
+                fresh = idx.with_horizon(self._clock(), memo=self._memo_entries)
                 with self._sync_lock:
                     if self._index is idx:
                         self._index = fresh

@@ -138,12 +138,13 @@ class Index:
         self.horizon = -math.inf
         self.memo_limit = 0
 
-    def with_horizon(self, now: float, span: float = HORIZON) -> Index:
+    def with_horizon(self, now: float, span: float = HORIZON, memo: int = MEMO_ENTRIES) -> Index:
         """A copy whose ``fast`` map answers without reading expiries until ``now + span`` (shares everything else).
 
         Saves two memory reads per hit (the entries tuple and its float). The engine derives one in a background
         thread right after installing a new index and again when the horizon passes;
-        until then lookups read the full entries: the same answers, a little slower.
+        until then lookups read the full entries: the same answers, a little slower. ``memo``: how many slow-path
+        answers the engine may memoise in the copy's ``fast`` map (0: none).
         """
         horizon = now + span
         twin = Index.__new__(Index)
@@ -151,7 +152,7 @@ class Index:
             setattr(twin, name, getattr(self, name))
         twin.fast = {key: (e[1] if e[0] > horizon else e) for key, e in self.exact.items()}
         twin.horizon = horizon
-        twin.memo_limit = len(twin.fast) + MEMO_ENTRIES
+        twin.memo_limit = len(twin.fast) + memo if memo > 0 else 0
         return twin
 
     def lookup_slow(self, ip: Any) -> Entries | None:
