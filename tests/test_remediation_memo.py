@@ -1,7 +1,8 @@
-"""Issue 13: the lookup memoises slow-path answers (range hits, misses, ``::ffff:`` spellings) in the index's ``fast``
-map, so that a repeated client costs one dictionary probe. The memo must answer exactly as the index does, stay
-bounded, never touch ``exact`` (the index without a horizon), never hold a live-mode miss, and never outlive the
-horizon's promise (a memoised range answer is re-read once the horizon passes)."""
+"""Issue 13: the lookup memoises slow-path answers (range hits and misses; a ``::ffff:a.b.c.d`` query's under its
+IPv4 tail) in the index's ``fast`` map, so that a repeated client costs one dictionary probe. The memo must answer
+exactly as the index does, stay bounded, never touch ``exact`` (the index without a horizon), never hold a live-mode
+miss, never outlive the horizon's promise (a memoised range answer is re-read once the horizon passes), and start over
+when a flood filled it."""
 
 from __future__ import annotations
 
@@ -189,3 +190,77 @@ def test_lookup_memo_sets_the_room_of_each_renewed_map(memo: int) -> None:
 def test_lookup_memo_must_be_a_count(bad: object) -> None:
     with pytest.raises(ConfigurationError, match="lookup_memo"):
         RemediationEngine(None, "memory://", lookup_memo=bad)  # type: ignore[arg-type]
+
+
+def _wait_for_a_new_map(engine: RemediationEngine, old: object) -> None:
+    deadline = time.monotonic() + 10
+    while (engine.index is old or engine.index.horizon == float("-inf")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_full_memo_starts_over_after_a_minute_for_the_clients_that_come_back() -> None:
+    """A burst of one-off addresses fills the memo; a client that keeps coming back is memoised again once the memo
+    is a minute old (a fresh map), not only at the next refresh. Misses alone drive it: no exact hit is needed."""
+    clock = Clock()
+    engine = RemediationEngine(None, "memory://", clock=clock, sync_interval_ms=0, lookup_memo=3)
+    try:
+        items = [("10.1.0.0/16", "captcha", "CAPI", NOW + 7200)]  # ranges only: no exact key at all
+        engine._index = build_index(make_state(items), engine.policy, "v", NOW)
+        assert not engine.index.exact
+        engine.get_ip_remediation("10.9.0.1")  # a miss on an index without its own map: one is derived
+        _wait_for_a_new_map(engine, None)
+        first = engine.index
+        assert first.horizon == NOW + 600
+        for ip in ("10.9.0.2", "10.9.0.3", "10.9.0.4", "10.9.0.5"):  # one-off addresses: the memo is full
+            engine.get_ip_remediation(ip)
+        assert len(first.fast) == 3
+        clock.now = NOW + 30  # full, but younger than a minute: kept
+        assert engine.get_ip_remediation("10.1.2.3").remediation == "captcha"
+        assert engine.index is first and "10.1.2.3" not in first.fast
+        clock.now = NOW + 61  # full and a minute old: the next slow path derives a fresh map
+        assert engine.get_ip_remediation("10.1.2.3").remediation == "captcha"
+        _wait_for_a_new_map(engine, first)
+        fresh = engine.index
+        assert fresh is not first and fresh.horizon == NOW + 661 and len(fresh.fast) == 0
+        assert engine.get_ip_remediation("10.1.2.3").remediation == "captcha"
+        assert "10.1.2.3" in fresh.fast  # the client that came back is one probe again
+    finally:
+        engine.close()
+
+
+def test_a_userstring_answers_like_its_str_whatever_the_memo_holds() -> None:
+    from collections import UserString
+
+    items = [("10.0.0.1", "ban", "CAPI", NOW + 3600), ("10.1.0.0/16", "captcha", "CAPI", NOW + 3600)]
+    clock = Clock()
+    engine = _engine(clock)
+    try:
+        engine._index = build_index(make_state(items), engine.policy, "v", NOW).with_horizon(NOW)
+        queries = ("10.1.2.3", "::ffff:10.0.0.1", "::ffff:10.1.2.3", "10.2.0.1", "2001:db8::1")
+        for now in (NOW, NOW + 700):  # before and past the horizon
+            clock.now = now
+            for _ in range(2):  # before and after the plain string is memoised
+                for ip in queries:
+                    expected = engine.get_ip_remediation(ip)
+                    assert engine.get_ip_remediation(UserString(ip)) == expected, (ip, now)  # type: ignore[arg-type]
+        with pytest.raises(InvalidIPError):
+            engine.get_ip_remediation(UserString("10.0.0.256"))  # type: ignore[arg-type]
+    finally:
+        engine.close()
+
+
+def test_an_object_whose_comparison_raises_valueerror_is_an_invalid_ip() -> None:
+    class ArrayLike:
+        """Compares elementwise and has no truth value (as a numpy array): ``ip < ':'`` raises ValueError."""
+
+        __hash__ = None  # type: ignore[assignment]
+
+        def __lt__(self, other: object) -> bool:
+            raise ValueError("the truth value of an array with more than one element is ambiguous")
+
+    engine = _engine(Clock())
+    try:
+        with pytest.raises(InvalidIPError):
+            engine.get_ip_remediation(ArrayLike())  # type: ignore[arg-type]
+    finally:
+        engine.close()

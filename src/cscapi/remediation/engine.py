@@ -24,7 +24,9 @@ from cscapi.limits import MIN_REFRESH_INTERVAL
 from cscapi.remediation.contracts import AsyncDecisionSource, DecisionSource
 from cscapi.remediation.core import FlowContext, prune_flow, refresh_flow
 from cscapi.remediation.index import (
+    HORIZON,
     MEMO_ENTRIES,
+    MEMO_RESTART,
     Index,
     Policy,
     build_index,
@@ -280,7 +282,7 @@ class _EngineBase(Generic[C]):
             # a dual-stack socket's IPv4 client (::ffff:a.b.c.d): its IPv4 tail is the key, no probe of the spelling
             key = ip if ip < ":" or (tail := ip.removeprefix("::ffff:")) is ip or ":" in tail else tail
             found = (fast := idx.fast).get(key)
-        except TypeError:  # not a str: an ipaddress object, or not an address at all (InvalidIPError)
+        except (TypeError, ValueError):  # not a str: an ipaddress object, or not an address (InvalidIPError)
             return self._other_remediation(ip)
         if found is None:
             if type(key) is not str:  # a str subclass: never memoised
@@ -302,9 +304,13 @@ class _EngineBase(Generic[C]):
                     return local.answer(ip, found) if local.entries else found
                 if len(fast) < idx.memo_limit:
                     fast[key] = CLEAN
+                elif idx.memo_limit or idx.horizon < 0:  # full, or no map of its own yet (memo off: neither)
+                    self._memo_full(idx)
                 return local.answer(ip, CLEAN) if local.entries else CLEAN
             if len(fast) < idx.memo_limit:  # as with_horizon derives a value: bare when it outlives the horizon
                 fast[key] = entries[1] if entries[0] > idx.horizon else entries
+            elif idx.memo_limit or idx.horizon < 0:
+                self._memo_full(idx)
             now = self._clock()
             if entries[0] > now:
                 found = entries[1]
@@ -336,7 +342,8 @@ class _EngineBase(Generic[C]):
 
     def _other_remediation(self, ip: Any) -> Remediation:
         """:meth:`get_ip_remediation` through ``Index.lookup_slow``, nothing memoised: an ``ipaddress`` object, a str
-        subclass, an IPv6 spelling that only looks mapped; :class:`InvalidIPError` for what is not an address."""
+        subclass or ``UserString``, ``::ffff:`` and a tail that is no IPv4 address; :class:`InvalidIPError` for what is
+        not an address."""
         entries = self._index.lookup_slow(ip)
         if entries is None:
             found = CLEAN if self.live is None else self._live_miss(ip)
@@ -348,10 +355,17 @@ class _EngineBase(Generic[C]):
     def _live_miss(self, ip: str) -> Remediation:
         raise NotImplementedError  # each engine asks the live source its own way
 
+    def _memo_full(self, idx: Index) -> None:
+        """A slow-path answer found no room in ``idx.fast``: derive a fresh map (an empty memo) when ``idx`` has none
+        of its own yet, is past its horizon, or filled up at least ``MEMO_RESTART`` seconds after it was derived (so a
+        flood of one-off addresses cannot keep the memo from the clients that come back for long)."""
+        if self._clock() >= idx.horizon - HORIZON + MEMO_RESTART:
+            self._renew_horizon(idx)
+
     def _renew_horizon(self, idx: Index) -> None:
         """Derive the ``fast`` map of a new index, or a fresh one past its horizon, in a background thread (lookups
         stay correct meanwhile, only a little slower)."""
-        if self._renewing or not idx.exact:
+        if self._renewing:
             return
         self._renewing = True
 

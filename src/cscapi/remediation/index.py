@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections import UserString
 from collections.abc import Sequence
 from functools import partial
 from itertools import repeat
@@ -34,8 +35,8 @@ from cscapi.remediation.parsing import MAPPED_PREFIX, parse_range
 from cscapi.remediation.state import State, group_origin
 
 __all__ = [
-    "BOUNCING_LEVELS", "MEMO_ENTRIES", "Entries", "Index", "Policy", "build_index", "empty_index", "first_live",
-    "invalid_ip",
+    "BOUNCING_LEVELS", "HORIZON", "MEMO_ENTRIES", "MEMO_RESTART", "Entries", "Index", "Policy", "build_index",
+    "empty_index", "first_live", "invalid_ip",
 ]  # fmt: skip
 
 Entries = tuple[Any, ...]
@@ -49,10 +50,12 @@ _V4_BUCKET_BYTES = 2
 HORIZON = 600.0
 """Seconds during which the ``fast`` map of a new index is valid (see ``Index.with_horizon``)."""
 MEMO_ENTRIES = 65_536
-"""Answers of the slow path (range hits, misses, ``::ffff:`` spellings) a ``fast`` map memoises, at most: a repeated
-client is then one probe. Bounds the memory a flood of unique addresses can take (4-6 MB of strings, and at most one
-growth of the map's table); the map and its memo are rebuilt at each new index and each horizon (every ``HORIZON``
-seconds at most), so the memo starts over."""
+"""Answers of the slow path (range hits and misses, a ``::ffff:`` query's under its IPv4 tail) a ``fast`` map memoises,
+at most (the engine's ``lookup_memo``): a repeated client is then one probe. Bounds the memory a flood of unique
+addresses can take (4-6 MB of strings, plus the growth of the map's table); the map and its memo are derived again at
+each new index, at each horizon, and once full after ``MEMO_RESTART`` seconds, so the memo starts over."""
+MEMO_RESTART = 60.0
+"""Seconds after which a full memo starts over (with a fresh ``fast`` map) at the next slow-path lookup."""
 _V6_BUCKET_BYTES = 4
 
 
@@ -161,8 +164,8 @@ class Index:
         Raises :class:`InvalidIPError` if ``ip`` is not an IPv4/IPv6 address (string or ``ipaddress`` object).
         """
         if type(ip) is not str:
-            # a str subclass, or an ipaddress.IPv4Address / IPv6Address (duck-typed: no ipaddress import here)
-            if not isinstance(ip, str) and not (hasattr(ip, "packed") and hasattr(ip, "max_prefixlen")):
+            # a str subclass, a UserString, or an ipaddress.IPv4Address / IPv6Address (duck-typed: no ipaddress import)
+            if not isinstance(ip, (str, UserString)) and not (hasattr(ip, "packed") and hasattr(ip, "max_prefixlen")):
                 raise InvalidIPError(f"not an IP address: a {type(ip).__name__} was given", field="ip")
             ip = str(ip)
             entries = self.exact.get(ip)
