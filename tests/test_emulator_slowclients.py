@@ -84,6 +84,29 @@ def wait_for_outcomes(socks: list[socket.socket], deadline: float) -> dict[int, 
     return outcomes
 
 
+def test_slow_large_bodies_never_take_the_reserve_of_small_ones() -> None:
+    """The budget's last eighth (at most 1 MiB) is for bodies of up to 64 KiB: however the large bodies' chunks fall,
+    a login or a registration still finds room (the flaky 503 this test pins down: 256 chunks of 64 KiB filled a
+    16 MiB budget exactly, and the next request, a registration of 200 bytes, got 503)."""
+    from cscapi.emulator.bodies import SMALL_BODY, BodyBudget
+
+    budget = BodyBudget(16 * MIB)
+    assert budget.reserve == MIB
+    for _ in range(20):  # 300 slow bodies of 4 MB (their Content-Length), 64 KiB at a time, until all are refused
+        for _ in range(300):
+            budget.take(65536, 4_000_000)
+    assert budget.used == 15 * MIB and not budget.take(1, 4_000_000)  # large bodies stop short of the reserve...
+    big_chunked = 0
+    while budget.take(4096, big_chunked + 4096):  # ...a body without a Content-Length too, once past 64 KiB
+        big_chunked += 4096
+    assert big_chunked == SMALL_BODY and budget.used == 15 * MIB + SMALL_BODY
+    for _ in range(15):  # the reserve: 15 more bodies of 64 KiB, then nothing
+        assert budget.take(SMALL_BODY)
+    assert not budget.take(200) and budget.used == 16 * MIB
+    budget.give(SMALL_BODY)
+    assert budget.take(200, 200)  # a small body: room again as soon as one ends
+
+
 def test_many_slow_and_idle_clients_stay_bounded(tmp_path: Path) -> None:
     settings = {"max_inflight_body_bytes": 16 * MIB, "header_timeout": 2, "body_timeout": 4}
     with emulator(tmp_path, **settings) as (proc, url):

@@ -16,19 +16,30 @@ from cscapi.emulator.state import ApiError
 __all__ = ["BodyBudget", "decode_json", "read_json"]
 
 
+SMALL_BODY = 64 * 1024
+"""A body of at most this many bytes (a login, a registration, a few signals) may use the budget's reserve."""
+
+
 class BodyBudget:
     """The request-body bytes all requests together may hold while their bodies arrive: many slow senders then get
-    503 instead of growing the emulator's memory without bound (each body alone is bounded by ``max_bytes``)."""
+    503 instead of growing the emulator's memory without bound (each body alone is bounded by ``max_bytes``).
+
+    The last ``reserve`` bytes (an eighth of the limit, at most 1 MiB) are kept for small bodies: slow senders of large
+    ones can fill the rest, never the whole, so a normal request is still served while they stall."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.reserve = min(limit // 8, 1024 * 1024)
         self.used = 0
         self._lock = threading.Lock()
 
-    def take(self, n: int) -> bool:
-        """Reserve ``n`` bytes; False (nothing reserved) when that would go over the limit."""
+    def take(self, n: int, body_size: int | None = None) -> bool:
+        """Reserve ``n`` more bytes of a body of at least ``body_size`` bytes (its Content-Length, or what arrived so
+        far with these ``n``; ``n`` when not given); False (nothing reserved) when that would go over the limit, or
+        into the reserve for a body of more than ``SMALL_BODY``."""
+        cap = self.limit if (n if body_size is None else body_size) <= SMALL_BODY else self.limit - self.reserve
         with self._lock:
-            if self.used + n > self.limit:
+            if self.used + n > cap:
                 return False
             self.used += n
             return True
@@ -43,10 +54,14 @@ async def _read_body(request: Request, max_bytes: int, budget: BodyBudget | None
     chunks: list[bytes] = []
     size = 0
     try:
+        declared = int(request.headers.get("content-length") or 0)
+    except ValueError:
+        declared = 0
+    try:
         async for chunk in request.stream():
             if size + len(chunk) > max_bytes:
                 raise ApiError(413, "request body too large", f"at most {max_bytes} bytes")
-            if budget is not None and not budget.take(len(chunk)):
+            if budget is not None and not budget.take(len(chunk), max(declared, size + len(chunk))):
                 raise ApiError(
                     503,
                     "emulator busy: too many request bodies arriving at once",

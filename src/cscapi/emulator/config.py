@@ -183,7 +183,8 @@ class EmulatorConfig:
     Slow or many clients (the server, not the in-process app): at most ``max_connections`` open connections
     (more get 503), ``header_timeout`` seconds to send a request's headers, ``body_timeout`` for its body (408
     after), ``keep_alive_timeout`` idle seconds between requests, and at most ``max_inflight_body_bytes`` of
-    request bodies buffered at once across all requests (503 with ``Retry-After`` beyond).
+    request bodies buffered at once across all requests (503 with ``Retry-After`` beyond; the last eighth of it, at
+    most 1 MiB, is kept for bodies of up to 64 KiB, so that slow large senders never starve a normal request).
     Enrollment accepts any well-formed attachment key (the swagger's ``^[a-zA-Z0-9]+$``) unless
     ``only_listed_attachment_keys`` is set: then only ``attachment_keys`` (and keys the admin API adds) are accepted.
     ``clock`` replaces ``time.time`` (tests only; not settable from a file).
