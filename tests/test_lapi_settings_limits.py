@@ -107,3 +107,17 @@ def test_signals_add_to_lapi_needs_no_capi_machine(cli_env: CliEnv, lapi: Any, m
     assert [a["scenario"] for a in alerts] == ["crowdsecurity/ssh-bf"]
     capi = cli_env.invoke([*add, "--to", "capi"])
     assert capi.exit_code == 2 and "machines register" in capi.output, capi.output
+
+
+def test_a_stream_cap_the_settings_accept_is_accepted_by_the_lapi_client() -> None:
+    """The settings take any max_stream_bytes >= 1 (as CAPIClientConfig does): the LAPI client used to refuse a value
+    under 1,024 only when it was built, after the settings had said yes. Nonsense is refused the same way by both."""
+    env = _lapi_env("http://127.0.0.1:1/", CSCAPI_MAX_STREAM_BYTES="512")
+    settings = load_settings(env=env, config_path=None, require_file=False)
+    with open_lapi_client(settings) as client:
+        assert client.max_stream_bytes == 512
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ConfigurationError, match="max_stream_bytes must be an integer >= 1"):
+            LapiClient("http://127.0.0.1:1/", api_key="k", max_stream_bytes=bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="max_response_bytes must be an integer >= 1"):
+            LapiClient("http://127.0.0.1:1/", api_key="k", max_response_bytes=bad)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cscapi._validators import (
+    check_byte_cap,
     check_cache_duration,
     check_deadline,
     check_max_retries,
@@ -161,9 +162,9 @@ class _LapiCore:
             raise ConfigurationError(f"refresh_interval must be a number of seconds > 0 (got {refresh_interval!r}).")
         bad_ip_cache_duration = check_cache_duration("bad_ip_cache_duration", bad_ip_cache_duration)
         clean_ip_cache_duration = check_cache_duration("clean_ip_cache_duration", clean_ip_cache_duration)
-        for name, cap in (("max_stream_bytes", max_stream_bytes), ("max_response_bytes", max_response_bytes)):
-            if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1024:
-                raise ConfigurationError(f"{name} must be an int of at least 1024 bytes (got {cap!r}).")
+        # the same rule as the settings and CAPIClientConfig: a value they accept is accepted here
+        check_byte_cap("max_stream_bytes", max_stream_bytes)
+        check_byte_cap("max_response_bytes", max_response_bytes)
         self._api_key = api_key
         self.country_db = None if country_db is None else CountryDatabase(country_db)
         if scopes is DEFAULT_SCOPES and self.country_db is not None:
