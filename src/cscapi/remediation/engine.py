@@ -27,6 +27,7 @@ from cscapi.remediation.index import (
     HORIZON,
     MEMO_ENTRIES,
     MEMO_RESTART,
+    Entries,
     Index,
     Policy,
     build_index,
@@ -302,35 +303,25 @@ class _EngineBase(Generic[C]):
                 if self.live is not None:  # live mode: the source answers misses (never memoised)
                     found = self._live_miss(ip)
                     return local.answer(ip, found) if local.entries else found
-                if len(fast) < idx.memo_limit:
-                    fast[key] = CLEAN
-                elif idx.memo_limit or idx.horizon < 0:  # full, or no map of its own yet (memo off: neither)
-                    self._memo_full(idx)
-                return local.answer(ip, CLEAN) if local.entries else CLEAN
-            if len(fast) < idx.memo_limit:  # as with_horizon derives a value: bare when it outlives the horizon
-                fast[key] = entries[1] if entries[0] > idx.horizon else entries
-            elif idx.memo_limit or idx.horizon < 0:
+                memo: Remediation | Entries = CLEAN
+            else:  # as with_horizon derives a value: bare when it outlives the horizon
+                memo = entries[1] if entries[0] > idx.horizon else entries
+            if len(fast) < idx.memo_limit:
+                fast[key] = memo
+            elif idx.memo_limit or idx.horizon < 0:  # full, or no map of its own yet (memo off: neither)
                 self._memo_full(idx)
+            if entries is None:
+                return local.answer(ip, CLEAN) if local.entries else CLEAN
             now = self._clock()
-            if entries[0] > now:
-                found = entries[1]
-            elif len(entries) == 2:
-                found = CLEAN
-            else:
-                found = first_live(entries, now) or CLEAN
-            return local.answer(ip, found) if local.entries else found
-        if (now := self._clock()) < idx.horizon:
+        elif (now := self._clock()) < idx.horizon:
             if type(found) is not tuple:
                 return local.answer(ip, found) if local.entries else found  # type: ignore[arg-type,return-value]
             entries = found
         else:
             self._renew_horizon(idx)
             past = idx.exact.get(key)
-            if past is None:  # a memoised answer, stale past the horizon: asked again
-                past = idx.lookup_slow(ip)
-                if past is None:
-                    found = CLEAN if self.live is None else self._live_miss(ip)
-                    return local.answer(ip, found) if local.entries else found
+            if past is None:  # a memoised answer, stale past the horizon: asked again (until the renewal lands)
+                return self._other_remediation(ip)
             entries = past
         if entries[0] > now:
             found = entries[1]
@@ -342,8 +333,8 @@ class _EngineBase(Generic[C]):
 
     def _other_remediation(self, ip: Any) -> Remediation:
         """:meth:`get_ip_remediation` through ``Index.lookup_slow``, nothing memoised: an ``ipaddress`` object, a str
-        subclass or ``UserString``, ``::ffff:`` and a tail that is no IPv4 address; :class:`InvalidIPError` for what is
-        not an address."""
+        subclass or ``UserString``, ``::ffff:`` and a tail that is no IPv4 address, a memoised key past the horizon;
+        :class:`InvalidIPError` for what is not an address."""
         entries = self._index.lookup_slow(ip)
         if entries is None:
             found = CLEAN if self.live is None else self._live_miss(ip)
