@@ -100,6 +100,14 @@ def _csv(name: str, values: Iterable[str] | None) -> str | None:
     return ",".join(items) if items else None
 
 
+def _add_filters(params: dict[str, str], **filters: Iterable[str] | None) -> None:
+    """Each filter given (a list of values) as one comma-separated query parameter of its name."""
+    for name, values in filters.items():
+        text = _csv(name, values)
+        if text:
+            params[name] = text
+
+
 def _headers(api_key: str | None) -> dict[str, str]:
     return {"X-Api-Key": api_key} if api_key else {}
 
@@ -116,15 +124,13 @@ def stream_request(
 ) -> Request:
     """``GET /v1/decisions/stream?startup=...&scopes=...`` (and the optional filters)."""
     params = {"startup": "true" if startup else "false"}
-    for name, values in (
-        ("scopes", scopes),
-        ("origins", origins),
-        ("scenarios_containing", scenarios_containing),
-        ("scenarios_not_containing", scenarios_not_containing),
-    ):
-        text = _csv(name, values)
-        if text:
-            params[name] = text
+    _add_filters(
+        params,
+        scopes=scopes,
+        origins=origins,
+        scenarios_containing=scenarios_containing,
+        scenarios_not_containing=scenarios_not_containing,
+    )
     return Request("GET", base_url + "v1/decisions/stream", "decisions stream", _headers(api_key), params=params)
 
 
@@ -159,14 +165,12 @@ def decisions_request(
             raise
         what = "ip" if ip is not None else "range"
         raise InvalidIPError(f"not an IP {what}: {str(ip if ip is not None else range_)[:60]!r}", field=what) from None
-    for name, values in (
-        ("origins", origins),
-        ("scenarios_containing", scenarios_containing),
-        ("scenarios_not_containing", scenarios_not_containing),
-    ):
-        text = _csv(name, values)
-        if text:
-            params[name] = text
+    _add_filters(
+        params,
+        origins=origins,
+        scenarios_containing=scenarios_containing,
+        scenarios_not_containing=scenarios_not_containing,
+    )
     return Request("GET", base_url + "v1/decisions", "decisions", _headers(api_key), params=params)
 
 
