@@ -30,6 +30,12 @@ def test_the_runnable_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "bypass', origin='allowlist:office'" in out
 
 
+def test_the_lookup_memo_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    code = next(b for b in blocks() if "lookup_memo=0" in b)
+    exec(compile(code, str(DOC), "exec"), {})
+    assert capsys.readouterr().out.strip() == "Remediation(remediation='bypass', origin='clean')"
+
+
 def engine_with_ban() -> RemediationEngine:
     src = FakeSource()
     src.streams.append(stream([decision("192.0.2.1"), decision("192.0.2.2", type_="captcha")]))
